@@ -1,0 +1,349 @@
+//! The `cm3` command line.
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+use cm3_core::{DatasetDir, Manifest, WorkerSpec};
+use cm3_ingest::config::{CocoPairs, InvalidUtf8, OutputImageFormat, ResizeFilter};
+use cm3_ingest::{IngestConfig, IngestOptions, InputFormat};
+
+mod inspect;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cm3",
+    version,
+    about = "CM3Leon data pipeline: caption-image pairs in, retrieval-augmented CM3 training data out"
+)]
+struct Cli {
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Turn caption-image pairs into normalised Parquet shards in <dataset>/pairs/.
+    Ingest(Box<IngestArgs>),
+    /// Print a dataset's manifest in human terms (stages, shards, rows, rejects by reason).
+    Inspect {
+        dataset: PathBuf,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manifest maintenance.
+    Manifest {
+        #[command(subcommand)]
+        command: ManifestCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ManifestCommand {
+    /// Combine the records of workers started with --num-workers into manifest.json.
+    Merge { dataset: PathBuf },
+}
+
+/// Worker split, shared by every stage.
+#[derive(Args, Debug, Clone)]
+struct WorkerArgs {
+    /// Split the stage across this many processes or machines (e.g. a Slurm array).
+    #[arg(long, default_value_t = 1, env = "CM3_NUM_WORKERS")]
+    num_workers: u32,
+    /// This process's share, 0-based (e.g. $SLURM_ARRAY_TASK_ID, $JOB_COMPLETION_INDEX).
+    #[arg(long, default_value_t = 0, env = "CM3_WORKER_INDEX")]
+    worker_index: u32,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum FormatArg {
+    Auto,
+    Webdataset,
+    Folder,
+    Coco,
+    Jsonl,
+    Csv,
+    Parquet,
+}
+
+#[derive(Args, Debug)]
+struct IngestArgs {
+    /// Input paths: WebDataset .tar files or folders of them, image folders with .txt captions,
+    /// COCO captions JSON (or a folder holding one), .jsonl/.csv/.tsv/.parquet manifests.
+    #[arg(long, short, required = true, num_args = 1..)]
+    input: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value = "auto")]
+    format: FormatArg,
+    /// The dataset directory to create or extend.
+    #[arg(long, short)]
+    out: PathBuf,
+    /// Folder that COCO file names / manifest image paths are relative to.
+    #[arg(long)]
+    image_root: Option<PathBuf>,
+    /// Stage configuration file (TOML or JSON, the fields of the ingest config); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Side of the square output image (shorter side resized, then centre-cropped).
+    #[arg(long)]
+    image_size: Option<u32>,
+    #[arg(long, value_enum)]
+    image_format: Option<ImageFormatArg>,
+    #[arg(long)]
+    jpeg_quality: Option<u8>,
+    #[arg(long, value_enum)]
+    resize_filter: Option<FilterArg>,
+    /// Reject images whose declared size exceeds this many pixels.
+    #[arg(long)]
+    max_image_pixels: Option<u64>,
+    #[arg(long)]
+    max_caption_chars: Option<usize>,
+    #[arg(long, value_enum)]
+    invalid_utf8: Option<Utf8Arg>,
+    /// Reject pairs without a license in their source metadata.
+    #[arg(long)]
+    require_license: bool,
+    /// Rows per output shard.
+    #[arg(long)]
+    shard_rows: Option<usize>,
+    /// COCO: one pair per caption, or one per image with all captions.
+    #[arg(long, value_enum)]
+    coco_pairs: Option<CocoArg>,
+    #[arg(long)]
+    image_column: Option<String>,
+    #[arg(long)]
+    caption_column: Option<String>,
+    #[arg(long)]
+    key_column: Option<String>,
+    #[arg(long)]
+    license_column: Option<String>,
+    #[arg(long)]
+    url_column: Option<String>,
+    #[arg(long)]
+    split_column: Option<String>,
+    /// Split recorded when the source does not give one.
+    #[arg(long)]
+    default_split: Option<String>,
+    #[command(flatten)]
+    workers: WorkerArgs,
+    /// Decoding threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Fail at the first rejected input.
+    #[arg(long)]
+    strict: bool,
+    /// Discard this stage's earlier outputs and redo it (needed to change its configuration).
+    #[arg(long)]
+    rebuild: bool,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
+    /// Print the run's report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum ImageFormatArg {
+    Jpeg,
+    Png,
+}
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum FilterArg {
+    Box,
+    Bilinear,
+    CatmullRom,
+    Lanczos3,
+}
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum Utf8Arg {
+    Repair,
+    Reject,
+}
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum CocoArg {
+    PerCaption,
+    PerImage,
+}
+
+/// Read a stage configuration file (TOML or JSON by extension).
+fn load_config<T: serde::de::DeserializeOwned + Default>(path: Option<&Path>) -> Result<T> {
+    let Some(path) = path else {
+        return Ok(T::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
+    if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).with_context(|| format!("config {}", path.display()))
+    } else {
+        toml::from_str(&text).with_context(|| format!("config {}", path.display()))
+    }
+}
+
+fn ingest(a: IngestArgs) -> Result<()> {
+    let mut cfg: IngestConfig = load_config(a.config.as_deref())?;
+    macro_rules! set {
+        ($field:expr, $value:expr) => {
+            if let Some(v) = $value {
+                $field = v;
+            }
+        };
+    }
+    set!(cfg.image_size, a.image_size);
+    set!(
+        cfg.image_format,
+        a.image_format.map(|f| match f {
+            ImageFormatArg::Jpeg => OutputImageFormat::Jpeg,
+            ImageFormatArg::Png => OutputImageFormat::Png,
+        })
+    );
+    set!(cfg.jpeg_quality, a.jpeg_quality);
+    set!(
+        cfg.resize_filter,
+        a.resize_filter.map(|f| match f {
+            FilterArg::Box => ResizeFilter::Box,
+            FilterArg::Bilinear => ResizeFilter::Bilinear,
+            FilterArg::CatmullRom => ResizeFilter::CatmullRom,
+            FilterArg::Lanczos3 => ResizeFilter::Lanczos3,
+        })
+    );
+    set!(cfg.max_image_pixels, a.max_image_pixels);
+    set!(cfg.max_caption_chars, a.max_caption_chars);
+    set!(
+        cfg.invalid_utf8,
+        a.invalid_utf8.map(|u| match u {
+            Utf8Arg::Repair => InvalidUtf8::Repair,
+            Utf8Arg::Reject => InvalidUtf8::Reject,
+        })
+    );
+    cfg.require_license |= a.require_license;
+    set!(cfg.shard_rows, a.shard_rows);
+    set!(
+        cfg.coco_pairs,
+        a.coco_pairs.map(|c| match c {
+            CocoArg::PerCaption => CocoPairs::PerCaption,
+            CocoArg::PerImage => CocoPairs::PerImage,
+        })
+    );
+    for (slot, v) in [
+        (&mut cfg.columns.image, a.image_column),
+        (&mut cfg.columns.caption, a.caption_column),
+        (&mut cfg.columns.key, a.key_column),
+        (&mut cfg.columns.license, a.license_column),
+        (&mut cfg.columns.url, a.url_column),
+        (&mut cfg.columns.split, a.split_column),
+    ] {
+        if v.is_some() {
+            *slot = v;
+        }
+    }
+    set!(cfg.default_split, a.default_split);
+    let opts = IngestOptions {
+        inputs: a.input,
+        format: match a.format {
+            FormatArg::Auto => InputFormat::Auto,
+            FormatArg::Webdataset => InputFormat::Webdataset,
+            FormatArg::Folder => InputFormat::Folder,
+            FormatArg::Coco => InputFormat::Coco,
+            FormatArg::Jsonl => InputFormat::Jsonl,
+            FormatArg::Csv => InputFormat::Csv,
+            FormatArg::Parquet => InputFormat::Parquet,
+        },
+        image_root: a.image_root,
+        out: a.out,
+        worker: WorkerSpec::new(a.workers.num_workers, a.workers.worker_index)?,
+        threads: a.threads,
+        strict: a.strict,
+        rebuild: a.rebuild,
+        progress: !a.no_progress && !a.json,
+    };
+    let report = cm3_ingest::run(&opts, &cfg)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let reasons: Vec<String> = report
+            .rejects_by_reason
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        eprintln!(
+            "ingest: {} rows and {} rejects{} written in {} shard(s) ({} already done); {} rows in {}",
+            report.rows,
+            report.rejects,
+            if reasons.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", reasons.join(", "))
+            },
+            report.shards_written,
+            report.shards_skipped,
+            report.total_rows,
+            report.dataset.display()
+        );
+        if opts.worker.is_split() {
+            eprintln!(
+                "ingest: worker {} of {} done; when all are, run `cm3 manifest merge {}`",
+                opts.worker.worker_index,
+                opts.worker.num_workers,
+                report.dataset.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let result = match cli.command {
+        Command::Ingest(a) => ingest(*a),
+        Command::Inspect { dataset, json } => inspect::run(&dataset, json),
+        Command::Manifest {
+            command: ManifestCommand::Merge { dataset },
+        } => merge(&dataset),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn merge(dataset: &Path) -> Result<()> {
+    let d = DatasetDir::open(dataset)?;
+    let r = d.merge_workers()?;
+    if r.files == 0 {
+        bail!("no worker manifests to merge in {}", dataset.display());
+    }
+    let m: Manifest = d.load_manifest()?;
+    let rows: u64 = m.stages.values().map(|s| s.totals.rows).sum();
+    eprintln!(
+        "merged {} worker manifest(s), {} new shard record(s); {} rows recorded in {}",
+        r.files,
+        r.new_shards,
+        rows,
+        d.manifest_path().display()
+    );
+    Ok(())
+}

@@ -1,0 +1,386 @@
+//! The dataset directory: its layout, its lock, and how worker processes share it.
+//!
+//! ```text
+//! <dataset>/manifest.json                 merged record of every stage
+//! <dataset>/manifest.d/<stage>.wIofN.json a worker's record, until `cm3 manifest merge`
+//! <dataset>/pairs/*.parquet               ingest output
+//! <dataset>/rejects/*.jsonl               every input that did not become a row, with a reason
+//! ```
+use std::fs::{self, File, TryLockError};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CoreError, Result};
+use crate::manifest::{Manifest, StageRecord};
+
+/// Which share of the work this process does: shards are numbered, and worker `worker_index` of
+/// `num_workers` takes the shards whose number is `worker_index` modulo `num_workers`. The same
+/// command with `--worker-index $SLURM_ARRAY_TASK_ID` (or `$JOB_COMPLETION_INDEX`) splits a stage
+/// across machines; `cm3 manifest merge` then combines the workers' records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerSpec {
+    pub num_workers: u32,
+    pub worker_index: u32,
+}
+
+impl Default for WorkerSpec {
+    fn default() -> Self {
+        Self {
+            num_workers: 1,
+            worker_index: 0,
+        }
+    }
+}
+
+impl WorkerSpec {
+    pub fn new(num_workers: u32, worker_index: u32) -> Result<Self> {
+        if num_workers == 0 {
+            return Err(CoreError::Workers(
+                "--num-workers must be at least 1".into(),
+            ));
+        }
+        if worker_index >= num_workers {
+            return Err(CoreError::Workers(format!(
+                "--worker-index {worker_index} is out of range for --num-workers {num_workers} (0..{})",
+                num_workers - 1
+            )));
+        }
+        Ok(Self {
+            num_workers,
+            worker_index,
+        })
+    }
+
+    pub fn is_split(&self) -> bool {
+        self.num_workers > 1
+    }
+
+    /// Does this worker own work item number `slot`?
+    pub fn owns(&self, slot: u64) -> bool {
+        slot % u64::from(self.num_workers) == u64::from(self.worker_index)
+    }
+
+    /// Tag for temporary files and worker manifests.
+    pub fn tag(&self) -> String {
+        format!("w{}of{}", self.worker_index, self.num_workers)
+    }
+}
+
+/// A dataset directory.
+#[derive(Debug, Clone)]
+pub struct DatasetDir {
+    root: PathBuf,
+}
+
+/// Held while a stage writes into the dataset; released on drop.
+#[derive(Debug)]
+pub struct DatasetLock {
+    _files: Vec<File>,
+}
+
+impl DatasetDir {
+    /// Create the directory if needed.
+    pub fn create(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        fs::create_dir_all(&root)
+            .map_err(|e| CoreError::io("creating dataset directory", &root, e))?;
+        Ok(Self { root })
+    }
+
+    /// Open an existing dataset (one with a manifest).
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        let d = Self { root };
+        if !d.manifest_path().is_file() && d.worker_manifests()?.is_empty() {
+            return Err(CoreError::NotADataset { path: d.root });
+        }
+        Ok(d)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn manifest_path(&self) -> PathBuf {
+        self.root.join("manifest.json")
+    }
+    pub fn worker_manifest_dir(&self) -> PathBuf {
+        self.root.join("manifest.d")
+    }
+    pub fn worker_manifest_path(&self, stage: &str, worker: &WorkerSpec) -> PathBuf {
+        self.worker_manifest_dir()
+            .join(format!("{stage}.{}.json", worker.tag()))
+    }
+    /// Path of a file given relative to the root (as recorded in the manifest).
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.root.join(relative)
+    }
+
+    /// Lock the dataset for a stage run. A single process takes the dataset exclusively; workers
+    /// share it with each other but each holds its own worker lock, and exclude single-process runs
+    /// and merges. (Advisory `flock` locks: they protect one machine and most shared filesystems.)
+    pub fn lock(&self, stage: &str, worker: &WorkerSpec) -> Result<DatasetLock> {
+        let main = self.open_lock_file(&self.root.join(".cm3.lock"))?;
+        let what = |w: &str| format!("{w} of stage `{stage}`");
+        if worker.is_split() {
+            try_lock(
+                &main,
+                true,
+                &self.root,
+                what("a single-process run or merge"),
+            )?;
+            fs::create_dir_all(self.worker_manifest_dir())
+                .map_err(|e| CoreError::io("creating directory", self.worker_manifest_dir(), e))?;
+            let wpath = self
+                .worker_manifest_dir()
+                .join(format!("{stage}.{}.lock", worker.tag()));
+            let wfile = self.open_lock_file(&wpath)?;
+            try_lock(
+                &wfile,
+                false,
+                &wpath,
+                what(&format!("worker {}", worker.worker_index)),
+            )?;
+            Ok(DatasetLock {
+                _files: vec![main, wfile],
+            })
+        } else {
+            try_lock(&main, false, &self.root, what("another run"))?;
+            Ok(DatasetLock { _files: vec![main] })
+        }
+    }
+
+    fn open_lock_file(&self, path: &Path) -> Result<File> {
+        File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|e| CoreError::io("opening lock file", path, e))
+    }
+
+    /// The merged manifest (empty when the dataset is new).
+    pub fn load_manifest(&self) -> Result<Manifest> {
+        Ok(Manifest::load(&self.manifest_path())?.unwrap_or_default())
+    }
+
+    /// Worker manifests not yet merged.
+    pub fn worker_manifests(&self) -> Result<Vec<PathBuf>> {
+        let dir = self.worker_manifest_dir();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(CoreError::io("listing", &dir, e)),
+        };
+        let mut out = Vec::new();
+        for e in entries {
+            let p = e.map_err(|e| CoreError::io("listing", &dir, e))?.path();
+            if p.extension().is_some_and(|x| x == "json") {
+                out.push(p);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The state a stage run starts from: the merged manifest, plus (for a worker) its own
+    /// unmerged record. A single-process run refuses to start while worker records are unmerged,
+    /// because it could redo their shards.
+    pub fn load_stage_state(&self, stage: &str, worker: &WorkerSpec) -> Result<Manifest> {
+        let mut m = self.load_manifest()?;
+        if worker.is_split() {
+            let wpath = self.worker_manifest_path(stage, worker);
+            if let Some(own) = Manifest::load(&wpath)? {
+                m.merge_from(&own, &wpath)?;
+            }
+        } else {
+            let pending: Vec<_> = self
+                .worker_manifests()?
+                .into_iter()
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{stage}.")))
+                })
+                .collect();
+            if let Some(p) = pending.first() {
+                return Err(CoreError::Merge {
+                    path: p.clone(),
+                    reason: format!(
+                        "{} unmerged worker manifest(s) for stage `{stage}`: run `cm3 manifest merge {}` first",
+                        pending.len(),
+                        self.root.display()
+                    ),
+                });
+            }
+        }
+        Ok(m)
+    }
+
+    /// Persist a stage's record: into `manifest.json` for a single process, or into the worker's own
+    /// manifest file (holding only that stage) for a worker.
+    pub fn save_stage(
+        &self,
+        manifest: &mut Manifest,
+        stage: &str,
+        worker: &WorkerSpec,
+    ) -> Result<()> {
+        if worker.is_split() {
+            let Some(rec) = manifest.stages.get(stage) else {
+                return Ok(());
+            };
+            let mut own = Manifest::default();
+            own.stages.insert(stage.to_string(), rec.clone());
+            own.save(&self.worker_manifest_path(stage, worker), &worker.tag())
+        } else {
+            manifest.save(&self.manifest_path(), &worker.tag())
+        }
+    }
+
+    /// Combine all worker manifests into `manifest.json`, then remove them. Idempotent: a crash
+    /// between the write and the removal merges the same records again on the next call.
+    pub fn merge_workers(&self) -> Result<MergeReport> {
+        let _lock = self.lock("merge", &WorkerSpec::default())?;
+        let mut m = self.load_manifest()?;
+        let files = self.worker_manifests()?;
+        let mut report = MergeReport::default();
+        for f in &files {
+            let Some(w) = Manifest::load(f)? else {
+                continue;
+            };
+            let before: usize = m.stages.values().map(|s| s.shards.len()).sum();
+            m.merge_from(&w, f)?;
+            let after: usize = m.stages.values().map(|s| s.shards.len()).sum();
+            report.files += 1;
+            report.new_shards += after - before;
+        }
+        if files.is_empty() {
+            return Ok(report);
+        }
+        m.save(&self.manifest_path(), "merge")?;
+        for f in &files {
+            fs::remove_file(f)
+                .map_err(|e| CoreError::io("removing merged worker manifest", f, e))?;
+            let lock = f.with_extension("lock");
+            let _ = fs::remove_file(lock);
+        }
+        Ok(report)
+    }
+
+    /// A stage's record, creating it with `config` if absent; refuses a different config.
+    pub fn stage_record<'m>(
+        &self,
+        manifest: &'m mut Manifest,
+        stage: &str,
+        config: &serde_json::Value,
+    ) -> Result<&'m mut StageRecord> {
+        let rec = manifest
+            .stages
+            .entry(stage.to_string())
+            .or_insert_with(|| StageRecord::new(config.clone()));
+        rec.check_config(stage, &self.root, config)?;
+        rec.tool_version = crate::TOOL_VERSION.to_string();
+        Ok(rec)
+    }
+}
+
+/// What `merge_workers` did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MergeReport {
+    pub files: usize,
+    pub new_shards: usize,
+}
+
+fn try_lock(file: &File, shared: bool, path: &Path, what: String) -> Result<()> {
+    let r = if shared {
+        file.try_lock_shared()
+    } else {
+        file.try_lock()
+    };
+    match r {
+        Ok(()) => Ok(()),
+        Err(TryLockError::WouldBlock) => Err(CoreError::Locked {
+            path: path.to_path_buf(),
+            what,
+        }),
+        Err(TryLockError::Error(e)) => Err(CoreError::io("locking", path, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn worker_spec_partitions_slots() -> Result<()> {
+        let ws: Vec<WorkerSpec> = (0..3)
+            .map(|i| WorkerSpec::new(3, i))
+            .collect::<Result<_>>()?;
+        for slot in 0..100u64 {
+            assert_eq!(ws.iter().filter(|w| w.owns(slot)).count(), 1);
+        }
+        assert!(WorkerSpec::new(3, 3).is_err());
+        assert!(WorkerSpec::new(0, 0).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn exclusive_lock_refuses_second_run() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| CoreError::io("tempdir", "/tmp", e))?;
+        let d = DatasetDir::create(dir.path())?;
+        let _held = d.lock("ingest", &WorkerSpec::default())?;
+        let err = d
+            .lock("ingest", &WorkerSpec::default())
+            .expect_err("second lock");
+        assert!(matches!(err, CoreError::Locked { .. }), "{err}");
+        // Workers are excluded too while a single-process run holds the dataset.
+        assert!(d.lock("ingest", &WorkerSpec::new(2, 0)?).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn workers_share_and_merge() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| CoreError::io("tempdir", "/tmp", e))?;
+        let d = DatasetDir::create(dir.path())?;
+        let cfg = json!({"a": 1});
+        for i in 0..2 {
+            let w = WorkerSpec::new(2, i)?;
+            let _l = d.lock("ingest", &w)?;
+            let mut m = d.load_stage_state("ingest", &w)?;
+            let rec = d.stage_record(&mut m, "ingest", &cfg)?;
+            rec.shards.insert(
+                format!("s{i}"),
+                crate::ShardRecord {
+                    file: format!("pairs/s{i}.parquet"),
+                    input: "x".into(),
+                    chunk: i,
+                    rows: 3,
+                    bytes: 1,
+                    sha256: "h".into(),
+                    rejects: 0,
+                    rejects_file: None,
+                    rejects_by_reason: Default::default(),
+                    counters: Default::default(),
+                },
+            );
+            d.save_stage(&mut m, "ingest", &w)?;
+        }
+        // A single-process run must not start before the merge.
+        assert!(
+            d.load_stage_state("ingest", &WorkerSpec::default())
+                .is_err()
+        );
+        let r = d.merge_workers()?;
+        assert_eq!(
+            r,
+            MergeReport {
+                files: 2,
+                new_shards: 2
+            }
+        );
+        let m = d.load_stage_state("ingest", &WorkerSpec::default())?;
+        assert_eq!(m.stages["ingest"].totals.rows, 6);
+        assert!(d.worker_manifests()?.is_empty());
+        Ok(())
+    }
+}

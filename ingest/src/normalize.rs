@@ -1,0 +1,486 @@
+//! Image and caption normalisation: the part of ingest that runs in parallel.
+use std::io::Cursor;
+
+use fast_image_resize::images::Image as FirImage;
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits};
+use sha2::{Digest, Sha256};
+
+use crate::config::{IngestConfig, InvalidUtf8, OutputImageFormat, ResizeFilter};
+
+/// Why an input did not become a row. The code (kebab-case) is what rejects files and the
+/// manifest count by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RejectReason {
+    /// The file could not be read (permissions, vanished, I/O error).
+    Unreadable,
+    /// A zero-byte image.
+    EmptyFile,
+    /// Not an image format we decode.
+    UnsupportedFormat,
+    /// Truncated or corrupt image data.
+    CorruptImage,
+    /// Declared size above `max_image_pixels` (decompression bomb).
+    TooManyPixels,
+    /// Archive member with an absolute path or `..`.
+    UnsafePath,
+    /// Image without caption.
+    MissingCaption,
+    /// Caption without image, or an image path that does not exist.
+    MissingImage,
+    EmptyCaption,
+    CaptionTooLong,
+    InvalidUtf8Caption,
+    /// `--require-license` and the source gives none.
+    NoLicense,
+    /// Same normalised image and caption as a row already kept.
+    Duplicate,
+    /// Same source and key as a row already kept (the id would not be unique).
+    DuplicateKey,
+    /// A manifest row or archive that could not be parsed.
+    MalformedRecord,
+}
+
+impl RejectReason {
+    pub fn code(self) -> &'static str {
+        match self {
+            RejectReason::Unreadable => "unreadable",
+            RejectReason::EmptyFile => "empty-file",
+            RejectReason::UnsupportedFormat => "unsupported-format",
+            RejectReason::CorruptImage => "corrupt-image",
+            RejectReason::TooManyPixels => "too-many-pixels",
+            RejectReason::UnsafePath => "unsafe-path",
+            RejectReason::MissingCaption => "missing-caption",
+            RejectReason::MissingImage => "missing-image",
+            RejectReason::EmptyCaption => "empty-caption",
+            RejectReason::CaptionTooLong => "caption-too-long",
+            RejectReason::InvalidUtf8Caption => "invalid-utf8-caption",
+            RejectReason::NoLicense => "no-license",
+            RejectReason::Duplicate => "duplicate",
+            RejectReason::DuplicateKey => "duplicate-key",
+            RejectReason::MalformedRecord => "malformed-record",
+        }
+    }
+}
+
+/// A reason with a human-readable detail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: RejectReason,
+    pub detail: String,
+}
+
+impl Rejection {
+    pub fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// A normalised image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NormalImage {
+    pub bytes: Vec<u8>,
+    pub format: &'static str,
+    pub width: u32,
+    pub height: u32,
+    pub orig_format: &'static str,
+    pub orig_width: u32,
+    pub orig_height: u32,
+    pub sha256: String,
+}
+
+fn format_name(f: ImageFormat) -> &'static str {
+    match f {
+        ImageFormat::Jpeg => "jpeg",
+        ImageFormat::Png => "png",
+        ImageFormat::WebP => "webp",
+        ImageFormat::Gif => "gif",
+        ImageFormat::Bmp => "bmp",
+        ImageFormat::Tiff => "tiff",
+        _ => "other",
+    }
+}
+
+fn decode_error(e: ImageError) -> Rejection {
+    match e {
+        ImageError::Limits(l) => {
+            Rejection::new(RejectReason::TooManyPixels, format!("decoder limit: {l}"))
+        }
+        ImageError::Unsupported(u) => {
+            Rejection::new(RejectReason::UnsupportedFormat, u.to_string())
+        }
+        other => Rejection::new(RejectReason::CorruptImage, other.to_string()),
+    }
+}
+
+/// Decode (any supported format, EXIF orientation applied), convert to 8-bit RGB (alpha composited
+/// on white), resize the shorter side to `image_size`, centre-crop to a square and re-encode.
+pub fn normalize_image(data: &[u8], cfg: &IngestConfig) -> Result<NormalImage, Rejection> {
+    if data.is_empty() {
+        return Err(Rejection::new(RejectReason::EmptyFile, "zero-byte image"));
+    }
+    let reader = ImageReader::new(Cursor::new(data))
+        .with_guessed_format()
+        .map_err(|e| Rejection::new(RejectReason::CorruptImage, e.to_string()))?;
+    let Some(format) = reader.format() else {
+        return Err(Rejection::new(
+            RejectReason::UnsupportedFormat,
+            "not a recognised image format (JPEG, PNG, WebP, GIF, BMP, TIFF)",
+        ));
+    };
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(data) {
+        // JPEG decoders fill a cut-off image with grey rather than fail; a truncated download
+        // must not become a training image.
+        return Err(Rejection::new(
+            RejectReason::CorruptImage,
+            "JPEG is truncated (no end-of-image marker)",
+        ));
+    }
+    let mut reader = reader;
+    let mut limits = Limits::default();
+    // Bytes for the largest allowed image at 16-bit RGBA, plus decoder slack.
+    limits.max_alloc = Some(
+        cfg.max_image_pixels
+            .saturating_mul(8)
+            .saturating_add(64 << 20),
+    );
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(decode_error)?;
+    let (w, h) = decoder.dimensions();
+    if u64::from(w) * u64::from(h) > cfg.max_image_pixels {
+        return Err(Rejection::new(
+            RejectReason::TooManyPixels,
+            format!(
+                "declared {w}x{h} = {} pixels > limit {}",
+                u64::from(w) * u64::from(h),
+                cfg.max_image_pixels
+            ),
+        ));
+    }
+    if w == 0 || h == 0 {
+        return Err(Rejection::new(
+            RejectReason::CorruptImage,
+            format!("declared size {w}x{h}"),
+        ));
+    }
+    // A broken EXIF block should not lose an otherwise good image: fall back to no rotation.
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
+    img.apply_orientation(orientation);
+    let (ow, oh) = (img.width(), img.height());
+    let rgb = to_rgb_on_white(img);
+    let side = cfg.image_size;
+    let pixels = resize_center_crop(rgb, ow, oh, side, cfg.resize_filter)?;
+    let bytes = encode(&pixels, side, cfg)?;
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    Ok(NormalImage {
+        bytes,
+        format: match cfg.image_format {
+            OutputImageFormat::Jpeg => "jpeg",
+            OutputImageFormat::Png => "png",
+        },
+        width: side,
+        height: side,
+        orig_format: format_name(format),
+        orig_width: ow,
+        orig_height: oh,
+        sha256,
+    })
+}
+
+/// Does a JPEG reach its end-of-image marker? Walks the marker segments (so that an EXIF thumbnail's
+/// own markers are skipped) to the first scan, then looks for EOI after it. Entropy-coded data never
+/// contains 0xFFD9 (0xFF is byte-stuffed), so finding it there means the image is complete.
+pub fn jpeg_is_complete(data: &[u8]) -> bool {
+    let mut i = 2;
+    while i + 4 <= data.len() {
+        if data[i] != 0xFF {
+            return false;
+        }
+        let marker = data[i + 1];
+        match marker {
+            0xFF => i += 1,
+            0xD9 => return true,
+            0x01 | 0xD0..=0xD7 => i += 2,
+            _ => {
+                let len = usize::from(u16::from_be_bytes([data[i + 2], data[i + 3]]));
+                let next = i + 2 + len;
+                if marker == 0xDA {
+                    return next <= data.len()
+                        && data[next..].windows(2).any(|w| w == [0xFF, 0xD9]);
+                }
+                i = next;
+            }
+        }
+    }
+    false
+}
+
+/// 8-bit RGB; transparent pixels are composited on white (what a viewer shows, and what keeps
+/// transparent logos from turning into black squares).
+fn to_rgb_on_white(img: DynamicImage) -> Vec<u8> {
+    if !img.color().has_alpha() {
+        return img.into_rgb8().into_raw();
+    }
+    let rgba = img.into_rgba8();
+    let mut out = Vec::with_capacity(rgba.width() as usize * rgba.height() as usize * 3);
+    for p in rgba.pixels() {
+        let a = u32::from(p[3]);
+        for c in &p.0[..3] {
+            // Rounded (c*a + 255*(255-a)) / 255.
+            out.push(((u32::from(*c) * a + 255 * (255 - a) + 127) / 255) as u8);
+        }
+    }
+    out
+}
+
+fn resize_center_crop(
+    rgb: Vec<u8>,
+    w: u32,
+    h: u32,
+    side: u32,
+    filter: ResizeFilter,
+) -> Result<Vec<u8>, Rejection> {
+    let internal = |e: String| Rejection::new(RejectReason::CorruptImage, format!("resize: {e}"));
+    let src =
+        FirImage::from_vec_u8(w, h, rgb, PixelType::U8x3).map_err(|e| internal(e.to_string()))?;
+    let mut dst = FirImage::new(side, side, PixelType::U8x3);
+    let short = f64::from(w.min(h));
+    let (left, top) = ((f64::from(w) - short) / 2.0, (f64::from(h) - short) / 2.0);
+    let alg = ResizeAlg::Convolution(match filter {
+        ResizeFilter::Box => FilterType::Box,
+        ResizeFilter::Bilinear => FilterType::Bilinear,
+        ResizeFilter::CatmullRom => FilterType::CatmullRom,
+        ResizeFilter::Lanczos3 => FilterType::Lanczos3,
+    });
+    // Resizing the centred square crop straight to side x side is the same as resizing the shorter
+    // side and then cropping, without the intermediate image.
+    let opts = ResizeOptions::new()
+        .resize_alg(alg)
+        .crop(left, top, short, short);
+    Resizer::new()
+        .resize(&src, &mut dst, &opts)
+        .map_err(|e| internal(e.to_string()))?;
+    Ok(dst.into_vec())
+}
+
+fn encode(pixels: &[u8], side: u32, cfg: &IngestConfig) -> Result<Vec<u8>, Rejection> {
+    let err = |e: String| Rejection::new(RejectReason::CorruptImage, format!("encode: {e}"));
+    let mut out = Vec::with_capacity(64 << 10);
+    match cfg.image_format {
+        OutputImageFormat::Jpeg => {
+            let s = u16::try_from(side).map_err(|e| err(e.to_string()))?;
+            jpeg_encoder::Encoder::new(&mut out, cfg.jpeg_quality)
+                .encode(pixels, s, s, jpeg_encoder::ColorType::Rgb)
+                .map_err(|e| err(e.to_string()))?;
+        }
+        OutputImageFormat::Png => {
+            use image::ImageEncoder;
+            image::codecs::png::PngEncoder::new(&mut out)
+                .write_image(pixels, side, side, image::ExtendedColorType::Rgb8)
+                .map_err(|e| err(e.to_string()))?;
+        }
+    }
+    Ok(out)
+}
+
+/// A normalised caption.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NormalCaption {
+    pub text: String,
+    pub repaired: bool,
+}
+
+/// UTF-8 check (repair or reject), whitespace collapsed to single spaces and trimmed, empty and
+/// over-long captions rejected.
+pub fn normalize_caption(raw: &[u8], cfg: &IngestConfig) -> Result<NormalCaption, Rejection> {
+    let (text, repaired) = match std::str::from_utf8(raw) {
+        Ok(s) => (std::borrow::Cow::Borrowed(s), false),
+        Err(e) => match cfg.invalid_utf8 {
+            InvalidUtf8::Reject => {
+                return Err(Rejection::new(
+                    RejectReason::InvalidUtf8Caption,
+                    format!("caption is not UTF-8: {e}"),
+                ));
+            }
+            InvalidUtf8::Repair => (String::from_utf8_lossy(raw), true),
+        },
+    };
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let mut out = String::with_capacity(text.len());
+    for word in text.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        // Control characters other than whitespace carry no meaning in a caption.
+        out.extend(word.chars().filter(|c| !c.is_control()));
+    }
+    if out.is_empty() {
+        return Err(Rejection::new(
+            RejectReason::EmptyCaption,
+            "caption is empty after whitespace normalisation",
+        ));
+    }
+    let n = out.chars().count();
+    if n > cfg.max_caption_chars {
+        return Err(Rejection::new(
+            RejectReason::CaptionTooLong,
+            format!(
+                "{n} characters > max_caption_chars {}",
+                cfg.max_caption_chars
+            ),
+        ));
+    }
+    Ok(NormalCaption {
+        text: out,
+        repaired,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{ImageBuffer, Rgb, Rgba};
+
+    fn png(img: DynamicImage) -> Vec<u8> {
+        let mut out = Vec::new();
+        img.write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
+            .expect("encode png");
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> image::RgbImage {
+        image::load_from_memory(bytes).expect("decode").into_rgb8()
+    }
+
+    #[test]
+    fn caption_whitespace_and_limits() {
+        let cfg = IngestConfig::default();
+        let c = normalize_caption(b"  a\tcat\n\non  a\xc2\xa0mat \r\n", &cfg).expect("ok");
+        assert_eq!(c.text, "a cat on a mat");
+        assert!(!c.repaired);
+        assert_eq!(
+            normalize_caption(b" \n\t ", &cfg).map_err(|r| r.reason),
+            Err(RejectReason::EmptyCaption)
+        );
+        let long = vec![b'x'; cfg.max_caption_chars + 1];
+        assert_eq!(
+            normalize_caption(&long, &cfg).map_err(|r| r.reason),
+            Err(RejectReason::CaptionTooLong)
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_repair_or_reject() {
+        let mut cfg = IngestConfig::default();
+        let c = normalize_caption(b"caf\xe9 au lait", &cfg).expect("repaired");
+        assert_eq!(c.text, "caf\u{fffd} au lait");
+        assert!(c.repaired);
+        cfg.invalid_utf8 = InvalidUtf8::Reject;
+        assert_eq!(
+            normalize_caption(b"caf\xe9", &cfg).map_err(|r| r.reason),
+            Err(RejectReason::InvalidUtf8Caption)
+        );
+    }
+
+    #[test]
+    fn resize_is_shorter_side_then_centre_crop() {
+        // 300x100: left third red, middle green, right third blue. The centre crop keeps green.
+        let img = ImageBuffer::from_fn(300, 100, |x, _| match x / 100 {
+            0 => Rgb([255u8, 0, 0]),
+            1 => Rgb([0, 255, 0]),
+            _ => Rgb([0, 0, 255]),
+        });
+        let cfg = IngestConfig {
+            image_format: OutputImageFormat::Png,
+            ..IngestConfig::default()
+        };
+        let n = normalize_image(&png(DynamicImage::ImageRgb8(img)), &cfg).expect("ok");
+        assert_eq!(
+            (n.width, n.height, n.orig_width, n.orig_height),
+            (256, 256, 300, 100)
+        );
+        let out = decode(&n.bytes);
+        assert_eq!(out.dimensions(), (256, 256));
+        assert_eq!(out.get_pixel(128, 128).0, [0, 255, 0]);
+        assert_eq!(out.get_pixel(128, 10).0, [0, 255, 0]);
+        assert_eq!(n.sha256, hex::encode(Sha256::digest(&n.bytes)));
+    }
+
+    #[test]
+    fn alpha_is_composited_on_white() {
+        let img = ImageBuffer::from_fn(64, 64, |x, _| {
+            if x < 32 {
+                Rgba([0u8, 0, 0, 0])
+            } else {
+                Rgba([0, 0, 0, 255])
+            }
+        });
+        let cfg = IngestConfig {
+            image_format: OutputImageFormat::Png,
+            image_size: 64,
+            ..IngestConfig::default()
+        };
+        let out = decode(
+            &normalize_image(&png(DynamicImage::ImageRgba8(img)), &cfg)
+                .expect("ok")
+                .bytes,
+        );
+        assert_eq!(out.get_pixel(5, 5).0, [255, 255, 255]);
+        assert_eq!(out.get_pixel(60, 5).0, [0, 0, 0]);
+    }
+
+    #[test]
+    fn truncated_jpeg_is_rejected() {
+        let cfg = IngestConfig::default();
+        let img = ImageBuffer::from_fn(64, 48, |x, y| Rgb([x as u8 * 4, y as u8 * 5, 90u8]));
+        let mut jpg = Vec::new();
+        DynamicImage::ImageRgb8(img)
+            .write_to(&mut Cursor::new(&mut jpg), ImageFormat::Jpeg)
+            .expect("encode");
+        assert!(jpeg_is_complete(&jpg));
+        assert!(normalize_image(&jpg, &cfg).is_ok());
+        // Trailing bytes after the end marker are common and harmless.
+        let mut trailing = jpg.clone();
+        trailing.extend_from_slice(b"trailing junk");
+        assert!(normalize_image(&trailing, &cfg).is_ok());
+        for cut in [jpg.len() - 2, jpg.len() / 2, 200] {
+            assert!(!jpeg_is_complete(&jpg[..cut]), "cut at {cut}");
+            assert_eq!(
+                normalize_image(&jpg[..cut], &cfg).map_err(|r| r.reason),
+                Err(RejectReason::CorruptImage)
+            );
+        }
+    }
+
+    #[test]
+    fn bombs_and_garbage_are_rejected() {
+        let cfg = IngestConfig {
+            max_image_pixels: 100 * 100,
+            ..IngestConfig::default()
+        };
+        let big = png(DynamicImage::new_rgb8(200, 200));
+        assert_eq!(
+            normalize_image(&big, &cfg).map_err(|r| r.reason),
+            Err(RejectReason::TooManyPixels)
+        );
+        assert_eq!(
+            normalize_image(&[], &cfg).map_err(|r| r.reason),
+            Err(RejectReason::EmptyFile)
+        );
+        assert_eq!(
+            normalize_image(b"hello, not an image", &cfg).map_err(|r| r.reason),
+            Err(RejectReason::UnsupportedFormat)
+        );
+        let small = png(DynamicImage::new_rgb8(50, 50));
+        assert_eq!(
+            normalize_image(&small[..small.len() / 2], &cfg).map_err(|r| r.reason),
+            Err(RejectReason::CorruptImage)
+        );
+    }
+}

@@ -1,0 +1,457 @@
+//! Manifests: JSONL, CSV/TSV and Parquet tables with an image column (a path, relative to the
+//! manifest's folder or `--image-root`, or the image bytes) and a caption column.
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int32Type, Int64Type, UInt32Type, UInt64Type};
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::DataType;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::config::{IngestConfig, InputFormat, ManifestColumns};
+use crate::error::{IngestError, Result};
+use crate::normalize::{RejectReason, Rejection};
+
+use super::{Emit, ImageData, RawCaption, RawRecord, SourceSpec};
+
+const IMAGE_NAMES: &[&str] = &[
+    "image",
+    "image_path",
+    "path",
+    "file",
+    "file_name",
+    "filename",
+    "filepath",
+    "jpg",
+    "png",
+    "img",
+];
+const CAPTION_NAMES: &[&str] = &["caption", "text", "TEXT", "alt", "alt_text", "description"];
+const KEY_NAMES: &[&str] = &["key", "id"];
+const LICENSE_NAMES: &[&str] = &["license", "LICENSE", "licence"];
+const URL_NAMES: &[&str] = &["url", "URL"];
+const SPLIT_NAMES: &[&str] = &["split"];
+
+/// Resolved column names of one table.
+#[derive(Debug)]
+struct Columns {
+    image: String,
+    caption: String,
+    key: Option<String>,
+    license: Option<String>,
+    url: Option<String>,
+    split: Option<String>,
+}
+
+fn pick(configured: &Option<String>, defaults: &[&str], present: &[String]) -> Option<String> {
+    match configured {
+        Some(c) => present.iter().any(|p| p == c).then(|| c.clone()),
+        None => defaults
+            .iter()
+            .find(|d| present.iter().any(|p| p == *d))
+            .map(|s| s.to_string()),
+    }
+}
+
+fn resolve_columns(src: &Path, cfg: &ManifestColumns, present: &[String]) -> Result<Columns> {
+    let need = |what: &str, configured: &Option<String>, defaults: &[&str]| {
+        pick(configured, defaults, present).ok_or_else(|| {
+            let wanted = configured.clone().unwrap_or_else(|| defaults.join(", "));
+            IngestError::input(
+                src,
+                format!(
+                    "no {what} column (looked for {wanted}; columns are: {}); set it with --{what}-column",
+                    present.join(", ")
+                ),
+            )
+        })
+    };
+    // An optional column that was configured must exist: a typo must not silently drop licenses.
+    let optional =
+        |what: &str, configured: &Option<String>, defaults: &[&str]| -> Result<Option<String>> {
+            match (configured, pick(configured, defaults, present)) {
+                (Some(c), None) => Err(IngestError::input(
+                    src,
+                    format!("{what} column `{c}` not found"),
+                )),
+                (_, found) => Ok(found),
+            }
+        };
+    Ok(Columns {
+        image: need("image", &cfg.image, IMAGE_NAMES)?,
+        caption: need("caption", &cfg.caption, CAPTION_NAMES)?,
+        key: optional("key", &cfg.key, KEY_NAMES)?,
+        license: optional("license", &cfg.license, LICENSE_NAMES)?,
+        url: optional("url", &cfg.url, URL_NAMES)?,
+        split: optional("split", &cfg.split, SPLIT_NAMES)?,
+    })
+}
+
+/// One row in neutral form.
+struct Row {
+    key: String,
+    image: Option<ImageData>,
+    caption: Option<Vec<u8>>,
+    license: Option<String>,
+    url: Option<String>,
+    split: Option<String>,
+    metadata: Option<String>,
+}
+
+fn base_dir(src: &SourceSpec) -> PathBuf {
+    src.image_root
+        .clone()
+        .unwrap_or_else(|| src.path.parent().unwrap_or(Path::new(".")).to_path_buf())
+}
+
+fn row_record(src: &SourceSpec, row: Row) -> RawRecord {
+    let provenance = row.url.clone().unwrap_or_else(|| match &row.image {
+        Some(ImageData::Path(p)) => p.to_string_lossy().into_owned(),
+        _ => format!("{}#{}", src.path.display(), row.key),
+    });
+    let mut rec = RawRecord {
+        key: row.key.clone(),
+        image: ImageData::Skipped,
+        captions: Vec::new(),
+        license: row
+            .license
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| l.trim().to_string()),
+        provenance,
+        split: row.split.filter(|s| !s.is_empty()),
+        metadata: row.metadata,
+        problem: None,
+    };
+    match (row.image, row.caption) {
+        (Some(image), Some(caption)) => {
+            rec.image = image;
+            rec.captions.push(RawCaption {
+                key: row.key,
+                text: caption,
+                alt: Vec::new(),
+            });
+        }
+        (None, _) => {
+            rec.problem = Some(Rejection::new(
+                RejectReason::MissingImage,
+                "row has an empty image cell",
+            ))
+        }
+        (_, None) => {
+            rec.problem = Some(Rejection::new(
+                RejectReason::MissingCaption,
+                "row has an empty caption cell",
+            ))
+        }
+    }
+    rec
+}
+
+fn malformed(src: &SourceSpec, key: String, detail: String) -> RawRecord {
+    RawRecord::rejected(
+        key.clone(),
+        format!("{}#{key}", src.path.display()),
+        Rejection::new(RejectReason::MalformedRecord, detail),
+    )
+}
+
+pub fn read(src: &SourceSpec, cfg: &IngestConfig, emit: Emit<'_>) -> Result<()> {
+    match src.format {
+        InputFormat::Jsonl => read_jsonl(src, cfg, emit),
+        InputFormat::Csv => read_csv(src, cfg, emit),
+        _ => read_parquet(src, cfg, emit),
+    }
+}
+
+fn row_key(n: u64) -> String {
+    format!("{n:09}")
+}
+
+fn read_jsonl(src: &SourceSpec, cfg: &IngestConfig, emit: Emit<'_>) -> Result<()> {
+    let f = File::open(&src.path).map_err(|e| IngestError::io("opening", &src.path, e))?;
+    let base = base_dir(src);
+    let mut reader = BufReader::new(f);
+    let mut line = Vec::new();
+    let mut n = 0u64;
+    loop {
+        line.clear();
+        let got = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| IngestError::io("reading", &src.path, e))?;
+        if got == 0 {
+            break;
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let row_no = n;
+        n += 1;
+        let value: serde_json::Value = match serde_json::from_slice(&line) {
+            Ok(v @ serde_json::Value::Object(_)) => v,
+            Ok(_) => {
+                if !emit(malformed(
+                    src,
+                    row_key(row_no),
+                    format!("line {} is not a JSON object", row_no + 1),
+                )) {
+                    return Ok(());
+                }
+                continue;
+            }
+            Err(e) => {
+                if !emit(malformed(
+                    src,
+                    row_key(row_no),
+                    format!("line {}: invalid JSON: {e}", row_no + 1),
+                )) {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        let present: Vec<String> = value
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        let cols = resolve_columns(&src.path, &cfg.columns, &present);
+        let rec = match cols {
+            Err(e) => malformed(src, row_key(row_no), e.to_string()),
+            Ok(cols) => {
+                let s = |c: &Option<String>| {
+                    c.as_ref().and_then(|c| value.get(c)).and_then(|v| match v {
+                        serde_json::Value::String(s) => Some(s.clone()),
+                        serde_json::Value::Null => None,
+                        other => Some(other.to_string()),
+                    })
+                };
+                let key = s(&cols.key).unwrap_or_else(|| row_key(row_no));
+                let image = value
+                    .get(&cols.image)
+                    .and_then(|v| v.as_str())
+                    .filter(|p| !p.is_empty())
+                    .map(|p| ImageData::Path(base.join(p)));
+                let caption = value
+                    .get(&cols.caption)
+                    .and_then(|v| v.as_str())
+                    .map(|c| c.as_bytes().to_vec());
+                row_record(
+                    src,
+                    Row {
+                        key,
+                        image,
+                        caption,
+                        license: s(&cols.license),
+                        url: s(&cols.url),
+                        split: s(&cols.split),
+                        metadata: Some(value.to_string()),
+                    },
+                )
+            }
+        };
+        if !emit(rec) {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+fn read_csv(src: &SourceSpec, cfg: &IngestConfig, emit: Emit<'_>) -> Result<()> {
+    let tsv = src
+        .path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("tsv"));
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(if tsv { b'\t' } else { b',' })
+        .flexible(true)
+        .from_path(&src.path)
+        .map_err(|e| IngestError::input(&src.path, e.to_string()))?;
+    let headers: Vec<String> = reader
+        .byte_headers()
+        .map_err(|e| IngestError::input(&src.path, format!("reading the header row: {e}")))?
+        .iter()
+        .map(|h| String::from_utf8_lossy(h).trim().to_string())
+        .collect();
+    let cols = resolve_columns(&src.path, &cfg.columns, &headers)?;
+    let idx = |name: &Option<String>| {
+        name.as_ref()
+            .and_then(|n| headers.iter().position(|h| h == n))
+    };
+    let (ii, ci) = (
+        idx(&Some(cols.image.clone())),
+        idx(&Some(cols.caption.clone())),
+    );
+    let (ki, li, ui, si) = (
+        idx(&cols.key),
+        idx(&cols.license),
+        idx(&cols.url),
+        idx(&cols.split),
+    );
+    let base = base_dir(src);
+    let mut record = csv::ByteRecord::new();
+    let mut n = 0u64;
+    loop {
+        let row_no = n;
+        match reader.read_byte_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => {
+                n += 1;
+                // A malformed row does not end the file unless the reader cannot go on.
+                let fatal = !matches!(
+                    e.kind(),
+                    csv::ErrorKind::Utf8 { .. } | csv::ErrorKind::UnequalLengths { .. }
+                );
+                if !emit(malformed(
+                    src,
+                    row_key(row_no),
+                    format!("row {}: {e}", row_no + 1),
+                )) || fatal
+                {
+                    return Ok(());
+                }
+                continue;
+            }
+        }
+        n += 1;
+        let cell = |i: Option<usize>| i.and_then(|i| record.get(i)).filter(|c| !c.is_empty());
+        let text = |i: Option<usize>| cell(i).map(|c| String::from_utf8_lossy(c).into_owned());
+        let metadata: serde_json::Map<String, serde_json::Value> = headers
+            .iter()
+            .zip(record.iter())
+            .map(|(h, v)| {
+                (
+                    h.clone(),
+                    serde_json::Value::String(String::from_utf8_lossy(v).into_owned()),
+                )
+            })
+            .collect();
+        let row = Row {
+            key: text(ki).unwrap_or_else(|| row_key(row_no)),
+            image: text(ii).map(|p| ImageData::Path(base.join(p))),
+            caption: cell(ci).map(<[u8]>::to_vec),
+            license: text(li),
+            url: text(ui),
+            split: text(si),
+            metadata: Some(serde_json::Value::Object(metadata).to_string()),
+        };
+        if !emit(row_record(src, row)) {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// A cell as bytes: strings, binaries, and Hugging Face `Image` structs (`{bytes, path}`).
+fn cell_bytes(col: &ArrayRef, i: usize) -> Option<Vec<u8>> {
+    if col.is_null(i) {
+        return None;
+    }
+    match col.data_type() {
+        DataType::Utf8 => Some(col.as_string::<i32>().value(i).as_bytes().to_vec()),
+        DataType::LargeUtf8 => Some(col.as_string::<i64>().value(i).as_bytes().to_vec()),
+        DataType::Utf8View => Some(col.as_string_view().value(i).as_bytes().to_vec()),
+        DataType::Binary => Some(col.as_binary::<i32>().value(i).to_vec()),
+        DataType::LargeBinary => Some(col.as_binary::<i64>().value(i).to_vec()),
+        DataType::BinaryView => Some(col.as_binary_view().value(i).to_vec()),
+        DataType::Int64 => Some(
+            col.as_primitive::<Int64Type>()
+                .value(i)
+                .to_string()
+                .into_bytes(),
+        ),
+        DataType::Int32 => Some(
+            col.as_primitive::<Int32Type>()
+                .value(i)
+                .to_string()
+                .into_bytes(),
+        ),
+        DataType::UInt64 => Some(
+            col.as_primitive::<UInt64Type>()
+                .value(i)
+                .to_string()
+                .into_bytes(),
+        ),
+        DataType::UInt32 => Some(
+            col.as_primitive::<UInt32Type>()
+                .value(i)
+                .to_string()
+                .into_bytes(),
+        ),
+        _ => None,
+    }
+}
+
+fn cell_string(col: Option<&ArrayRef>, i: usize) -> Option<String> {
+    col.and_then(|c| cell_bytes(c, i))
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+fn image_cell(col: &ArrayRef, i: usize, base: &Path) -> Option<ImageData> {
+    match col.data_type() {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => cell_string(Some(col), i)
+            .filter(|p| !p.is_empty())
+            .map(|p| ImageData::Path(base.join(p))),
+        DataType::Struct(_) => {
+            let s = col.as_struct();
+            if s.is_null(i) {
+                return None;
+            }
+            if let Some(b) = s.column_by_name("bytes").and_then(|b| cell_bytes(b, i)) {
+                return Some(ImageData::Bytes(b));
+            }
+            cell_string(s.column_by_name("path"), i).map(|p| ImageData::Path(base.join(p)))
+        }
+        _ => cell_bytes(col, i).map(ImageData::Bytes),
+    }
+}
+
+fn read_parquet(src: &SourceSpec, cfg: &IngestConfig, emit: Emit<'_>) -> Result<()> {
+    let f = File::open(&src.path).map_err(|e| IngestError::io("opening", &src.path, e))?;
+    let pq =
+        |e: parquet::errors::ParquetError| IngestError::input(&src.path, format!("Parquet: {e}"));
+    let builder = ParquetRecordBatchReaderBuilder::try_new(f).map_err(pq)?;
+    let present: Vec<String> = builder
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let cols = resolve_columns(&src.path, &cfg.columns, &present)?;
+    // Small batches: rows may carry whole images.
+    let reader = builder.with_batch_size(256).build().map_err(pq)?;
+    let base = base_dir(src);
+    let mut n = 0u64;
+    for batch in reader {
+        let batch: RecordBatch =
+            batch.map_err(|e| IngestError::input(&src.path, format!("Parquet: {e}")))?;
+        let col =
+            |name: &Option<String>| name.as_ref().and_then(|n| batch.column_by_name(n)).cloned();
+        let image = col(&Some(cols.image.clone()));
+        let caption = col(&Some(cols.caption.clone()));
+        let (key, license, url, split) = (
+            col(&cols.key),
+            col(&cols.license),
+            col(&cols.url),
+            col(&cols.split),
+        );
+        for i in 0..batch.num_rows() {
+            let row_no = n;
+            n += 1;
+            let row = Row {
+                key: cell_string(key.as_ref(), i).unwrap_or_else(|| row_key(row_no)),
+                image: image.as_ref().and_then(|c| image_cell(c, i, &base)),
+                caption: caption.as_ref().and_then(|c| cell_bytes(c, i)),
+                license: cell_string(license.as_ref(), i),
+                url: cell_string(url.as_ref(), i),
+                split: cell_string(split.as_ref(), i),
+                metadata: None,
+            };
+            if !emit(row_record(src, row)) {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}

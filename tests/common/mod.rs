@@ -1,0 +1,262 @@
+//! Helpers shared by the end-to-end tests: the embedded sample, running the `cm3` binary, and
+//! reading what it wrote.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use arrow_array::{Array, BooleanArray, StringArray, UInt32Array, UInt64Array};
+use cm3_core::schema::{column, read_columns};
+
+pub fn cm3() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cm3"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+/// Run `cm3 args...`, asserting success; returns the output.
+pub fn run_ok(args: &[&str]) -> Output {
+    let out = cm3().args(args).output().expect("spawn cm3");
+    assert!(
+        out.status.success(),
+        "cm3 {args:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Run `cm3 args...`, asserting failure; returns stderr.
+pub fn run_err(args: &[&str]) -> String {
+    let out = cm3().args(args).output().expect("spawn cm3");
+    assert!(!out.status.success(), "cm3 {args:?} should have failed");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn sample_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../sample/pairs")
+}
+
+/// One pair of the embedded sample.
+#[derive(Debug, Clone)]
+pub struct SamplePair {
+    pub stem: String,
+    pub image: PathBuf,
+    pub caption: String,
+    pub meta: serde_json::Value,
+}
+
+impl SamplePair {
+    pub fn ext(&self) -> String {
+        self.image
+            .extension()
+            .map(|e| e.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+    pub fn license(&self) -> String {
+        self.meta["license"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+    pub fn all_captions(&self) -> Vec<String> {
+        self.meta["captions"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+pub fn sample_pairs() -> Vec<SamplePair> {
+    let dir = sample_dir();
+    let mut out = Vec::new();
+    let mut names: Vec<PathBuf> = fs::read_dir(&dir)
+        .expect("sample dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    names.sort();
+    for p in names {
+        let ext = p
+            .extension()
+            .map(|e| e.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if ext != "jpg" && ext != "png" {
+            continue;
+        }
+        let stem = p.file_stem().expect("stem").to_string_lossy().into_owned();
+        let caption = fs::read_to_string(p.with_extension("txt")).expect("caption");
+        let meta = serde_json::from_slice(&fs::read(p.with_extension("json")).expect("json"))
+            .expect("meta json");
+        out.push(SamplePair {
+            stem,
+            image: p,
+            caption: caption.trim().to_string(),
+            meta,
+        });
+    }
+    assert!(out.len() >= 30, "sample has {} pairs", out.len());
+    out
+}
+
+/// A row as the tests look at it (image bytes left out).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Row {
+    pub id: u64,
+    pub key: String,
+    pub caption: String,
+    pub sha256: String,
+    pub license: Option<String>,
+    pub orig_width: u32,
+    pub orig_height: u32,
+    pub width: u32,
+    pub caption_repaired: bool,
+}
+
+pub fn shard_files(dataset: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = match fs::read_dir(dataset.join("pairs")) {
+        Ok(rd) => rd.map(|e| e.expect("entry").path()).collect(),
+        Err(_) => Vec::new(),
+    };
+    v.sort();
+    v
+}
+
+pub fn read_rows(dataset: &Path) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for f in shard_files(dataset) {
+        assert_eq!(
+            f.extension().and_then(|e| e.to_str()),
+            Some("parquet"),
+            "stray file {}",
+            f.display()
+        );
+        let cols = [
+            "id",
+            "key",
+            "caption",
+            "sha256",
+            "license",
+            "orig_width",
+            "orig_height",
+            "width",
+            "caption_repaired",
+        ];
+        for b in read_columns(&f, &cols).expect("read shard") {
+            let id = column::<UInt64Array>(&b, "id").expect("id");
+            let key = column::<StringArray>(&b, "key").expect("key");
+            let cap = column::<StringArray>(&b, "caption").expect("caption");
+            let sha = column::<StringArray>(&b, "sha256").expect("sha");
+            let lic = column::<StringArray>(&b, "license").expect("license");
+            let ow = column::<UInt32Array>(&b, "orig_width").expect("ow");
+            let oh = column::<UInt32Array>(&b, "orig_height").expect("oh");
+            let w = column::<UInt32Array>(&b, "width").expect("w");
+            let rep = column::<BooleanArray>(&b, "caption_repaired").expect("rep");
+            for i in 0..b.num_rows() {
+                rows.push(Row {
+                    id: id.value(i),
+                    key: key.value(i).to_string(),
+                    caption: cap.value(i).to_string(),
+                    sha256: sha.value(i).to_string(),
+                    license: (!lic.is_null(i)).then(|| lic.value(i).to_string()),
+                    orig_width: ow.value(i),
+                    orig_height: oh.value(i),
+                    width: w.value(i),
+                    caption_repaired: rep.value(i),
+                });
+            }
+        }
+    }
+    rows
+}
+
+pub fn read_rejects(dataset: &Path) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir(dataset.join("rejects")) else {
+        return out;
+    };
+    let mut files: Vec<PathBuf> = rd.map(|e| e.expect("entry").path()).collect();
+    files.sort();
+    for f in files {
+        for line in fs::read_to_string(&f).expect("rejects").lines() {
+            out.push(serde_json::from_str(line).expect("reject json"));
+        }
+    }
+    out
+}
+
+pub fn reasons(rejects: &[serde_json::Value]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for r in rejects {
+        *m.entry(r["reason"].as_str().unwrap_or("?").to_string())
+            .or_default() += 1;
+    }
+    m
+}
+
+pub fn manifest(dataset: &Path) -> serde_json::Value {
+    serde_json::from_slice(&fs::read(dataset.join("manifest.json")).expect("manifest"))
+        .expect("manifest json")
+}
+
+/// Bytes of every shard and rejects file, by relative name.
+pub fn output_bytes(dataset: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut m = BTreeMap::new();
+    for d in ["pairs", "rejects"] {
+        if let Ok(rd) = fs::read_dir(dataset.join(d)) {
+            for e in rd {
+                let p = e.expect("entry").path();
+                let name = format!("{d}/{}", p.file_name().expect("name").to_string_lossy());
+                m.insert(name, fs::read(&p).expect("read"));
+            }
+        }
+    }
+    m
+}
+
+/// Append a member with an arbitrary (possibly hostile) name to a tar.
+pub fn tar_add<W: std::io::Write>(b: &mut tar::Builder<W>, name: &str, data: &[u8]) {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    // Write the name bytes directly: `set_path` refuses `..` and absolute paths, which is exactly
+    // what the hostile-input tests need to produce.
+    let raw = name.as_bytes();
+    let gnu = h.as_gnu_mut().expect("gnu header");
+    gnu.name[..raw.len()].copy_from_slice(raw);
+    h.set_cksum();
+    b.append(&h, data).expect("append");
+}
+
+/// Write the sample as one or more WebDataset tars (img2dataset layout), `per_tar` pairs each.
+pub fn write_webdataset(dir: &Path, pairs: &[SamplePair], per_tar: usize) -> Vec<PathBuf> {
+    fs::create_dir_all(dir).expect("mkdir");
+    let mut tars = Vec::new();
+    for (t, chunk) in pairs.chunks(per_tar).enumerate() {
+        let path = dir.join(format!("{t:05}.tar"));
+        let mut b = tar::Builder::new(fs::File::create(&path).expect("create tar"));
+        for (i, p) in chunk.iter().enumerate() {
+            let key = format!("{t:05}{i:04}");
+            tar_add(
+                &mut b,
+                &format!("{key}.{}", p.ext()),
+                &fs::read(&p.image).expect("image"),
+            );
+            tar_add(&mut b, &format!("{key}.txt"), p.caption.as_bytes());
+            tar_add(
+                &mut b,
+                &format!("{key}.json"),
+                p.meta.to_string().as_bytes(),
+            );
+        }
+        b.finish().expect("finish tar");
+        tars.push(path);
+    }
+    tars
+}
