@@ -13,6 +13,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CoreError, Result};
@@ -154,6 +155,9 @@ pub fn pairs_batch(rows: &[PairRow]) -> std::result::Result<RecordBatch, arrow_s
 pub fn shard_writer_properties(row_group_rows: usize) -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
+        // Encoded images do not compress; zstd would only spend CPU on them.
+        .set_column_compression(ColumnPath::from("image"), Compression::UNCOMPRESSED)
+        .set_column_dictionary_enabled(ColumnPath::from("image"), false)
         .set_max_row_group_row_count(Some(row_group_rows.max(1)))
         .set_created_by(format!("cm3 {}", crate::TOOL_VERSION))
         .build()

@@ -4,6 +4,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::time::Duration;
 
@@ -26,8 +28,8 @@ use crate::source::{self, ImageData, RawRecord, SourceSpec};
 /// The manifest's name for this stage.
 pub const STAGE: &str = "ingest";
 
-/// Records decoded per parallel batch (per thread: enough to keep threads busy, little memory).
-const BATCH_PER_THREAD: usize = 16;
+/// Records queued per decoding thread: enough to keep every thread busy, little memory.
+const IN_FLIGHT_PER_THREAD: usize = 8;
 
 /// What one `cm3 ingest` run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -240,7 +242,7 @@ struct Engine<'a> {
     dataset: DatasetDir,
     manifest: Manifest,
     dedupe: DedupeIndex,
-    pool: rayon::ThreadPool,
+    pool: Arc<rayon::ThreadPool>,
     bar: ProgressBar,
     report: IngestReport,
 }
@@ -278,11 +280,13 @@ pub fn run(opts: &IngestOptions, cfg: &IngestConfig) -> Result<IngestReport> {
     } else {
         opts.threads
     };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("cm3-ingest-{i}"))
-        .build()
-        .map_err(|e| IngestError::ThreadPool(e.to_string()))?;
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("cm3-ingest-{i}"))
+            .build()
+            .map_err(|e| IngestError::ThreadPool(e.to_string()))?,
+    );
     let bar = if opts.progress {
         ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
     } else {
@@ -391,34 +395,58 @@ impl Engine<'_> {
         }
         tracing::info!(input = %src.path.display(), format = src.format.name(), "reading");
         let want = |i: u64| todo(i / shard_rows);
-        let threads = self.pool.current_num_threads();
-        let (tx, rx) = sync_channel::<(u64, RawRecord)>(BATCH_PER_THREAD * threads * 2);
-        let cfg = self.cfg;
-        let (consumed, read_all) = std::thread::scope(|s| {
-            let producer = s.spawn(move || {
+        // Three stages run at once: a reader, the decoding pool, and this thread, which puts results
+        // back in input order and writes shards. Bounded channels keep memory bounded.
+        let in_flight = IN_FLIGHT_PER_THREAD * self.pool.current_num_threads();
+        let (work_tx, work_rx) = sync_channel::<(u64, Option<RawRecord>)>(in_flight);
+        let (done_tx, done_rx) = sync_channel::<(u64, Option<Vec<Outcome>>)>(in_flight);
+        let cancel = AtomicBool::new(false);
+        let (cfg, pool) = (self.cfg, Arc::clone(&self.pool));
+        let (consumed, read) = std::thread::scope(|s| {
+            let (cancel, want) = (&cancel, &want);
+            let reader = s.spawn(move || {
                 let mut i = 0u64;
                 let mut stopped = false;
-                src.read(cfg, &want, &mut |r| {
+                src.read(cfg, want, &mut |r| {
                     let idx = i;
                     i += 1;
-                    if !want(idx) {
-                        return true;
-                    }
-                    let ok = tx.send((idx, r)).is_ok();
-                    stopped |= !ok;
-                    ok
+                    // Records of shards this run does not make pass as placeholders, so the
+                    // reordering below can count every record.
+                    let item = want(idx).then_some(r);
+                    stopped = cancel.load(Ordering::Relaxed) || work_tx.send((idx, item)).is_err();
+                    !stopped
                 });
                 (i, !stopped)
             });
-            let consumed = self.consume(si, src, rx, shard_rows, &done);
-            let produced = producer.join();
-            (consumed, produced)
+            let decoders = s.spawn(move || {
+                pool.install(|| {
+                    work_rx
+                        .into_iter()
+                        .par_bridge()
+                        .for_each_with(done_tx, |tx, (idx, rec)| {
+                            let out = rec.map(|r| {
+                                if cancel.load(Ordering::Relaxed) {
+                                    Vec::new()
+                                } else {
+                                    process_record(src, &r, cfg)
+                                }
+                            });
+                            // A closed channel means the run is stopping; the reader sees `cancel`.
+                            let _ = tx.send((idx, out));
+                        });
+                });
+            });
+            let consumed = self.consume(src, done_rx, shard_rows);
+            if consumed.is_err() {
+                cancel.store(true, Ordering::Relaxed);
+            }
+            let read = reader.join();
+            let decoded = decoders.join();
+            (consumed, read.and_then(|r| decoded.map(|()| r)))
         });
         consumed?;
         let (total, complete) =
-            read_all.map_err(|_| IngestError::input(&src.path, "reader thread panicked"))?;
-        // Chunks before the last one that this worker owns but that had no records cannot exist;
-        // count the ones skipped because they were finished or another worker's.
+            read.map_err(|_| IngestError::input(&src.path, "a reader or decoder thread panicked"))?;
         let chunks = total.div_ceil(shard_rows);
         self.report.shards_skipped += (0..chunks).filter(|c| !todo(*c)).count();
         if total == 0 {
@@ -439,60 +467,48 @@ impl Engine<'_> {
         Ok(())
     }
 
+    /// Take decoded records in any order, put them back in input order, and cut them into shards.
     fn consume(
         &mut self,
-        si: u64,
         src: &SourceSpec,
-        rx: Receiver<(u64, RawRecord)>,
+        results: Receiver<(u64, Option<Vec<Outcome>>)>,
         shard_rows: u64,
-        done: &HashSet<u64>,
     ) -> Result<()> {
-        let batch_len = BATCH_PER_THREAD * self.pool.current_num_threads();
+        let mut pending: BTreeMap<u64, Option<Vec<Outcome>>> = BTreeMap::new();
+        let mut next = 0u64;
         let mut current: Option<u64> = None;
-        let mut batch: Vec<RawRecord> = Vec::with_capacity(batch_len);
         let mut acc = ChunkAcc::default();
-        for (idx, rec) in rx {
-            let chunk = idx / shard_rows;
-            if current != Some(chunk) {
-                if let Some(prev) = current {
-                    self.process_batch(src, &mut batch, &mut acc)?;
-                    self.finish_chunk(si, src, prev, std::mem::take(&mut acc))?;
+        for (idx, out) in results {
+            pending.insert(idx, out);
+            while let Some(out) = pending.remove(&next) {
+                let chunk = next / shard_rows;
+                next += 1;
+                let Some(outcomes) = out else { continue };
+                if current != Some(chunk) {
+                    if let Some(prev) = current {
+                        self.finish_chunk(src, prev, std::mem::take(&mut acc))?;
+                    }
+                    current = Some(chunk);
                 }
-                debug_assert!(!done.contains(&chunk));
-                current = Some(chunk);
-            }
-            batch.push(rec);
-            if batch.len() >= batch_len {
-                self.process_batch(src, &mut batch, &mut acc)?;
+                self.accept(src, outcomes, &mut acc)?;
             }
         }
         if let Some(last) = current {
-            self.process_batch(src, &mut batch, &mut acc)?;
-            self.finish_chunk(si, src, last, acc)?;
+            self.finish_chunk(src, last, acc)?;
         }
         Ok(())
     }
 
-    fn process_batch(
+    /// Deduplicate (in input order: which of two duplicates is kept never depends on timing),
+    /// apply `--strict`, log rejects.
+    fn accept(
         &mut self,
         src: &SourceSpec,
-        batch: &mut Vec<RawRecord>,
+        outcomes: Vec<Outcome>,
         acc: &mut ChunkAcc,
     ) -> Result<()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let cfg = self.cfg;
-        let outcomes: Vec<Vec<Outcome>> = self.pool.install(|| {
-            batch
-                .par_iter()
-                .map(|r| process_record(src, r, cfg))
-                .collect()
-        });
-        self.bar.inc(batch.len() as u64);
-        batch.clear();
-        // Sequential, in input order: which of two duplicates is kept never depends on timing.
-        for outcome in outcomes.into_iter().flatten() {
+        self.bar.inc(1);
+        for outcome in outcomes {
             let rej = match outcome {
                 Outcome::Row(row) => match self.dedupe.check(&row) {
                     None => {
@@ -524,21 +540,17 @@ impl Engine<'_> {
             }
             acc.rejects.push(rej);
         }
-        self.bar.set_message(format!(
-            "{} rows, {} rejects",
-            self.report.rows + acc.rows.len() as u64,
-            self.report.rejects + acc.rejects.len() as u64
-        ));
+        if self.bar.position().is_multiple_of(64) {
+            self.bar.set_message(format!(
+                "{} rows, {} rejects",
+                self.report.rows + acc.rows.len() as u64,
+                self.report.rejects + acc.rejects.len() as u64
+            ));
+        }
         Ok(())
     }
 
-    fn finish_chunk(
-        &mut self,
-        _si: u64,
-        src: &SourceSpec,
-        chunk: u64,
-        acc: ChunkAcc,
-    ) -> Result<()> {
+    fn finish_chunk(&mut self, src: &SourceSpec, chunk: u64, acc: ChunkAcc) -> Result<()> {
         let worker = self.opts.worker;
         let tag = worker.tag();
         let name = format!("{}-{chunk:05}", src.shard_prefix());

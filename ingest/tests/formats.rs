@@ -26,23 +26,45 @@ fn encode(img: DynamicImage, format: ImageFormat) -> Vec<u8> {
 fn check(name: &str, bytes: &[u8], orig_format: &str) {
     let cfg = IngestConfig::default();
     let n = normalize_image(bytes, &cfg).unwrap_or_else(|r| panic!("{name}: rejected: {r:?}"));
-    assert_eq!((n.orig_width, n.orig_height), (W, H), "{name}: size as displayed");
+    assert_eq!(
+        (n.orig_width, n.orig_height),
+        (W, H),
+        "{name}: size as displayed"
+    );
     assert_eq!(n.orig_format, orig_format, "{name}");
-    let out = image::load_from_memory(&n.bytes).expect("decode output").into_rgb8();
+    let out = image::load_from_memory(&n.bytes)
+        .expect("decode output")
+        .into_rgb8();
     assert_eq!(out.dimensions(), (256, 256));
     let close = |p: [u8; 3], want: [u8; 3]| p.iter().zip(want).all(|(a, b)| a.abs_diff(b) <= 16);
-    for (x, y, want) in [(200, 40, RED), (50, 40, RED), (50, 215, BLUE), (200, 215, BLUE)] {
+    for (x, y, want) in [
+        (200, 40, RED),
+        (50, 40, RED),
+        (50, 215, BLUE),
+        (200, 215, BLUE),
+    ] {
         let p = out.get_pixel(x, y).0;
-        assert!(close(p, want), "{name}: pixel ({x},{y}) = {p:?}, want {want:?}");
+        assert!(
+            close(p, want),
+            "{name}: pixel ({x},{y}) = {p:?}, want {want:?}"
+        );
     }
 }
 
 #[test]
 fn png_rgb8_rgb16_gray_palette() {
     let rgb = ImageBuffer::from_fn(W, H, |x, y| Rgb(top_red(x, y)));
-    check("png rgb8", &encode(DynamicImage::ImageRgb8(rgb), ImageFormat::Png), "png");
+    check(
+        "png rgb8",
+        &encode(DynamicImage::ImageRgb8(rgb), ImageFormat::Png),
+        "png",
+    );
     let rgb16 = ImageBuffer::from_fn(W, H, |x, y| Rgb(top_red(x, y).map(|c| u16::from(c) * 257)));
-    check("png rgb16", &encode(DynamicImage::ImageRgb16(rgb16), ImageFormat::Png), "png");
+    check(
+        "png rgb16",
+        &encode(DynamicImage::ImageRgb16(rgb16), ImageFormat::Png),
+        "png",
+    );
 
     // Palette PNG, written with the png crate (image writes no indexed PNGs).
     let mut buf = Vec::new();
@@ -52,15 +74,23 @@ fn png_rgb8_rgb16_gray_palette() {
         enc.set_depth(png::BitDepth::Eight);
         enc.set_palette([RED, BLUE].concat());
         let mut w = enc.write_header().expect("header");
-        let data: Vec<u8> = (0..H).flat_map(|y| (0..W).map(move |_| u8::from(y >= H / 2))).collect();
+        let data: Vec<u8> = (0..H)
+            .flat_map(|y| (0..W).map(move |_| u8::from(y >= H / 2)))
+            .collect();
         w.write_image_data(&data).expect("data");
     }
     check("png palette", &buf, "png");
 
     // Grayscale becomes RGB with equal channels.
     let gray = ImageBuffer::from_fn(W, H, |_, y| Luma([if y < H / 2 { 230u8 } else { 20 }]));
-    let n = normalize_image(&encode(DynamicImage::ImageLuma8(gray), ImageFormat::Png), &IngestConfig::default()).expect("gray");
-    let out = image::load_from_memory(&n.bytes).expect("decode").into_rgb8();
+    let n = normalize_image(
+        &encode(DynamicImage::ImageLuma8(gray), ImageFormat::Png),
+        &IngestConfig::default(),
+    )
+    .expect("gray");
+    let out = image::load_from_memory(&n.bytes)
+        .expect("decode")
+        .into_rgb8();
     let top = out.get_pixel(128, 40).0;
     assert!(top.iter().all(|c| c.abs_diff(230) <= 4), "{top:?}");
 }
@@ -85,11 +115,13 @@ fn jpeg_with_exif_orientation_is_turned_upright() {
     let stored: Vec<u8> = (0..W)
         .flat_map(|_y| (0..H).flat_map(move |x| if x < H / 2 { RED } else { BLUE }))
         .collect();
-    let exif = b"Exif\0\0MM\0\x2a\0\0\0\x08\0\x01\x01\x12\0\x03\0\0\0\x01\0\x06\0\0\0\0\0\0".to_vec();
+    let exif =
+        b"Exif\0\0MM\0\x2a\0\0\0\x08\0\x01\x01\x12\0\x03\0\0\0\x01\0\x06\0\0\0\0\0\0".to_vec();
     let mut jpg = Vec::new();
     let mut enc = jpeg_encoder::Encoder::new(&mut jpg, 95);
     enc.add_app_segment(1, exif).expect("app1");
-    enc.encode(&stored, H as u16, W as u16, jpeg_encoder::ColorType::Rgb).expect("encode");
+    enc.encode(&stored, H as u16, W as u16, jpeg_encoder::ColorType::Rgb)
+        .expect("encode");
     check("jpeg exif-6", &jpg, "jpeg");
 }
 
@@ -97,16 +129,29 @@ fn jpeg_with_exif_orientation_is_turned_upright() {
 fn cmyk_jpeg_becomes_rgb() {
     // Red = no cyan, full magenta and yellow; blue = full cyan and magenta, no yellow.
     let cmyk: Vec<u8> = (0..H)
-        .flat_map(|y| (0..W).flat_map(move |_| if y < H / 2 { [0u8, 255, 255, 0] } else { [255, 255, 0, 0] }))
+        .flat_map(|y| {
+            (0..W).flat_map(move |_| {
+                if y < H / 2 {
+                    [0u8, 255, 255, 0]
+                } else {
+                    [255, 255, 0, 0]
+                }
+            })
+        })
         .collect();
     let mut jpg = Vec::new();
     jpeg_encoder::Encoder::new(&mut jpg, 95)
         .encode(&cmyk, W as u16, H as u16, jpeg_encoder::ColorType::Cmyk)
         .expect("encode");
     let n = normalize_image(&jpg, &IngestConfig::default()).expect("cmyk decodes");
-    let out = image::load_from_memory(&n.bytes).expect("decode").into_rgb8();
+    let out = image::load_from_memory(&n.bytes)
+        .expect("decode")
+        .into_rgb8();
     let (top, bottom) = (out.get_pixel(128, 40).0, out.get_pixel(128, 215).0);
     // Pure process colours are not exactly sRGB red/blue; check the dominant channels.
     assert!(top[0] > 200 && top[1] < 60 && top[2] < 60, "top {top:?}");
-    assert!(bottom[2] > 200 && bottom[0] < 60 && bottom[1] < 60, "bottom {bottom:?}");
+    assert!(
+        bottom[2] > 200 && bottom[0] < 60 && bottom[1] < 60,
+        "bottom {bottom:?}"
+    );
 }
