@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 use cm3_core::{DatasetDir, Manifest, WorkerSpec};
-use cm3_ingest::config::{CocoPairs, InvalidUtf8, OutputImageFormat, ResizeFilter};
+use cm3_ingest::config::{CocoPairs, InvalidUtf8, JpegCodec, OutputImageFormat, ResizeFilter};
 use cm3_ingest::{IngestConfig, IngestOptions, InputFormat};
 
 mod inspect;
@@ -101,6 +101,10 @@ struct IngestArgs {
     jpeg_quality: Option<u8>,
     #[arg(long, value_enum)]
     resize_filter: Option<FilterArg>,
+    /// JPEG codec: `turbojpeg` (libjpeg-turbo, scaled decoding; only in builds with the
+    /// `turbojpeg` feature, where it is the default) or `rust`.
+    #[arg(long, value_enum)]
+    jpeg_codec: Option<CodecArg>,
     /// Reject images whose declared size exceeds this many pixels.
     #[arg(long)]
     max_image_pixels: Option<u64>,
@@ -164,6 +168,11 @@ enum FilterArg {
     Lanczos3,
 }
 #[derive(Copy, Clone, Debug, ValueEnum)]
+enum CodecArg {
+    Rust,
+    Turbojpeg,
+}
+#[derive(Copy, Clone, Debug, ValueEnum)]
 enum Utf8Arg {
     Repair,
     Reject,
@@ -213,6 +222,13 @@ fn ingest(a: IngestArgs) -> Result<()> {
             FilterArg::Bilinear => ResizeFilter::Bilinear,
             FilterArg::CatmullRom => ResizeFilter::CatmullRom,
             FilterArg::Lanczos3 => ResizeFilter::Lanczos3,
+        })
+    );
+    set!(
+        cfg.jpeg_codec,
+        a.jpeg_codec.map(|c| match c {
+            CodecArg::Rust => JpegCodec::Rust,
+            CodecArg::Turbojpeg => JpegCodec::Turbojpeg,
         })
     );
     set!(cfg.max_image_pixels, a.max_image_pixels);

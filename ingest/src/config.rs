@@ -55,6 +55,28 @@ pub enum ResizeFilter {
     Lanczos3,
 }
 
+/// JPEG codec. Both give correct images; the output bytes differ, so a dataset records which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JpegCodec {
+    /// Pure Rust (zune-jpeg to decode, jpeg-encoder to encode): no system dependencies.
+    Rust,
+    /// libjpeg-turbo (cargo feature `turbojpeg`): decodes scaled in the DCT to the smallest
+    /// n/8 size not below `image_size`, which skips most of the work on large photos.
+    Turbojpeg,
+}
+
+impl Default for JpegCodec {
+    /// The fastest codec this binary was built with.
+    fn default() -> Self {
+        if cfg!(feature = "turbojpeg") {
+            JpegCodec::Turbojpeg
+        } else {
+            JpegCodec::Rust
+        }
+    }
+}
+
 /// What to do with a caption that is not valid UTF-8.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -101,6 +123,7 @@ pub struct IngestConfig {
     pub image_format: OutputImageFormat,
     pub jpeg_quality: u8,
     pub resize_filter: ResizeFilter,
+    pub jpeg_codec: JpegCodec,
     /// Reject images whose declared size exceeds this many pixels (decompression bombs).
     /// Pillow's default `MAX_IMAGE_PIXELS`.
     pub max_image_pixels: u64,
@@ -124,6 +147,7 @@ impl Default for IngestConfig {
             image_format: OutputImageFormat::Jpeg,
             jpeg_quality: 95,
             resize_filter: ResizeFilter::Lanczos3,
+            jpeg_codec: JpegCodec::default(),
             max_image_pixels: 89_478_485,
             max_caption_chars: 4096,
             invalid_utf8: InvalidUtf8::Repair,
@@ -149,6 +173,11 @@ impl IngestConfig {
                 "jpeg_quality {} is outside 1..=100",
                 self.jpeg_quality
             ));
+        }
+        if self.jpeg_codec == JpegCodec::Turbojpeg && !cfg!(feature = "turbojpeg") {
+            return Err("jpeg_codec = turbojpeg needs cm3 built with `--features turbojpeg` (see the README); \
+                 this binary has only the `rust` codec"
+                .into());
         }
         if self.shard_rows == 0 {
             return Err("shard_rows must be at least 1".into());

@@ -139,43 +139,24 @@ pub fn normalize_image(data: &[u8], cfg: &IngestConfig) -> Result<NormalImage, R
             "JPEG is truncated (no end-of-image marker)",
         ));
     }
-    let mut reader = reader;
-    let mut limits = Limits::default();
-    // Bytes for the largest allowed image at 16-bit RGBA, plus decoder slack.
-    limits.max_alloc = Some(
-        cfg.max_image_pixels
-            .saturating_mul(8)
-            .saturating_add(64 << 20),
-    );
-    reader.limits(limits);
-    let mut decoder = reader.into_decoder().map_err(decode_error)?;
-    let (w, h) = decoder.dimensions();
-    if u64::from(w) * u64::from(h) > cfg.max_image_pixels {
-        return Err(Rejection::new(
-            RejectReason::TooManyPixels,
-            format!(
-                "declared {w}x{h} = {} pixels > limit {}",
-                u64::from(w) * u64::from(h),
-                cfg.max_image_pixels
-            ),
-        ));
-    }
-    if w == 0 || h == 0 {
-        return Err(Rejection::new(
-            RejectReason::CorruptImage,
-            format!("declared size {w}x{h}"),
-        ));
-    }
-    // A broken EXIF block should not lose an otherwise good image: fall back to no rotation.
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
-    img.apply_orientation(orientation);
-    let (ow, oh) = (img.width(), img.height());
-    let rgb = to_rgb_on_white(img);
+    let decoded = match (format, cfg.jpeg_codec) {
+        #[cfg(feature = "turbojpeg")]
+        (ImageFormat::Jpeg, crate::config::JpegCodec::Turbojpeg) => match turbo::decode(data, cfg)?
+        {
+            Some(d) => d,
+            // CMYK and anything libjpeg-turbo cannot read go through the general decoder.
+            None => decode_generic(reader, cfg)?,
+        },
+        _ => decode_generic(reader, cfg)?,
+    };
     let side = cfg.image_size;
-    let pixels = resize_center_crop(rgb, ow, oh, side, cfg.resize_filter)?;
+    let pixels = resize_center_crop(
+        decoded.rgb,
+        decoded.width,
+        decoded.height,
+        side,
+        cfg.resize_filter,
+    )?;
     let bytes = encode(&pixels, side, cfg)?;
     let sha256 = hex::encode(Sha256::digest(&bytes));
     Ok(NormalImage {
@@ -187,10 +168,190 @@ pub fn normalize_image(data: &[u8], cfg: &IngestConfig) -> Result<NormalImage, R
         width: side,
         height: side,
         orig_format: format_name(format),
-        orig_width: ow,
-        orig_height: oh,
+        orig_width: decoded.orig_width,
+        orig_height: decoded.orig_height,
         sha256,
     })
+}
+
+/// Decoded pixels (8-bit RGB, upright), possibly already reduced, and the original size as
+/// displayed.
+struct Decoded {
+    rgb: Vec<u8>,
+    width: u32,
+    height: u32,
+    orig_width: u32,
+    orig_height: u32,
+}
+
+fn check_pixels(w: u32, h: u32, cfg: &IngestConfig) -> Result<(), Rejection> {
+    let n = u64::from(w) * u64::from(h);
+    if n > cfg.max_image_pixels {
+        return Err(Rejection::new(
+            RejectReason::TooManyPixels,
+            format!(
+                "declared {w}x{h} = {n} pixels > limit {}",
+                cfg.max_image_pixels
+            ),
+        ));
+    }
+    if n == 0 {
+        return Err(Rejection::new(
+            RejectReason::CorruptImage,
+            format!("declared size {w}x{h}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Any supported format through the `image` crate, with the pixel limit checked on the declared
+/// size before anything is decoded.
+fn decode_generic(
+    mut reader: ImageReader<Cursor<&[u8]>>,
+    cfg: &IngestConfig,
+) -> Result<Decoded, Rejection> {
+    let mut limits = Limits::default();
+    // Bytes for the largest allowed image at 16-bit RGBA, plus decoder slack.
+    limits.max_alloc = Some(
+        cfg.max_image_pixels
+            .saturating_mul(8)
+            .saturating_add(64 << 20),
+    );
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(decode_error)?;
+    let (w, h) = decoder.dimensions();
+    check_pixels(w, h, cfg)?;
+    // A broken EXIF block should not lose an otherwise good image: fall back to no rotation.
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
+    img.apply_orientation(orientation);
+    let (width, height) = (img.width(), img.height());
+    Ok(Decoded {
+        rgb: to_rgb_on_white(img),
+        width,
+        height,
+        orig_width: width,
+        orig_height: height,
+    })
+}
+
+#[cfg(feature = "turbojpeg")]
+mod turbo {
+    use std::cell::RefCell;
+    use std::io::Cursor;
+
+    use image::{DynamicImage, ImageDecoder, RgbImage};
+    use turbojpeg::{
+        Colorspace, Compressor, Decompressor, Image, PixelFormat, ScalingFactor, Subsamp,
+    };
+
+    use super::{Decoded, RejectReason, Rejection, check_pixels};
+    use crate::config::IngestConfig;
+
+    thread_local! {
+        static DECOMPRESSOR: RefCell<Option<Decompressor>> = const { RefCell::new(None) };
+        static COMPRESSOR: RefCell<Option<(Compressor, u8)>> = const { RefCell::new(None) };
+    }
+
+    fn internal(e: turbojpeg::Error) -> Rejection {
+        Rejection::new(RejectReason::CorruptImage, format!("libjpeg-turbo: {e}"))
+    }
+
+    /// The smallest DCT scaling (n/8) whose shorter side is still at least `side`.
+    pub(super) fn scaling_for(short: usize, side: usize) -> ScalingFactor {
+        Decompressor::supported_scaling_factors()
+            .into_iter()
+            .filter(|f| f.num() <= f.denom() && f.scale(short) >= side)
+            .min_by(|a, b| (a.num() * b.denom()).cmp(&(b.num() * a.denom())))
+            .unwrap_or(ScalingFactor::ONE)
+    }
+
+    /// Decode a JPEG scaled in the DCT; `None` when libjpeg-turbo cannot (CMYK, odd headers) and
+    /// the general decoder should try.
+    pub(super) fn decode(data: &[u8], cfg: &IngestConfig) -> Result<Option<Decoded>, Rejection> {
+        DECOMPRESSOR.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.is_none() {
+                *slot = Some(Decompressor::new().map_err(internal)?);
+            }
+            let Some(d) = slot.as_mut() else {
+                return Ok(None);
+            };
+            let Ok(header) = d.read_header(data) else {
+                return Ok(None);
+            };
+            if !matches!(
+                header.colorspace,
+                Colorspace::YCbCr | Colorspace::Gray | Colorspace::RGB
+            ) {
+                return Ok(None);
+            }
+            let (w, h) = (header.width as u32, header.height as u32);
+            check_pixels(w, h, cfg)?;
+            let factor = scaling_for(header.width.min(header.height), cfg.image_size as usize);
+            d.set_scaling_factor(factor).map_err(internal)?;
+            let s = header.scaled(factor);
+            let mut pixels = vec![0u8; 3 * s.width * s.height];
+            let image = Image {
+                pixels: pixels.as_mut_slice(),
+                width: s.width,
+                pitch: 3 * s.width,
+                height: s.height,
+                format: PixelFormat::RGB,
+            };
+            d.decompress(data, image).map_err(internal)?;
+            // libjpeg-turbo ignores EXIF; read the orientation from the header with `image`.
+            let orientation = image::codecs::jpeg::JpegDecoder::new(Cursor::new(data))
+                .and_then(|mut dec| dec.orientation())
+                .unwrap_or(image::metadata::Orientation::NoTransforms);
+            let buf =
+                RgbImage::from_raw(s.width as u32, s.height as u32, pixels).ok_or_else(|| {
+                    Rejection::new(
+                        RejectReason::CorruptImage,
+                        "decoded buffer has the wrong size",
+                    )
+                })?;
+            let mut img = DynamicImage::ImageRgb8(buf);
+            img.apply_orientation(orientation);
+            let swapped = img.width() != s.width as u32;
+            let (orig_width, orig_height) = if swapped { (h, w) } else { (w, h) };
+            let (width, height) = (img.width(), img.height());
+            Ok(Some(Decoded {
+                rgb: img.into_rgb8().into_raw(),
+                width,
+                height,
+                orig_width,
+                orig_height,
+            }))
+        })
+    }
+
+    pub(super) fn encode(pixels: &[u8], side: u32, quality: u8) -> Result<Vec<u8>, String> {
+        COMPRESSOR.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.as_ref().is_none_or(|(_, q)| *q != quality) {
+                let mut c = Compressor::new().map_err(|e| e.to_string())?;
+                c.set_quality(i32::from(quality))
+                    .map_err(|e| e.to_string())?;
+                c.set_subsamp(Subsamp::Sub2x2).map_err(|e| e.to_string())?;
+                *slot = Some((c, quality));
+            }
+            let Some((c, _)) = slot.as_mut() else {
+                return Err("no compressor".to_string());
+            };
+            let side = side as usize;
+            c.compress_to_vec(Image {
+                pixels,
+                width: side,
+                pitch: 3 * side,
+                height: side,
+                format: PixelFormat::RGB,
+            })
+            .map_err(|e| e.to_string())
+        })
+    }
 }
 
 /// Does a JPEG reach its end-of-image marker? Walks the marker segments (so that an EXIF thumbnail's
@@ -212,7 +373,7 @@ pub fn jpeg_is_complete(data: &[u8]) -> bool {
                 let next = i + 2 + len;
                 if marker == 0xDA {
                     return next <= data.len()
-                        && data[next..].windows(2).any(|w| w == [0xFF, 0xD9]);
+                        && data[next..].windows(2).rev().any(|w| w == [0xFF, 0xD9]);
                 }
                 i = next;
             }
@@ -273,6 +434,10 @@ fn encode(pixels: &[u8], side: u32, cfg: &IngestConfig) -> Result<Vec<u8>, Rejec
     let err = |e: String| Rejection::new(RejectReason::CorruptImage, format!("encode: {e}"));
     let mut out = Vec::with_capacity(64 << 10);
     match cfg.image_format {
+        #[cfg(feature = "turbojpeg")]
+        OutputImageFormat::Jpeg if cfg.jpeg_codec == crate::config::JpegCodec::Turbojpeg => {
+            out = turbo::encode(pixels, side, cfg.jpeg_quality).map_err(err)?;
+        }
         OutputImageFormat::Jpeg => {
             let s = u16::try_from(side).map_err(|e| err(e.to_string()))?;
             jpeg_encoder::Encoder::new(&mut out, cfg.jpeg_quality)
@@ -433,6 +598,22 @@ mod tests {
         );
         assert_eq!(out.get_pixel(5, 5).0, [255, 255, 255]);
         assert_eq!(out.get_pixel(60, 5).0, [0, 0, 0]);
+    }
+
+    #[cfg(feature = "turbojpeg")]
+    #[test]
+    fn dct_scaling_stops_just_above_the_output_size() {
+        let pick = |short: usize| {
+            let f = turbo::scaling_for(short, 256);
+            (f.num() * 8 / f.denom(), f.scale(short))
+        };
+        // 426 * 5/8 = 267 >= 256, while 4/8 would give 213.
+        assert_eq!(pick(426), (5, 267));
+        assert_eq!(pick(1200), (2, 300));
+        assert_eq!(pick(4000), (1, 500));
+        // Smaller than the output: decoded at full size, then enlarged.
+        assert_eq!(pick(200), (8, 200));
+        assert_eq!(pick(256), (8, 256));
     }
 
     #[test]
