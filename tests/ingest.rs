@@ -761,3 +761,69 @@ fn workers_split_the_shards_and_merge() {
     let out = run_ok(&base(&split).iter().map(String::as_str).collect::<Vec<_>>());
     assert!(String::from_utf8_lossy(&out.stderr).contains("(8 already done)"));
 }
+
+#[test]
+fn manifest_rows_that_cannot_be_used_are_recorded() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pairs = sample_pairs();
+    let dir = tmp.path().join("m");
+    fs::create_dir_all(dir.join("a-directory.jpg")).expect("mkdir");
+    fs::copy(&pairs[0].image, dir.join("ok.jpg")).expect("copy");
+    let lines = [
+        r#"{"image": "ok.jpg", "caption": "a usable row"}"#,
+        r#"{"image": "missing.jpg", "caption": "points at nothing"}"#,
+        r#"{"image": "a-directory.jpg", "caption": "points at a folder"}"#,
+        r#"{"image": "ok.jpg", "caption": "   "}"#,
+        r#"{"image": "ok.jpg", "caption": "#,
+        r#"["not", "an", "object"]"#,
+        r#"{"image": "ok.jpg"}"#,
+    ];
+    fs::write(dir.join("rows.jsonl"), lines.join("\n")).expect("w");
+    let ds = tmp.path().join("ds");
+    run_ok(&[
+        "ingest",
+        "--input",
+        s(&dir.join("rows.jsonl")),
+        "--out",
+        s(&ds),
+        "--no-progress",
+    ]);
+    assert_eq!(read_rows(&ds).len(), 1);
+    let got = reasons(&read_rejects(&ds));
+    let want: BTreeMap<String, usize> = [
+        ("missing-image", 1),
+        ("unreadable", 1),
+        ("empty-caption", 1),
+        ("malformed-record", 3),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    assert_eq!(got, want);
+    // A CSV whose caption column is named differently needs the flag, and says so.
+    fs::write(dir.join("rows.csv"), "path,words\nok.jpg,hello\n").expect("w");
+    let ds2 = tmp.path().join("ds2");
+    let err = run_err(&[
+        "ingest",
+        "--input",
+        s(&dir.join("rows.csv")),
+        "--out",
+        s(&ds2),
+        "--no-progress",
+    ]);
+    assert!(
+        err.contains("no caption column") && err.contains("--caption-column"),
+        "{err}"
+    );
+    run_ok(&[
+        "ingest",
+        "--input",
+        s(&dir.join("rows.csv")),
+        "--out",
+        s(&ds2),
+        "--caption-column",
+        "words",
+        "--no-progress",
+    ]);
+    assert_eq!(read_rows(&ds2).len(), 1);
+}

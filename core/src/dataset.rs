@@ -277,6 +277,10 @@ impl DatasetDir {
             .stages
             .entry(stage.to_string())
             .or_insert_with(|| StageRecord::new(config.clone()));
+        if rec.shards.is_empty() && &rec.config != config {
+            // Nothing was made with the old configuration (a run that failed early): nothing to mix.
+            *rec = StageRecord::new(config.clone());
+        }
         rec.check_config(stage, &self.root, config)?;
         rec.tool_version = crate::TOOL_VERSION.to_string();
         Ok(rec)

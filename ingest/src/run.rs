@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, sync_channel};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arrow_array::{StringArray, UInt64Array};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -27,6 +27,9 @@ use crate::source::{self, ImageData, RawRecord, SourceSpec};
 
 /// The manifest's name for this stage.
 pub const STAGE: &str = "ingest";
+
+/// Longest time a finished shard may wait to be recorded in the manifest.
+const MANIFEST_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Records queued per decoding thread: enough to keep every thread busy, little memory.
 const IN_FLIGHT_PER_THREAD: usize = 8;
@@ -245,6 +248,7 @@ struct Engine<'a> {
     pool: Arc<rayon::ThreadPool>,
     bar: ProgressBar,
     report: IngestReport,
+    last_save: Instant,
 }
 
 pub fn run(opts: &IngestOptions, cfg: &IngestConfig) -> Result<IngestReport> {
@@ -256,6 +260,9 @@ pub fn run(opts: &IngestOptions, cfg: &IngestConfig) -> Result<IngestReport> {
         rebuild(&dataset, &worker)?;
     }
     let sources = source::resolve(&opts.inputs, opts.format, opts.image_root.as_deref())?;
+    for s in &sources {
+        s.check(cfg)?;
+    }
     let mut manifest = dataset.load_stage_state(STAGE, &worker)?;
     let config_json = serde_json::to_value(cfg)
         .map_err(|e| IngestError::Config(format!("serialising the configuration: {e}")))?;
@@ -312,6 +319,7 @@ pub fn run(opts: &IngestOptions, cfg: &IngestConfig) -> Result<IngestReport> {
         dedupe,
         pool,
         bar,
+        last_save: Instant::now(),
     };
     tracing::info!(
         dataset = %engine.dataset.root().display(),
@@ -444,7 +452,11 @@ impl Engine<'_> {
             let decoded = decoders.join();
             (consumed, read.and_then(|r| decoded.map(|()| r)))
         });
-        consumed?;
+        if let Err(e) = consumed {
+            // Keep the record of the shards that were finished before the error.
+            self.save()?;
+            return Err(e);
+        }
         let (total, complete) =
             read.map_err(|_| IngestError::input(&src.path, "a reader or decoder thread panicked"))?;
         let chunks = total.div_ceil(shard_rows);
@@ -452,18 +464,22 @@ impl Engine<'_> {
         if total == 0 {
             tracing::warn!(input = %src.path.display(), "input holds no caption-image pairs");
         }
-        if complete {
-            if let Some(rec) = self
+        if complete
+            && let Some(rec) = self
                 .manifest
                 .stages
                 .get_mut(STAGE)
                 .and_then(|s| s.inputs.get_mut(&src.id))
-            {
-                rec.records = Some(total);
-            }
-            self.dataset
-                .save_stage(&mut self.manifest, STAGE, &worker)?;
+        {
+            rec.records = Some(total);
         }
+        self.save()
+    }
+
+    fn save(&mut self) -> Result<()> {
+        self.dataset
+            .save_stage(&mut self.manifest, STAGE, &self.opts.worker)?;
+        self.last_save = Instant::now();
         Ok(())
     }
 
@@ -594,8 +610,12 @@ impl Engine<'_> {
         if let Some(stage) = self.manifest.stages.get_mut(STAGE) {
             stage.shards.insert(name.clone(), record);
         }
-        self.dataset
-            .save_stage(&mut self.manifest, STAGE, &worker)?;
+        // Rewriting the manifest costs its whole size; do it at most once a second (and at the end
+        // of every input). Shards finished but not yet recorded when a crash hits are redone by the
+        // next run, which writes the same bytes.
+        if self.last_save.elapsed() >= MANIFEST_SAVE_INTERVAL {
+            self.save()?;
+        }
         self.report.shards_written += 1;
         self.report.rows += acc.rows.len() as u64;
         self.report.rejects += acc.rejects.len() as u64;

@@ -139,6 +139,14 @@ impl SourceSpec {
         Ok(format!("sha256:{}", hex::encode(&h.finalize()[..16])))
     }
 
+    /// Cheap checks that must pass before any work: e.g. that a manifest has the configured columns.
+    pub fn check(&self, cfg: &IngestConfig) -> Result<()> {
+        match self.format {
+            InputFormat::Jsonl | InputFormat::Csv | InputFormat::Parquet => table::check(self, cfg),
+            _ => Ok(()),
+        }
+    }
+
     /// Read the source, passing each record to `emit` in order. A source-level failure (unreadable
     /// file, corrupt archive, malformed JSON) after some records were emitted ends the source with
     /// one more record that carries the problem, so it is recorded as a reject and never lost.

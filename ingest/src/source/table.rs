@@ -157,6 +157,53 @@ fn malformed(src: &SourceSpec, key: String, detail: String) -> RawRecord {
     )
 }
 
+/// Check before any work that the table has the columns the configuration needs, so that a wrong
+/// column name is an error naming the columns, not a reject for every row.
+pub fn check(src: &SourceSpec, cfg: &IngestConfig) -> Result<()> {
+    let present: Vec<String> = match src.format {
+        InputFormat::Csv => {
+            let tsv = src
+                .path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("tsv"));
+            let mut reader = csv::ReaderBuilder::new()
+                .delimiter(if tsv { b'\t' } else { b',' })
+                .from_path(&src.path)
+                .map_err(|e| IngestError::input(&src.path, e.to_string()))?;
+            let headers = reader.byte_headers().map_err(|e| {
+                IngestError::input(&src.path, format!("reading the header row: {e}"))
+            })?;
+            headers
+                .iter()
+                .map(|h| String::from_utf8_lossy(h).trim().to_string())
+                .collect()
+        }
+        InputFormat::Parquet => {
+            let f = File::open(&src.path).map_err(|e| IngestError::io("opening", &src.path, e))?;
+            let b = ParquetRecordBatchReaderBuilder::try_new(f)
+                .map_err(|e| IngestError::input(&src.path, format!("Parquet: {e}")))?;
+            b.schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect()
+        }
+        _ => {
+            // JSONL: the keys of the first object line.
+            let f = File::open(&src.path).map_err(|e| IngestError::io("opening", &src.path, e))?;
+            let first = BufReader::new(f)
+                .lines()
+                .map_while(std::result::Result::ok)
+                .find(|l| !l.trim().is_empty());
+            match first.and_then(|l| serde_json::from_str::<serde_json::Value>(&l).ok()) {
+                Some(serde_json::Value::Object(o)) => o.keys().cloned().collect(),
+                _ => return Ok(()),
+            }
+        }
+    };
+    resolve_columns(&src.path, &cfg.columns, &present).map(|_| ())
+}
+
 pub fn read(src: &SourceSpec, cfg: &IngestConfig, emit: Emit<'_>) -> Result<()> {
     match src.format {
         InputFormat::Jsonl => read_jsonl(src, cfg, emit),
