@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type, UInt32Type, UInt64Type};
-use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_array::{Array, ArrayRef, ArrowPrimitiveType, RecordBatch};
 use arrow_schema::DataType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -161,23 +161,7 @@ fn malformed(src: &SourceSpec, key: String, detail: String) -> RawRecord {
 /// column name is an error naming the columns, not a reject for every row.
 pub fn check(src: &SourceSpec, cfg: &IngestConfig) -> Result<()> {
     let present: Vec<String> = match src.format {
-        InputFormat::Csv => {
-            let tsv = src
-                .path
-                .extension()
-                .is_some_and(|e| e.eq_ignore_ascii_case("tsv"));
-            let mut reader = csv::ReaderBuilder::new()
-                .delimiter(if tsv { b'\t' } else { b',' })
-                .from_path(&src.path)
-                .map_err(|e| IngestError::input(&src.path, e.to_string()))?;
-            let headers = reader.byte_headers().map_err(|e| {
-                IngestError::input(&src.path, format!("reading the header row: {e}"))
-            })?;
-            headers
-                .iter()
-                .map(|h| String::from_utf8_lossy(h).trim().to_string())
-                .collect()
-        }
+        InputFormat::Csv => open_csv(src)?.1,
         InputFormat::Parquet => {
             let f = File::open(&src.path).map_err(|e| IngestError::io("opening", &src.path, e))?;
             let b = ParquetRecordBatchReaderBuilder::try_new(f)
@@ -304,7 +288,8 @@ fn read_jsonl(src: &SourceSpec, cfg: &IngestConfig, emit: Emit<'_>) -> Result<()
     Ok(())
 }
 
-fn read_csv(src: &SourceSpec, cfg: &IngestConfig, emit: Emit<'_>) -> Result<()> {
+/// A CSV (TSV for `.tsv`) reader and its trimmed header names.
+fn open_csv(src: &SourceSpec) -> Result<(csv::Reader<File>, Vec<String>)> {
     let tsv = src
         .path
         .extension()
@@ -314,12 +299,17 @@ fn read_csv(src: &SourceSpec, cfg: &IngestConfig, emit: Emit<'_>) -> Result<()> 
         .flexible(true)
         .from_path(&src.path)
         .map_err(|e| IngestError::input(&src.path, e.to_string()))?;
-    let headers: Vec<String> = reader
+    let headers = reader
         .byte_headers()
         .map_err(|e| IngestError::input(&src.path, format!("reading the header row: {e}")))?
         .iter()
         .map(|h| String::from_utf8_lossy(h).trim().to_string())
         .collect();
+    Ok((reader, headers))
+}
+
+fn read_csv(src: &SourceSpec, cfg: &IngestConfig, emit: Emit<'_>) -> Result<()> {
+    let (mut reader, headers) = open_csv(src)?;
     let cols = resolve_columns(&src.path, &cfg.columns, &headers)?;
     let idx = |name: &Option<String>| {
         name.as_ref()
@@ -390,6 +380,13 @@ fn read_csv(src: &SourceSpec, cfg: &IngestConfig, emit: Emit<'_>) -> Result<()> 
     Ok(())
 }
 
+fn decimal<T: ArrowPrimitiveType>(col: &ArrayRef, i: usize) -> Vec<u8>
+where
+    T::Native: ToString,
+{
+    col.as_primitive::<T>().value(i).to_string().into_bytes()
+}
+
 /// A cell as bytes: strings, binaries, and Hugging Face `Image` structs (`{bytes, path}`).
 fn cell_bytes(col: &ArrayRef, i: usize) -> Option<Vec<u8>> {
     if col.is_null(i) {
@@ -402,30 +399,10 @@ fn cell_bytes(col: &ArrayRef, i: usize) -> Option<Vec<u8>> {
         DataType::Binary => Some(col.as_binary::<i32>().value(i).to_vec()),
         DataType::LargeBinary => Some(col.as_binary::<i64>().value(i).to_vec()),
         DataType::BinaryView => Some(col.as_binary_view().value(i).to_vec()),
-        DataType::Int64 => Some(
-            col.as_primitive::<Int64Type>()
-                .value(i)
-                .to_string()
-                .into_bytes(),
-        ),
-        DataType::Int32 => Some(
-            col.as_primitive::<Int32Type>()
-                .value(i)
-                .to_string()
-                .into_bytes(),
-        ),
-        DataType::UInt64 => Some(
-            col.as_primitive::<UInt64Type>()
-                .value(i)
-                .to_string()
-                .into_bytes(),
-        ),
-        DataType::UInt32 => Some(
-            col.as_primitive::<UInt32Type>()
-                .value(i)
-                .to_string()
-                .into_bytes(),
-        ),
+        DataType::Int64 => Some(decimal::<Int64Type>(col, i)),
+        DataType::Int32 => Some(decimal::<Int32Type>(col, i)),
+        DataType::UInt64 => Some(decimal::<UInt64Type>(col, i)),
+        DataType::UInt32 => Some(decimal::<UInt32Type>(col, i)),
         _ => None,
     }
 }
