@@ -827,3 +827,130 @@ fn manifest_rows_that_cannot_be_used_are_recorded() {
     ]);
     assert_eq!(read_rows(&ds2).len(), 1);
 }
+
+#[test]
+fn config_file_sets_the_stage_and_rejects_unknown_fields() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = tmp.path().join("ingest.toml");
+    fs::write(&cfg, "image_size = 128\nimage_format = \"png\"\nshard_rows = 10\n[columns]\ncaption = \"text\"\n").expect("w");
+    let ds = tmp.path().join("ds");
+    run_ok(&[
+        "ingest",
+        "--input",
+        s(&sample_dir()),
+        "--out",
+        s(&ds),
+        "--config",
+        s(&cfg),
+        "--no-progress",
+    ]);
+    let m = manifest(&ds);
+    let stage = &m["stages"]["ingest"];
+    assert_eq!(stage["config"]["image_size"], 128);
+    assert_eq!(stage["config"]["image_format"], "png");
+    assert_eq!(stage["config"]["columns"]["caption"], "text");
+    assert_eq!(stage["totals"]["shards"], 4, "32 pairs in shards of 10");
+    let f = &shard_files(&ds)[0];
+    let b = &read_columns(f, &["image"]).expect("read")[0];
+    let img = column::<BinaryArray>(b, "image").expect("image").value(0);
+    assert_eq!(image::guess_format(img).ok(), Some(image::ImageFormat::Png));
+    assert_eq!(image::load_from_memory(img).expect("png").width(), 128);
+    // Flags override the file.
+    let ds2 = tmp.path().join("ds2");
+    run_ok(&[
+        "ingest",
+        "--input",
+        s(&sample_dir()),
+        "--out",
+        s(&ds2),
+        "--config",
+        s(&cfg),
+        "--image-size",
+        "64",
+        "--no-progress",
+    ]);
+    assert_eq!(
+        manifest(&ds2)["stages"]["ingest"]["config"]["image_size"],
+        64
+    );
+    // A misspelt field is an error that names it, before anything is written.
+    fs::write(&cfg, "image_sise = 128\n").expect("w");
+    let ds3 = tmp.path().join("ds3");
+    let err = run_err(&[
+        "ingest",
+        "--input",
+        s(&sample_dir()),
+        "--out",
+        s(&ds3),
+        "--config",
+        s(&cfg),
+    ]);
+    assert!(
+        err.contains("image_sise") && err.contains("ingest.toml"),
+        "{err}"
+    );
+    assert!(!ds3.join("manifest.json").exists());
+    // inspect refuses a folder that is not a dataset.
+    let err = run_err(&["inspect", s(tmp.path())]);
+    assert!(err.contains("not a cm3 dataset directory"), "{err}");
+}
+
+#[test]
+fn parquet_with_hugging_face_image_structs() {
+    use arrow_array::{ArrayRef, RecordBatch, StringArray, StructArray};
+    use arrow_schema::{DataType, Field};
+    use std::sync::Arc;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pairs = sample_pairs();
+    let few = &pairs[..4];
+    let bytes: Vec<Vec<u8>> = few
+        .iter()
+        .map(|p| fs::read(&p.image).expect("image"))
+        .collect();
+    let image = StructArray::from(vec![
+        (
+            Arc::new(Field::new("bytes", DataType::Binary, true)),
+            Arc::new(BinaryArray::from_iter_values(bytes.iter())) as ArrayRef,
+        ),
+        (
+            Arc::new(Field::new("path", DataType::Utf8, true)),
+            Arc::new(StringArray::from_iter_values(
+                few.iter().map(|p| p.stem.clone()),
+            )) as ArrayRef,
+        ),
+    ]);
+    let batch = RecordBatch::try_from_iter(vec![
+        ("image", Arc::new(image) as ArrayRef),
+        (
+            "text",
+            Arc::new(StringArray::from_iter_values(
+                few.iter().map(|p| p.caption.clone()),
+            )) as ArrayRef,
+        ),
+    ])
+    .expect("batch");
+    let path = tmp.path().join("hf.parquet");
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        fs::File::create(&path).expect("create"),
+        batch.schema(),
+        None,
+    )
+    .expect("writer");
+    w.write(&batch).expect("write");
+    w.close().expect("close");
+    let ds = tmp.path().join("ds");
+    run_ok(&[
+        "ingest",
+        "--input",
+        s(&path),
+        "--out",
+        s(&ds),
+        "--no-progress",
+    ]);
+    let rows = read_rows(&ds);
+    assert_eq!(rows.len(), 4);
+    assert_eq!(
+        rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+        ["000000000", "000000001", "000000002", "000000003"]
+    );
+}
