@@ -118,7 +118,22 @@ fn decode_error(e: ImageError) -> Rejection {
 
 /// Decode (any supported format, EXIF orientation applied), convert to 8-bit RGB (alpha composited
 /// on white), resize the shorter side to `image_size`, centre-crop to a square and re-encode.
+///
+/// Never panics: hostile input that crashes a third-party decoder becomes a `corrupt-image`
+/// rejection instead of ending the run.
 pub fn normalize_image(data: &[u8], cfg: &IngestConfig) -> Result<NormalImage, Rejection> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        normalize_image_inner(data, cfg)
+    }))
+    .unwrap_or_else(|_| {
+        Err(Rejection::new(
+            RejectReason::CorruptImage,
+            "the image decoder crashed on this input",
+        ))
+    })
+}
+
+fn normalize_image_inner(data: &[u8], cfg: &IngestConfig) -> Result<NormalImage, Rejection> {
     if data.is_empty() {
         return Err(Rejection::new(RejectReason::EmptyFile, "zero-byte image"));
     }
@@ -479,11 +494,16 @@ pub fn normalize_caption(raw: &[u8], cfg: &IngestConfig) -> Result<NormalCaption
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut out = String::with_capacity(text.len());
     for word in text.split_whitespace() {
+        // Control characters other than whitespace carry no meaning in a caption; a word made only
+        // of them disappears with its separator.
+        let mut chars = word.chars().filter(|c| !c.is_control()).peekable();
+        if chars.peek().is_none() {
+            continue;
+        }
         if !out.is_empty() {
             out.push(' ');
         }
-        // Control characters other than whitespace carry no meaning in a caption.
-        out.extend(word.chars().filter(|c| !c.is_control()));
+        out.extend(chars);
     }
     if out.is_empty() {
         return Err(Rejection::new(
