@@ -1,0 +1,17 @@
+use std::path::PathBuf;
+
+/// Errors of the embedding stage; every variant names the file or input involved.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    #[error("{what}: invalid CLIP BPE vocabulary: {reason}")]
+    Vocabulary { what: String, reason: String },
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = EmbedError> = std::result::Result<T, E>;
