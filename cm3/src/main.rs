@@ -10,6 +10,7 @@ use cm3_core::{DatasetDir, Manifest, WorkerSpec};
 use cm3_ingest::config::{CocoPairs, InvalidUtf8, JpegCodec, OutputImageFormat, ResizeFilter};
 use cm3_ingest::{IngestConfig, IngestOptions, InputFormat};
 
+mod embed;
 mod inspect;
 
 #[derive(Parser, Debug)]
@@ -44,6 +45,30 @@ enum Command {
     Manifest {
         #[command(subcommand)]
         command: ManifestCommand,
+    },
+    /// CLIP tools: the tokenizer and the image preprocessing of the dense retriever.
+    Embed {
+        #[command(subcommand)]
+        command: EmbedCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum EmbedCommand {
+    /// CLIP token rows (77 ids: start, BPE ids, end, zero padding) of a text file, one text a line,
+    /// as JSON lines. Longer texts are cut with the end token kept, and counted.
+    Tokenize {
+        #[arg(long, short)]
+        input: PathBuf,
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// CLIP-preprocessed images ([N,3,224,224] float32, in argument order) as a .npy file.
+    Preprocess {
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        #[arg(long, short)]
+        out: PathBuf,
     },
 }
 
@@ -336,6 +361,7 @@ fn main() -> ExitCode {
         Command::Manifest {
             command: ManifestCommand::Merge { dataset },
         } => merge(&dataset),
+        Command::Embed { command } => embed::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 pub enum EmbedError {
     #[error("{what}: invalid CLIP BPE vocabulary: {reason}")]
     Vocabulary { what: String, reason: String },
+    #[error("image: {0}")]
+    Image(String),
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,
