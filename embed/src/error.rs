@@ -7,6 +7,12 @@ pub enum EmbedError {
     Vocabulary { what: String, reason: String },
     #[error("image: {0}")]
     Image(String),
+    #[error("{0}")]
+    Runtime(String),
+    #[error("model {path}: {reason}")]
+    Model { path: PathBuf, reason: String },
+    #[error("shape mismatch: {0}")]
+    Shape(String),
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,

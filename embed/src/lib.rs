@@ -8,6 +8,7 @@ pub mod clip_tokenizer;
 pub mod error;
 mod ftfy;
 pub mod npy;
+pub mod onnx;
 pub mod preprocess;
 
 pub use clip_tokenizer::{CONTEXT_LENGTH, ClipTokenizer, END_OF_TEXT, START_OF_TEXT};

@@ -1,0 +1,306 @@
+//! CLIP encoders through ONNX Runtime (`ort`, loading `libonnxruntime.so` at run time).
+//!
+//! The library is found, in order: `ORT_DYLIB_PATH`; the project's own install
+//! (`$CM3_ORT_DIR`, default `~/.cache/cm3-ort/onnxruntime-1.31.1`, made by
+//! `scripts/setup-onnxruntime.sh`); the `onnxruntime` Python package of `python3`. `ort` panics when
+//! the library is missing, so it is looked for first and a missing one is a clear error.
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::value::{Tensor, TensorElementType, ValueType};
+
+use crate::error::{EmbedError, Result};
+
+/// The ONNX Runtime version the project installs and tests with.
+pub const ONNXRUNTIME_VERSION: &str = "1.31.1";
+/// Embedding width of CLIP ViT-B/32.
+pub const EMBED_DIM: usize = 512;
+
+fn default_ort_dir() -> PathBuf {
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".cache/cm3-ort")
+        .join(format!("onnxruntime-{ONNXRUNTIME_VERSION}"))
+}
+
+/// `libonnxruntime.so*` inside an `onnxruntime` package folder (`capi/`), the versioned name first.
+fn library_in(package: &Path) -> Option<PathBuf> {
+    let capi = package.join("capi");
+    let exact = capi.join(format!("libonnxruntime.so.{ONNXRUNTIME_VERSION}"));
+    if exact.is_file() {
+        return Some(exact);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&capi)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libonnxruntime.so"))
+        })
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+/// Where `libonnxruntime.so` is, or an error that says what to run.
+pub fn find_onnxruntime() -> Result<PathBuf> {
+    let mut tried = Vec::new();
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Ok(p);
+        }
+        tried.push(format!("ORT_DYLIB_PATH={} (no such file)", p.display()));
+    }
+    let dir = std::env::var_os("CM3_ORT_DIR").map_or_else(default_ort_dir, PathBuf::from);
+    if let Some(p) = library_in(&dir.join("onnxruntime")) {
+        return Ok(p);
+    }
+    tried.push(format!("{}/onnxruntime/capi", dir.display()));
+    let python = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))",
+        ])
+        .output();
+    if let Ok(out) = python
+        && out.status.success()
+    {
+        let pkg = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if let Some(p) = library_in(&pkg) {
+            return Ok(p);
+        }
+        tried.push(format!("{}/capi", pkg.display()));
+    } else {
+        tried.push("python3 -c 'import onnxruntime' (not installed)".into());
+    }
+    Err(EmbedError::Runtime(format!(
+        "ONNX Runtime (libonnxruntime.so) not found; looked at: {}.\nInstall it with `scripts/setup-onnxruntime.sh` \
+         (runs `python3 -m pip install --target {} onnxruntime=={ONNXRUNTIME_VERSION}`), or set ORT_DYLIB_PATH to the library.",
+        tried.join("; "),
+        default_ort_dir().display()
+    )))
+}
+
+/// The process's ONNX Runtime environment, loaded once.
+pub fn environment() -> Result<&'static Environment> {
+    static ENV: OnceLock<std::result::Result<Environment, String>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let lib = find_onnxruntime().map_err(|e| e.to_string())?;
+        let builder =
+            ort::init_from(&lib).map_err(|e| format!("loading {}: {e}", lib.display()))?;
+        builder
+            .with_name("cm3")
+            .build()
+            .map_err(|e| format!("starting ONNX Runtime from {}: {e}", lib.display()))
+    })
+    .as_ref()
+    .map_err(|e| EmbedError::Runtime(e.clone()))
+}
+
+/// One expected input or output: name, element type, and dims (`None` = any size).
+struct Port {
+    name: &'static str,
+    ty: TensorElementType,
+    dims: &'static [Option<i64>],
+}
+
+const VISION_INPUTS: &[Port] = &[Port {
+    name: "pixel_values",
+    ty: TensorElementType::Float32,
+    dims: &[None, Some(3), Some(224), Some(224)],
+}];
+const VISION_OUTPUTS: &[Port] = &[Port {
+    name: "image_embeds",
+    ty: TensorElementType::Float32,
+    dims: &[None, Some(EMBED_DIM as i64)],
+}];
+const TEXT_INPUTS: &[Port] = &[
+    Port {
+        name: "input_ids",
+        ty: TensorElementType::Int64,
+        dims: &[None, Some(77)],
+    },
+    Port {
+        name: "attention_mask",
+        ty: TensorElementType::Int64,
+        dims: &[None, Some(77)],
+    },
+];
+const TEXT_OUTPUTS: &[Port] = &[Port {
+    name: "text_embeds",
+    ty: TensorElementType::Float32,
+    dims: &[None, Some(EMBED_DIM as i64)],
+}];
+
+fn check_ports(path: &Path, what: &str, have: &[ort::value::Outlet], want: &[Port]) -> Result<()> {
+    let bad = |reason: String| EmbedError::Model {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let names: Vec<&str> = have.iter().map(|o| o.name()).collect();
+    for port in want {
+        let Some(outlet) = have.iter().find(|o| o.name() == port.name) else {
+            return Err(bad(format!(
+                "no {what} `{}` (the model's {what}s are {names:?})",
+                port.name
+            )));
+        };
+        let ValueType::Tensor { ty, shape, .. } = outlet.dtype() else {
+            return Err(bad(format!("{what} `{}` is not a tensor", port.name)));
+        };
+        let fits = *ty == port.ty
+            && shape.len() == port.dims.len()
+            && shape
+                .iter()
+                .zip(port.dims)
+                .all(|(&d, want)| d < 0 || want.is_none_or(|w| w == d));
+        if !fits {
+            let want_dims: Vec<String> = port
+                .dims
+                .iter()
+                .map(|d| d.map_or("N".into(), |v| v.to_string()))
+                .collect();
+            return Err(bad(format!(
+                "{what} `{}` is {ty:?} {:?}, expected {:?} [{}]",
+                port.name,
+                &**shape,
+                port.ty,
+                want_dims.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn open(path: &Path, threads: usize, inputs: &[Port], outputs: &[Port]) -> Result<Session> {
+    let env = environment()?;
+    let bad = |reason: String| EmbedError::Model {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if !path.is_file() {
+        return Err(bad("no such model file".into()));
+    }
+    let mut builder = Session::builder(env).map_err(|e| bad(e.to_string()))?;
+    if threads > 0 {
+        builder = builder
+            .with_intra_threads(threads)
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    let session = builder
+        .commit_from_file(path)
+        .map_err(|e| bad(format!("not a loadable ONNX model: {e}")))?;
+    check_ports(path, "input", session.inputs(), inputs)?;
+    check_ports(path, "output", session.outputs(), outputs)?;
+    Ok(session)
+}
+
+/// The CLIP image encoder: `pixel_values` [N,3,224,224] -> `image_embeds` [N,512].
+#[derive(Debug)]
+pub struct VisionEncoder {
+    session: Session,
+    path: PathBuf,
+}
+
+impl VisionEncoder {
+    /// Load `model.onnx` (a file, or a folder in the Hugging Face layout) and check its signature.
+    pub fn load(model: &Path, threads: usize) -> Result<Self> {
+        let path = if model.is_dir() {
+            model.join("model.onnx")
+        } else {
+            model.to_path_buf()
+        };
+        Ok(Self {
+            session: open(&path, threads, VISION_INPUTS, VISION_OUTPUTS)?,
+            path,
+        })
+    }
+
+    /// Raw (not normalised) embeddings of `n` preprocessed images, row-major [n, 512].
+    pub fn embed(&mut self, pixels: Vec<f32>, n: usize) -> Result<Vec<f32>> {
+        let err = |e: ort::Error| EmbedError::Model {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        };
+        if pixels.len() != n * 3 * 224 * 224 {
+            return Err(EmbedError::Shape(format!(
+                "{} pixel values for {n} images",
+                pixels.len()
+            )));
+        }
+        let input = Tensor::from_array(([n, 3, 224, 224], pixels)).map_err(err)?;
+        let outputs = self
+            .session
+            .run(ort::inputs!["pixel_values" => input])
+            .map_err(err)?;
+        let (_, values) = outputs["image_embeds"]
+            .try_extract_tensor::<f32>()
+            .map_err(err)?;
+        Ok(values.to_vec())
+    }
+}
+
+/// The CLIP text encoder: `input_ids`, `attention_mask` [N,77] -> `text_embeds` [N,512].
+#[derive(Debug)]
+pub struct TextEncoder {
+    session: Session,
+    path: PathBuf,
+}
+
+impl TextEncoder {
+    pub fn load(model: &Path, threads: usize) -> Result<Self> {
+        let path = if model.is_dir() {
+            model.join("model.onnx")
+        } else {
+            model.to_path_buf()
+        };
+        Ok(Self {
+            session: open(&path, threads, TEXT_INPUTS, TEXT_OUTPUTS)?,
+            path,
+        })
+    }
+
+    /// Raw (not normalised) embeddings of `n` token rows of 77 ids; the attention mask is 1 on
+    /// non-padding ids (start, BPE ids, end), as Hugging Face's CLIP tokenizer makes it.
+    pub fn embed(&mut self, ids: &[u32], n: usize) -> Result<Vec<f32>> {
+        let err = |e: ort::Error| EmbedError::Model {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        };
+        if ids.len() != n * 77 {
+            return Err(EmbedError::Shape(format!(
+                "{} token ids for {n} rows of 77",
+                ids.len()
+            )));
+        }
+        let input_ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+        let mask: Vec<i64> = ids.iter().map(|&i| i64::from(i != 0)).collect();
+        let input_ids = Tensor::from_array(([n, 77], input_ids)).map_err(err)?;
+        let mask = Tensor::from_array(([n, 77], mask)).map_err(err)?;
+        let outputs = self
+            .session
+            .run(ort::inputs!["input_ids" => input_ids, "attention_mask" => mask])
+            .map_err(err)?;
+        let (_, values) = outputs["text_embeds"]
+            .try_extract_tensor::<f32>()
+            .map_err(err)?;
+        Ok(values.to_vec())
+    }
+}
+
+/// L2-normalise each row of a row-major [n, dim] matrix in place (zero rows stay zero).
+pub fn normalize_rows(values: &mut [f32], dim: usize) {
+    for row in values.chunks_exact_mut(dim) {
+        let norm = row
+            .iter()
+            .map(|v| f64::from(*v) * f64::from(*v))
+            .sum::<f64>()
+            .sqrt();
+        if norm > 0.0 {
+            row.iter_mut()
+                .for_each(|v| *v = (f64::from(*v) / norm) as f32);
+        }
+    }
+}
