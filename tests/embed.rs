@@ -92,3 +92,160 @@ fn preprocess_writes_a_numpy_tensor_in_argument_order() {
     assert!(err.contains("bad.jpg"), "{err}");
     assert!(!out2.exists());
 }
+
+fn tiny_model(kind: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../embed/tests/fixtures/tiny_clip")
+        .join(kind)
+}
+
+/// ONNX Runtime, installed by the project's set-up script on first use.
+fn runtime() {
+    if cm3_embed::onnx::find_onnxruntime().is_err() {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../scripts/setup-onnxruntime.sh");
+        assert!(
+            std::process::Command::new("bash")
+                .arg(&script)
+                .status()
+                .expect("setup")
+                .success()
+        );
+    }
+}
+
+/// A float16 .npy as f32 values and its shape.
+fn read_f16_npy(path: &std::path::Path) -> (Vec<usize>, Vec<f32>) {
+    let b = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let len = usize::from(u16::from_le_bytes([b[8], b[9]]));
+    let header = std::str::from_utf8(&b[10..10 + len]).expect("header");
+    let shape_txt = header
+        .split("'shape': (")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .expect("shape");
+    let shape = shape_txt
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().expect("dim"))
+        .collect();
+    let values = if header.contains("'<f2'") {
+        b[10 + len..]
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect()
+    } else {
+        assert!(header.contains("'<u8'"), "{header}");
+        b[10 + len..]
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8")) as f32)
+            .collect()
+    };
+    (shape, values)
+}
+
+#[test]
+fn embed_stage_writes_unit_vectors_shard_aligned_and_resumes() {
+    runtime();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ds = tmp.path().join("ds");
+    let p = |p: &std::path::Path| p.to_str().expect("utf-8").to_string();
+    run_ok(&[
+        "ingest",
+        "--input",
+        &p(&sample_dir()),
+        "--out",
+        &p(&ds),
+        "--shard-rows",
+        "20",
+        "--no-progress",
+    ]);
+    let args = [
+        "embed".to_string(),
+        p(&ds),
+        "--image-model".into(),
+        p(&tiny_model("vision")),
+        "--text-model".into(),
+        p(&tiny_model("text")),
+        "--batch-size".into(),
+        "7".into(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run_ok(&args);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("32 rows and 0 rejects in 2 shard(s)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = manifest(&ds);
+    let ingest_shards: Vec<String> = m["stages"]["ingest"]["shards"]
+        .as_object()
+        .expect("shards")
+        .keys()
+        .cloned()
+        .collect();
+    let embed_shards: Vec<String> = m["stages"]["embed"]["shards"]
+        .as_object()
+        .expect("shards")
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(
+        ingest_shards, embed_shards,
+        "one embeddings folder per pairs shard"
+    );
+    let mut total = 0;
+    for name in &embed_shards {
+        let dir = ds.join("embeddings").join(name);
+        let (ids_shape, _) = read_f16_npy(&dir.join("ids.npy"));
+        let n = ids_shape[0];
+        total += n;
+        let (shape, image) = read_f16_npy(&dir.join("image.npy"));
+        assert_eq!(shape, vec![n, 512]);
+        let (_, text) = read_f16_npy(&dir.join("text.npy"));
+        let (_, doc) = read_f16_npy(&dir.join("doc.npy"));
+        for r in 0..n {
+            let row = |v: &[f32]| v[r * 512..(r + 1) * 512].to_vec();
+            let (i, t, d) = (row(&image), row(&text), row(&doc));
+            let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            for v in [&i, &t, &d] {
+                assert!((norm(v) - 1.0).abs() < 5e-3, "norm {}", norm(v));
+            }
+            // doc = normalise((image + text) / 2), up to float16 rounding.
+            let mean: Vec<f32> = i.iter().zip(&t).map(|(a, b)| (a + b) / 2.0).collect();
+            let nm = norm(&mean);
+            let err = mean
+                .iter()
+                .zip(&d)
+                .map(|(m, d)| (m / nm - d).abs())
+                .fold(0.0f32, f32::max);
+            assert!(err < 2e-3, "doc differs from normalise(mean) by {err}");
+        }
+    }
+    assert_eq!(total, 32);
+    // A second run does nothing; a different model is refused.
+    let out = run_ok(&args);
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("0 rows and 0 rejects in 0 shard(s) (2 skipped)")
+    );
+    let mut other = args.clone();
+    let text_as_image = p(&tiny_model("text"));
+    other[5] = &text_as_image;
+    other[3] = &text_as_image;
+    let err = run_err(&other);
+    assert!(err.contains("pixel_values"), "{err}");
+    // An hf: model that is not in the local cache says how to get it.
+    let err = run_err(&[
+        "embed",
+        &p(&ds),
+        "--image-model",
+        "hf:nobody/nothing",
+        "--text-model",
+        &p(&tiny_model("text")),
+    ]);
+    assert!(
+        err.contains("huggingface-cli download nobody/nothing"),
+        "{err}"
+    );
+}

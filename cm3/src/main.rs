@@ -46,15 +46,39 @@ enum Command {
         #[command(subcommand)]
         command: ManifestCommand,
     },
-    /// CLIP tools: the tokenizer and the image preprocessing of the dense retriever.
-    Embed {
-        #[command(subcommand)]
-        command: EmbedCommand,
-    },
+    /// CLIP embeddings of a dataset's pairs (image, text, doc), and CLIP tools.
+    Embed(Box<EmbedArgs>),
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct EmbedArgs {
+    #[command(subcommand)]
+    pub command: Option<EmbedCommand>,
+    /// The dataset whose pairs to embed (writes <dataset>/embeddings/).
+    pub dataset: Option<PathBuf>,
+    /// CLIP image encoder: a folder in the layout of Hugging Face Qdrant/clip-ViT-B-32-vision
+    /// (model.onnx, preprocessor_config.json), a model.onnx file, or hf:<repo>.
+    #[arg(long, default_value = "hf:Qdrant/clip-ViT-B-32-vision")]
+    pub image_model: String,
+    /// CLIP text encoder (Qdrant/clip-ViT-B-32-text layout), a model.onnx file, or hf:<repo>.
+    #[arg(long, default_value = "hf:Qdrant/clip-ViT-B-32-text")]
+    pub text_model: String,
+    /// Pairs per inference batch.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// ONNX Runtime intra-op threads (0 = its default: all cores).
+    #[arg(long, default_value_t = 0)]
+    pub session_threads: usize,
+    #[command(flatten)]
+    pub workers: WorkerArgs,
+    /// Discard this stage's earlier outputs and redo it.
+    #[arg(long)]
+    pub rebuild: bool,
 }
 
 #[derive(Subcommand, Debug)]
-enum EmbedCommand {
+pub(crate) enum EmbedCommand {
     /// CLIP token rows (77 ids: start, BPE ids, end, zero padding) of a text file, one text a line,
     /// as JSON lines. Longer texts are cut with the end token kept, and counted.
     Tokenize {
@@ -80,13 +104,13 @@ enum ManifestCommand {
 
 /// Worker split, shared by every stage.
 #[derive(Args, Debug, Clone)]
-struct WorkerArgs {
+pub(crate) struct WorkerArgs {
     /// Split the stage across this many processes or machines (e.g. a Slurm array).
     #[arg(long, default_value_t = 1, env = "CM3_NUM_WORKERS")]
-    num_workers: u32,
+    pub num_workers: u32,
     /// This process's share, 0-based (e.g. $SLURM_ARRAY_TASK_ID, $JOB_COMPLETION_INDEX).
     #[arg(long, default_value_t = 0, env = "CM3_WORKER_INDEX")]
-    worker_index: u32,
+    pub worker_index: u32,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -361,7 +385,7 @@ fn main() -> ExitCode {
         Command::Manifest {
             command: ManifestCommand::Merge { dataset },
         } => merge(&dataset),
-        Command::Embed { command } => embed::run(command),
+        Command::Embed(args) => embed::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,6 +3,8 @@ use std::path::PathBuf;
 /// Errors of the embedding stage; every variant names the file or input involved.
 #[derive(Debug, thiserror::Error)]
 pub enum EmbedError {
+    #[error(transparent)]
+    Core(#[from] cm3_core::CoreError),
     #[error("{what}: invalid CLIP BPE vocabulary: {reason}")]
     Vocabulary { what: String, reason: String },
     #[error("image: {0}")]

@@ -10,6 +10,7 @@ mod ftfy;
 pub mod npy;
 pub mod onnx;
 pub mod preprocess;
+pub mod stage;
 
 pub use clip_tokenizer::{CONTEXT_LENGTH, ClipTokenizer, END_OF_TEXT, START_OF_TEXT};
 pub use error::{EmbedError, Result};

@@ -7,6 +7,7 @@ pub enum Dtype {
     F16,
     I64,
     U32,
+    U64,
 }
 
 impl Dtype {
@@ -16,6 +17,7 @@ impl Dtype {
             Dtype::F16 => "<f2",
             Dtype::I64 => "<i8",
             Dtype::U32 => "<u4",
+            Dtype::U64 => "<u8",
         }
     }
 }
@@ -46,6 +48,26 @@ pub fn encode_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
     debug_assert_eq!(shape.iter().product::<usize>(), data.len());
     let mut out = header(Dtype::F32, shape);
     out.reserve(data.len() * 4);
+    for v in data {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+/// A complete `.npy` file of f16 values (what clip-retrieval writes for embeddings).
+pub fn encode_f16(shape: &[usize], data: &[f32]) -> Vec<u8> {
+    debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+    let mut out = header(Dtype::F16, shape);
+    out.reserve(data.len() * 2);
+    for v in data {
+        out.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes());
+    }
+    out
+}
+
+/// A complete `.npy` file of u64 values as little-endian `<u8`.
+pub fn encode_u64(data: &[u64]) -> Vec<u8> {
+    let mut out = header(Dtype::U64, &[data.len()]);
     for v in data {
         out.extend_from_slice(&v.to_le_bytes());
     }
