@@ -235,17 +235,44 @@ fn embed_stage_writes_unit_vectors_shard_aligned_and_resumes() {
     other[3] = &text_as_image;
     let err = run_err(&other);
     assert!(err.contains("pixel_values"), "{err}");
-    // An hf: model that is not in the local cache says how to get it.
-    let err = run_err(&[
-        "embed",
-        &p(&ds),
-        "--image-model",
-        "hf:nobody/nothing",
-        "--text-model",
-        &p(&tiny_model("text")),
-    ]);
+    // An hf: model that is neither cached nor downloadable (no hub here) says how to get it; one
+    // in the hub cache is used.
+    let hub_cache = tmp.path().join("hub");
+    let out = cm3()
+        .args([
+            "embed",
+            &p(&ds),
+            "--image-model",
+            "hf:nobody/nothing",
+            "--text-model",
+            &p(&tiny_model("text")),
+        ])
+        .env("HF_HUB_CACHE", &hub_cache)
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .output()
+        .expect("spawn");
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("huggingface-cli download nobody/nothing"),
+        !out.status.success() && err.contains("huggingface-cli download nobody/nothing"),
         "{err}"
     );
+    let snap = hub_cache.join("models--Qdrant--clip-ViT-B-32-vision/snapshots/0123abc");
+    fs::create_dir_all(&snap).expect("mkdir");
+    fs::copy(
+        tiny_model("vision").join("model.onnx"),
+        snap.join("model.onnx"),
+    )
+    .expect("copy");
+    let out = cm3()
+        .args(["embed", &p(&ds), "--text-model", &p(&tiny_model("text"))])
+        .env("HF_HUB_CACHE", &hub_cache)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .expect("spawn");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(2 skipped)"));
 }

@@ -1,46 +1,16 @@
 //! `cm3 embed ...` tools.
 use std::fmt::Write as _;
 
-use std::path::PathBuf;
-
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use cm3_core::WorkerSpec;
 use cm3_core::fsio::write_atomic;
 use cm3_embed::ClipTokenizer;
+use cm3_embed::hub::Hub;
 use cm3_embed::npy;
 use cm3_embed::preprocess::{CLIP_SIZE, preprocess_bytes};
 use cm3_embed::stage::EmbedOptions;
 
 use crate::{EmbedArgs, EmbedCommand};
-
-/// A model source: a local path, or `hf:<repo>` found in the Hugging Face cache.
-fn model_source(spec: &str) -> Result<PathBuf> {
-    let Some(repo) = spec.strip_prefix("hf:") else {
-        return Ok(PathBuf::from(spec));
-    };
-    // The standard hub cache layout, so a model fetched with `huggingface-cli download` is used.
-    let hub = std::env::var_os("HF_HUB_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HF_HOME").map(|h| PathBuf::from(h).join("hub")))
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub"))
-        })
-        .unwrap_or_default();
-    let snapshots = hub
-        .join(format!("models--{}", repo.replace('/', "--")))
-        .join("snapshots");
-    let found = std::fs::read_dir(&snapshots).ok().and_then(|rd| {
-        rd.filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| p.join("model.onnx").is_file())
-    });
-    found.ok_or_else(|| {
-        anyhow!(
-            "model {spec} is not in the Hugging Face cache ({}) and cm3 does not download it itself yet; \
-             fetch it with `huggingface-cli download {repo}` on a machine with access to the hub, or pass a local folder",
-            snapshots.display()
-        )
-    })
-}
 
 pub fn run(args: EmbedArgs) -> Result<()> {
     let Some(command) = args.command else {
@@ -49,10 +19,11 @@ pub fn run(args: EmbedArgs) -> Result<()> {
                 "give a dataset (`cm3 embed <dataset>`) or a subcommand (see `cm3 embed --help`)"
             );
         };
+        let hub = Hub::from_env();
         let opts = EmbedOptions {
             dataset,
-            image_model: model_source(&args.image_model)?,
-            text_model: model_source(&args.text_model)?,
+            image_model: hub.resolve(&args.image_model)?,
+            text_model: hub.resolve(&args.text_model)?,
             batch_size: args.batch_size,
             session_threads: args.session_threads,
             worker: WorkerSpec::new(args.workers.num_workers, args.workers.worker_index)?,

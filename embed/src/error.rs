@@ -13,6 +13,8 @@ pub enum EmbedError {
     Runtime(String),
     #[error("model {path}: {reason}")]
     Model { path: PathBuf, reason: String },
+    #[error("hf:{repo}: {reason}")]
+    Hub { repo: String, reason: String },
     #[error("shape mismatch: {0}")]
     Shape(String),
     #[error("{op} {path}: {source}")]

@@ -7,6 +7,7 @@
 pub mod clip_tokenizer;
 pub mod error;
 mod ftfy;
+pub mod hub;
 pub mod npy;
 pub mod onnx;
 pub mod preprocess;
