@@ -276,3 +276,68 @@ fn embed_stage_writes_unit_vectors_shard_aligned_and_resumes() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("(2 skipped)"));
 }
+
+#[test]
+fn embed_text_and_image_print_unit_vectors() {
+    runtime();
+    let p = |p: &std::path::Path| p.to_str().expect("utf-8").to_string();
+    let out = run_ok(&[
+        "embed",
+        "text",
+        "a photo of a cat",
+        "--text-model",
+        &p(&tiny_model("text")),
+    ]);
+    let v: Vec<f32> = serde_json::from_slice(&out.stdout).expect("json vector");
+    assert_eq!(v.len(), 512);
+    assert!((v.iter().map(|x| x * x).sum::<f32>().sqrt() - 1.0).abs() < 1e-5);
+    // Same text, same vector; another text, another vector.
+    let again: Vec<f32> = serde_json::from_slice(
+        &run_ok(&[
+            "embed",
+            "text",
+            "a photo of a cat",
+            "--text-model",
+            &p(&tiny_model("text")),
+        ])
+        .stdout,
+    )
+    .expect("json");
+    assert_eq!(v, again);
+    let other: Vec<f32> = serde_json::from_slice(
+        &run_ok(&[
+            "embed",
+            "text",
+            "a red bicycle",
+            "--text-model",
+            &p(&tiny_model("text")),
+        ])
+        .stdout,
+    )
+    .expect("json");
+    assert_ne!(v, other);
+    let pairs = sample_pairs();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let npy = tmp.path().join("img.npy");
+    run_ok(&[
+        "embed",
+        "image",
+        &p(&pairs[0].image),
+        "--image-model",
+        &p(&tiny_model("vision")),
+        "--out",
+        &p(&npy),
+    ]);
+    let file = fs::read(&npy).expect("npy");
+    let header_len = usize::from(u16::from_le_bytes([file[8], file[9]]));
+    assert!(
+        std::str::from_utf8(&file[10..10 + header_len])
+            .expect("header")
+            .contains("(1, 512)")
+    );
+    let img: Vec<f32> = file[10 + header_len..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert!((img.iter().map(|x| x * x).sum::<f32>().sqrt() - 1.0).abs() < 1e-5);
+}

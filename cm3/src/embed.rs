@@ -7,6 +7,7 @@ use cm3_core::fsio::write_atomic;
 use cm3_embed::ClipTokenizer;
 use cm3_embed::hub::Hub;
 use cm3_embed::npy;
+use cm3_embed::onnx::{EMBED_DIM, TextEncoder, VisionEncoder, normalize_rows};
 use cm3_embed::preprocess::{CLIP_SIZE, preprocess_bytes};
 use cm3_embed::stage::EmbedOptions;
 
@@ -57,6 +58,34 @@ pub fn run(args: EmbedArgs) -> Result<()> {
                 out.display()
             );
         }
+        EmbedCommand::Text {
+            text,
+            text_model,
+            out,
+        } => {
+            let mut enc = TextEncoder::load(&Hub::from_env().resolve(&text_model)?, 0)?;
+            let (ids, cut) = ClipTokenizer::openai().tokenize_77(&text);
+            if cut {
+                eprintln!("embed: the text is longer than 77 CLIP tokens; it was cut");
+            }
+            let mut v = enc.embed(&ids, 1)?;
+            normalize_rows(&mut v, EMBED_DIM);
+            emit_vector(&v, out.as_deref())?;
+        }
+        EmbedCommand::Image {
+            image,
+            image_model,
+            out,
+        } => {
+            let mut enc = VisionEncoder::load(&Hub::from_env().resolve(&image_model)?, 0)?;
+            let bytes =
+                std::fs::read(&image).with_context(|| format!("reading {}", image.display()))?;
+            let px = preprocess_bytes(&bytes, CLIP_SIZE)
+                .with_context(|| format!("{}", image.display()))?;
+            let mut v = enc.embed(px, 1)?;
+            normalize_rows(&mut v, EMBED_DIM);
+            emit_vector(&v, out.as_deref())?;
+        }
         EmbedCommand::Preprocess { images, out } => {
             let mut data = Vec::with_capacity(images.len() * 3 * (CLIP_SIZE * CLIP_SIZE) as usize);
             for path in &images {
@@ -75,6 +104,18 @@ pub fn run(args: EmbedArgs) -> Result<()> {
                 out.display()
             );
         }
+    }
+    Ok(())
+}
+
+/// Print one vector as a JSON array, or save it as a [1, dim] float32 .npy.
+fn emit_vector(v: &[f32], out: Option<&std::path::Path>) -> Result<()> {
+    match out {
+        Some(path) => {
+            write_atomic(path, &npy::encode_f32(&[1, v.len()], v), "embed")?;
+            eprintln!("embed: {} values written to {}", v.len(), path.display());
+        }
+        None => println!("{}", serde_json::to_string(v)?),
     }
     Ok(())
 }

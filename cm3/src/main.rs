@@ -87,6 +87,23 @@ pub(crate) enum EmbedCommand {
         #[arg(long, short)]
         out: PathBuf,
     },
+    /// The L2-normalised CLIP embedding of one text: printed as a JSON array, or saved as .npy.
+    Text {
+        text: String,
+        #[arg(long, default_value = "hf:Qdrant/clip-ViT-B-32-text")]
+        text_model: String,
+        /// Save as a [1,512] float32 .npy instead of printing.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+    /// The L2-normalised CLIP embedding of one image file: printed as a JSON array, or saved.
+    Image {
+        image: PathBuf,
+        #[arg(long, default_value = "hf:Qdrant/clip-ViT-B-32-vision")]
+        image_model: String,
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
     /// CLIP-preprocessed images ([N,3,224,224] float32, in argument order) as a .npy file.
     Preprocess {
         #[arg(required = true)]
