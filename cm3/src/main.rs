@@ -70,6 +70,9 @@ pub(crate) struct EmbedArgs {
     /// ONNX Runtime intra-op threads (0 = its default: all cores).
     #[arg(long, default_value_t = 0)]
     pub session_threads: usize,
+    /// Threads preprocessing images ahead of inference (1 suffices on a CPU; more for a GPU).
+    #[arg(long, default_value_t = 1)]
+    pub preprocess_threads: usize,
     #[command(flatten)]
     pub workers: WorkerArgs,
     /// Discard this stage's earlier outputs and redo it.
@@ -108,8 +111,9 @@ pub(crate) enum EmbedCommand {
     Preprocess {
         #[arg(required = true)]
         images: Vec<PathBuf>,
+        /// Where to write the tensor; without it, only preprocess and report images/s (benchmark).
         #[arg(long, short)]
-        out: PathBuf,
+        out: Option<PathBuf>,
     },
 }
 
