@@ -341,3 +341,135 @@ fn embed_text_and_image_print_unit_vectors() {
         .collect();
     assert!((img.iter().map(|x| x * x).sum::<f32>().sqrt() - 1.0).abs() < 1e-5);
 }
+
+/// Replace the image of the first row of a pairs shard by bytes that are not an image.
+fn corrupt_first_image(shard: &std::path::Path) {
+    use arrow_array::{Array, ArrayRef, RecordBatch};
+    use std::sync::Arc;
+    let f = fs::File::open(shard).expect("open");
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .expect("reader")
+        .build()
+        .expect("build");
+    let batches: Vec<RecordBatch> = reader.map(|b| b.expect("batch")).collect();
+    let schema = batches[0].schema();
+    let out = fs::File::create(shard).expect("create");
+    let mut w = parquet::arrow::ArrowWriter::try_new(out, schema.clone(), None).expect("writer");
+    for (n, b) in batches.iter().enumerate() {
+        let idx = schema.index_of("image").expect("image column");
+        let images = b
+            .column(idx)
+            .as_any()
+            .downcast_ref::<arrow_array::BinaryArray>()
+            .expect("binary");
+        let new: arrow_array::BinaryArray = (0..images.len())
+            .map(|i| {
+                if n == 0 && i == 0 {
+                    Some(&b"\xff\xd8 not a jpeg any more"[..])
+                } else {
+                    Some(images.value(i))
+                }
+            })
+            .collect();
+        let mut cols: Vec<ArrayRef> = b.columns().to_vec();
+        cols[idx] = Arc::new(new);
+        w.write(&RecordBatch::try_new(schema.clone(), cols).expect("batch"))
+            .expect("write");
+    }
+    w.close().expect("close");
+}
+
+#[test]
+fn embed_with_config_file_workers_and_a_corrupted_shard() {
+    runtime();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ds = tmp.path().join("ds");
+    let p = |p: &std::path::Path| p.to_str().expect("utf-8").to_string();
+    run_ok(&[
+        "ingest",
+        "--input",
+        &p(&sample_dir()),
+        "--out",
+        &p(&ds),
+        "--shard-rows",
+        "10",
+        "--no-progress",
+    ]);
+    let first = shard_files(&ds)[0].clone();
+    corrupt_first_image(&first);
+    let cfg = tmp.path().join("embed.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "image_model = {:?}\ntext_model = {:?}\nbatch_size = 4\n",
+            p(&tiny_model("vision")),
+            p(&tiny_model("text"))
+        ),
+    )
+    .expect("w");
+    for i in 0..2 {
+        let i = i.to_string();
+        run_ok(&[
+            "embed",
+            &p(&ds),
+            "--config",
+            &p(&cfg),
+            "--num-workers",
+            "2",
+            "--worker-index",
+            &i,
+        ]);
+    }
+    run_ok(&["manifest", "merge", &p(&ds)]);
+    let m = manifest(&ds);
+    let stage = &m["stages"]["embed"];
+    assert_eq!(stage["totals"]["shards"], 4);
+    assert_eq!(stage["totals"]["rows"], 31);
+    assert_eq!(stage["totals"]["rejects_by_reason"]["corrupt-image"], 1);
+    let rejects: Vec<serde_json::Value> = fs::read_dir(ds.join("rejects/embed"))
+        .expect("rejects")
+        .flat_map(|e| {
+            fs::read_to_string(e.expect("entry").path())
+                .expect("read")
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("json"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(rejects.len(), 1);
+    assert!(
+        rejects[0]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("decoding")),
+        "{rejects:?}"
+    );
+    // An unknown field in the config file is an error naming it.
+    fs::write(&cfg, "image_modle = \"x\"\n").expect("w");
+    let err = run_err(&["embed", &p(&ds), "--config", &p(&cfg)]);
+    assert!(err.contains("image_modle"), "{err}");
+}
+
+#[test]
+fn missing_onnx_runtime_says_what_to_run() {
+    let out = cm3()
+        .args([
+            "embed",
+            "text",
+            "hello",
+            "--text-model",
+            tiny_model("text").to_str().expect("p"),
+        ])
+        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+        .env("CM3_ORT_DIR", "/nonexistent")
+        .env("PATH", "")
+        .output()
+        .expect("spawn");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("ONNX Runtime (libonnxruntime.so) not found")
+            && err.contains("setup-onnxruntime.sh"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -9,7 +9,7 @@ use cm3_embed::hub::Hub;
 use cm3_embed::npy;
 use cm3_embed::onnx::{EMBED_DIM, TextEncoder, VisionEncoder, normalize_rows};
 use cm3_embed::preprocess::{CLIP_SIZE, preprocess_bytes};
-use cm3_embed::stage::EmbedOptions;
+use cm3_embed::stage::{EmbedFileConfig, EmbedOptions};
 use rayon::prelude::*;
 
 use crate::{EmbedArgs, EmbedCommand};
@@ -22,13 +22,16 @@ pub fn run(args: EmbedArgs) -> Result<()> {
             );
         };
         let hub = Hub::from_env();
+        let mut file: EmbedFileConfig = crate::load_config(args.config.as_deref())?;
+        file.image_model = args.image_model.unwrap_or(file.image_model);
+        file.text_model = args.text_model.unwrap_or(file.text_model);
         let opts = EmbedOptions {
             dataset,
-            image_model: hub.resolve(&args.image_model)?,
-            text_model: hub.resolve(&args.text_model)?,
-            batch_size: args.batch_size,
-            session_threads: args.session_threads,
-            preprocess_threads: args.preprocess_threads,
+            image_model: hub.resolve(&file.image_model)?,
+            text_model: hub.resolve(&file.text_model)?,
+            batch_size: args.batch_size.unwrap_or(file.batch_size),
+            session_threads: args.session_threads.unwrap_or(file.session_threads),
+            preprocess_threads: args.preprocess_threads.unwrap_or(file.preprocess_threads),
             worker: WorkerSpec::new(args.workers.num_workers, args.workers.worker_index)?,
             rebuild: args.rebuild,
         };

@@ -57,22 +57,28 @@ pub(crate) struct EmbedArgs {
     pub command: Option<EmbedCommand>,
     /// The dataset whose pairs to embed (writes <dataset>/embeddings/).
     pub dataset: Option<PathBuf>,
+    /// Run settings file (TOML or JSON: image_model, text_model, batch_size, session_threads,
+    /// preprocess_threads); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// CLIP image encoder: a folder in the layout of Hugging Face Qdrant/clip-ViT-B-32-vision
-    /// (model.onnx, preprocessor_config.json), a model.onnx file, or hf:<repo>.
-    #[arg(long, default_value = "hf:Qdrant/clip-ViT-B-32-vision")]
-    pub image_model: String,
-    /// CLIP text encoder (Qdrant/clip-ViT-B-32-text layout), a model.onnx file, or hf:<repo>.
-    #[arg(long, default_value = "hf:Qdrant/clip-ViT-B-32-text")]
-    pub text_model: String,
-    /// Pairs per inference batch.
-    #[arg(long, default_value_t = 32)]
-    pub batch_size: usize,
-    /// ONNX Runtime intra-op threads (0 = its default: all cores).
-    #[arg(long, default_value_t = 0)]
-    pub session_threads: usize,
-    /// Threads preprocessing images ahead of inference (1 suffices on a CPU; more for a GPU).
-    #[arg(long, default_value_t = 1)]
-    pub preprocess_threads: usize,
+    /// (model.onnx, preprocessor_config.json), a model.onnx file, or hf:<repo>
+    /// [default: hf:Qdrant/clip-ViT-B-32-vision].
+    #[arg(long)]
+    pub image_model: Option<String>,
+    /// CLIP text encoder (Qdrant/clip-ViT-B-32-text layout), a model.onnx file, or hf:<repo>
+    /// [default: hf:Qdrant/clip-ViT-B-32-text].
+    #[arg(long)]
+    pub text_model: Option<String>,
+    /// Pairs per inference batch [default: 32].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// ONNX Runtime intra-op threads [default: 0, its own default: all cores].
+    #[arg(long)]
+    pub session_threads: Option<usize>,
+    /// Threads preprocessing images ahead of inference [default: 1; enough on a CPU, more for a GPU].
+    #[arg(long)]
+    pub preprocess_threads: Option<usize>,
     #[command(flatten)]
     pub workers: WorkerArgs,
     /// Discard this stage's earlier outputs and redo it.
@@ -254,7 +260,9 @@ enum CocoArg {
 }
 
 /// Read a stage configuration file (TOML or JSON by extension).
-fn load_config<T: serde::de::DeserializeOwned + Default>(path: Option<&Path>) -> Result<T> {
+pub(crate) fn load_config<T: serde::de::DeserializeOwned + Default>(
+    path: Option<&Path>,
+) -> Result<T> {
     let Some(path) = path else {
         return Ok(T::default());
     };

@@ -39,6 +39,31 @@ pub struct EmbedConfig {
     pub jpeg_decoder: String,
 }
 
+/// The run settings a `--config` file (TOML or JSON) may give for `cm3 embed <dataset>`; flags
+/// override them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbedFileConfig {
+    /// A folder in the Hugging Face layout, a `model.onnx`, or `hf:<repo>`.
+    pub image_model: String,
+    pub text_model: String,
+    pub batch_size: usize,
+    pub session_threads: usize,
+    pub preprocess_threads: usize,
+}
+
+impl Default for EmbedFileConfig {
+    fn default() -> Self {
+        Self {
+            image_model: "hf:Qdrant/clip-ViT-B-32-vision".into(),
+            text_model: "hf:Qdrant/clip-ViT-B-32-text".into(),
+            batch_size: 32,
+            session_threads: 0,
+            preprocess_threads: 1,
+        }
+    }
+}
+
 /// How this run goes about it.
 #[derive(Debug, Clone)]
 pub struct EmbedOptions {
