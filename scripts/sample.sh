@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The main job on the embedded sample: ingest sample/pairs, embed it, and print the manifest.
+# The embedding uses the small random-weight CLIP-shaped test models (the real CLIP weights are on
+# the Hugging Face hub, which this machine cannot reach); on a machine with hub access, drop the
+# two --*-model flags to use hf:Qdrant/clip-ViT-B-32-vision and -text.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-target/sample-dataset}"
+bash scripts/setup-onnxruntime.sh
+cargo build -q -p cm3
+cm3="${CARGO_TARGET_DIR:-target}/debug/cm3"
+"$cm3" ingest --input sample/pairs --out "$out"
+"$cm3" embed "$out" --image-model embed/tests/fixtures/tiny_clip/vision --text-model embed/tests/fixtures/tiny_clip/text
+"$cm3" inspect "$out"
