@@ -114,34 +114,19 @@ fn runtime() {
     }
 }
 
-/// A float16 .npy as f32 values and its shape.
+/// A float16 (or u64) .npy as f32 values and its shape.
 fn read_f16_npy(path: &std::path::Path) -> (Vec<usize>, Vec<f32>) {
-    let b = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let len = usize::from(u16::from_le_bytes([b[8], b[9]]));
-    let header = std::str::from_utf8(&b[10..10 + len]).expect("header");
-    let shape_txt = header
-        .split("'shape': (")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .expect("shape");
-    let shape = shape_txt
-        .split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| s.trim().parse().expect("dim"))
-        .collect();
-    let values = if header.contains("'<f2'") {
-        b[10 + len..]
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect()
-    } else {
-        assert!(header.contains("'<u8'"), "{header}");
-        b[10 + len..]
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().expect("8")) as f32)
-            .collect()
+    let npy = cm3_embed::npy::Npy::parse(&fs::read(path).expect("read")).expect("npy");
+    let values = match npy.descr.as_str() {
+        "<u8" => npy
+            .to_i64()
+            .expect("ints")
+            .into_iter()
+            .map(|v| v as f32)
+            .collect(),
+        _ => npy.to_f32().expect("floats"),
     };
-    (shape, values)
+    (npy.shape, values)
 }
 
 #[test]

@@ -74,6 +74,94 @@ pub fn encode_u64(data: &[u64]) -> Vec<u8> {
     out
 }
 
+/// A parsed `.npy` file: shape, dtype (`descr`, e.g. `<f4`) and the raw little-endian data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Npy {
+    pub shape: Vec<usize>,
+    pub descr: String,
+    pub data: Vec<u8>,
+}
+
+impl Npy {
+    /// Parse a C-ordered `.npy` (format 1.x or 2.x); `Err` names what is wrong.
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+            return Err("not a .npy file (no \\x93NUMPY magic)".into());
+        }
+        let (len, start) = match bytes[6] {
+            1 => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10),
+            2 | 3 if bytes.len() >= 12 => (
+                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+                12,
+            ),
+            v => return Err(format!(".npy format version {v} is not supported")),
+        };
+        let header = bytes
+            .get(start..start + len)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .ok_or("truncated .npy header")?;
+        if header.contains("'fortran_order': True") {
+            return Err("Fortran-ordered arrays are not supported".into());
+        }
+        let field = |key: &str| header.split(key).nth(1).map(str::trim_start);
+        let descr = field("'descr':")
+            .and_then(|s| s.strip_prefix('\'')?.split('\'').next())
+            .ok_or("no descr in the .npy header")?
+            .to_string();
+        let shape_txt = field("'shape':")
+            .and_then(|s| s.strip_prefix('(')?.split(')').next())
+            .ok_or("no shape in the .npy header")?;
+        let shape = shape_txt
+            .split(',')
+            .filter(|d| !d.trim().is_empty())
+            .map(|d| {
+                d.trim()
+                    .parse::<usize>()
+                    .map_err(|e| format!("bad dimension {d:?}: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            shape,
+            descr,
+            data: bytes[start + len..].to_vec(),
+        })
+    }
+
+    /// Values as f32, from `<f4` or `<f2` data.
+    pub fn to_f32(&self) -> Result<Vec<f32>, String> {
+        match self.descr.as_str() {
+            "<f4" => Ok(self
+                .data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()),
+            "<f2" => Ok(self
+                .data
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect()),
+            other => Err(format!("dtype {other} is not a float")),
+        }
+    }
+
+    /// Values as i64, from `<i8`, `<u8` (u64) or `<u4` data.
+    pub fn to_i64(&self) -> Result<Vec<i64>, String> {
+        match self.descr.as_str() {
+            "<i8" | "<u8" => Ok(self
+                .data
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect()),
+            "<u4" => Ok(self
+                .data
+                .chunks_exact(4)
+                .map(|c| i64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                .collect()),
+            other => Err(format!("dtype {other} is not an integer type")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +185,24 @@ mod tests {
         );
         let f = encode_f32(&[2], &[1.0, -2.5]);
         assert_eq!(&f[f.len() - 8..], &[0, 0, 128, 63, 0, 0, 32, 192]);
+        // Round trips through the reader.
+        let back = Npy::parse(&f).expect("parse");
+        assert_eq!(
+            (back.shape.clone(), back.to_f32().expect("f32")),
+            (vec![2], vec![1.0, -2.5])
+        );
+        let h = Npy::parse(&encode_f16(&[1, 2], &[0.5, 3.0])).expect("parse f16");
+        assert_eq!(
+            (h.shape.clone(), h.to_f32().expect("f32")),
+            (vec![1, 2], vec![0.5, 3.0])
+        );
+        assert_eq!(
+            Npy::parse(&encode_u64(&[7, 9]))
+                .expect("u64")
+                .to_i64()
+                .expect("i64"),
+            vec![7, 9]
+        );
+        assert!(Npy::parse(b"not npy").is_err());
     }
 }

@@ -99,6 +99,15 @@ pub fn environment() -> Result<&'static Environment> {
     .map_err(|e| EmbedError::Runtime(e.clone()))
 }
 
+/// `model.onnx` inside a folder in the Hugging Face layout, or the file itself.
+pub fn model_path(model: &Path) -> PathBuf {
+    if model.is_dir() {
+        model.join("model.onnx")
+    } else {
+        model.to_path_buf()
+    }
+}
+
 /// One expected input or output: name, element type, and dims (`None` = any size).
 struct Port {
     name: &'static str,
@@ -207,11 +216,7 @@ pub struct VisionEncoder {
 impl VisionEncoder {
     /// Load `model.onnx` (a file, or a folder in the Hugging Face layout) and check its signature.
     pub fn load(model: &Path, threads: usize) -> Result<Self> {
-        let path = if model.is_dir() {
-            model.join("model.onnx")
-        } else {
-            model.to_path_buf()
-        };
+        let path = model_path(model);
         Ok(Self {
             session: open(&path, threads, VISION_INPUTS, VISION_OUTPUTS)?,
             path,
@@ -251,11 +256,7 @@ pub struct TextEncoder {
 
 impl TextEncoder {
     pub fn load(model: &Path, threads: usize) -> Result<Self> {
-        let path = if model.is_dir() {
-            model.join("model.onnx")
-        } else {
-            model.to_path_buf()
-        };
+        let path = model_path(model);
         Ok(Self {
             session: open(&path, threads, TEXT_INPUTS, TEXT_OUTPUTS)?,
             path,

@@ -21,7 +21,7 @@ use cm3_core::{DatasetDir, ShardRecord, WorkerSpec};
 use crate::clip_tokenizer::{CONTEXT_LENGTH, ClipTokenizer};
 use crate::error::{EmbedError, Result};
 use crate::npy;
-use crate::onnx::{EMBED_DIM, TextEncoder, VisionEncoder, normalize_rows};
+use crate::onnx::{EMBED_DIM, TextEncoder, VisionEncoder, model_path, normalize_rows};
 use crate::preprocess::{CLIP_SIZE, preprocess_bytes};
 
 pub const STAGE: &str = "embed";
@@ -92,14 +92,6 @@ pub struct EmbedReport {
     pub seconds: f64,
 }
 
-fn model_file(p: &Path) -> PathBuf {
-    if p.is_dir() {
-        p.join("model.onnx")
-    } else {
-        p.to_path_buf()
-    }
-}
-
 fn jpeg_decoder() -> &'static str {
     if cfg!(feature = "turbojpeg") {
         "libjpeg-turbo"
@@ -142,7 +134,7 @@ fn read_pairs(path: &Path) -> Result<Vec<Pair>> {
 pub fn run(opts: &EmbedOptions) -> Result<EmbedReport> {
     let dataset = DatasetDir::open(&opts.dataset)?;
     let _lock = dataset.lock(STAGE, &opts.worker)?;
-    let (image_path, text_path) = (model_file(&opts.image_model), model_file(&opts.text_model));
+    let (image_path, text_path) = (model_path(&opts.image_model), model_path(&opts.text_model));
     let config = EmbedConfig {
         image_model_sha256: sha256_file(&image_path)
             .map_err(|e| EmbedError::Model {

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use cm3_embed::npy::Npy;
 use cm3_embed::onnx::{EMBED_DIM, TextEncoder, VisionEncoder, find_onnxruntime, normalize_rows};
 use cm3_embed::{ClipTokenizer, EmbedError};
 
@@ -28,34 +29,11 @@ fn runtime() {
     });
 }
 
-/// A little-endian .npy file: (shape, raw data bytes, dtype descr).
+/// A .npy file: (shape, raw data bytes, dtype descr).
 fn read_npy(path: &Path) -> (Vec<usize>, Vec<u8>, String) {
-    let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(&b[..6], b"\x93NUMPY");
-    let (len, start) = if b[6] == 1 {
-        (usize::from(u16::from_le_bytes([b[8], b[9]])), 10)
-    } else {
-        (u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize, 12)
-    };
-    let header = std::str::from_utf8(&b[start..start + len]).expect("header");
-    let descr = header
-        .split("'descr': '")
-        .nth(1)
-        .and_then(|s| s.split('\'').next())
-        .expect("descr")
-        .to_string();
-    assert!(header.contains("'fortran_order': False"));
-    let shape_txt = header
-        .split("'shape': (")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .expect("shape");
-    let shape = shape_txt
-        .split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| s.trim().parse().expect("dim"))
-        .collect();
-    (shape, b[start + len..].to_vec(), descr)
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let npy = Npy::parse(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (npy.shape, npy.data, npy.descr)
 }
 
 fn f32s(bytes: &[u8]) -> Vec<f32> {
