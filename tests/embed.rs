@@ -93,27 +93,6 @@ fn preprocess_writes_a_numpy_tensor_in_argument_order() {
     assert!(!out2.exists());
 }
 
-fn tiny_model(kind: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../embed/tests/fixtures/tiny_clip")
-        .join(kind)
-}
-
-/// ONNX Runtime, installed by the project's set-up script on first use.
-fn runtime() {
-    if cm3_embed::onnx::find_onnxruntime().is_err() {
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../scripts/setup-onnxruntime.sh");
-        assert!(
-            std::process::Command::new("bash")
-                .arg(&script)
-                .status()
-                .expect("setup")
-                .success()
-        );
-    }
-}
-
 /// A float16 (or u64) .npy as f32 values and its shape.
 fn read_f16_npy(path: &std::path::Path) -> (Vec<usize>, Vec<f32>) {
     let npy = cm3_embed::npy::Npy::parse(&fs::read(path).expect("read")).expect("npy");

@@ -11,6 +11,7 @@ use cm3_ingest::config::{CocoPairs, InvalidUtf8, JpegCodec, OutputImageFormat, R
 use cm3_ingest::{IngestConfig, IngestOptions, InputFormat};
 
 mod embed;
+mod index;
 mod inspect;
 
 #[derive(Parser, Debug)]
@@ -48,6 +49,11 @@ enum Command {
     },
     /// CLIP embeddings of a dataset's pairs (image, text, doc), and CLIP tools.
     Embed(Box<EmbedArgs>),
+    /// The maximum-inner-product memory bank: build (incrementally) and search.
+    Index {
+        #[command(subcommand)]
+        command: index::IndexCommand,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -415,6 +421,7 @@ fn main() -> ExitCode {
             command: ManifestCommand::Merge { dataset },
         } => merge(&dataset),
         Command::Embed(args) => embed::run(*args),
+        Command::Index { command } => index::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -260,3 +260,25 @@ pub fn write_webdataset(dir: &Path, pairs: &[SamplePair], per_tar: usize) -> Vec
     }
     tars
 }
+
+/// The tiny CLIP-shaped ONNX models of the embed fixtures (`vision`, `text`, `bad_signature`).
+pub fn tiny_model(kind: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../embed/tests/fixtures/tiny_clip")
+        .join(kind)
+}
+
+/// ONNX Runtime, installed by the project's set-up script on first use.
+pub fn runtime() {
+    if cm3_embed::onnx::find_onnxruntime().is_err() {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../scripts/setup-onnxruntime.sh");
+        assert!(
+            std::process::Command::new("bash")
+                .arg(&script)
+                .status()
+                .expect("setup")
+                .success()
+        );
+    }
+}

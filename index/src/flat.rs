@@ -1,0 +1,380 @@
+//! Exact maximum-inner-product search: the ground truth, and the right choice up to a few million
+//! vectors. Queries are scored a block of stored vectors at a time with a matrix product
+//! (`matrixmultiply`'s SIMD sgemm through ndarray), blocks in parallel (rayon), and the best `k`
+//! of each query kept in a bounded heap.
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+use ndarray::{Array2, ArrayView2};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use cm3_embed::npy::{self, Dtype};
+
+use crate::error::{IndexError, Result};
+use crate::spec::{IndexSpec, Storage};
+use crate::topk::TopK;
+use crate::vectors::read_ids;
+use crate::{Hit, MipsIndex, SearchParams, check_rows};
+
+/// Stored vectors per block: 8,192 × 512 float32 is 16 MiB, a block's scores for 1,024 queries 32 MiB.
+const BLOCK_ROWS: usize = 8192;
+/// Queries scored together (bounds the score matrix).
+const QUERY_CHUNK: usize = 1024;
+
+#[derive(Debug, Clone)]
+enum Data {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+/// The exact index. Vectors added by one `add` call form a segment, saved as one pair of `.npy`
+/// files that later generations hard-link instead of rewriting.
+#[derive(Debug, Clone)]
+pub struct FlatIndex {
+    dim: usize,
+    ids: Vec<u64>,
+    data: Data,
+    /// Rows per segment, in order.
+    segments: Vec<usize>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlatMeta {
+    dim: usize,
+    storage: Storage,
+    segments: Vec<usize>,
+}
+
+const META: &str = "flat.json";
+
+fn segment_files(i: usize) -> (String, String) {
+    (format!("ids-{i:05}.npy"), format!("vectors-{i:05}.npy"))
+}
+
+impl FlatIndex {
+    pub fn new(dim: usize, storage: Storage) -> Self {
+        Self {
+            dim,
+            ids: Vec::new(),
+            data: match storage {
+                Storage::F32 => Data::F32(Vec::new()),
+                Storage::F16 => Data::F16(Vec::new()),
+            },
+            segments: Vec::new(),
+        }
+    }
+
+    pub fn storage(&self) -> Storage {
+        match self.data {
+            Data::F32(_) => Storage::F32,
+            Data::F16(_) => Storage::F16,
+        }
+    }
+
+    pub fn ids(&self) -> &[u64] {
+        &self.ids
+    }
+
+    /// The stored vector at a position, as f32.
+    pub fn vector(&self, pos: usize) -> Vec<f32> {
+        let r = pos * self.dim..(pos + 1) * self.dim;
+        match &self.data {
+            Data::F32(v) => v[r].to_vec(),
+            Data::F16(v) => v[r].iter().map(|x| x.to_f32()).collect(),
+        }
+    }
+
+    pub fn load(dir: &Path) -> Result<Self> {
+        let meta_path = dir.join(META);
+        let text =
+            fs::read_to_string(&meta_path).map_err(|e| IndexError::io("reading", &meta_path, e))?;
+        let meta: FlatMeta = serde_json::from_str(&text).map_err(|e| IndexError::Corrupt {
+            path: meta_path.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut index = FlatIndex::new(meta.dim, meta.storage);
+        for (i, &rows) in meta.segments.iter().enumerate() {
+            let (ids_f, vec_f) = segment_files(i);
+            let ids = read_ids(&dir.join(&ids_f))?;
+            let vpath = dir.join(&vec_f);
+            let bytes = fs::read(&vpath).map_err(|e| IndexError::io("reading", &vpath, e))?;
+            let parsed = npy::Npy::parse(&bytes).map_err(|reason| IndexError::Corrupt {
+                path: vpath.clone(),
+                reason,
+            })?;
+            let item = match meta.storage {
+                Storage::F32 => 4,
+                Storage::F16 => 2,
+            };
+            let want_descr = match meta.storage {
+                Storage::F32 => "<f4",
+                Storage::F16 => "<f2",
+            };
+            if parsed.shape != [rows, meta.dim]
+                || ids.len() != rows
+                || parsed.descr != want_descr
+                || parsed.data.len() != rows * meta.dim * item
+            {
+                return Err(IndexError::Corrupt {
+                    path: vpath,
+                    reason: format!(
+                        "segment {i} should hold {rows} {want_descr} vectors of dimension {} with \
+                         {rows} ids; found shape {:?} ({}), {} data bytes, {} ids (truncated or \
+                         replaced file)",
+                        meta.dim,
+                        parsed.shape,
+                        parsed.descr,
+                        parsed.data.len(),
+                        ids.len()
+                    ),
+                });
+            }
+            match &mut index.data {
+                Data::F32(v) => v.extend(
+                    parsed
+                        .data
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+                ),
+                Data::F16(v) => v.extend(
+                    parsed
+                        .data
+                        .chunks_exact(2)
+                        .map(|c| f16::from_le_bytes([c[0], c[1]])),
+                ),
+            }
+            index.ids.extend(ids);
+            index.segments.push(rows);
+        }
+        Ok(index)
+    }
+
+    /// Scores of `queries` (nq × dim) against stored rows `start..end`, into `out` (nq × rows).
+    fn score_block(&self, queries: ArrayView2<'_, f32>, start: usize, end: usize) -> Array2<f32> {
+        let rows = end - start;
+        let mut out = Array2::<f32>::zeros((queries.nrows(), rows));
+        let converted;
+        let base: &[f32] = match &self.data {
+            Data::F32(v) => &v[start * self.dim..end * self.dim],
+            Data::F16(v) => {
+                let mut buf = vec![0f32; rows * self.dim];
+                v[start * self.dim..end * self.dim].convert_to_f32_slice(&mut buf);
+                converted = buf;
+                &converted
+            }
+        };
+        // The shape always matches the slice taken above.
+        if let Ok(base) = ArrayView2::from_shape((rows, self.dim), base) {
+            ndarray::linalg::general_mat_mul(1.0, &queries, &base.t(), 0.0, &mut out);
+        }
+        out
+    }
+
+    fn search_chunk(&self, queries: &[f32], params: &SearchParams<'_>) -> Vec<Vec<Hit>> {
+        let nq = queries.len() / self.dim;
+        let n = self.ids.len();
+        let Ok(qv) = ArrayView2::from_shape((nq, self.dim), queries) else {
+            return vec![Vec::new(); nq];
+        };
+        // Smaller blocks for few queries, so that both cores have work.
+        let block = if nq < 16 { BLOCK_ROWS / 4 } else { BLOCK_ROWS };
+        let blocks = n.div_ceil(block);
+        let filtered = params.is_filtered();
+        let heaps = (0..blocks)
+            .into_par_iter()
+            .map(|b| {
+                let start = b * block;
+                let end = (start + block).min(n);
+                let scores = self.score_block(qv, start, end);
+                let mut heaps: Vec<TopK> = (0..nq).map(|_| TopK::new(params.k)).collect();
+                for (qi, heap) in heaps.iter_mut().enumerate() {
+                    let row = scores.row(qi);
+                    for (j, &s) in row.iter().enumerate() {
+                        if heap.would_accept(s)
+                            && (!filtered || params.admits(s, self.ids[start + j]))
+                        {
+                            heap.push(s, start + j);
+                        }
+                    }
+                }
+                heaps
+            })
+            .reduce(
+                || (0..nq).map(|_| TopK::new(params.k)).collect(),
+                |a, b| a.into_iter().zip(b).map(|(x, y)| x.merge(y)).collect(),
+            );
+        heaps
+            .into_iter()
+            .map(|h| {
+                h.into_sorted()
+                    .into_iter()
+                    .map(|(score, pos)| Hit {
+                        id: self.ids[pos],
+                        score,
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+pub(crate) fn write_synced(
+    path: &Path,
+    header: &[u8],
+    body: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+) -> Result<()> {
+    let f = File::create(path).map_err(|e| IndexError::io("creating", path, e))?;
+    let mut w = BufWriter::with_capacity(1 << 20, f);
+    w.write_all(header)
+        .and_then(|_| body(&mut w))
+        .and_then(|_| w.flush())
+        .map_err(|e| IndexError::io("writing", path, e))?;
+    let f = w
+        .into_inner()
+        .map_err(|e| IndexError::io("writing", path, e.into_error()))?;
+    f.sync_all().map_err(|e| IndexError::io("fsync", path, e))
+}
+
+impl MipsIndex for FlatIndex {
+    fn spec(&self) -> IndexSpec {
+        IndexSpec::Flat {
+            storage: self.storage(),
+        }
+    }
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    fn add(&mut self, ids: &[u64], vectors: &[f32]) -> Result<()> {
+        let rows = check_rows("vectors added to the flat index", vectors.len(), self.dim)?;
+        if rows != ids.len() {
+            return Err(IndexError::Invalid(format!(
+                "{rows} vectors but {} ids",
+                ids.len()
+            )));
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        match &mut self.data {
+            Data::F32(v) => v.extend_from_slice(vectors),
+            Data::F16(v) => {
+                let start = v.len();
+                v.resize(start + vectors.len(), f16::ZERO);
+                v[start..].convert_from_f32_slice(vectors);
+            }
+        }
+        self.ids.extend_from_slice(ids);
+        self.segments.push(rows);
+        Ok(())
+    }
+
+    fn search_batch(&self, queries: &[f32], params: &SearchParams<'_>) -> Result<Vec<Vec<Hit>>> {
+        check_rows("queries", queries.len(), self.dim)?;
+        let mut out = Vec::with_capacity(queries.len() / self.dim);
+        for chunk in queries.chunks(QUERY_CHUNK * self.dim) {
+            out.extend(self.search_chunk(chunk, params));
+        }
+        Ok(out)
+    }
+
+    fn save(&self, dir: &Path, previous: Option<&Path>) -> Result<()> {
+        let prev_segments = previous
+            .and_then(|p| fs::read_to_string(p.join(META)).ok())
+            .and_then(|t| serde_json::from_str::<FlatMeta>(&t).ok());
+        let mut start = 0usize;
+        for (i, &rows) in self.segments.iter().enumerate() {
+            let (ids_f, vec_f) = segment_files(i);
+            let end = start + rows;
+            // Segments are immutable: one the previous generation already holds is linked.
+            let reusable = match (&prev_segments, previous) {
+                (Some(pm), Some(p)) => {
+                    pm.storage == self.storage()
+                        && pm.dim == self.dim
+                        && pm.segments.get(..=i) == self.segments.get(..=i)
+                        && fs::hard_link(p.join(&ids_f), dir.join(&ids_f)).is_ok()
+                        && fs::hard_link(p.join(&vec_f), dir.join(&vec_f)).is_ok()
+                }
+                _ => false,
+            };
+            if !reusable {
+                for f in [&ids_f, &vec_f] {
+                    let _ = fs::remove_file(dir.join(f));
+                }
+                let ids = &self.ids[start..end];
+                write_synced(&dir.join(&ids_f), &npy::header(Dtype::U64, &[rows]), |w| {
+                    ids.iter().try_for_each(|id| w.write_all(&id.to_le_bytes()))
+                })?;
+                let r = start * self.dim..end * self.dim;
+                match &self.data {
+                    Data::F32(v) => write_synced(
+                        &dir.join(&vec_f),
+                        &npy::header(Dtype::F32, &[rows, self.dim]),
+                        |w| v[r].iter().try_for_each(|x| w.write_all(&x.to_le_bytes())),
+                    )?,
+                    Data::F16(v) => write_synced(
+                        &dir.join(&vec_f),
+                        &npy::header(Dtype::F16, &[rows, self.dim]),
+                        |w| v[r].iter().try_for_each(|x| w.write_all(&x.to_le_bytes())),
+                    )?,
+                }
+            }
+            start = end;
+        }
+        let meta = FlatMeta {
+            dim: self.dim,
+            storage: self.storage(),
+            segments: self.segments.clone(),
+        };
+        let text =
+            serde_json::to_string_pretty(&meta).map_err(|e| IndexError::Invalid(e.to_string()))?;
+        write_synced(&dir.join(META), text.as_bytes(), |_| Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(v: &mut [f32], dim: usize) {
+        for r in v.chunks_exact_mut(dim) {
+            let n = r.iter().map(|x| x * x).sum::<f32>().sqrt();
+            r.iter_mut().for_each(|x| *x /= n);
+        }
+    }
+
+    #[test]
+    fn finds_itself_first_and_respects_filters() {
+        let dim = 8;
+        let mut v: Vec<f32> = (0..40 * dim)
+            .map(|i| ((i * 7919) % 97) as f32 - 48.0)
+            .collect();
+        unit(&mut v, dim);
+        for storage in [Storage::F32, Storage::F16] {
+            let mut idx = FlatIndex::new(dim, storage);
+            let ids: Vec<u64> = (100..140).collect();
+            idx.add(&ids[..25], &v[..25 * dim]).expect("add");
+            idx.add(&ids[25..], &v[25 * dim..]).expect("add");
+            let q = &v[7 * dim..8 * dim];
+            let hits = idx.search(q, 3).expect("search");
+            assert_eq!(hits[0].id, 107);
+            assert!((hits[0].score - 1.0).abs() < 2e-3);
+            let below = idx.search_threshold(q, 3, 0.9).expect("search");
+            assert!(below.iter().all(|h| h.score <= 0.9 && h.id != 107));
+            let ex: std::collections::HashSet<u64> = [107, hits[1].id].into();
+            let hits2 = idx.search_excluding(q, 3, &ex).expect("search");
+            assert_eq!(hits2[0].id, hits[2].id);
+            assert!(idx.search(&q[..3], 1).is_err());
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! `cm3 index build <dataset>`: index every embedded shard not yet in the index.
+//!
+//! The index of a vector set lives in `<dataset>/index/<set>/` (see [`crate::store`]); the manifest
+//! stage `index.<set>` records its configuration and, per embedding shard held, the rows and the
+//! checksum of the embeddings indexed. Running the build again after `cm3 embed` has added shards
+//! adds only those; a crash leaves the previous index usable and the next run finishes the job.
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use arrow_array::{StringArray, UInt64Array};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use cm3_core::schema::{column, read_columns};
+use cm3_core::{DatasetDir, ShardRecord, StageRecord, WorkerSpec};
+
+use crate::error::{IndexError, Result};
+use crate::spec::{IndexSpec, VectorSet};
+use crate::store::{self, IndexMeta, IndexedShard};
+use crate::vectors::{check_unit_rows, read_ids, read_vectors};
+use crate::{MipsIndex, new_index};
+
+/// The manifest stage of an index over `set`.
+pub fn stage_name(set: VectorSet) -> String {
+    format!("index.{set}")
+}
+
+/// Where a dataset keeps the index over `set`.
+pub fn index_dir(dataset: &Path, set: VectorSet) -> PathBuf {
+    dataset.join("index").join(set.name())
+}
+
+/// What determines an index (saved in the manifest; a later build must match it or `--rebuild`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct IndexConfig {
+    #[serde(default)]
+    pub vector_set: VectorSet,
+    #[serde(default)]
+    pub index: IndexSpec,
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub dataset: PathBuf,
+    pub config: IndexConfig,
+    /// Discard the existing index and build from scratch.
+    pub rebuild: bool,
+    /// Refuse vectors that are not unit-norm instead of normalising them.
+    pub strict: bool,
+    pub progress: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildReport {
+    pub index_dir: PathBuf,
+    pub spec: IndexSpec,
+    pub added_shards: usize,
+    pub added_rows: usize,
+    pub total_rows: usize,
+    pub total_shards: usize,
+    pub normalised: usize,
+    pub generation: u64,
+    pub seconds: f64,
+}
+
+fn mismatch(path: &Path, reason: String) -> IndexError {
+    IndexError::Mismatch {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+/// The embed stage's shards, or a clear error when the dataset has no embeddings.
+fn embed_record(ds: &DatasetDir) -> Result<StageRecord> {
+    let m = ds.load_manifest()?;
+    match m.stages.get(cm3_embed::stage::STAGE) {
+        Some(r) if !r.shards.is_empty() => Ok(r.clone()),
+        _ => Err(IndexError::Invalid(format!(
+            "{} has no embeddings yet: run `cm3 embed {}` first",
+            ds.root().display(),
+            ds.root().display()
+        ))),
+    }
+}
+
+/// Refuse an existing index that was built differently or from other embeddings.
+fn check_existing(
+    dir: &Path,
+    meta: &IndexMeta,
+    config: &IndexConfig,
+    embed: &StageRecord,
+) -> Result<()> {
+    if meta.spec != config.index {
+        return Err(mismatch(
+            dir,
+            format!(
+                "the index was built as {}, this build asks for {}; pass --rebuild to replace it",
+                meta.spec, config.index
+            ),
+        ));
+    }
+    if meta.vector_set != Some(config.vector_set) {
+        return Err(mismatch(
+            dir,
+            format!(
+                "the index holds {:?} vectors, not `{}` (an index from elsewhere?); pass --rebuild",
+                meta.vector_set, config.vector_set
+            ),
+        ));
+    }
+    for (name, held) in &meta.shards {
+        match embed.shards.get(name) {
+            Some(s) if s.sha256 == held.embeddings_sha256 => {}
+            Some(_) => {
+                return Err(mismatch(
+                    dir,
+                    format!(
+                        "shard {name} was indexed from other embeddings than the dataset now holds \
+                         (embeddings made again, or an index copied from another dataset); pass \
+                         --rebuild to index the current embeddings"
+                    ),
+                ));
+            }
+            None => {
+                return Err(mismatch(
+                    dir,
+                    format!(
+                        "the index holds shard {name}, which this dataset's embeddings do not \
+                         (an index copied from another dataset?); pass --rebuild"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Record the committed index in the manifest (idempotent: also repairs a manifest that a crash
+/// left behind the index).
+fn record_in_manifest(
+    ds: &DatasetDir,
+    config: &IndexConfig,
+    meta: &IndexMeta,
+    embed: &StageRecord,
+) -> Result<()> {
+    let stage = stage_name(config.vector_set);
+    let cfg = serde_json::to_value(config).map_err(|e| IndexError::Invalid(e.to_string()))?;
+    let mut m = ds.load_manifest()?;
+    let rec = ds.stage_record(&mut m, &stage, &cfg)?;
+    let gen_dir = format!("index/{}/gen-{:06}", config.vector_set, meta.generation);
+    rec.shards = meta
+        .shards
+        .iter()
+        .map(|(name, s)| {
+            let chunk = embed.shards.get(name).map_or(0, |e| e.chunk);
+            (
+                name.clone(),
+                ShardRecord {
+                    file: gen_dir.clone(),
+                    input: name.clone(),
+                    chunk,
+                    rows: s.rows,
+                    bytes: 0,
+                    sha256: s.embeddings_sha256.clone(),
+                    rejects: 0,
+                    rejects_file: None,
+                    rejects_by_reason: BTreeMap::new(),
+                    counters: BTreeMap::new(),
+                },
+            )
+        })
+        .collect();
+    m.save(&ds.manifest_path(), "index")?;
+    Ok(())
+}
+
+/// Read one embedding shard's ids and vectors of `set`, checked and normalised.
+fn read_shard(
+    ds: &DatasetDir,
+    rec: &ShardRecord,
+    set: VectorSet,
+    strict: bool,
+) -> Result<(Vec<u64>, Vec<f32>, usize, usize)> {
+    let dir = ds.path(&rec.file);
+    let ids = read_ids(&dir.join("ids.npy"))?;
+    let vpath = dir.join(format!("{set}.npy"));
+    let mut v = read_vectors(&vpath)?;
+    if v.rows() != ids.len() {
+        return Err(IndexError::Vectors {
+            path: vpath,
+            reason: format!("{} vectors for {} ids", v.rows(), ids.len()),
+        });
+    }
+    let what = vpath.display().to_string();
+    let report = check_unit_rows(&what, &mut v.data, v.dim, strict)?;
+    Ok((ids, v.data, v.dim, report.normalised))
+}
+
+/// Index the embedding shards of `opts.dataset` that the index does not hold yet.
+pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
+    let started = Instant::now();
+    let ds = DatasetDir::open(&opts.dataset)?;
+    let set = opts.config.vector_set;
+    let stage = stage_name(set);
+    let _lock = ds.lock(&stage, &WorkerSpec::default())?;
+    let embed = embed_record(&ds)?;
+    let dir = index_dir(ds.root(), set);
+    if opts.rebuild {
+        store::remove(&dir)?;
+        let mut m = ds.load_manifest()?;
+        if m.stages.remove(&stage).is_some() {
+            m.save(&ds.manifest_path(), "index")?;
+        }
+    } else {
+        // The manifest refuses another configuration before any work.
+        let cfg =
+            serde_json::to_value(&opts.config).map_err(|e| IndexError::Invalid(e.to_string()))?;
+        let m = ds.load_manifest()?;
+        if let Some(rec) = m.stages.get(&stage)
+            && !rec.shards.is_empty()
+        {
+            rec.check_config(&stage, ds.root(), &cfg)?;
+        }
+    }
+    let existing = store::open(&dir)?;
+    if let Some((meta, _)) = &existing {
+        check_existing(&dir, meta, &opts.config, &embed)?;
+    }
+    let held: HashSet<String> = existing
+        .as_ref()
+        .map(|(m, _)| m.shards.keys().cloned().collect())
+        .unwrap_or_default();
+    let todo: Vec<(&String, &ShardRecord)> = embed
+        .shards
+        .iter()
+        .filter(|(name, _)| !held.contains(*name))
+        .collect();
+    let (prev_meta, mut index): (Option<IndexMeta>, Option<Box<dyn MipsIndex>>) = match existing {
+        Some((m, i)) => (Some(m), Some(i)),
+        None => (None, None),
+    };
+    if todo.is_empty()
+        && let Some(meta) = &prev_meta
+    {
+        record_in_manifest(&ds, &opts.config, meta, &embed)?;
+        tracing::info!(index = %dir.display(), "index is up to date");
+        return Ok(BuildReport {
+            index_dir: dir,
+            spec: meta.spec.clone(),
+            added_shards: 0,
+            added_rows: 0,
+            total_rows: meta.count,
+            total_shards: meta.shards.len(),
+            normalised: 0,
+            generation: meta.generation,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
+    let bar = if opts.progress {
+        let b = ProgressBar::new(todo.len() as u64);
+        b.set_style(
+            ProgressStyle::with_template(
+                "index {bar:30} {pos}/{len} shards, {msg} [{elapsed_precise}]",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut shards = prev_meta
+        .as_ref()
+        .map(|m| m.shards.clone())
+        .unwrap_or_default();
+    let (mut added_rows, mut normalised) = (0usize, 0usize);
+    for (name, rec) in &todo {
+        let (ids, vecs, dim, norm) = read_shard(&ds, rec, set, opts.strict)?;
+        let idx = match &mut index {
+            Some(i) => i,
+            None => index.insert(new_index(&opts.config.index, dim)?),
+        };
+        if dim != idx.dim() {
+            return Err(IndexError::Dimension {
+                what: format!("{}/{set}.npy", ds.path(&rec.file).display()),
+                expected: idx.dim(),
+                found: dim,
+            });
+        }
+        idx.add(&ids, &vecs)?;
+        added_rows += ids.len();
+        normalised += norm;
+        shards.insert(
+            (*name).clone(),
+            IndexedShard {
+                rows: ids.len() as u64,
+                embeddings_sha256: rec.sha256.clone(),
+            },
+        );
+        bar.inc(1);
+        bar.set_message(format!("{added_rows} vectors"));
+    }
+    bar.finish_and_clear();
+    if normalised > 0 {
+        tracing::warn!(
+            rows = normalised,
+            "vectors were not unit-norm and were normalised (--strict refuses them)"
+        );
+    }
+    let index = match index {
+        Some(i) => i,
+        None => new_index(&opts.config.index, cm3_embed::onnx::EMBED_DIM)?,
+    };
+    let meta = store::commit(
+        &dir,
+        index.as_ref(),
+        prev_meta.as_ref(),
+        Some(set),
+        shards,
+        "index",
+    )?;
+    record_in_manifest(&ds, &opts.config, &meta, &embed)?;
+    Ok(BuildReport {
+        index_dir: dir,
+        spec: meta.spec.clone(),
+        added_shards: todo.len(),
+        added_rows,
+        total_rows: meta.count,
+        total_shards: meta.shards.len(),
+        normalised,
+        generation: meta.generation,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Open a dataset's index over `set` for searching.
+pub fn open_dataset_index(
+    dataset: &Path,
+    set: VectorSet,
+) -> Result<(IndexMeta, Box<dyn MipsIndex>)> {
+    let dir = index_dir(dataset, set);
+    store::open(&dir)?.ok_or_else(|| {
+        IndexError::Invalid(format!(
+            "{} has no `{set}` index: run `cm3 index build {} --set {set}` first",
+            dataset.display(),
+            dataset.display()
+        ))
+    })
+}
+
+/// The stored `set` vector of a pair, from the dataset's embeddings.
+pub fn lookup_vector(dataset: &Path, set: VectorSet, id: u64) -> Result<Vec<f32>> {
+    let ds = DatasetDir::open(dataset)?;
+    let embed = embed_record(&ds)?;
+    for rec in embed.shards.values() {
+        let dir = ds.path(&rec.file);
+        let ids = read_ids(&dir.join("ids.npy"))?;
+        if let Some(pos) = ids.iter().position(|&x| x == id) {
+            let v = read_vectors(&dir.join(format!("{set}.npy")))?;
+            if pos < v.rows() {
+                let mut row = v.row(pos).to_vec();
+                check_unit_rows("query", &mut row, v.dim, false)?;
+                return Ok(row);
+            }
+        }
+    }
+    Err(IndexError::Invalid(format!(
+        "no pair with id {id:016x} in the embeddings of {}",
+        dataset.display()
+    )))
+}
+
+/// Captions of the given pair ids, from the dataset's `pairs/` shards.
+pub fn captions(dataset: &Path, ids: &HashSet<u64>) -> Result<HashMap<u64, String>> {
+    let ds = DatasetDir::open(dataset)?;
+    let m = ds.load_manifest()?;
+    let mut out = HashMap::new();
+    let Some(ingest) = m.stages.get("ingest") else {
+        return Ok(out);
+    };
+    for rec in ingest.shards.values() {
+        for b in read_columns(&ds.path(&rec.file), &["id", "caption"])? {
+            let (Some(bid), Some(cap)) = (
+                column::<UInt64Array>(&b, "id"),
+                column::<StringArray>(&b, "caption"),
+            ) else {
+                continue;
+            };
+            for i in 0..b.num_rows() {
+                let id = bid.value(i);
+                if ids.contains(&id) {
+                    out.insert(id, cap.value(i).to_string());
+                }
+            }
+        }
+        if out.len() == ids.len() {
+            break;
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,282 @@
+//! Reading vectors (`.npy` f32/f16, `.fvecs`) and ids (`.npy` integers), and checking them:
+//! dimension, finite values, unit norm.
+use std::fs;
+use std::path::Path;
+
+use cm3_embed::npy::Npy;
+
+use crate::error::{IndexError, Result};
+
+/// A row-major matrix of f32 vectors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vectors {
+    pub dim: usize,
+    pub data: Vec<f32>,
+}
+
+impl Vectors {
+    pub fn rows(&self) -> usize {
+        self.data.len().checked_div(self.dim).unwrap_or(0)
+    }
+
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.dim..(i + 1) * self.dim]
+    }
+}
+
+/// How far a norm may be from 1 and still count as a unit vector: float16 storage (what
+/// `cm3 embed` and clip-retrieval write) moves norms by about 1e-3.
+pub const UNIT_TOLERANCE: f32 = 1e-2;
+
+fn bad(path: &Path, reason: impl Into<String>) -> IndexError {
+    IndexError::Vectors {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+fn parse_npy(path: &Path) -> Result<Npy> {
+    let bytes = fs::read(path).map_err(|e| IndexError::io("reading", path, e))?;
+    let npy = Npy::parse(&bytes).map_err(|r| bad(path, r))?;
+    let item = match npy.descr.as_str() {
+        "<f2" => 2,
+        "<f4" | "<u4" | "<i4" => 4,
+        "<f8" | "<i8" | "<u8" => 8,
+        other => {
+            return Err(bad(
+                path,
+                format!("dtype {other} is not supported (use float32, float16 or int64)"),
+            ));
+        }
+    };
+    let expected = npy.shape.iter().product::<usize>() * item;
+    if npy.data.len() != expected {
+        return Err(bad(
+            path,
+            format!(
+                "truncated or padded: shape {:?} needs {expected} bytes of data, the file has {}",
+                npy.shape,
+                npy.data.len()
+            ),
+        ));
+    }
+    Ok(npy)
+}
+
+/// Read a matrix of vectors: `.npy` (float32 or float16, shape [n, d]) or `.fvecs` (each row a
+/// little-endian i32 dimension then d float32 values).
+pub fn read_vectors(path: &Path) -> Result<Vectors> {
+    if path.extension().is_some_and(|e| e == "fvecs") {
+        return read_fvecs(path);
+    }
+    let npy = parse_npy(path)?;
+    let [n, dim] = npy.shape[..] else {
+        return Err(bad(
+            path,
+            format!("expected a 2-d array [n, dim], found shape {:?}", npy.shape),
+        ));
+    };
+    if dim == 0 {
+        return Err(bad(path, "vectors of dimension 0"));
+    }
+    let data = match npy.descr.as_str() {
+        "<f4" | "<f2" => npy.to_f32().map_err(|r| bad(path, r))?,
+        "<f8" => npy
+            .data
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+            .collect(),
+        other => {
+            return Err(bad(
+                path,
+                format!("dtype {other} is not a float type (use float32 or float16)"),
+            ));
+        }
+    };
+    debug_assert_eq!(data.len(), n * dim);
+    Ok(Vectors { dim, data })
+}
+
+fn read_fvecs(path: &Path) -> Result<Vectors> {
+    let bytes = fs::read(path).map_err(|e| IndexError::io("reading", path, e))?;
+    if bytes.len() < 4 {
+        return Err(bad(path, "empty .fvecs file"));
+    }
+    let dim = i32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    if dim <= 0 || dim > 1 << 20 {
+        return Err(bad(path, format!("implausible .fvecs dimension {dim}")));
+    }
+    let dim = dim as usize;
+    let stride = 4 + 4 * dim;
+    if bytes.len() % stride != 0 {
+        return Err(bad(
+            path,
+            format!(
+                "truncated: {} bytes is not a whole number of {stride}-byte rows of dimension {dim}",
+                bytes.len()
+            ),
+        ));
+    }
+    let mut data = Vec::with_capacity(bytes.len() / stride * dim);
+    for (i, row) in bytes.chunks_exact(stride).enumerate() {
+        let d = i32::from_le_bytes([row[0], row[1], row[2], row[3]]);
+        if d as usize != dim {
+            return Err(bad(
+                path,
+                format!("row {i} has dimension {d}, the first row {dim}"),
+            ));
+        }
+        data.extend(
+            row[4..]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        );
+    }
+    Ok(Vectors { dim, data })
+}
+
+/// Read ids: a 1-d `.npy` of int64 / uint64 / uint32 values.
+pub fn read_ids(path: &Path) -> Result<Vec<u64>> {
+    let npy = parse_npy(path)?;
+    if npy.shape.len() != 1 {
+        return Err(bad(
+            path,
+            format!("expected a 1-d array of ids, found shape {:?}", npy.shape),
+        ));
+    }
+    match npy.descr.as_str() {
+        "<u8" => Ok(npy
+            .data
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect()),
+        "<i8" | "<u4" | "<i4" => {
+            let vals: Vec<i64> = if npy.descr == "<i4" {
+                npy.data
+                    .chunks_exact(4)
+                    .map(|c| i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                    .collect()
+            } else {
+                npy.to_i64().map_err(|r| bad(path, r))?
+            };
+            vals.iter()
+                .enumerate()
+                .map(|(i, &v)| {
+                    u64::try_from(v)
+                        .map_err(|_| bad(path, format!("id {v} at row {i} is negative")))
+                })
+                .collect()
+        }
+        other => Err(bad(
+            path,
+            format!("dtype {other} is not an integer id type"),
+        )),
+    }
+}
+
+/// What [`check_unit_rows`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NormReport {
+    /// Rows whose norm was further than [`UNIT_TOLERANCE`] from 1 and were normalised.
+    pub normalised: usize,
+}
+
+/// Check every row: finite, non-zero, unit norm. Rows within [`UNIT_TOLERANCE`] of 1 are
+/// re-normalised exactly (float16 rounding); rows further off are refused with `strict`, or
+/// normalised and counted.
+pub fn check_unit_rows(
+    what: &str,
+    data: &mut [f32],
+    dim: usize,
+    strict: bool,
+) -> Result<NormReport> {
+    let mut report = NormReport::default();
+    for (row, v) in data.chunks_exact_mut(dim).enumerate() {
+        if v.iter().any(|x| !x.is_finite()) {
+            return Err(IndexError::NonFinite {
+                what: what.to_string(),
+                row,
+            });
+        }
+        let norm = v
+            .iter()
+            .map(|&x| f64::from(x) * f64::from(x))
+            .sum::<f64>()
+            .sqrt() as f32;
+        if norm == 0.0 {
+            return Err(IndexError::ZeroVector {
+                what: what.to_string(),
+                row,
+            });
+        }
+        if (norm - 1.0).abs() > UNIT_TOLERANCE {
+            if strict {
+                return Err(IndexError::NotUnit {
+                    what: what.to_string(),
+                    row,
+                    norm,
+                });
+            }
+            report.normalised += 1;
+        }
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_check_normalises_or_refuses() {
+        let mut v = vec![3.0, 4.0, 0.6, 0.8];
+        let r = check_unit_rows("t", &mut v, 2, false).expect("normalises");
+        assert_eq!(r.normalised, 1);
+        assert!((v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6);
+        let mut v = vec![3.0, 4.0];
+        assert!(matches!(
+            check_unit_rows("t", &mut v, 2, true),
+            Err(IndexError::NotUnit { row: 0, .. })
+        ));
+        let mut v = vec![0.6, 0.8, f32::NAN, 0.0];
+        assert!(matches!(
+            check_unit_rows("t", &mut v, 2, false),
+            Err(IndexError::NonFinite { row: 1, .. })
+        ));
+        let mut v = vec![0.0, 0.0];
+        assert!(matches!(
+            check_unit_rows("t", &mut v, 2, false),
+            Err(IndexError::ZeroVector { row: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn fvecs_round_trip_and_truncation() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("x.fvecs");
+        let mut b = Vec::new();
+        for row in [[1.0f32, 2.0], [3.0, 4.0]] {
+            b.extend_from_slice(&2i32.to_le_bytes());
+            for x in row {
+                b.extend_from_slice(&x.to_le_bytes());
+            }
+        }
+        fs::write(&p, &b).expect("write");
+        let v = read_vectors(&p).expect("read");
+        assert_eq!((v.dim, v.data.clone()), (2, vec![1.0, 2.0, 3.0, 4.0]));
+        fs::write(&p, &b[..b.len() - 3]).expect("write");
+        let e = read_vectors(&p).expect_err("truncated").to_string();
+        assert!(e.contains("truncated"), "{e}");
+    }
+
+    #[test]
+    fn truncated_npy_is_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("x.npy");
+        let full = cm3_embed::npy::encode_f32(&[2, 2], &[1.0, 0.0, 0.0, 1.0]);
+        fs::write(&p, &full[..full.len() - 2]).expect("write");
+        let e = read_vectors(&p).expect_err("truncated").to_string();
+        assert!(e.contains("truncated"), "{e}");
+    }
+}

@@ -1,0 +1,79 @@
+//! Flat top-k against a plain float64 computation, with and without filters.
+use std::collections::HashSet;
+
+use proptest::prelude::*;
+
+use cm3_index::flat::FlatIndex;
+use cm3_index::{MipsIndex, SearchParams, Storage};
+
+fn f64_topk(
+    base: &[f32],
+    dim: usize,
+    q: &[f32],
+    k: usize,
+    keep: impl Fn(f64, u64) -> bool,
+) -> Vec<(u64, f64)> {
+    let mut s: Vec<(u64, f64)> = base
+        .chunks_exact(dim)
+        .enumerate()
+        .map(|(i, r)| {
+            (
+                i as u64,
+                r.iter()
+                    .zip(q)
+                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                    .sum(),
+            )
+        })
+        .filter(|(i, s)| keep(*s, *i))
+        .collect();
+    s.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    s.truncate(k);
+    s
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn flat_topk_matches_f64(
+        dim in 1usize..40,
+        n in 0usize..300,
+        k in 0usize..20,
+        seed in any::<u64>(),
+        max_score in proptest::option::of(-1.0f32..1.0),
+        exclude_every in proptest::option::of(2u64..5),
+    ) {
+        let mut s = seed | 1;
+        let mut rnd = move || { s ^= s << 13; s ^= s >> 7; s ^= s << 17; ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5 };
+        let base: Vec<f32> = (0..n * dim).map(|_| rnd()).collect();
+        let q: Vec<f32> = (0..dim).map(|_| rnd()).collect();
+        let ids: Vec<u64> = (0..n as u64).collect();
+        let mut idx = FlatIndex::new(dim, Storage::F32);
+        idx.add(&ids, &base).expect("add");
+        let exclude: HashSet<u64> = exclude_every.map(|e| ids.iter().copied().filter(|i| i % e == 0).collect()).unwrap_or_default();
+        let params = SearchParams {
+            k,
+            max_score,
+            exclude: exclude_every.map(|_| &exclude),
+            ..SearchParams::default()
+        };
+        let got = idx.search_with(&q, &params).expect("search");
+        // Filter on the f64 score with a margin: float32 and float64 may disagree at the threshold.
+        let want = f64_topk(&base, dim, &q, k, |sc, i| {
+            max_score.is_none_or(|m| sc <= f64::from(m)) && !exclude.contains(&i)
+        });
+        let tol = 1e-5 * dim as f64;
+        prop_assert!(got.len().abs_diff(want.len()) <= 1 || max_score.is_none() && got.len() == want.len());
+        for (g, w) in got.iter().zip(&want) {
+            // Same score at each rank; ids may differ only where scores tie within rounding.
+            prop_assert!((f64::from(g.score) - w.1).abs() <= tol, "{} vs {}", g.score, w.1);
+            if g.id != w.0 {
+                let gs = want.iter().find(|x| x.0 == g.id).map(|x| x.1);
+                let exact: f64 = base[g.id as usize * dim..(g.id as usize + 1) * dim].iter().zip(&q).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
+                prop_assert!(gs.is_none_or(|gs| (gs - w.1).abs() <= 2.0 * tol) && (exact - w.1).abs() <= 2.0 * tol);
+            }
+            prop_assert!(!exclude.contains(&g.id));
+            if let Some(m) = max_score { prop_assert!(g.score <= m); }
+        }
+    }
+}
