@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job on the embedded sample: ingest sample/pairs, embed it, and print the manifest.
+# The main job on the embedded sample: ingest sample/pairs, embed it, index the document vectors,
+# search it with a caption, and print the manifest.
 # The embedding uses the small random-weight CLIP-shaped test models (the real CLIP weights are on
 # the Hugging Face hub, which this machine cannot reach); on a machine with hub access, drop the
 # two --*-model flags to use hf:Qdrant/clip-ViT-B-32-vision and -text.
@@ -11,4 +12,9 @@ cargo build -q -p cm3
 cm3="${CARGO_TARGET_DIR:-target}/debug/cm3"
 "$cm3" ingest --input sample/pairs --out "$out"
 "$cm3" embed "$out" --image-model embed/tests/fixtures/tiny_clip/vision --text-model embed/tests/fixtures/tiny_clip/text
+"$cm3" index build "$out"
+# The 5 pairs nearest to a caption of the sample (the test models' vectors are random
+# projections, so the ranking shows the machinery, not CLIP's judgement).
+"$cm3" index search "$out" --text "$(cat sample/pairs/coco-107438.txt)" -k 5 \
+  --text-model embed/tests/fixtures/tiny_clip/text
 "$cm3" inspect "$out"

@@ -1,5 +1,7 @@
 //! Exactness and recall on real SIFT vectors (with an inner-product ground truth computed by
 //! someone else) and on clustered 512-d unit vectors; incremental builds against one-shot builds.
+mod common;
+
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -9,6 +11,7 @@ use cm3_index::hnsw::HnswIndex;
 use cm3_index::store;
 use cm3_index::vectors::{Vectors, check_unit_rows, read_vectors};
 use cm3_index::{Hit, MipsIndex, SearchParams, Storage};
+use common::clustered;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -142,31 +145,6 @@ fn hnsw_recall_on_normalised_sift() {
     let r = recall(&got, &truth, 10);
     eprintln!("hnsw recall@10 on normalised SIFT 4,800 (M=16, efC=200, ef=64): {r:.4}");
     assert!(r >= 0.95, "recall@10 {r}");
-}
-
-/// Seeded clustered unit vectors: `clusters` random centres, points scattered around them, the
-/// shape of CLIP embeddings of a web crawl (many near-duplicates, a few dense topics).
-fn clustered(n: usize, dim: usize, clusters: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut gauss = move || {
-        // xorshift + Box-Muller: enough for test data, no dependency.
-        let mut u = || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-        };
-        let (a, b) = (u(), u());
-        ((-2.0 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos()) as f32
-    };
-    let centres: Vec<f32> = (0..clusters * dim).map(|_| gauss()).collect();
-    let mut out = Vec::with_capacity(n * dim);
-    for i in 0..n {
-        let c = &centres[(i % clusters) * dim..(i % clusters + 1) * dim];
-        out.extend(c.iter().map(|&x| x + 0.6 * gauss()));
-    }
-    check_unit_rows("clustered", &mut out, dim, false).expect("norm");
-    out
 }
 
 #[test]
