@@ -44,11 +44,21 @@ pub fn run(dataset: &Path, as_json: bool) -> Result<()> {
             println!("  {k}  {v}");
         }
         if let Some(obj) = s.config.as_object() {
-            let cfg: Vec<String> = obj
-                .iter()
-                .filter(|(_, v)| !v.is_object())
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
+            // Nested settings (an index's kind and parameters) print as `key.sub=value`; large
+            // maps (ingest's column names) are left to --json.
+            let mut cfg: Vec<String> = Vec::new();
+            for (k, v) in obj {
+                match v.as_object() {
+                    None => cfg.push(format!("{k}={v}")),
+                    Some(inner)
+                        if inner.values().all(|x| !x.is_object() && !x.is_array())
+                            && inner.len() <= 4 =>
+                    {
+                        cfg.extend(inner.iter().map(|(k2, v2)| format!("{k}.{k2}={v2}")));
+                    }
+                    Some(_) => {}
+                }
+            }
             println!("  config   {}", cfg.join(" "));
         }
     }
