@@ -285,6 +285,32 @@ fn random_npy(path: &Path, n: usize, dim: usize, seed: u64) -> Vec<f32> {
     v
 }
 
+/// `cm3 index search <dir> --queries <queries> -k <k> --out <out> [extra...]`: the neighbour ids
+/// it wrote, and their shape.
+fn search_ids(
+    dir: &Path,
+    queries: &Path,
+    k: &str,
+    out: &Path,
+    extra: &[&str],
+) -> (Vec<usize>, Vec<i64>) {
+    let (dir, queries, out) = (p(dir), p(queries), p(out));
+    let mut args = vec![
+        "index",
+        "search",
+        &dir,
+        "--queries",
+        &queries,
+        "-k",
+        k,
+        "--out",
+        &out,
+    ];
+    args.extend_from_slice(extra);
+    run_ok(&args);
+    read_i64_npy(Path::new(&out))
+}
+
 fn read_i64_npy(path: &Path) -> (Vec<usize>, Vec<i64>) {
     let npy = cm3_embed::npy::Npy::parse(&fs::read(path).expect("read")).expect("npy");
     assert_eq!(npy.descr, "<i8");
@@ -308,9 +334,10 @@ fn raw_vectors_build_search_and_bad_input() {
             "--out",
             &p(&dir),
         ]);
+        // Uniform random vectors are not unit-norm: all normalised, and said so.
         assert!(
-            stderr(&out).contains("500 vectors were not unit-norm")
-                || stderr(&out).contains("holds 500"),
+            stderr(&out).contains("500 vector(s) were not unit-norm")
+                && stderr(&out).contains("holds 500"),
             "{}",
             stderr(&out)
         );
@@ -324,37 +351,19 @@ fn raw_vectors_build_search_and_bad_input() {
             cm3_embed::npy::encode_f32(&[7, 32], &q[..7 * 32]),
         )
         .expect("w");
-        run_ok(&[
-            "index",
-            "search",
-            &p(&dir),
-            "--queries",
-            &p(&t("q.npy")),
-            "-k",
+        let (shape, ids) = search_ids(
+            &dir,
+            &t("q.npy"),
             "5",
-            "--out",
-            &p(&t("n.npy")),
-            "--scores",
-            &p(&t("s.npy")),
-        ]);
-        let (shape, ids) = read_i64_npy(&t("n.npy"));
+            &t("n.npy"),
+            &["--scores", &p(&t("s.npy"))],
+        );
         assert_eq!(shape, vec![7, 5]);
         for qi in 0..7 {
             assert_eq!(ids[qi * 5], qi as i64, "{kind}: query {qi}");
         }
         // k larger than the index: padded with -1.
-        run_ok(&[
-            "index",
-            "search",
-            &p(&dir),
-            "--queries",
-            &p(&t("q.npy")),
-            "-k",
-            "600",
-            "--out",
-            &p(&t("n2.npy")),
-        ]);
-        let (_, ids) = read_i64_npy(&t("n2.npy"));
+        let (_, ids) = search_ids(&dir, &t("q.npy"), "600", &t("n2.npy"), &[]);
         assert_eq!(ids[599], -1);
         assert!(ids[499] >= 0);
     }
@@ -528,18 +537,7 @@ fn killed_builds_leave_the_previous_index_usable() {
             break; // this run finished before the kill
         }
         assert_eq!(count, 300);
-        run_ok(&[
-            "index",
-            "search",
-            &p(&dir),
-            "--queries",
-            &p(&t("small.npy")),
-            "-k",
-            "1",
-            "--out",
-            &p(&t("n.npy")),
-        ]);
-        let (_, ids) = read_i64_npy(&t("n.npy"));
+        let (_, ids) = search_ids(&dir, &t("small.npy"), "1", &t("n.npy"), &[]);
         assert_eq!(&ids[..5], &[0, 1, 2, 3, 4]);
     }
     assert!(killed > 0, "no build was interrupted");
@@ -555,20 +553,13 @@ fn killed_builds_leave_the_previous_index_usable() {
         .filter(|n| n != "INDEX.json" && !n.ends_with(".lock"))
         .collect();
     assert_eq!(left.len(), 1, "{left:?}");
-    run_ok(&[
-        "index",
-        "search",
-        &p(&dir),
-        "--queries",
-        &p(&t("small.npy")),
-        "-k",
+    // Random 64-d vectors are the hardest case for a graph: search wide.
+    let (_, ids) = search_ids(
+        &dir,
+        &t("small.npy"),
         "1",
-        // Random 64-d vectors are the hardest case for a graph: search wide.
-        "--ef-search",
-        "800",
-        "--out",
-        &p(&t("n.npy")),
-    ]);
-    let (_, ids) = read_i64_npy(&t("n.npy"));
+        &t("n.npy"),
+        &["--ef-search", "800"],
+    );
     assert_eq!(&ids[..5], &[0, 1, 2, 3, 4]);
 }

@@ -244,9 +244,9 @@ fn build_raw(
     }
     let norm = check_unit_rows(&vectors.display().to_string(), &mut v.data, v.dim, a.strict)?;
     if norm.normalised > 0 {
-        tracing::warn!(
-            rows = norm.normalised,
-            "vectors were not unit-norm and were normalised (--strict refuses them)"
+        eprintln!(
+            "index: {} vector(s) were not unit-norm and were normalised (--strict refuses them)",
+            norm.normalised
         );
     }
     if a.rebuild {
@@ -502,11 +502,8 @@ fn neighbours_npy(hits: &[Vec<Hit>], k: usize) -> Vec<u8> {
     let mut out = npy::header(dtype, &[hits.len(), k]);
     for row in hits {
         for j in 0..k {
-            let v: u64 = match row.get(j) {
-                Some(h) => h.id,
-                None if fits => u64::MAX, // -1 as int64
-                None => u64::MAX,
-            };
+            // u64::MAX has the bytes of -1 as int64.
+            let v = row.get(j).map_or(u64::MAX, |h| h.id);
             out.extend_from_slice(&v.to_le_bytes());
         }
     }

@@ -1,21 +1,17 @@
 //! FAISS indexes made by `index_factory` (cargo feature `faiss`), for what the flat and HNSW
 //! indexes do not cover: IVF lists and product quantisation for hundreds of millions of vectors.
-use std::fs;
-use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
 
 use faiss::{Idx, Index, MetricType, index_factory, read_index, write_index};
 use serde::{Deserialize, Serialize};
 
-use cm3_embed::npy::{self, Dtype};
-
 use crate::error::{IndexError, Result};
-use crate::flat::write_synced;
+use crate::files::{read_json, write_ids, write_json};
 use crate::spec::IndexSpec;
 use crate::topk::TopK;
 use crate::vectors::read_ids;
-use crate::{Hit, MipsIndex, SearchParams, check_rows};
+use crate::{Hit, MipsIndex, SearchParams, check_add, check_rows};
 
 const INDEX: &str = "faiss.index";
 const META: &str = "faiss.json";
@@ -72,13 +68,7 @@ impl FaissIndex {
     }
 
     pub fn load(dir: &Path) -> Result<Self> {
-        let meta_path = dir.join(META);
-        let text =
-            fs::read_to_string(&meta_path).map_err(|e| IndexError::io("reading", &meta_path, e))?;
-        let meta: FaissMeta = serde_json::from_str(&text).map_err(|e| IndexError::Corrupt {
-            path: meta_path.clone(),
-            reason: e.to_string(),
-        })?;
+        let meta: FaissMeta = read_json(&dir.join(META))?;
         let ids = read_ids(&dir.join(IDS))?;
         let path = dir.join(INDEX);
         let index =
@@ -135,13 +125,7 @@ impl MipsIndex for FaissIndex {
     }
 
     fn add(&mut self, ids: &[u64], vectors: &[f32]) -> Result<()> {
-        let rows = check_rows("vectors added to the FAISS index", vectors.len(), self.dim)?;
-        if rows != ids.len() {
-            return Err(IndexError::Invalid(format!(
-                "{rows} vectors but {} ids",
-                ids.len()
-            )));
-        }
+        let rows = check_add("vectors added to the FAISS index", ids, vectors, self.dim)?;
         let index = self
             .index
             .get_mut()
@@ -225,26 +209,13 @@ impl MipsIndex for FaissIndex {
             write_index(&*index, path.to_string_lossy().as_ref())
                 .map_err(|e| backend("FAISS write", e))?;
         }
-        fs::File::open(&path)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| IndexError::io("fsync", &path, e))?;
-        write_synced(
-            &dir.join(IDS),
-            &npy::header(Dtype::U64, &[self.ids.len()]),
-            |w| {
-                self.ids
-                    .iter()
-                    .try_for_each(|id| w.write_all(&id.to_le_bytes()))
-            },
-        )?;
+        write_ids(&dir.join(IDS), &self.ids)?;
         let meta = FaissMeta {
             factory: self.factory.clone(),
             dim: self.dim,
             count: self.ids.len(),
             trained_on: self.trained_on,
         };
-        let text =
-            serde_json::to_string_pretty(&meta).map_err(|e| IndexError::Invalid(e.to_string()))?;
-        write_synced(&dir.join(META), text.as_bytes(), |_| Ok(()))
+        write_json(&dir.join(META), &meta)
     }
 }

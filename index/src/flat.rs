@@ -2,8 +2,8 @@
 //! vectors. Queries are scored a block of stored vectors at a time with a matrix product
 //! (`matrixmultiply`'s SIMD sgemm through ndarray), blocks in parallel (rayon), and the best `k`
 //! of each query kept in a bounded heap.
-use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+use std::fs;
+use std::io::Write;
 use std::path::Path;
 
 use half::f16;
@@ -15,10 +15,11 @@ use serde::{Deserialize, Serialize};
 use cm3_embed::npy::{self, Dtype};
 
 use crate::error::{IndexError, Result};
+use crate::files::{read_json, write_file, write_ids, write_json};
 use crate::spec::{IndexSpec, Storage};
 use crate::topk::TopK;
 use crate::vectors::read_ids;
-use crate::{Hit, MipsIndex, SearchParams, check_rows};
+use crate::{Hit, MipsIndex, SearchParams, check_add, check_rows};
 
 /// Stored vectors per block: 4,096 × 512 float32 is 8 MiB, a block's scores for 1,024 queries 16 MiB
 /// (2,048 to 8,192 measured the same on 100,000 × 512).
@@ -91,13 +92,7 @@ impl FlatIndex {
     }
 
     pub fn load(dir: &Path) -> Result<Self> {
-        let meta_path = dir.join(META);
-        let text =
-            fs::read_to_string(&meta_path).map_err(|e| IndexError::io("reading", &meta_path, e))?;
-        let meta: FlatMeta = serde_json::from_str(&text).map_err(|e| IndexError::Corrupt {
-            path: meta_path.clone(),
-            reason: e.to_string(),
-        })?;
+        let meta: FlatMeta = read_json(&dir.join(META))?;
         let mut index = FlatIndex::new(meta.dim, meta.storage);
         for (i, &rows) in meta.segments.iter().enumerate() {
             let (ids_f, vec_f) = segment_files(i);
@@ -241,23 +236,6 @@ impl FlatIndex {
     }
 }
 
-pub(crate) fn write_synced(
-    path: &Path,
-    header: &[u8],
-    body: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
-) -> Result<()> {
-    let f = File::create(path).map_err(|e| IndexError::io("creating", path, e))?;
-    let mut w = BufWriter::with_capacity(1 << 20, f);
-    w.write_all(header)
-        .and_then(|_| body(&mut w))
-        .and_then(|_| w.flush())
-        .map_err(|e| IndexError::io("writing", path, e))?;
-    let f = w
-        .into_inner()
-        .map_err(|e| IndexError::io("writing", path, e.into_error()))?;
-    f.sync_all().map_err(|e| IndexError::io("fsync", path, e))
-}
-
 impl MipsIndex for FlatIndex {
     fn spec(&self) -> IndexSpec {
         IndexSpec::Flat {
@@ -274,13 +252,7 @@ impl MipsIndex for FlatIndex {
     }
 
     fn add(&mut self, ids: &[u64], vectors: &[f32]) -> Result<()> {
-        let rows = check_rows("vectors added to the flat index", vectors.len(), self.dim)?;
-        if rows != ids.len() {
-            return Err(IndexError::Invalid(format!(
-                "{rows} vectors but {} ids",
-                ids.len()
-            )));
-        }
+        let rows = check_add("vectors added to the flat index", ids, vectors, self.dim)?;
         if rows == 0 {
             return Ok(());
         }
@@ -307,9 +279,7 @@ impl MipsIndex for FlatIndex {
     }
 
     fn save(&self, dir: &Path, previous: Option<&Path>) -> Result<()> {
-        let prev_segments = previous
-            .and_then(|p| fs::read_to_string(p.join(META)).ok())
-            .and_then(|t| serde_json::from_str::<FlatMeta>(&t).ok());
+        let prev_segments = previous.and_then(|p| read_json::<FlatMeta>(&p.join(META)).ok());
         let mut start = 0usize;
         for (i, &rows) in self.segments.iter().enumerate() {
             let (ids_f, vec_f) = segment_files(i);
@@ -329,18 +299,15 @@ impl MipsIndex for FlatIndex {
                 for f in [&ids_f, &vec_f] {
                     let _ = fs::remove_file(dir.join(f));
                 }
-                let ids = &self.ids[start..end];
-                write_synced(&dir.join(&ids_f), &npy::header(Dtype::U64, &[rows]), |w| {
-                    ids.iter().try_for_each(|id| w.write_all(&id.to_le_bytes()))
-                })?;
+                write_ids(&dir.join(&ids_f), &self.ids[start..end])?;
                 let r = start * self.dim..end * self.dim;
                 match &self.data {
-                    Data::F32(v) => write_synced(
+                    Data::F32(v) => write_file(
                         &dir.join(&vec_f),
                         &npy::header(Dtype::F32, &[rows, self.dim]),
                         |w| v[r].iter().try_for_each(|x| w.write_all(&x.to_le_bytes())),
                     )?,
-                    Data::F16(v) => write_synced(
+                    Data::F16(v) => write_file(
                         &dir.join(&vec_f),
                         &npy::header(Dtype::F16, &[rows, self.dim]),
                         |w| v[r].iter().try_for_each(|x| w.write_all(&x.to_le_bytes())),
@@ -354,9 +321,7 @@ impl MipsIndex for FlatIndex {
             storage: self.storage(),
             segments: self.segments.clone(),
         };
-        let text =
-            serde_json::to_string_pretty(&meta).map_err(|e| IndexError::Invalid(e.to_string()))?;
-        write_synced(&dir.join(META), text.as_bytes(), |_| Ok(()))
+        write_json(&dir.join(META), &meta)
     }
 }
 

@@ -3,8 +3,6 @@
 use std::cell::RefCell;
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap};
-use std::fs;
-use std::io::Write;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -16,13 +14,11 @@ use hnsw_rs::prelude::DistDot;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use cm3_embed::npy::{self, Dtype};
-
 use crate::error::{IndexError, Result};
-use crate::flat::write_synced;
+use crate::files::{read_json, write_ids, write_json};
 use crate::spec::{DEFAULT_EF_SEARCH, IndexSpec};
 use crate::vectors::read_ids;
-use crate::{Hit, MipsIndex, SearchParams, check_rows};
+use crate::{Hit, MipsIndex, SearchParams, check_add, check_rows};
 
 /// The graph's layers (hnsw_rs's maximum).
 const MAX_LAYER: usize = 16;
@@ -33,12 +29,15 @@ const IDS: &str = "ids.npy";
 /// An HNSW graph and the ids of its points (hnsw_rs numbers points 0..n; `ids[n]` is ours).
 ///
 /// hnsw_rs builds, stores and reloads the graph. Searching goes through [`Links`], a read-only
-/// copy of its links and vectors in flat arrays, made when the index is loaded and after each
-/// `add` (so that it is part of loading, not of searching): hnsw_rs's own search
+/// copy of its links and vectors in flat arrays, made when the index is loaded (so that it is
+/// part of loading, not of searching) or on the first search after an `add` (not after each
+/// `add`: a build adds shard after shard): hnsw_rs's own search
 /// keeps visited points in a hash map of reference-counted points and takes a lock per node, which
 /// made it about 3 times slower than FAISS at the same recall.
 pub struct HnswIndex {
     graph: Hnsw<'static, f32, DistDot>,
+    /// Inside: `None` while the graph is empty, or if its points are not exactly 0..n (then
+    /// hnsw_rs's own search is used).
     links: OnceLock<Option<Links>>,
     ids: Vec<u64>,
     dim: usize,
@@ -91,13 +90,7 @@ impl HnswIndex {
     }
 
     pub fn load(dir: &Path) -> Result<Self> {
-        let meta_path = dir.join(META);
-        let text =
-            fs::read_to_string(&meta_path).map_err(|e| IndexError::io("reading", &meta_path, e))?;
-        let meta: HnswMeta = serde_json::from_str(&text).map_err(|e| IndexError::Corrupt {
-            path: meta_path.clone(),
-            reason: e.to_string(),
-        })?;
+        let meta: HnswMeta = read_json(&dir.join(META))?;
         let ids = read_ids(&dir.join(IDS))?;
         if ids.len() != meta.count {
             return Err(IndexError::Corrupt {
@@ -137,8 +130,7 @@ impl HnswIndex {
                 ),
             });
         }
-        let links = OnceLock::new();
-        let _ = links.set(Links::from_graph(&graph, ids.len()));
+        let links = OnceLock::from(Links::from_graph(&graph, ids.len()));
         Ok(Self {
             graph,
             links,
@@ -205,13 +197,7 @@ impl MipsIndex for HnswIndex {
     }
 
     fn add(&mut self, ids: &[u64], vectors: &[f32]) -> Result<()> {
-        let rows = check_rows("vectors added to the HNSW index", vectors.len(), self.dim)?;
-        if rows != ids.len() {
-            return Err(IndexError::Invalid(format!(
-                "{rows} vectors but {} ids",
-                ids.len()
-            )));
-        }
+        check_add("vectors added to the HNSW index", ids, vectors, self.dim)?;
         let base = self.ids.len();
         let data: Vec<(&[f32], usize)> = vectors
             .chunks_exact(self.dim)
@@ -227,9 +213,6 @@ impl MipsIndex for HnswIndex {
         })?;
         self.ids.extend_from_slice(ids);
         self.links = OnceLock::new();
-        let _ = self
-            .links
-            .set(Links::from_graph(&self.graph, self.ids.len()));
         Ok(())
     }
 
@@ -265,30 +248,14 @@ impl MipsIndex for HnswIndex {
                 reason: format!("wrote {name} instead of {BASENAME} (directory not empty)"),
             });
         }
-        for f in ["hnsw.hnsw.graph", "hnsw.hnsw.data"] {
-            let p = dir.join(f);
-            fs::File::open(&p)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| IndexError::io("fsync", &p, e))?;
-        }
-        write_synced(
-            &dir.join(IDS),
-            &npy::header(Dtype::U64, &[self.ids.len()]),
-            |w| {
-                self.ids
-                    .iter()
-                    .try_for_each(|id| w.write_all(&id.to_le_bytes()))
-            },
-        )?;
+        write_ids(&dir.join(IDS), &self.ids)?;
         let meta = HnswMeta {
             dim: self.dim,
             m: self.m,
             ef_construction: self.ef_construction,
             count: self.ids.len(),
         };
-        let text =
-            serde_json::to_string_pretty(&meta).map_err(|e| IndexError::Invalid(e.to_string()))?;
-        write_synced(&dir.join(META), text.as_bytes(), |_| Ok(()))
+        write_json(&dir.join(META), &meta)
     }
 }
 
@@ -297,7 +264,6 @@ impl MipsIndex for HnswIndex {
 struct Links {
     data: Vec<f32>,
     dim: usize,
-    n: usize,
     /// Layer 0: the neighbours of point `i` are `level0[offsets[i]..offsets[i + 1]]`.
     offsets: Vec<usize>,
     level0: Vec<u32>,
@@ -470,7 +436,6 @@ impl Links {
         Some(Self {
             data,
             dim,
-            n,
             offsets,
             level0,
             upper,
@@ -496,7 +461,7 @@ impl Links {
 
     /// The `ef` nearest points found (distance, position), nearest first.
     fn search(&self, q: &[f32], ef: usize) -> Vec<(f32, u32)> {
-        let n = self.n;
+        let n = self.offsets.len() - 1;
         if n == 0 {
             return Vec::new();
         }

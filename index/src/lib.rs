@@ -10,6 +10,7 @@
 pub mod error;
 #[cfg(feature = "faiss")]
 pub mod faiss;
+mod files;
 pub mod flat;
 pub mod hnsw;
 pub mod spec;
@@ -138,6 +139,19 @@ pub(crate) fn check_rows(what: &str, values: usize, dim: usize) -> Result<usize>
         });
     }
     Ok(values / dim)
+}
+
+/// Check the arguments of [`MipsIndex::add`]: whole rows of dimension `dim`, one id per row.
+/// Returns the number of rows.
+pub(crate) fn check_add(what: &str, ids: &[u64], vectors: &[f32], dim: usize) -> Result<usize> {
+    let rows = check_rows(what, vectors.len(), dim)?;
+    if rows != ids.len() {
+        return Err(IndexError::Invalid(format!(
+            "{what}: {rows} vectors but {} ids",
+            ids.len()
+        )));
+    }
+    Ok(rows)
 }
 
 /// A new, empty index of the given kind.

@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use cm3_core::schema::{column, read_columns};
-use cm3_core::{DatasetDir, ShardRecord, StageRecord, WorkerSpec};
+use cm3_core::{DatasetDir, Manifest, ShardRecord, StageRecord, WorkerSpec};
 
 use crate::error::{IndexError, Result};
 use crate::spec::{IndexSpec, VectorSet};
@@ -73,8 +73,7 @@ fn mismatch(path: &Path, reason: String) -> IndexError {
 }
 
 /// The embed stage's shards, or a clear error when the dataset has no embeddings.
-fn embed_record(ds: &DatasetDir) -> Result<StageRecord> {
-    let m = ds.load_manifest()?;
+fn embed_record(ds: &DatasetDir, m: &Manifest) -> Result<StageRecord> {
     match m.stages.get(cm3_embed::stage::STAGE) {
         Some(r) if !r.shards.is_empty() => Ok(r.clone()),
         _ => Err(IndexError::Invalid(format!(
@@ -141,14 +140,14 @@ fn check_existing(
 /// left behind the index).
 fn record_in_manifest(
     ds: &DatasetDir,
+    m: &mut Manifest,
     config: &IndexConfig,
     meta: &IndexMeta,
     embed: &StageRecord,
 ) -> Result<()> {
     let stage = stage_name(config.vector_set);
     let cfg = serde_json::to_value(config).map_err(|e| IndexError::Invalid(e.to_string()))?;
-    let mut m = ds.load_manifest()?;
-    let rec = ds.stage_record(&mut m, &stage, &cfg)?;
+    let rec = ds.stage_record(m, &stage, &cfg)?;
     let gen_dir = format!("index/{}/gen-{:06}", config.vector_set, meta.generation);
     rec.shards = meta
         .shards
@@ -205,11 +204,12 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let set = opts.config.vector_set;
     let stage = stage_name(set);
     let _lock = ds.lock(&stage, &WorkerSpec::default())?;
-    let embed = embed_record(&ds)?;
+    // Read once: under the lock, only this run changes the manifest.
+    let mut m = ds.load_manifest()?;
+    let embed = embed_record(&ds, &m)?;
     let dir = index_dir(ds.root(), set);
     if opts.rebuild {
         store::remove(&dir)?;
-        let mut m = ds.load_manifest()?;
         if m.stages.remove(&stage).is_some() {
             m.save(&ds.manifest_path(), "index")?;
         }
@@ -217,7 +217,6 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         // The manifest refuses another configuration before any work.
         let cfg =
             serde_json::to_value(&opts.config).map_err(|e| IndexError::Invalid(e.to_string()))?;
-        let m = ds.load_manifest()?;
         if let Some(rec) = m.stages.get(&stage)
             && !rec.shards.is_empty()
         {
@@ -244,7 +243,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     if todo.is_empty()
         && let Some(meta) = &prev_meta
     {
-        record_in_manifest(&ds, &opts.config, meta, &embed)?;
+        record_in_manifest(&ds, &mut m, &opts.config, meta, &embed)?;
         tracing::info!(index = %dir.display(), "index is up to date");
         return Ok(BuildReport {
             index_dir: dir,
@@ -308,9 +307,12 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
             "vectors were not unit-norm and were normalised (--strict refuses them)"
         );
     }
-    let index = match index {
-        Some(i) => i,
-        None => new_index(&opts.config.index, cm3_embed::onnx::EMBED_DIM)?,
+    // Shards to add, or an index loaded: either way there is one (embed_record refuses none).
+    let Some(index) = index else {
+        return Err(IndexError::Invalid(format!(
+            "{}: no embedding shards to index",
+            ds.root().display()
+        )));
     };
     let meta = store::commit(
         &dir,
@@ -320,7 +322,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         shards,
         "index",
     )?;
-    record_in_manifest(&ds, &opts.config, &meta, &embed)?;
+    record_in_manifest(&ds, &mut m, &opts.config, &meta, &embed)?;
     Ok(BuildReport {
         index_dir: dir,
         spec: meta.spec.clone(),
@@ -352,7 +354,7 @@ pub fn open_dataset_index(
 /// The stored `set` vector of a pair, from the dataset's embeddings.
 pub fn lookup_vector(dataset: &Path, set: VectorSet, id: u64) -> Result<Vec<f32>> {
     let ds = DatasetDir::open(dataset)?;
-    let embed = embed_record(&ds)?;
+    let embed = embed_record(&ds, &ds.load_manifest()?)?;
     for rec in embed.shards.values() {
         let dir = ds.path(&rec.file);
         let ids = read_ids(&dir.join("ids.npy"))?;

@@ -141,7 +141,8 @@ pub fn open(dir: &Path) -> Result<Option<(IndexMeta, Box<dyn MipsIndex>)>> {
 }
 
 /// Write `index` as the next generation of `dir` and commit it. `previous` is the metadata of
-/// the generation it was loaded from (its files may be hard-linked). Returns the new metadata.
+/// the generation it was loaded from (its files may be hard-linked). Every file of the new
+/// generation is fsynced before the commit point. Returns the new metadata.
 pub fn commit(
     dir: &Path,
     index: &dyn MipsIndex,
@@ -171,6 +172,11 @@ pub fn commit(
             .metadata()
             .map_err(|e| IndexError::io("stat", entry.path(), e))?;
         if md.is_file() {
+            // Every file of the generation is made durable here, whichever library wrote it.
+            let path = entry.path();
+            fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| IndexError::io("fsync", &path, e))?;
             files.insert(entry.file_name().to_string_lossy().into_owned(), md.len());
         }
     }

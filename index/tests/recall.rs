@@ -178,7 +178,8 @@ fn hnsw_recall_on_clustered_512d() {
 
 #[test]
 fn a_query_equal_to_a_stored_vector_finds_itself() {
-    // The scalar DistDot of hnsw_rs panics here (1 - <a, a> rounds below zero).
+    // The case where hnsw_rs's scalar DistDot panics (1 - <a, a> rounds below zero); the index
+    // builds with its SIMD DistDot and searches with its own inner product.
     let dim = 512;
     let base = clustered(500, dim, 5, 3);
     let ids: Vec<u64> = (0..500).collect();
@@ -211,6 +212,29 @@ fn filters_keep_k_results_on_hnsw() {
     assert!(below.iter().all(|h| h.score <= 0.5));
 }
 
+/// Build `dir` in updates, one per row range of `base`: each reopens the committed index (or
+/// starts from `empty`), adds the range and commits the next generation.
+fn build_in_updates(
+    dir: &Path,
+    parts: &[std::ops::Range<usize>],
+    ids: &[u64],
+    base: &[f32],
+    empty: impl Fn() -> Box<dyn MipsIndex>,
+) -> store::IndexMeta {
+    let mut prev = None;
+    for part in parts {
+        let mut idx = match store::open(dir).expect("open") {
+            Some((_, i)) => i,
+            None => empty(),
+        };
+        let dim = idx.dim();
+        idx.add(&ids[part.clone()], &base[part.start * dim..part.end * dim])
+            .expect("add");
+        prev = Some(commit_to(dir, idx.as_ref(), prev.as_ref()));
+    }
+    prev.expect("at least one update")
+}
+
 fn commit_to(
     dir: &Path,
     index: &dyn MipsIndex,
@@ -231,17 +255,13 @@ fn incremental_flat_equals_one_shot() {
     a.add(&ids, &base).expect("add");
     commit_to(&one, &a, None);
     // Three updates, each reopening the committed index.
-    let mut prev = None;
-    for part in [0..1000usize, 1000..2200, 2200..3000] {
-        let mut idx: Box<dyn MipsIndex> = match store::open(&inc).expect("open") {
-            Some((_, i)) => i,
-            None => Box::new(FlatIndex::new(dim, Storage::F16)),
-        };
-        idx.add(&ids[part.clone()], &base[part.start * dim..part.end * dim])
-            .expect("add");
-        prev = Some(commit_to(&inc, idx.as_ref(), prev.as_ref()));
-    }
-    let meta = prev.expect("meta");
+    let meta = build_in_updates(
+        &inc,
+        &[0..1000, 1000..2200, 2200..3000],
+        &ids,
+        &base,
+        || Box::new(FlatIndex::new(dim, Storage::F16)),
+    );
     assert_eq!((meta.generation, meta.count), (3, 3000));
     // Only the current generation is left.
     let gens: Vec<_> = fs::read_dir(&inc)
@@ -281,16 +301,9 @@ fn incremental_hnsw_recall_matches_one_shot() {
         10,
     );
     let dir = tmp.path().join("inc");
-    let mut prev = None;
-    for part in [0..2500usize, 2500..4000] {
-        let mut idx: Box<dyn MipsIndex> = match store::open(&dir).expect("open") {
-            Some((_, i)) => i,
-            None => Box::new(HnswIndex::new(dim, 16, 200).expect("hnsw")),
-        };
-        idx.add(&ids[part.clone()], &base[part.start * dim..part.end * dim])
-            .expect("add");
-        prev = Some(commit_to(&dir, idx.as_ref(), prev.as_ref()));
-    }
+    build_in_updates(&dir, &[0..2500, 2500..4000], &ids, &base, || {
+        Box::new(HnswIndex::new(dim, 16, 200).expect("hnsw"))
+    });
     let (meta, inc) = store::open(&dir).expect("open").expect("index");
     assert_eq!(meta.count, 4000);
     let r_inc = recall(
