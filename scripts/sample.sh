@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded sample: ingest sample/pairs, embed it, index the document vectors,
-# search it with a caption, and print the manifest.
+# search it with a caption, retrieve every pair's documents (cm3 augment), show one pair's, and
+# print the manifest.
 # The embedding uses the small random-weight CLIP-shaped test models (the real CLIP weights are on
 # the Hugging Face hub, which this machine cannot reach); on a machine with hub access, drop the
 # two --*-model flags to use hf:Qdrant/clip-ViT-B-32-vision and -text.
@@ -17,4 +18,9 @@ cm3="${CARGO_TARGET_DIR:-target}/debug/cm3"
 # projections, so the ranking shows the machinery, not CLIP's judgement).
 "$cm3" index search "$out" --text "$(cat sample/pairs/coco-107438.txt)" -k 5 \
   --text-model embed/tests/fixtures/tiny_clip/text
+# Each pair's retrieved documents by the paper's rules (relevance <= 0.9, no duplicates, query
+# dropout 0.2, 2 by image + 2 by text, 3 sampled), then one pair's.
+"$cm3" augment "$out"
+"$cm3" inspect "$out" --neighbors "$("$cm3" index search "$out" --text "$(cat sample/pairs/coco-107438.txt)" -k 1 \
+  --text-model embed/tests/fixtures/tiny_clip/text --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')"
 "$cm3" inspect "$out"

@@ -311,7 +311,7 @@ fn build_raw(
     Ok(())
 }
 
-fn parse_id(s: &str) -> Result<u64> {
+pub(crate) fn parse_id(s: &str) -> Result<u64> {
     let t = s.trim_start_matches("0x");
     u64::from_str_radix(t, 16).with_context(|| format!("`{s}` is not a pair id (16 hex digits)"))
 }

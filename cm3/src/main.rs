@@ -10,6 +10,7 @@ use cm3_core::{DatasetDir, Manifest, WorkerSpec};
 use cm3_ingest::config::{CocoPairs, InvalidUtf8, JpegCodec, OutputImageFormat, ResizeFilter};
 use cm3_ingest::{IngestConfig, IngestOptions, InputFormat};
 
+mod augment;
 mod embed;
 mod index;
 mod inspect;
@@ -38,6 +39,9 @@ enum Command {
     /// Print a dataset's manifest in human terms (stages, shards, rows, rejects by reason).
     Inspect {
         dataset: PathBuf,
+        /// Show one pair (16-hex-digit id) and its retrieved documents instead of the manifest.
+        #[arg(long, value_name = "ID")]
+        neighbors: Option<String>,
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
@@ -54,6 +58,9 @@ enum Command {
         #[command(subcommand)]
         command: index::IndexCommand,
     },
+    /// Retrieval augmentation: each pair's documents from the memory bank (relevance <= 0.9, no
+    /// duplicates, query dropout 0.2, 2 by image + 2 by text, 3 sampled), into <dataset>/neighbors/.
+    Augment(Box<augment::AugmentArgs>),
 }
 
 #[derive(Args, Debug)]
@@ -416,12 +423,22 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Ingest(a) => ingest(*a),
-        Command::Inspect { dataset, json } => inspect::run(&dataset, json),
+        Command::Inspect {
+            dataset,
+            neighbors: Some(id),
+            json,
+        } => inspect::neighbors(&dataset, &id, json),
+        Command::Inspect {
+            dataset,
+            neighbors: None,
+            json,
+        } => inspect::run(&dataset, json),
         Command::Manifest {
             command: ManifestCommand::Merge { dataset },
         } => merge(&dataset),
         Command::Embed(args) => embed::run(*args),
         Command::Index { command } => index::run(command),
+        Command::Augment(a) => augment::run(*a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

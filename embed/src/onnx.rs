@@ -248,19 +248,48 @@ impl VisionEncoder {
 }
 
 /// The CLIP text encoder: `input_ids`, `attention_mask` [N,77] -> `text_embeds` [N,512].
+///
+/// When the model's sequence axis is dynamic (as in Hugging Face exports), each batch is cut to its
+/// longest row instead of 77 positions: CLIP's text tower attends causally and reads the state of
+/// the end token, and the attention mask hides padding, so the padding after the end token never
+/// changes the output, while a caption of 15 tokens costs a fifth of 77.
 #[derive(Debug)]
 pub struct TextEncoder {
     session: Session,
     path: PathBuf,
+    trim: bool,
 }
 
 impl TextEncoder {
     pub fn load(model: &Path, threads: usize) -> Result<Self> {
         let path = model_path(model);
+        let session = open(&path, threads, TEXT_INPUTS, TEXT_OUTPUTS)?;
+        let trim = session
+            .inputs()
+            .iter()
+            .filter(|o| o.name() == "input_ids" || o.name() == "attention_mask")
+            .all(|o| match o.dtype() {
+                ValueType::Tensor { shape, .. } => shape.get(1).is_some_and(|&d| d < 0),
+                _ => false,
+            });
         Ok(Self {
-            session: open(&path, threads, TEXT_INPUTS, TEXT_OUTPUTS)?,
+            session,
             path,
+            trim,
         })
+    }
+
+    /// Whether batches are cut to their longest row (the model's sequence axis is dynamic).
+    pub fn trims_padding(&self) -> bool {
+        self.trim
+    }
+
+    /// Like [`Self::embed`], always with all 77 positions (to compare against).
+    pub fn embed_full_length(&mut self, ids: &[u32], n: usize) -> Result<Vec<f32>> {
+        let trim = std::mem::replace(&mut self.trim, false);
+        let out = self.embed(ids, n);
+        self.trim = trim;
+        out
     }
 
     /// Raw (not normalised) embeddings of `n` token rows of 77 ids; the attention mask is 1 on
@@ -276,10 +305,20 @@ impl TextEncoder {
                 ids.len()
             )));
         }
-        let input_ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
-        let mask: Vec<i64> = ids.iter().map(|&i| i64::from(i != 0)).collect();
-        let input_ids = Tensor::from_array(([n, 77], input_ids)).map_err(err)?;
-        let mask = Tensor::from_array(([n, 77], mask)).map_err(err)?;
+        // The longest row's length: its end token is its last non-zero id.
+        let len = if self.trim {
+            ids.chunks_exact(77)
+                .map(|r| r.iter().rposition(|&t| t != 0).map_or(1, |p| p + 1))
+                .max()
+                .unwrap_or(1)
+        } else {
+            77
+        };
+        let kept = || ids.chunks_exact(77).flat_map(|r| &r[..len]);
+        let input_ids: Vec<i64> = kept().map(|&i| i64::from(i)).collect();
+        let mask: Vec<i64> = kept().map(|&i| i64::from(i != 0)).collect();
+        let input_ids = Tensor::from_array(([n, len], input_ids)).map_err(err)?;
+        let mask = Tensor::from_array(([n, len], mask)).map_err(err)?;
         let outputs = self
             .session
             .run(ort::inputs!["input_ids" => input_ids, "attention_mask" => mask])

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use cm3_core::fsio::{AtomicFile, sha256_file, sync_dir};
 use cm3_core::schema::{RejectRecord, column, count_reasons, read_columns};
-use cm3_core::{DatasetDir, ShardRecord, WorkerSpec};
+use cm3_core::{DatasetDir, InputRecord, ShardRecord, WorkerSpec};
 
 use crate::clip_tokenizer::{CONTEXT_LENGTH, ClipTokenizer};
 use crate::error::{EmbedError, Result};
@@ -184,7 +184,29 @@ pub fn run(opts: &EmbedOptions) -> Result<EmbedReport> {
     };
     let config_json =
         serde_json::to_value(&config).map_err(|e| EmbedError::Runtime(e.to_string()))?;
-    dataset.stage_record(&mut manifest, STAGE, &config_json)?;
+    let rec = dataset.stage_record(&mut manifest, STAGE, &config_json)?;
+    let inputs_before = rec.inputs.clone();
+    // Which model files made the vectors, so that later stages (`cm3 augment` embeds dropped-out
+    // captions) can load the same encoder; the checksums in the config identify them.
+    for (input, path, sha) in [
+        ("image_model", &image_path, &config.image_model_sha256),
+        ("text_model", &text_path, &config.text_model_sha256),
+    ] {
+        let path = fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+        rec.inputs.insert(
+            input.to_string(),
+            InputRecord {
+                path: path.display().to_string(),
+                format: "onnx".into(),
+                fingerprint: sha.clone(),
+                records: None,
+            },
+        );
+    }
+    if rec.inputs != inputs_before && !rec.shards.is_empty() {
+        // Shards made by an earlier run: record the models now, not only with the next shard.
+        dataset.save_stage(&mut manifest, STAGE, &opts.worker)?;
+    }
     let tok = ClipTokenizer::openai();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.preprocess_threads.max(1))

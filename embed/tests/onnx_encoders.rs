@@ -141,6 +141,29 @@ fn text_encoder_matches_python_onnxruntime_on_our_token_rows() {
     assert!(diff < 1e-5, "max abs difference to onnxruntime {diff}");
 }
 
+/// A model with a dynamic sequence axis gets each batch cut to its longest row; the result is what
+/// Python onnxruntime computed on the full 77 positions.
+#[test]
+fn text_batches_are_cut_to_their_longest_row_when_the_model_allows() {
+    runtime();
+    let (_, ids, _) = read_npy(&fixtures().join("reference/input_ids.npy"));
+    let rows: Vec<u32> = i64s(&ids).iter().map(|&i| i as u32).collect();
+    let n = rows.len() / 77;
+    let (_, want, _) = read_npy(&fixtures().join("reference/text_embeds.npy"));
+    let want = f32s(&want);
+    let fixed = TextEncoder::load(&fixtures().join("text"), 1).expect("load");
+    assert!(!fixed.trims_padding(), "a [batch, 77] model keeps 77 positions");
+    let mut dynamic = TextEncoder::load(&fixtures().join("text_dynamic"), 1).expect("load");
+    assert!(dynamic.trims_padding());
+    let cut = dynamic.embed(&rows, n).expect("embed");
+    let full = dynamic.embed_full_length(&rows, n).expect("embed");
+    assert!(max_abs_diff(&cut, &want) < 1e-5, "{}", max_abs_diff(&cut, &want));
+    assert!(max_abs_diff(&full, &want) < 1e-5);
+    // One row alone is cut to its own length.
+    let one = dynamic.embed(&rows[77..154], 1).expect("embed");
+    assert!(max_abs_diff(&one, &want[512..1024]) < 1e-5);
+}
+
 #[test]
 fn wrong_models_are_refused_with_a_reason() {
     runtime();

@@ -1,0 +1,322 @@
+//! The memory bank a dataset retrieves from: a dataset's index over `doc` (or `image`, `text`)
+//! vectors, the same vectors kept in memory (float16) to judge diversity between candidates, the
+//! bank's pairs grouped by image (to skip a query's duplicates by id), and the excluded set.
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use arrow_array::{StringArray, UInt64Array};
+use half::f16;
+
+use cm3_core::DatasetDir;
+use cm3_core::schema::{column, read_columns};
+use cm3_index::stage::open_dataset_index;
+use cm3_index::store::IndexMeta;
+use cm3_index::vectors::{check_unit_rows, read_ids, read_vectors};
+use cm3_index::{MipsIndex, VectorSet};
+
+use crate::error::{AugmentError, Result};
+
+/// A 64-bit key of an image: the first 16 hex digits of its SHA-256 (collisions between distinct
+/// images are vanishingly rare at any dataset size and would only skip one candidate).
+pub fn image_key(sha256_hex: &str) -> u64 {
+    sha256_hex
+        .get(..16)
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .unwrap_or(0)
+}
+
+/// What `--exclude` asked to remove from the bank.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exclusion {
+    /// Every bank pair whose `split` column has this value.
+    Split(String),
+    /// Ids read from a file, with the file's path and SHA-256 (recorded in the manifest).
+    Ids {
+        path: PathBuf,
+        sha256: String,
+        ids: Vec<u64>,
+    },
+}
+
+impl Exclusion {
+    /// How the manifest records it.
+    pub fn label(&self) -> String {
+        match self {
+            Self::Split(s) => format!("split:{s}"),
+            Self::Ids { sha256, .. } => format!("ids:{sha256}"),
+        }
+    }
+}
+
+/// An opened memory bank.
+#[derive(Debug)]
+pub struct Bank {
+    pub root: PathBuf,
+    pub meta: IndexMeta,
+    pub index: Box<dyn MipsIndex>,
+    dim: usize,
+    rows: HashMap<u64, u32>,
+    vectors: Vec<f16>,
+    /// (image key, id), sorted: the bank's pairs by image.
+    by_image: Vec<(u64, u64)>,
+    /// Ids never retrieved, with the exclusion that removed each.
+    excluded: HashMap<u64, u32>,
+    exclusions: Vec<Exclusion>,
+}
+
+impl Bank {
+    /// Open the bank of dataset `root` over `set`, removing `exclusions` from it.
+    pub fn open(root: &Path, set: VectorSet, exclusions: Vec<Exclusion>) -> Result<Self> {
+        let (meta, index) = open_dataset_index(root, set)?;
+        let ds = DatasetDir::open(root)?;
+        let m = ds.load_manifest()?;
+        let embed = m
+            .stages
+            .get(cm3_embed::stage::STAGE)
+            .ok_or_else(|| AugmentError::dataset(root, "the bank has no embeddings"))?;
+        let dim = index.dim();
+        let mut rows = HashMap::with_capacity(index.len());
+        let mut vectors: Vec<f16> = Vec::with_capacity(index.len() * dim);
+        // The vectors of exactly the shards the index holds, checked against what was indexed.
+        for (name, held) in &meta.shards {
+            let Some(rec) = embed.shards.get(name) else {
+                return Err(AugmentError::dataset(
+                    root,
+                    format!(
+                        "the `{set}` index holds shard {name}, which the embeddings do not; run \
+                         `cm3 index build {} --set {set} --rebuild`",
+                        root.display()
+                    ),
+                ));
+            };
+            if rec.sha256 != held.embeddings_sha256 {
+                return Err(AugmentError::dataset(
+                    root,
+                    format!(
+                        "shard {name} was embedded again after it was indexed; run `cm3 index \
+                         build {} --set {set} --rebuild`",
+                        root.display()
+                    ),
+                ));
+            }
+            let dir = ds.path(&rec.file);
+            let ids = read_ids(&dir.join("ids.npy"))?;
+            let vpath = dir.join(format!("{set}.npy"));
+            let mut v = read_vectors(&vpath)?;
+            if v.rows() != ids.len() || v.dim != dim {
+                return Err(AugmentError::dataset(
+                    &vpath,
+                    format!(
+                        "{} vectors of dimension {} for {} ids; the index has dimension {dim}",
+                        v.rows(),
+                        v.dim,
+                        ids.len()
+                    ),
+                ));
+            }
+            check_unit_rows(&vpath.display().to_string(), &mut v.data, dim, false)?;
+            for (i, id) in ids.iter().enumerate() {
+                rows.insert(*id, (rows.len()) as u32);
+                vectors.extend(v.row(i).iter().map(|&x| f16::from_f32(x)));
+            }
+        }
+        if rows.len() != index.len() {
+            return Err(AugmentError::dataset(
+                root,
+                format!(
+                    "the `{set}` index holds {} vectors but its shards' embeddings hold {} distinct \
+                     ids; run `cm3 index build {} --set {set} --rebuild`",
+                    index.len(),
+                    rows.len(),
+                    root.display()
+                ),
+            ));
+        }
+        let mut bank = Self {
+            root: root.to_path_buf(),
+            meta,
+            index,
+            dim,
+            rows,
+            vectors,
+            by_image: Vec::new(),
+            excluded: HashMap::new(),
+            exclusions: Vec::new(),
+        };
+        bank.read_pairs(&ds, &m, exclusions)?;
+        Ok(bank)
+    }
+
+    /// The bank's pairs by image, and the pairs of excluded splits.
+    fn read_pairs(
+        &mut self,
+        ds: &DatasetDir,
+        m: &cm3_core::Manifest,
+        exclusions: Vec<Exclusion>,
+    ) -> Result<()> {
+        let splits: Vec<(usize, String)> = exclusions
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| match e {
+                Exclusion::Split(s) => Some((i, s.clone())),
+                Exclusion::Ids { .. } => None,
+            })
+            .collect();
+        let mut seen_splits = BTreeSet::new();
+        let mut split_hits = vec![0usize; exclusions.len()];
+        if let Some(ingest) = m.stages.get("ingest") {
+            for rec in ingest.shards.values() {
+                let path = ds.path(&rec.file);
+                for b in read_columns(&path, &["id", "sha256", "split"])? {
+                    let (Some(id), Some(sha), Some(split)) = (
+                        column::<UInt64Array>(&b, "id"),
+                        column::<StringArray>(&b, "sha256"),
+                        column::<StringArray>(&b, "split"),
+                    ) else {
+                        return Err(AugmentError::dataset(
+                            &path,
+                            "columns id/sha256/split have unexpected types",
+                        ));
+                    };
+                    for i in 0..b.num_rows() {
+                        let id = id.value(i);
+                        self.by_image.push((image_key(sha.value(i)), id));
+                        let s = split.value(i);
+                        if !seen_splits.contains(s) {
+                            seen_splits.insert(s.to_string());
+                        }
+                        for (which, name) in &splits {
+                            if name == s {
+                                self.excluded.insert(id, *which as u32);
+                                split_hits[*which] += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.by_image.sort_unstable();
+        for (which, name) in &splits {
+            if split_hits[*which] == 0 {
+                return Err(AugmentError::Invalid(format!(
+                    "--exclude {name}: no pair of the bank {} is in split `{name}` (its splits: {}); \
+                     give a split name or a file of ids",
+                    self.root.display(),
+                    seen_splits.into_iter().collect::<Vec<_>>().join(", ")
+                )));
+            }
+        }
+        for (which, e) in exclusions.iter().enumerate() {
+            if let Exclusion::Ids { ids, .. } = e {
+                for id in ids {
+                    self.excluded.entry(*id).or_insert(which as u32);
+                }
+            }
+        }
+        self.exclusions = exclusions;
+        Ok(())
+    }
+
+    /// A bank from vectors in memory (tests, and callers with their own index): `ids[i]` is row
+    /// `i` of `vectors` (unit rows of `index.dim()`), already added to `index`; `images` pairs each
+    /// id with its [`image_key`]; `excluded` ids are never retrieved.
+    pub fn in_memory(
+        index: Box<dyn MipsIndex>,
+        ids: &[u64],
+        vectors: &[f32],
+        images: Vec<(u64, u64)>,
+        excluded: &HashSet<u64>,
+    ) -> Result<Self> {
+        let dim = index.dim();
+        if vectors.len() != ids.len() * dim || index.len() != ids.len() {
+            return Err(AugmentError::Invalid(format!(
+                "in-memory bank: {} values for {} ids of dimension {dim}, index of {}",
+                vectors.len(),
+                ids.len(),
+                index.len()
+            )));
+        }
+        let mut by_image: Vec<(u64, u64)> = images;
+        by_image.sort_unstable();
+        let exclusions = vec![Exclusion::Ids {
+            path: PathBuf::from("(in memory)"),
+            sha256: String::new(),
+            ids: excluded.iter().copied().collect(),
+        }];
+        Ok(Self {
+            root: PathBuf::from("(in memory)"),
+            meta: IndexMeta {
+                format: "in-memory".into(),
+                format_version: 0,
+                tool_version: cm3_core::TOOL_VERSION.into(),
+                spec: index.spec(),
+                dim,
+                count: ids.len(),
+                generation: 0,
+                files: Default::default(),
+                vector_set: None,
+                shards: Default::default(),
+            },
+            index,
+            dim,
+            rows: ids.iter().enumerate().map(|(i, &id)| (id, i as u32)).collect(),
+            vectors: vectors.iter().map(|&x| f16::from_f32(x)).collect(),
+            by_image,
+            excluded: excluded.iter().map(|&id| (id, 0)).collect(),
+            exclusions,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn exclusions(&self) -> &[Exclusion] {
+        &self.exclusions
+    }
+
+    /// The ids removed from the bank (given to every search).
+    pub fn excluded_ids(&self) -> HashSet<u64> {
+        self.excluded.keys().copied().collect()
+    }
+
+    /// Why `id` is excluded, if it is.
+    pub fn exclusion_of(&self, id: u64) -> Option<String> {
+        let which = *self.excluded.get(&id)? as usize;
+        self.exclusions.get(which).map(Exclusion::label)
+    }
+
+    /// Bank ids of the pairs whose image has key `key`.
+    pub fn same_image(&self, key: u64) -> impl Iterator<Item = u64> + '_ {
+        let start = self.by_image.partition_point(|&(k, _)| k < key);
+        self.by_image[start..]
+            .iter()
+            .take_while(move |&&(k, _)| k == key)
+            .map(|&(_, id)| id)
+    }
+
+    /// The inner product of two bank documents (NaN when one is not in the bank, which the
+    /// diversity rule treats as "not diverse").
+    pub fn similarity(&self, a: u64, b: u64) -> f32 {
+        let (Some(&ra), Some(&rb)) = (self.rows.get(&a), self.rows.get(&b)) else {
+            return f32::NAN;
+        };
+        let (ra, rb) = (ra as usize * self.dim, rb as usize * self.dim);
+        let (x, y) = (
+            &self.vectors[ra..ra + self.dim],
+            &self.vectors[rb..rb + self.dim],
+        );
+        x.iter()
+            .zip(y)
+            .map(|(p, q)| p.to_f32() * q.to_f32())
+            .sum()
+    }
+}

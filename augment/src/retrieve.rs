@@ -1,0 +1,184 @@
+//! Retrieval for a batch of pairs: batched searches of the bank with the image and the text
+//! queries, then, per pair and in parallel, [`choose`] with the paper's rules, searching again with
+//! a longer candidate list when the first did not leave enough documents, and [`sample`].
+use std::collections::HashSet;
+use std::time::Instant;
+
+use cm3_index::{Hit, SearchParams};
+use rayon::prelude::*;
+
+use crate::bank::Bank;
+use crate::config::AugmentConfig;
+use crate::error::Result;
+use crate::select::{Choice, FoundBy, Rules, choose, sample};
+
+/// The pair a query belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryPair {
+    pub id: u64,
+    /// [`crate::bank::image_key`] of its image: bank pairs with the same image are its duplicates.
+    pub image_key: u64,
+}
+
+/// Where the time went and how often the first candidate list was too short.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RetrieveStats {
+    pub search_seconds: f64,
+    pub select_seconds: f64,
+    /// Pairs whose first candidate list ran out and that were searched again with a longer one.
+    pub widened: u64,
+}
+
+impl RetrieveStats {
+    pub fn add(&mut self, o: &Self) {
+        self.search_seconds += o.search_seconds;
+        self.select_seconds += o.select_seconds;
+        self.widened += o.widened;
+    }
+}
+
+/// Candidates fetched per query at first: enough for the wanted documents after the relevance,
+/// duplicate and diversity rules have skipped some.
+pub fn first_fetch(cfg: &AugmentConfig) -> usize {
+    4 * (cfg.by_image + cfg.by_text) + 8
+}
+
+fn params<'a>(cfg: &AugmentConfig, k: usize, excluded: &'a HashSet<u64>) -> SearchParams<'a> {
+    SearchParams {
+        k,
+        max_score: Some(cfg.relevance),
+        exclude: (!excluded.is_empty()).then_some(excluded),
+        ef_search: cfg.ef_search,
+        min_score: None,
+    }
+}
+
+/// Search the bank with `queries` (row-major unit vectors, one per pair), `k` hits each.
+pub fn search(
+    bank: &Bank,
+    cfg: &AugmentConfig,
+    excluded: &HashSet<u64>,
+    queries: &[f32],
+    k: usize,
+) -> Result<Vec<Vec<Hit>>> {
+    if queries.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(bank
+        .index
+        .search_batch(queries, &params(cfg, k.min(bank.len()).max(1), excluded))?)
+}
+
+/// Choose and sample the documents of each pair from its first candidate lists (`image_hits[i]`,
+/// `text_hits[i]`, searched with [`first_fetch`] hits), searching again for a pair whose lists
+/// ran out. `image_queries`/`text_queries` are the query vectors (row-major), needed only then.
+#[allow(clippy::too_many_arguments)]
+pub fn choose_all(
+    bank: &Bank,
+    cfg: &AugmentConfig,
+    excluded: &HashSet<u64>,
+    pairs: &[QueryPair],
+    image_queries: &[f32],
+    text_queries: &[f32],
+    image_hits: Vec<Vec<Hit>>,
+    text_hits: Vec<Vec<Hit>>,
+) -> Result<(Vec<Choice>, RetrieveStats)> {
+    let started = Instant::now();
+    let dim = bank.dim();
+    let rules = Rules {
+        relevance: cfg.relevance,
+        by_image: cfg.by_image,
+        by_text: cfg.by_text,
+    };
+    let fetch = first_fetch(cfg).min(bank.len()).max(1);
+    let results: Vec<Result<(Choice, bool)>> = pairs
+        .par_iter()
+        .zip(image_hits.into_par_iter().zip(text_hits.into_par_iter()))
+        .enumerate()
+        .map(|(i, (pair, (mut img, mut txt)))| {
+            let dupes: Vec<u64> = bank.same_image(pair.image_key).collect();
+            let skip = |id: u64| id == pair.id || dupes.contains(&id) || excluded.contains(&id);
+            let (mut k_img, mut k_txt) = (fetch, fetch);
+            let mut widened = false;
+            loop {
+                let mut c = choose(&img, &txt, &rules, skip, |a, b| bank.similarity(a, b));
+                // A list that came back full may hold more behind it; a shorter one is all there is.
+                let more = |by: FoundBy, hits: &[Hit], k: usize| {
+                    c.short(by) && hits.len() >= k && k < bank.len()
+                };
+                let (more_img, more_txt) = (
+                    more(FoundBy::Image, &img, k_img),
+                    more(FoundBy::Text, &txt, k_txt),
+                );
+                if !more_img && !more_txt {
+                    sample(&mut c.neighbours, cfg.sample, cfg.seed, pair.id);
+                    return Ok((c, widened));
+                }
+                widened = true;
+                if more_img {
+                    k_img = (k_img * 4).min(bank.len());
+                    let q = &image_queries[i * dim..(i + 1) * dim];
+                    img = bank.index.search_with(q, &params(cfg, k_img, excluded))?;
+                }
+                if more_txt {
+                    k_txt = (k_txt * 4).min(bank.len());
+                    let q = &text_queries[i * dim..(i + 1) * dim];
+                    txt = bank.index.search_with(q, &params(cfg, k_txt, excluded))?;
+                }
+            }
+        })
+        .collect();
+    let mut stats = RetrieveStats::default();
+    let mut out = Vec::with_capacity(results.len());
+    for r in results {
+        let (c, widened) = r?;
+        stats.widened += u64::from(widened);
+        out.push(c);
+    }
+    stats.select_seconds = started.elapsed().as_secs_f64();
+    Ok((out, stats))
+}
+
+/// [`search`] both queries of every pair, then [`choose_all`].
+pub fn retrieve(
+    bank: &Bank,
+    cfg: &AugmentConfig,
+    pairs: &[QueryPair],
+    image_queries: &[f32],
+    text_queries: &[f32],
+) -> Result<(Vec<Choice>, RetrieveStats)> {
+    let excluded = bank.excluded_ids();
+    let started = Instant::now();
+    let k = first_fetch(cfg);
+    let img = maybe_search(bank, cfg, &excluded, image_queries, k, cfg.by_image, pairs.len())?;
+    let txt = maybe_search(bank, cfg, &excluded, text_queries, k, cfg.by_text, pairs.len())?;
+    let search_seconds = started.elapsed().as_secs_f64();
+    let (choices, mut stats) = choose_all(
+        bank,
+        cfg,
+        &excluded,
+        pairs,
+        image_queries,
+        text_queries,
+        img,
+        txt,
+    )?;
+    stats.search_seconds += search_seconds;
+    Ok((choices, stats))
+}
+
+/// Search only when documents of that modality are wanted; otherwise empty lists.
+pub fn maybe_search(
+    bank: &Bank,
+    cfg: &AugmentConfig,
+    excluded: &HashSet<u64>,
+    queries: &[f32],
+    k: usize,
+    want: usize,
+    n: usize,
+) -> Result<Vec<Vec<Hit>>> {
+    if want == 0 {
+        return Ok(vec![Vec::new(); n]);
+    }
+    search(bank, cfg, excluded, queries, k)
+}
