@@ -22,7 +22,7 @@ if [ -z "${CM3:-}" ]; then
   CM3="$CARGO_TARGET_DIR/release/cm3"
 fi
 if [ "$TEXT" = tiny ]; then
-  MODEL="$ROOT/embed/tests/fixtures/tiny_clip/text"
+  MODEL="$ROOT/embed/tests/fixtures/tiny_clip/text_dynamic"
 else
   MODEL="$BENCH_HOME/clip-text-b32-random"
   [ -f "$MODEL/model.onnx" ] || "$PY" "$ROOT/bench/make_clip_b32.py" "$MODEL" --text >&2

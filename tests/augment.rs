@@ -71,7 +71,9 @@ fn neighbours(ds: &Path) -> HashMap<u64, Vec<Nb>> {
         .collect();
     files.sort();
     for f in files {
-        for b in read_columns(&f, &["id", "neighbors", "scores", "found_by", "sampled"]).expect("read") {
+        for b in
+            read_columns(&f, &["id", "neighbors", "scores", "found_by", "sampled"]).expect("read")
+        {
             let ids = column::<UInt64Array>(&b, "id").expect("id");
             let l = |n: &str| column::<ListArray>(&b, n).expect("list").clone();
             let (nb, sc, fb, sa) = (l("neighbors"), l("scores"), l("found_by"), l("sampled"));
@@ -110,7 +112,12 @@ fn shard_hashes(ds: &Path) -> Vec<(String, String)> {
 }
 
 /// The paper's rules on what was written.
-fn check_rules(rows: &HashMap<u64, Vec<Nb>>, relevance: f32, sha_of: &HashMap<u64, String>, bank_sha: &HashMap<u64, String>) {
+fn check_rules(
+    rows: &HashMap<u64, Vec<Nb>>,
+    relevance: f32,
+    sha_of: &HashMap<u64, String>,
+    bank_sha: &HashMap<u64, String>,
+) {
     for (id, nbs) in rows {
         let mut seen = HashSet::new();
         assert!(nbs.len() <= 4, "{id:016x}: {} documents", nbs.len());
@@ -118,9 +125,16 @@ fn check_rules(rows: &HashMap<u64, Vec<Nb>>, relevance: f32, sha_of: &HashMap<u6
         assert!(by_image <= 2 && nbs.len() - by_image <= 2);
         for n in nbs {
             assert_ne!(n.id, *id, "a pair never retrieves itself");
-            assert!(n.score <= relevance, "{id:016x}: score {} above {relevance}", n.score);
+            assert!(
+                n.score <= relevance,
+                "{id:016x}: score {} above {relevance}",
+                n.score
+            );
             assert!(seen.insert(n.id), "no document twice");
-            assert_ne!(bank_sha[&n.id], sha_of[id], "no copy of the pair's own image");
+            assert_ne!(
+                bank_sha[&n.id], sha_of[id],
+                "no copy of the pair's own image"
+            );
         }
         let sampled = nbs.iter().filter(|n| n.sampled).count();
         assert_eq!(sampled, nbs.len().min(3));
@@ -156,7 +170,11 @@ fn augments_incrementally_and_deterministically_with_the_papers_rules() {
     let ds = tmp.path().join("ds");
     prepare(&ds, &a);
     let out = run_ok(&["augment", &p(&ds), "--no-progress"]);
-    assert!(stderr(&out).contains("augment: 20 pairs in 3 shard(s) (0 already done)"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("augment: 20 pairs in 3 shard(s) (0 already done)"),
+        "{}",
+        stderr(&out)
+    );
     let first = neighbours(&ds);
     assert_eq!(first.len(), 20);
     let sha = sha_by_id(&ds);
@@ -167,24 +185,66 @@ fn augments_incrementally_and_deterministically_with_the_papers_rules() {
     let m = manifest(&ds);
     let rec = &m["stages"]["augment"];
     assert_eq!(rec["totals"]["rows"], 20);
-    assert_eq!(rec["config"]["settings"]["relevance"].as_f64().map(|x| x as f32), Some(0.9));
+    assert_eq!(
+        rec["config"]["settings"]["relevance"]
+            .as_f64()
+            .map(|x| x as f32),
+        Some(0.9)
+    );
     assert_eq!(rec["config"]["bank"], "self");
-    let tokens = rec["totals"]["counters"]["query_tokens"].as_u64().expect("tokens");
-    let dropped = rec["totals"]["counters"]["dropped_tokens"].as_u64().expect("dropped");
-    assert!(tokens > 100 && dropped > 0 && dropped < tokens / 2, "{dropped} of {tokens}");
+    let tokens = rec["totals"]["counters"]["query_tokens"]
+        .as_u64()
+        .expect("tokens");
+    let dropped = rec["totals"]["counters"]["dropped_tokens"]
+        .as_u64()
+        .expect("dropped");
+    assert!(
+        tokens > 100 && dropped > 0 && dropped < tokens / 2,
+        "{dropped} of {tokens}"
+    );
 
     // Nothing new: nothing done. A different setting is refused, naming it.
     let out = run_ok(&["augment", &p(&ds), "--no-progress"]);
-    assert!(stderr(&out).contains("0 pairs in 0 shard(s) (3 already done)"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("0 pairs in 0 shard(s) (3 already done)"),
+        "{}",
+        stderr(&out)
+    );
     let err = run_err(&["augment", &p(&ds), "--relevance", "0.8", "--no-progress"]);
-    assert!(err.contains("relevance") && err.contains("--rebuild"), "{err}");
+    assert!(
+        err.contains("relevance") && err.contains("--rebuild"),
+        "{err}"
+    );
 
     // New pairs arrive: embedded, indexed, and only their shards augmented.
-    run_ok(&["ingest", "--input", &p(&b), "--out", &p(&ds), "--shard-rows", "8", "--no-progress"]);
-    run_ok(&["embed", &p(&ds), "--image-model", &p(&tiny_model("vision")), "--text-model", &p(&tiny_model("text"))]);
+    run_ok(&[
+        "ingest",
+        "--input",
+        &p(&b),
+        "--out",
+        &p(&ds),
+        "--shard-rows",
+        "8",
+        "--no-progress",
+    ]);
+    run_ok(&[
+        "embed",
+        &p(&ds),
+        "--image-model",
+        &p(&tiny_model("vision")),
+        "--text-model",
+        &p(&tiny_model("text")),
+    ]);
     run_ok(&["index", "build", &p(&ds), "--no-progress"]);
     let out = run_ok(&["augment", &p(&ds), "--no-progress"]);
-    assert!(stderr(&out).contains(&format!("augment: {} pairs in 2 shard(s) (3 already done)", n - 20)), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "augment: {} pairs in 2 shard(s) (3 already done)",
+            n - 20
+        )),
+        "{}",
+        stderr(&out)
+    );
     let all = neighbours(&ds);
     assert_eq!(all.len(), n);
     for (id, v) in &first {
@@ -197,30 +257,71 @@ fn augments_incrementally_and_deterministically_with_the_papers_rules() {
     // give byte-identical shards; another seed samples differently.
     let ds2 = tmp.path().join("ds2");
     prepare(&ds2, &a);
-    run_ok(&["ingest", "--input", &p(&b), "--out", &p(&ds2), "--shard-rows", "8", "--no-progress"]);
-    run_ok(&["embed", &p(&ds2), "--image-model", &p(&tiny_model("vision")), "--text-model", &p(&tiny_model("text"))]);
+    run_ok(&[
+        "ingest",
+        "--input",
+        &p(&b),
+        "--out",
+        &p(&ds2),
+        "--shard-rows",
+        "8",
+        "--no-progress",
+    ]);
+    run_ok(&[
+        "embed",
+        &p(&ds2),
+        "--image-model",
+        &p(&tiny_model("vision")),
+        "--text-model",
+        &p(&tiny_model("text")),
+    ]);
     run_ok(&["index", "build", &p(&ds2), "--no-progress", "--rebuild"]);
     for w in ["0", "1"] {
-        run_ok(&["augment", &p(&ds2), "--num-workers", "2", "--worker-index", w, "--no-progress"]);
+        run_ok(&[
+            "augment",
+            &p(&ds2),
+            "--num-workers",
+            "2",
+            "--worker-index",
+            w,
+            "--no-progress",
+        ]);
     }
     run_ok(&["manifest", "merge", &p(&ds2)]);
     let split = shard_hashes(&ds2);
     run_ok(&["augment", &p(&ds2), "--rebuild", "--no-progress"]);
-    assert_eq!(split, shard_hashes(&ds2), "two workers write what one process writes");
+    assert_eq!(
+        split,
+        shard_hashes(&ds2),
+        "two workers write what one process writes"
+    );
     // The shards `ds` augmented with the full bank (its second part) are the same bytes in ds2,
     // whose index was built in one go rather than in two generations.
     let later = |ds: &Path| -> Vec<(String, String)> {
-        shard_hashes(ds).into_iter().filter(|(k, _)| k.starts_with("b-")).collect()
+        shard_hashes(ds)
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("b-"))
+            .collect()
     };
     assert_eq!(later(&ds).len(), 2);
     assert_eq!(later(&ds), later(&ds2));
-    run_ok(&["augment", &p(&ds2), "--seed", "7", "--rebuild", "--no-progress"]);
+    run_ok(&[
+        "augment",
+        &p(&ds2),
+        "--seed",
+        "7",
+        "--rebuild",
+        "--no-progress",
+    ]);
     let reseeded = neighbours(&ds2);
     let differs = all.iter().any(|(id, v)| {
         let s = |x: &Vec<Nb>| x.iter().map(|n| (n.id, n.sampled)).collect::<Vec<_>>();
         s(v) != s(&reseeded[id])
     });
-    assert!(differs, "another seed changes dropout or sampling somewhere");
+    assert!(
+        differs,
+        "another seed changes dropout or sampling somewhere"
+    );
 
     // inspect --neighbors: the pair, its documents, captions, scores, modality, sampled.
     let (id, nbs) = all.iter().find(|(_, v)| v.len() == 4).expect("a full pair");
@@ -232,14 +333,28 @@ fn augments_incrementally_and_deterministically_with_the_papers_rules() {
         .iter()
         .map(|s| (s.caption.clone(), s.stem.clone()))
         .collect();
-    let listed = text.lines().filter(|l| captions.keys().any(|c| !c.is_empty() && l.ends_with(c.as_str()))).count();
-    assert!(listed >= 5, "the pair and its 4 documents with captions:\n{text}");
+    let listed = text
+        .lines()
+        .filter(|l| {
+            captions
+                .keys()
+                .any(|c| !c.is_empty() && l.ends_with(c.as_str()))
+        })
+        .count();
+    assert!(
+        listed >= 5,
+        "the pair and its 4 documents with captions:\n{text}"
+    );
     let out = run_ok(&["inspect", &p(&ds), "--neighbors", &hex, "--json"]);
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(j["neighbors"].as_array().expect("list").len(), 4);
     assert_eq!(j["neighbors"][0]["id"], format!("{:016x}", nbs[0].id));
     assert_eq!(j["neighbors"][0]["found_by"], "image");
-    assert!(j["neighbors"][0]["caption"].as_str().is_some_and(|c| !c.is_empty()));
+    assert!(
+        j["neighbors"][0]["caption"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty())
+    );
     let err = run_err(&["inspect", &p(&ds), "--neighbors", "00000000000000ff"]);
     assert!(err.contains("00000000000000ff"), "{err}");
 }
@@ -264,38 +379,105 @@ fn retrieves_from_another_bank_without_leaking_duplicates_or_excluded_ids() {
     let ids_file = tmp.path().join("eval_ids.txt");
     let text: String = excluded.iter().map(|id| format!("{id:016x}\n")).collect();
     fs::write(&ids_file, format!("# evaluation pairs\n{text}")).expect("write ids");
-    let out = run_ok(&["augment", &p(&ds), "--bank", &p(&bank), "--exclude", &p(&ids_file), "--no-progress"]);
-    assert!(stderr(&out).contains(&format!("bank of {n} vectors")), "{}", stderr(&out));
+    let out = run_ok(&[
+        "augment",
+        &p(&ds),
+        "--bank",
+        &p(&bank),
+        "--exclude",
+        &p(&ids_file),
+        "--no-progress",
+    ]);
+    assert!(
+        stderr(&out).contains(&format!("bank of {n} vectors")),
+        "{}",
+        stderr(&out)
+    );
     let rows = neighbours(&ds);
     assert_eq!(rows.len(), 12);
     check_rules(&rows, 0.9, &own_sha, &bank_sha);
     let excluded: HashSet<u64> = excluded.into_iter().collect();
     for v in rows.values() {
-        assert!(v.iter().all(|nb| !excluded.contains(&nb.id)), "excluded ids never appear");
-        assert!(v.iter().all(|nb| bank_sha.contains_key(&nb.id)), "documents come from the bank");
+        assert!(
+            v.iter().all(|nb| !excluded.contains(&nb.id)),
+            "excluded ids never appear"
+        );
+        assert!(
+            v.iter().all(|nb| bank_sha.contains_key(&nb.id)),
+            "documents come from the bank"
+        );
     }
     let m = manifest(&ds);
-    let ex = m["stages"]["augment"]["config"]["exclude"].as_array().expect("exclude").clone();
+    let ex = m["stages"]["augment"]["config"]["exclude"]
+        .as_array()
+        .expect("exclude")
+        .clone();
     assert_eq!(ex.len(), 1);
     assert!(ex[0].as_str().is_some_and(|s| s.starts_with("ids:")));
 
     // Excluding the whole bank (its only split) leaves nothing to retrieve: recorded, not hidden.
-    let out = run_ok(&["augment", &p(&ds), "--bank", &p(&bank), "--exclude", "train", "--rebuild", "--no-progress"]);
-    assert!(stderr(&out).contains("12 pairs got fewer than asked (24 by image, 24 by text missing)"), "{}", stderr(&out));
+    let out = run_ok(&[
+        "augment",
+        &p(&ds),
+        "--bank",
+        &p(&bank),
+        "--exclude",
+        "train",
+        "--rebuild",
+        "--no-progress",
+    ]);
+    assert!(
+        stderr(&out).contains("12 pairs got fewer than asked (24 by image, 24 by text missing)"),
+        "{}",
+        stderr(&out)
+    );
     assert!(neighbours(&ds).values().all(Vec::is_empty));
 
     // Bad input: an unknown split, a bad ids file, a bank without an index, a bad setting.
-    let err = run_err(&["augment", &p(&ds), "--bank", &p(&bank), "--exclude", "val", "--rebuild", "--no-progress"]);
-    assert!(err.contains("split `val`") && err.contains("train"), "{err}");
+    let err = run_err(&[
+        "augment",
+        &p(&ds),
+        "--bank",
+        &p(&bank),
+        "--exclude",
+        "val",
+        "--rebuild",
+        "--no-progress",
+    ]);
+    assert!(
+        err.contains("split `val`") && err.contains("train"),
+        "{err}"
+    );
     let bad = tmp.path().join("bad.txt");
     fs::write(&bad, "0123\n").expect("write");
-    let err = run_err(&["augment", &p(&ds), "--exclude", &p(&bad), "--rebuild", "--no-progress"]);
+    let err = run_err(&[
+        "augment",
+        &p(&ds),
+        "--exclude",
+        &p(&bad),
+        "--rebuild",
+        "--no-progress",
+    ]);
     assert!(err.contains("line 1") && err.contains("0123"), "{err}");
     let empty = tmp.path().join("empty");
     fs::create_dir_all(&empty).expect("mkdir");
-    let err = run_err(&["augment", &p(&ds), "--bank", &p(&empty), "--rebuild", "--no-progress"]);
+    let err = run_err(&[
+        "augment",
+        &p(&ds),
+        "--bank",
+        &p(&empty),
+        "--rebuild",
+        "--no-progress",
+    ]);
     assert!(err.contains(&p(&empty)), "{err}");
-    let err = run_err(&["augment", &p(&ds), "--query-dropout", "1.5", "--rebuild", "--no-progress"]);
+    let err = run_err(&[
+        "augment",
+        &p(&ds),
+        "--query-dropout",
+        "1.5",
+        "--rebuild",
+        "--no-progress",
+    ]);
     assert!(err.contains("query_dropout 1.5"), "{err}");
     // A failed run leaves the earlier output in place.
     assert_eq!(neighbours(&ds).len(), 12);

@@ -259,7 +259,11 @@ impl Bank {
             },
             index,
             dim,
-            rows: ids.iter().enumerate().map(|(i, &id)| (id, i as u32)).collect(),
+            rows: ids
+                .iter()
+                .enumerate()
+                .map(|(i, &id)| (id, i as u32))
+                .collect(),
             vectors: vectors.iter().map(|&x| f16::from_f32(x)).collect(),
             by_image,
             excluded: excluded.iter().map(|&id| (id, 0)).collect(),
@@ -314,9 +318,6 @@ impl Bank {
             &self.vectors[ra..ra + self.dim],
             &self.vectors[rb..rb + self.dim],
         );
-        x.iter()
-            .zip(y)
-            .map(|(p, q)| p.to_f32() * q.to_f32())
-            .sum()
+        x.iter().zip(y).map(|(p, q)| p.to_f32() * q.to_f32()).sum()
     }
 }

@@ -112,8 +112,8 @@ pub fn write_shard(path: &Path, rows: &[NeighbourRow], tag: &str) -> Result<Writ
     let mut file = AtomicFile::create(path, tag)?;
     {
         let props = shard_writer_properties(16_384);
-        let mut w =
-            ArrowWriter::try_new(file.writer(), schema(), Some(props)).map_err(|e| pq_err(path, e))?;
+        let mut w = ArrowWriter::try_new(file.writer(), schema(), Some(props))
+            .map_err(|e| pq_err(path, e))?;
         for chunk in rows.chunks(16_384) {
             w.write(&batch(chunk).map_err(|e| pq_err(path, e))?)
                 .map_err(|e| pq_err(path, e))?;
@@ -126,7 +126,12 @@ pub fn write_shard(path: &Path, rows: &[NeighbourRow], tag: &str) -> Result<Writ
 fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a T> {
     b.column_by_name(name)
         .and_then(|c| c.as_any().downcast_ref::<T>())
-        .ok_or_else(|| pq_err(path, format!("column `{name}` is missing or has another type")))
+        .ok_or_else(|| {
+            pq_err(
+                path,
+                format!("column `{name}` is missing or has another type"),
+            )
+        })
 }
 
 /// Read a shard written by [`write_shard`].
@@ -164,7 +169,10 @@ pub fn read_shard(path: &Path) -> Result<Vec<NeighbourRow>> {
                 return Err(pq_err(path, "list columns have unexpected item types"));
             };
             if [sc.len(), fb.len(), sa.len()] != [nb.len(); 3] {
-                return Err(pq_err(path, format!("row {i}: list columns differ in length")));
+                return Err(pq_err(
+                    path,
+                    format!("row {i}: list columns differ in length"),
+                ));
             }
             let neighbours = (0..nb.len())
                 .map(|j| {

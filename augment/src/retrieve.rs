@@ -150,8 +150,24 @@ pub fn retrieve(
     let excluded = bank.excluded_ids();
     let started = Instant::now();
     let k = first_fetch(cfg);
-    let img = maybe_search(bank, cfg, &excluded, image_queries, k, cfg.by_image, pairs.len())?;
-    let txt = maybe_search(bank, cfg, &excluded, text_queries, k, cfg.by_text, pairs.len())?;
+    let img = maybe_search(
+        bank,
+        cfg,
+        &excluded,
+        image_queries,
+        k,
+        cfg.by_image,
+        pairs.len(),
+    )?;
+    let txt = maybe_search(
+        bank,
+        cfg,
+        &excluded,
+        text_queries,
+        k,
+        cfg.by_text,
+        pairs.len(),
+    )?;
     let search_seconds = started.elapsed().as_secs_f64();
     let (choices, mut stats) = choose_all(
         bank,

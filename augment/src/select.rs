@@ -154,7 +154,13 @@ mod tests {
         let image = hits(&[(1, 0.99), (2, 0.95), (3, 0.8), (4, 0.7), (5, 0.6)]);
         let text = hits(&[(3, 0.85), (6, 0.8), (7, 0.75), (8, 0.5)]);
         // 4 and 6 are near-copies of each other; 5 is the pair itself.
-        let sim = |a: u64, b: u64| if (a, b) == (4, 6) || (a, b) == (6, 4) { 0.95 } else { 0.1 };
+        let sim = |a: u64, b: u64| {
+            if (a, b) == (4, 6) || (a, b) == (6, 4) {
+                0.95
+            } else {
+                0.1
+            }
+        };
         let c = choose(&image, &text, &RULES, |id| id == 5, sim);
         let ids: Vec<(u64, FoundBy)> = c.neighbours.iter().map(|n| (n.id, n.found_by)).collect();
         // 1, 2: too relevant; 3, 4 by image; 3 already chosen, 6 a near-copy of 4: 7, 8 by text.
@@ -203,7 +209,10 @@ mod tests {
             let i = v.iter().position(|n| !n.sampled).expect("one left out");
             left_out[i] += 1;
         }
-        assert!(left_out.iter().all(|&c| (850..1150).contains(&c)), "{left_out:?}");
+        assert!(
+            left_out.iter().all(|&c| (850..1150).contains(&c)),
+            "{left_out:?}"
+        );
         let mut few = mk();
         few.truncate(2);
         sample(&mut few, 3, 11, 1);

@@ -237,7 +237,10 @@ pub fn run(opts: &AugmentOptions) -> Result<AugmentReport> {
         "memory bank loaded"
     );
     if bank.is_empty() {
-        return Err(AugmentError::dataset(&bank_root, "the memory bank is empty"));
+        return Err(AugmentError::dataset(
+            &bank_root,
+            "the memory bank is empty",
+        ));
     }
     if bank_is_self {
         let missing = embed
@@ -254,7 +257,11 @@ pub fn run(opts: &AugmentOptions) -> Result<AugmentReport> {
         }
     }
     let mut encoder = if cfg.by_text > 0 {
-        Some(TextEncoder::load(&text_model, opts.session_threads)?)
+        Some(TextEncoder::load_with(
+            &text_model,
+            opts.session_threads,
+            false,
+        )?)
     } else {
         None
     };
@@ -304,12 +311,16 @@ pub fn run(opts: &AugmentOptions) -> Result<AugmentReport> {
     let bar = progress_bar(opts.progress, todo.iter().map(|t| t.2.rows).sum());
     let started = Instant::now();
     for (slot, name, rec) in &todo {
-        let pairs_file = ingest.shards.get(name).map(|r| ds.path(&r.file)).ok_or_else(|| {
-            AugmentError::dataset(
-                ds.root(),
-                format!("embedded shard {name} has no ingest record"),
-            )
-        })?;
+        let pairs_file = ingest
+            .shards
+            .get(name)
+            .map(|r| ds.path(&r.file))
+            .ok_or_else(|| {
+                AugmentError::dataset(
+                    ds.root(),
+                    format!("embedded shard {name} has no ingest record"),
+                )
+            })?;
         let ctx = ShardCtx {
             name,
             embeddings: ds.path(&rec.file),
@@ -442,7 +453,12 @@ fn read_queries(ctx: &ShardCtx<'_>) -> Result<(Vec<u64>, Vec<f32>, Vec<QueryPair
             ),
         ));
     }
-    check_unit_rows(&ipath.display().to_string(), &mut image.data, image.dim, false)?;
+    check_unit_rows(
+        &ipath.display().to_string(),
+        &mut image.data,
+        image.dim,
+        false,
+    )?;
     let mut info: HashMap<u64, (String, u64)> = HashMap::with_capacity(ids.len());
     for b in read_columns(&ctx.pairs_file, &["id", "caption", "sha256"])? {
         let (Some(id), Some(cap), Some(sha)) = (
@@ -537,7 +553,15 @@ fn augment_shard(
         let t = Instant::now();
         for chunk in image_queries.chunks(ctx.batch_size * dim) {
             let rows = chunk.len() / dim;
-            image_hits.extend(maybe_search(bank, cfg, &excluded, chunk, k, cfg.by_image, rows)?);
+            image_hits.extend(maybe_search(
+                bank,
+                cfg,
+                &excluded,
+                chunk,
+                k,
+                cfg.by_image,
+                rows,
+            )?);
         }
         stats.search_seconds += t.elapsed().as_secs_f64();
         for r in rx {

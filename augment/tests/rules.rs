@@ -68,9 +68,17 @@ fn world(n: usize, clusters: usize, spread: f32, seed: u64, n_excluded: usize) -
     let vectors = clustered(n, clusters, spread, seed);
     let ids: Vec<u64> = (0..n as u64).map(|i| i * 7 + 1000).collect();
     // Every fifth pair shares its image with the next one (COCO's several captions per image).
-    let keys: Vec<u64> = (0..n as u64).map(|i| if i % 5 == 1 { i - 1 } else { i }).collect();
+    let keys: Vec<u64> = (0..n as u64)
+        .map(|i| if i % 5 == 1 { i - 1 } else { i })
+        .collect();
     let images: Vec<(u64, u64)> = keys.iter().zip(&ids).map(|(&k, &id)| (k, id)).collect();
-    let excluded: HashSet<u64> = ids.iter().rev().step_by(3).take(n_excluded).copied().collect();
+    let excluded: HashSet<u64> = ids
+        .iter()
+        .rev()
+        .step_by(3)
+        .take(n_excluded)
+        .copied()
+        .collect();
     let mut index = FlatIndex::new(DIM, Storage::F32);
     index.add(&ids, &vectors).expect("add");
     let bank = Bank::in_memory(Box::new(index), &ids, &vectors, images, &excluded).expect("bank");
@@ -232,7 +240,11 @@ fn a_pair_searched_again_when_its_first_candidates_run_out() {
     let mut vectors = Vec::new();
     let axis = |i: usize| -> Vec<f32> { (0..DIM).map(|d| f32::from(u8::from(d == i))).collect() };
     for _ in 0..40 {
-        let mut v: Vec<f32> = axis(0).iter().zip(axis(1)).map(|(a, b)| 0.85 * a + 0.527 * b).collect();
+        let mut v: Vec<f32> = axis(0)
+            .iter()
+            .zip(axis(1))
+            .map(|(a, b)| 0.85 * a + 0.527 * b)
+            .collect();
         v.iter_mut().skip(2).for_each(|x| *x = 0.01 * r.next());
         unit(&mut v);
         vectors.extend(v);
@@ -249,9 +261,13 @@ fn a_pair_searched_again_when_its_first_candidates_run_out() {
     let mut index = FlatIndex::new(DIM, Storage::F32);
     index.add(&ids, &vectors).expect("add");
     let images = ids.iter().map(|&id| (id, id)).collect();
-    let bank = Bank::in_memory(Box::new(index), &ids, &vectors, images, &HashSet::new()).expect("bank");
+    let bank =
+        Bank::in_memory(Box::new(index), &ids, &vectors, images, &HashSet::new()).expect("bank");
     let q = axis(0);
-    let pairs = [QueryPair { id: 999, image_key: 999 }];
+    let pairs = [QueryPair {
+        id: 999,
+        image_key: 999,
+    }];
     let cfg = AugmentConfig::default();
     let (choices, stats) = retrieve(&bank, &cfg, &pairs, &q, &q).expect("retrieve");
     assert_eq!(stats.widened, 1, "{stats:?}");
@@ -259,7 +275,10 @@ fn a_pair_searched_again_when_its_first_candidates_run_out() {
     assert_eq!(c.neighbours.len(), 4, "{c:?}");
     assert_eq!((c.short_by_image, c.short_by_text), (0, 0));
     let near_copies = c.neighbours.iter().filter(|n| n.id <= 40).count();
-    assert_eq!(near_copies, 1, "one near-copy, then diverse documents: {c:?}");
+    assert_eq!(
+        near_copies, 1,
+        "one near-copy, then diverse documents: {c:?}"
+    );
 }
 
 #[test]

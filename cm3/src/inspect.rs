@@ -149,7 +149,10 @@ pub fn neighbors(dataset: &Path, id: &str, as_json: bool) -> Result<()> {
             row.short_by_image, row.short_by_text
         );
     }
-    println!("  {:>2}  {:<5}  {:>6}  {:<7}  {:<16}  caption", "#", "by", "score", "sampled", "id");
+    println!(
+        "  {:>2}  {:<5}  {:>6}  {:<7}  {:<16}  caption",
+        "#", "by", "score", "sampled", "id"
+    );
     for (i, n) in row.neighbours.iter().enumerate() {
         println!(
             "  {:>2}  {:<5}  {:>6.4}  {:<7}  {:016x}  {}",

@@ -14,6 +14,8 @@ mod augment;
 mod embed;
 mod index;
 mod inspect;
+mod tokenize;
+mod tokenizer;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -61,6 +63,13 @@ enum Command {
     /// Retrieval augmentation: each pair's documents from the memory bank (relevance <= 0.9, no
     /// duplicates, query dropout 0.2, 2 by image + 2 by text, 3 sampled), into <dataset>/neighbors/.
     Augment(Box<augment::AugmentArgs>),
+    /// Every pair as text ids and image ids in one vocabulary, into <dataset>/tokens/.
+    Tokenize(Box<tokenize::TokenizeArgs>),
+    /// The tokenizers: train the text BPE; encode and decode images with the VQ tokenizer.
+    Tokenizer {
+        #[command(subcommand)]
+        command: tokenizer::TokenizerCommand,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -439,6 +448,8 @@ fn main() -> ExitCode {
         Command::Embed(args) => embed::run(*args),
         Command::Index { command } => index::run(command),
         Command::Augment(a) => augment::run(*a),
+        Command::Tokenize(a) => tokenize::run(*a),
+        Command::Tokenizer { command } => tokenizer::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

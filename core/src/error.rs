@@ -55,6 +55,8 @@ pub enum CoreError {
         recorded: String,
         current: String,
     },
+    #[error("vocabulary layout: {reason}")]
+    Vocab { reason: String },
     #[error("merging {path}: {reason}")]
     Merge { path: PathBuf, reason: String },
     #[error("{path} is in use by another cm3 process ({what}); wait for it to finish")]

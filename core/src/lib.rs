@@ -11,11 +11,13 @@ pub mod fsio;
 pub mod id;
 pub mod manifest;
 pub mod schema;
+pub mod vocab;
 
 pub use dataset::{DatasetDir, DatasetLock, WorkerSpec};
 pub use error::{CoreError, Result};
 pub use id::pair_id;
 pub use manifest::{InputRecord, Manifest, ShardRecord, StageRecord, Totals};
+pub use vocab::VocabLayout;
 
 /// Version of the tool that wrote an output; recorded in the manifest beside every stage.
 pub const TOOL_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -183,7 +183,13 @@ fn check_ports(path: &Path, what: &str, have: &[ort::value::Outlet], want: &[Por
     Ok(())
 }
 
-fn open(path: &Path, threads: usize, inputs: &[Port], outputs: &[Port]) -> Result<Session> {
+fn open(
+    path: &Path,
+    threads: usize,
+    spinning: bool,
+    inputs: &[Port],
+    outputs: &[Port],
+) -> Result<Session> {
     let env = environment()?;
     let bad = |reason: String| EmbedError::Model {
         path: path.to_path_buf(),
@@ -196,6 +202,12 @@ fn open(path: &Path, threads: usize, inputs: &[Port], outputs: &[Port]) -> Resul
     if threads > 0 {
         builder = builder
             .with_intra_threads(threads)
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    if !spinning {
+        builder = builder
+            .with_intra_op_spinning(false)
+            .and_then(|b| b.with_inter_op_spinning(false))
             .map_err(|e| bad(e.to_string()))?;
     }
     let session = builder
@@ -218,7 +230,7 @@ impl VisionEncoder {
     pub fn load(model: &Path, threads: usize) -> Result<Self> {
         let path = model_path(model);
         Ok(Self {
-            session: open(&path, threads, VISION_INPUTS, VISION_OUTPUTS)?,
+            session: open(&path, threads, true, VISION_INPUTS, VISION_OUTPUTS)?,
             path,
         })
     }
@@ -262,8 +274,14 @@ pub struct TextEncoder {
 
 impl TextEncoder {
     pub fn load(model: &Path, threads: usize) -> Result<Self> {
+        Self::load_with(model, threads, true)
+    }
+
+    /// Like [`Self::load`]; with `spinning` false, ONNX Runtime's idle threads sleep instead of
+    /// busy-waiting for the next batch, which is right when other work (searches) shares the cores.
+    pub fn load_with(model: &Path, threads: usize, spinning: bool) -> Result<Self> {
         let path = model_path(model);
-        let session = open(&path, threads, TEXT_INPUTS, TEXT_OUTPUTS)?;
+        let session = open(&path, threads, spinning, TEXT_INPUTS, TEXT_OUTPUTS)?;
         let trim = session
             .inputs()
             .iter()

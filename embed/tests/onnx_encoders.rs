@@ -152,12 +152,19 @@ fn text_batches_are_cut_to_their_longest_row_when_the_model_allows() {
     let (_, want, _) = read_npy(&fixtures().join("reference/text_embeds.npy"));
     let want = f32s(&want);
     let fixed = TextEncoder::load(&fixtures().join("text"), 1).expect("load");
-    assert!(!fixed.trims_padding(), "a [batch, 77] model keeps 77 positions");
+    assert!(
+        !fixed.trims_padding(),
+        "a [batch, 77] model keeps 77 positions"
+    );
     let mut dynamic = TextEncoder::load(&fixtures().join("text_dynamic"), 1).expect("load");
     assert!(dynamic.trims_padding());
     let cut = dynamic.embed(&rows, n).expect("embed");
     let full = dynamic.embed_full_length(&rows, n).expect("embed");
-    assert!(max_abs_diff(&cut, &want) < 1e-5, "{}", max_abs_diff(&cut, &want));
+    assert!(
+        max_abs_diff(&cut, &want) < 1e-5,
+        "{}",
+        max_abs_diff(&cut, &want)
+    );
     assert!(max_abs_diff(&full, &want) < 1e-5);
     // One row alone is cut to its own length.
     let one = dynamic.embed(&rows[77..154], 1).expect("embed");

@@ -1,0 +1,244 @@
+//! The image tokenizer: taming-transformers' VQGAN with Gumbel quantisation (`GumbelVQ`).
+//!
+//! Tokenising is deterministic: the code of a position is the argmax of `quantize.proj`'s logits
+//! (taming's `GumbelQuantize.forward` adds Gumbel noise even in eval mode; the argmax is what a
+//! tokenizer must return). Decoding gathers the codebook rows and runs the decoder, as taming's
+//! `get_codebook_entry` + `VQModel.decode` do. Pixels are in [-1, 1], NCHW.
+
+pub mod config;
+pub mod modules;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use burn::module::Module;
+use burn::nn::conv::Conv2d;
+use burn::store::{ModuleSnapshot, PytorchStore};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+pub use config::VqConfig;
+use modules::{Decoder, Encoder, GumbelQuantize};
+
+use crate::error::{ModelError, Result};
+
+/// The whole model, with taming's attribute names (checkpoint keys `encoder.*`, `decoder.*`,
+/// `quantize.*`, `quant_conv.*`, `post_quant_conv.*`).
+#[derive(Module, Debug)]
+pub struct GumbelVq {
+    encoder: Encoder,
+    decoder: Decoder,
+    quantize: GumbelQuantize,
+    quant_conv: Conv2d,
+    post_quant_conv: Conv2d,
+}
+
+impl GumbelVq {
+    pub fn new(cfg: &VqConfig, device: &Device) -> Self {
+        let conv1 = |cin, cout| burn::nn::conv::Conv2dConfig::new([cin, cout], [1, 1]).init(device);
+        Self {
+            encoder: Encoder::new(cfg, device),
+            decoder: Decoder::new(cfg, device),
+            quantize: GumbelQuantize::new(cfg, device),
+            quant_conv: conv1(cfg.z_channels, cfg.embed_dim),
+            post_quant_conv: conv1(cfg.embed_dim, cfg.z_channels),
+        }
+    }
+}
+
+/// Checkpoint keys that belong to training only (the GAN discriminator and the LPIPS network
+/// of taming's `loss` module): present in released checkpoints, not part of the tokenizer.
+fn training_only(key: &str) -> bool {
+    key.starts_with("loss.")
+}
+
+/// A loaded image tokenizer.
+#[derive(Debug)]
+pub struct VqTokenizer {
+    model: GumbelVq,
+    cfg: VqConfig,
+    device: Device,
+}
+
+impl VqTokenizer {
+    /// A model with fresh (random) weights.
+    pub fn new(cfg: VqConfig, device: &Device) -> Result<Self> {
+        cfg.validate("configuration")?;
+        Ok(Self {
+            model: GumbelVq::new(&cfg, device),
+            cfg,
+            device: device.clone(),
+        })
+    }
+
+    /// Load taming-transformers' Lightning checkpoint (`last.ckpt`: `state_dict` inside) for the
+    /// model `cfg` describes. Every model tensor must be present with its shape; keys other
+    /// than the training-only `loss.*` that the model does not have are refused, with names.
+    pub fn load_taming(ckpt: &Path, cfg: VqConfig, device: &Device) -> Result<Self> {
+        let mut me = Self::new(cfg, device)?;
+        let bad = |reason: String| ModelError::Checkpoint {
+            path: ckpt.to_path_buf(),
+            reason,
+        };
+        if !ckpt.is_file() {
+            return Err(bad("no such file".into()));
+        }
+        let mut store = PytorchStore::from_file(ckpt)
+            .with_top_level_key("state_dict")
+            .map_indices_contiguous(false)
+            .allow_partial(true);
+        let applied = me
+            .model
+            .load_from(&mut store)
+            .map_err(|e| bad(format!("cannot be read as a PyTorch checkpoint: {e}")))?;
+        if !applied.errors.is_empty() {
+            return Err(bad(format!(
+                "tensors that do not fit the model: {}",
+                list(applied.errors.iter().map(|e| e.to_string()))
+            )));
+        }
+        if !applied.missing.is_empty() {
+            return Err(bad(format!(
+                "{} model tensors are missing: {}",
+                applied.missing.len(),
+                list(applied.missing.iter().map(|(path, _)| torch_name(path)))
+            )));
+        }
+        let extra: BTreeSet<String> = applied
+            .unused
+            .iter()
+            .map(|k| k.to_string())
+            .filter(|k| !training_only(k))
+            .collect();
+        if !extra.is_empty() {
+            return Err(bad(format!(
+                "{} tensors are not part of a GumbelVQ of this configuration: {}",
+                extra.len(),
+                list(extra.into_iter())
+            )));
+        }
+        tracing::debug!(
+            path = %ckpt.display(),
+            applied = applied.applied.len(),
+            "loaded a taming GumbelVQ checkpoint"
+        );
+        Ok(me)
+    }
+
+    pub fn config(&self) -> &VqConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn check_pixels(&self, op: &'static str, x: &Tensor<4>) -> Result<()> {
+        let [_, c, h, w] = x.dims();
+        let f = self.cfg.factor();
+        if c != self.cfg.in_channels || h == 0 || w == 0 || h % f != 0 || w % f != 0 {
+            return Err(ModelError::Input {
+                op,
+                reason: format!(
+                    "images of shape [{c}, {h}, {w}]: need {} channels and a height and width \
+                     that are positive multiples of {f}",
+                    self.cfg.in_channels
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// `quant_conv(encoder(x))`, [B, embed_dim, H/f, W/f] (taming's `encode_to_prequant`).
+    pub fn prequant(&self, x: Tensor<4>) -> Result<Tensor<4>> {
+        self.check_pixels("encoding images", &x)?;
+        Ok(self.model.quant_conv.forward(self.model.encoder.forward(x)))
+    }
+
+    /// Logits over the codes, [B, n_embed, H/f, W/f].
+    pub fn logits(&self, x: Tensor<4>) -> Result<Tensor<4>> {
+        Ok(self.model.quantize.logits(self.prequant(x)?))
+    }
+
+    /// Codes of images in [-1, 1], [B, H/f, W/f].
+    pub fn encode(&self, x: Tensor<4>) -> Result<Tensor<3, Int>> {
+        let logits = self.logits(x)?;
+        let [b, _, h, w] = logits.dims();
+        Ok(logits.argmax(1).reshape([b, h, w]))
+    }
+
+    /// Codes of `b` images given as NCHW floats in [-1, 1], row-major per image (y·w + x).
+    pub fn encode_pixels(
+        &self,
+        pixels: Vec<f32>,
+        b: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<Vec<u32>> {
+        let c = self.cfg.in_channels;
+        if pixels.len() != b * c * h * w {
+            return Err(ModelError::Input {
+                op: "encoding images",
+                reason: format!("{} values for {b} images of [{c}, {h}, {w}]", pixels.len()),
+            });
+        }
+        let x = Tensor::<4>::from_data(TensorData::new(pixels, [b, c, h, w]), &self.device);
+        let codes = self.encode(x)?;
+        let ids = codes
+            .into_data()
+            .try_into_vec_as::<i64>()
+            .map_err(|e| ModelError::Tensor {
+                op: "reading codes",
+                reason: format!("{e:?}"),
+            })?;
+        Ok(ids.into_iter().map(|c| c as u32).collect())
+    }
+
+    /// Images (raw decoder output, about [-1, 1]) of `b` code grids of `h` × `w`.
+    pub fn decode(&self, codes: &[u32], b: usize, h: usize, w: usize) -> Result<Tensor<4>> {
+        if codes.len() != b * h * w || h == 0 || w == 0 {
+            return Err(ModelError::Input {
+                op: "decoding codes",
+                reason: format!("{} codes for {b} grids of {h} × {w}", codes.len()),
+            });
+        }
+        let n = self.cfg.n_embed;
+        if let Some((i, c)) = codes.iter().enumerate().find(|&(_, &c)| c as usize >= n) {
+            return Err(ModelError::Input {
+                op: "decoding codes",
+                reason: format!("code {c} at position {i} is outside the codebook of {n}"),
+            });
+        }
+        let ids: Vec<i64> = codes.iter().map(|&c| i64::from(c)).collect();
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [b * h * w]), &self.device);
+        let z = self.model.quantize.lookup(ids, b, h, w);
+        Ok(self
+            .model
+            .decoder
+            .forward(self.model.post_quant_conv.forward(z)))
+    }
+}
+
+/// Burn calls GroupNorm's scale and shift `gamma`/`beta`; checkpoints call them `weight`/`bias`.
+fn torch_name(path: &str) -> String {
+    if let Some(p) = path.strip_suffix(".gamma") {
+        format!("{p}.weight")
+    } else if let Some(p) = path.strip_suffix(".beta") {
+        format!("{p}.bias")
+    } else {
+        path.to_string()
+    }
+}
+
+fn list(items: impl Iterator<Item = String>) -> String {
+    let items: Vec<String> = items.collect();
+    const SHOW: usize = 12;
+    if items.len() <= SHOW {
+        items.join(", ")
+    } else {
+        format!(
+            "{}, ... ({} more)",
+            items[..SHOW].join(", "),
+            items.len() - SHOW
+        )
+    }
+}

@@ -1,0 +1,339 @@
+//! taming-transformers' VQGAN building blocks (`taming/modules/diffusionmodules/model.py`), with
+//! the same field names so that checkpoint keys map one to one (`encoder.down.0.block.1.norm1`).
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{Embedding, EmbeddingConfig, GroupNorm, GroupNormConfig, PaddingConfig2d};
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions, PadMode};
+use burn::tensor::{Device, Tensor};
+
+use super::config::VqConfig;
+
+/// taming's `Normalize`: GroupNorm with 32 groups, eps 1e-6, affine.
+fn normalize(channels: usize, device: &Device) -> GroupNorm {
+    GroupNormConfig::new(32, channels)
+        .with_epsilon(1e-6)
+        .init(device)
+}
+
+fn conv(cin: usize, cout: usize, k: usize, stride: usize, pad: usize, device: &Device) -> Conv2d {
+    Conv2dConfig::new([cin, cout], [k, k])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+        .init(device)
+}
+
+#[derive(Module, Debug)]
+pub struct ResnetBlock {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    /// 1 × 1 projection of the input when the channel count changes.
+    nin_shortcut: Option<Conv2d>,
+}
+
+impl ResnetBlock {
+    fn new(cin: usize, cout: usize, device: &Device) -> Self {
+        Self {
+            norm1: normalize(cin, device),
+            conv1: conv(cin, cout, 3, 1, 1, device),
+            norm2: normalize(cout, device),
+            conv2: conv(cout, cout, 3, 1, 1, device),
+            nin_shortcut: (cin != cout).then(|| conv(cin, cout, 1, 1, 0, device)),
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        // Dropout is 0 in every released VQGAN, so there is none.
+        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let x = match &self.nin_shortcut {
+            Some(c) => c.forward(x),
+            None => x,
+        };
+        x + h
+    }
+}
+
+/// Single-head self-attention over the feature map's positions (1 × 1 convolutions q, k, v).
+#[derive(Module, Debug)]
+pub struct AttnBlock {
+    norm: GroupNorm,
+    q: Conv2d,
+    k: Conv2d,
+    v: Conv2d,
+    proj_out: Conv2d,
+}
+
+impl AttnBlock {
+    fn new(c: usize, device: &Device) -> Self {
+        Self {
+            norm: normalize(c, device),
+            q: conv(c, c, 1, 1, 0, device),
+            k: conv(c, c, 1, 1, 0, device),
+            v: conv(c, c, 1, 1, 0, device),
+            proj_out: conv(c, c, 1, 1, 0, device),
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [b, c, h, w] = x.dims();
+        let n = self.norm.forward(x.clone());
+        let q = self
+            .q
+            .forward(n.clone())
+            .reshape([b, c, h * w])
+            .swap_dims(1, 2);
+        let k = self.k.forward(n.clone()).reshape([b, c, h * w]);
+        let v = self.v.forward(n).reshape([b, c, h * w]);
+        // [b, query i, key j], softmax over the keys, scaled by c^-1/2 (taming model.py).
+        let weights = softmax(q.matmul(k).mul_scalar((c as f64).powf(-0.5)), 2);
+        let out = v.matmul(weights.swap_dims(1, 2)).reshape([b, c, h, w]);
+        x + self.proj_out.forward(out)
+    }
+}
+
+/// Halve the size: pad right and bottom by one zero, then a 3 × 3 convolution of stride 2.
+#[derive(Module, Debug)]
+pub struct Downsample {
+    conv: Conv2d,
+}
+
+impl Downsample {
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.conv
+            .forward(x.pad((0, 1, 0, 1), PadMode::Constant(0.0)))
+    }
+}
+
+/// Double the size: nearest-neighbour ×2, then a 3 × 3 convolution.
+#[derive(Module, Debug)]
+pub struct Upsample {
+    conv: Conv2d,
+}
+
+impl Upsample {
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let up = interpolate(
+            x,
+            InterpolateOptions::new(InterpolateMode::Nearest).with_scale_factor([2.0, 2.0]),
+        );
+        self.conv.forward(up)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct DownLevel {
+    block: Vec<ResnetBlock>,
+    attn: Vec<AttnBlock>,
+    downsample: Option<Downsample>,
+}
+
+#[derive(Module, Debug)]
+pub struct UpLevel {
+    block: Vec<ResnetBlock>,
+    attn: Vec<AttnBlock>,
+    upsample: Option<Upsample>,
+}
+
+#[derive(Module, Debug)]
+pub struct Mid {
+    block_1: ResnetBlock,
+    attn_1: AttnBlock,
+    block_2: ResnetBlock,
+}
+
+impl Mid {
+    fn new(c: usize, device: &Device) -> Self {
+        Self {
+            block_1: ResnetBlock::new(c, c, device),
+            attn_1: AttnBlock::new(c, device),
+            block_2: ResnetBlock::new(c, c, device),
+        }
+    }
+
+    fn forward(&self, h: Tensor<4>) -> Tensor<4> {
+        self.block_2
+            .forward(self.attn_1.forward(self.block_1.forward(h)))
+    }
+}
+
+fn run_level(block: &[ResnetBlock], attn: &[AttnBlock], mut h: Tensor<4>) -> Tensor<4> {
+    for (i, b) in block.iter().enumerate() {
+        h = b.forward(h);
+        if let Some(a) = attn.get(i) {
+            h = a.forward(h);
+        }
+    }
+    h
+}
+
+#[derive(Module, Debug)]
+pub struct Encoder {
+    conv_in: Conv2d,
+    down: Vec<DownLevel>,
+    mid: Mid,
+    norm_out: GroupNorm,
+    conv_out: Conv2d,
+}
+
+impl Encoder {
+    pub fn new(cfg: &VqConfig, device: &Device) -> Self {
+        let levels = cfg.ch_mult.len();
+        let mut curr_res = cfg.resolution;
+        let mut block_in = cfg.ch;
+        let mut down = Vec::with_capacity(levels);
+        for (i, &mult) in cfg.ch_mult.iter().enumerate() {
+            let block_out = cfg.ch * mult;
+            let mut block = Vec::new();
+            let mut attn = Vec::new();
+            for _ in 0..cfg.num_res_blocks {
+                block.push(ResnetBlock::new(block_in, block_out, device));
+                block_in = block_out;
+                if cfg.attn_resolutions.contains(&curr_res) {
+                    attn.push(AttnBlock::new(block_in, device));
+                }
+            }
+            let downsample = (i + 1 != levels).then(|| Downsample {
+                conv: conv(block_in, block_in, 3, 2, 0, device),
+            });
+            if downsample.is_some() {
+                curr_res /= 2;
+            }
+            down.push(DownLevel {
+                block,
+                attn,
+                downsample,
+            });
+        }
+        Self {
+            conv_in: conv(cfg.in_channels, cfg.ch, 3, 1, 1, device),
+            down,
+            mid: Mid::new(block_in, device),
+            norm_out: normalize(block_in, device),
+            conv_out: conv(block_in, cfg.z_channels, 3, 1, 1, device),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut h = self.conv_in.forward(x);
+        for level in &self.down {
+            h = run_level(&level.block, &level.attn, h);
+            if let Some(d) = &level.downsample {
+                h = d.forward(h);
+            }
+        }
+        let h = self.mid.forward(h);
+        self.conv_out.forward(silu(self.norm_out.forward(h)))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Decoder {
+    conv_in: Conv2d,
+    mid: Mid,
+    /// `up[i]` is resolution level `i` (0 = full size), run from the last level to the first.
+    up: Vec<UpLevel>,
+    norm_out: GroupNorm,
+    conv_out: Conv2d,
+}
+
+impl Decoder {
+    pub fn new(cfg: &VqConfig, device: &Device) -> Self {
+        let levels = cfg.ch_mult.len();
+        let mut block_in = cfg.ch * cfg.ch_mult[levels - 1];
+        let mut curr_res = cfg.resolution / cfg.factor();
+        let conv_in = conv(cfg.z_channels, block_in, 3, 1, 1, device);
+        let mid = Mid::new(block_in, device);
+        let mut up: Vec<UpLevel> = Vec::with_capacity(levels);
+        for i in (0..levels).rev() {
+            let block_out = cfg.ch * cfg.ch_mult[i];
+            let mut block = Vec::new();
+            let mut attn = Vec::new();
+            for _ in 0..=cfg.num_res_blocks {
+                block.push(ResnetBlock::new(block_in, block_out, device));
+                block_in = block_out;
+                if cfg.attn_resolutions.contains(&curr_res) {
+                    attn.push(AttnBlock::new(block_in, device));
+                }
+            }
+            let upsample = (i != 0).then(|| Upsample {
+                conv: conv(block_in, block_in, 3, 1, 1, device),
+            });
+            if upsample.is_some() {
+                curr_res *= 2;
+            }
+            up.insert(
+                0,
+                UpLevel {
+                    block,
+                    attn,
+                    upsample,
+                },
+            );
+        }
+        Self {
+            conv_in,
+            mid,
+            up,
+            norm_out: normalize(block_in, device),
+            conv_out: conv(block_in, cfg.out_ch, 3, 1, 1, device),
+        }
+    }
+
+    pub fn forward(&self, z: Tensor<4>) -> Tensor<4> {
+        let mut h = self.mid.forward(self.conv_in.forward(z));
+        for level in self.up.iter().rev() {
+            h = run_level(&level.block, &level.attn, h);
+            if let Some(u) = &level.upsample {
+                h = u.forward(h);
+            }
+        }
+        self.conv_out.forward(silu(self.norm_out.forward(h)))
+    }
+}
+
+/// taming's `GumbelQuantize` at inference: `proj` gives one logit per code, `embed` the codebook.
+#[derive(Module, Debug)]
+pub struct GumbelQuantize {
+    proj: Conv2d,
+    embed: Embedding,
+}
+
+impl GumbelQuantize {
+    pub fn new(cfg: &VqConfig, device: &Device) -> Self {
+        Self {
+            proj: conv(cfg.z_channels, cfg.n_embed, 1, 1, 0, device),
+            embed: EmbeddingConfig::new(cfg.n_embed, cfg.embed_dim).init(device),
+        }
+    }
+
+    /// Logits over the codes, [B, n_embed, h, w].
+    pub fn logits(&self, prequant: Tensor<4>) -> Tensor<4> {
+        self.proj.forward(prequant)
+    }
+
+    /// Codebook vectors of `codes` ([B, h, w] as a flat [B·h·w] list), as [B, embed_dim, h, w].
+    pub fn lookup(
+        &self,
+        codes: Tensor<1, burn::tensor::Int>,
+        b: usize,
+        h: usize,
+        w: usize,
+    ) -> Tensor<4> {
+        let d = self.embed.weight.dims()[1];
+        self.embed
+            .weight
+            .val()
+            .select(0, codes)
+            .reshape([b, h, w, d])
+            .permute([0, 3, 1, 2])
+    }
+
+    pub fn codebook_size(&self) -> usize {
+        self.embed.weight.dims()[0]
+    }
+}

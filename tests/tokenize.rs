@@ -1,0 +1,247 @@
+//! End-to-end tests of the tokenizers on the repository's real sample: `cm3 tokenizer
+//! train-text`, `cm3 tokenize` with the VQ tokenizer fixture (a taming GumbelVQ checkpoint),
+//! the vocabulary layout, incremental runs, refusing to mix tokenizers, and the image commands.
+mod common;
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use cm3_core::vocab::VocabLayout;
+use cm3_tokenize::TextTokenizer;
+use cm3_tokenize::output::read_shard;
+use common::*;
+
+fn p(path: &Path) -> String {
+    path.to_str().expect("utf-8").to_string()
+}
+
+/// The tiny GumbelVQ (32 × 32 images → 4 × 4 codes of 64) made by taming-transformers.
+fn vq_ckpt() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/vqgan/tiny_gumbel_f8.ckpt")
+}
+
+fn ingest(ds: &Path) {
+    run_ok(&[
+        "ingest",
+        "--input",
+        &p(&sample_dir()),
+        "--out",
+        &p(ds),
+        "--shard-rows",
+        "12",
+        "--image-size",
+        "32",
+        "--image-format",
+        "png",
+        "--no-progress",
+    ]);
+}
+
+#[test]
+fn tokenizes_the_sample_into_one_vocabulary() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ds = tmp.path().join("ds");
+    ingest(&ds);
+
+    // Tokenize needs a text tokenizer first.
+    let err = run_err(&["tokenize", &p(&ds), "--image-tokenizer", &p(&vq_ckpt())]);
+    assert!(err.contains("cm3 tokenizer train-text"), "{err}");
+
+    run_ok(&[
+        "tokenizer",
+        "train-text",
+        &p(&ds),
+        "--vocab-size",
+        "600",
+        "--min-frequency",
+        "1",
+    ]);
+    let err = run_err(&["tokenizer", "train-text", &p(&ds)]);
+    assert!(err.contains("--overwrite"), "{err}");
+    let text = TextTokenizer::load(&ds.join("tokenizer/text/tokenizer.json")).expect("text");
+    let record: serde_json::Value =
+        serde_json::from_slice(&fs::read(ds.join("tokenizer/text/train.json")).expect("record"))
+            .expect("json");
+    assert_eq!(record["corpus"], "captions");
+    assert_eq!(record["report"]["texts"], 32);
+
+    let out = run_ok(&[
+        "tokenize",
+        &p(&ds),
+        "--image-tokenizer",
+        &p(&vq_ckpt()),
+        "--no-progress",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report");
+    assert_eq!(report["rows"], 32);
+    assert_eq!(report["shards_written"], 3);
+    assert_eq!(report["image_tokens"], 32 * 16);
+
+    let layout = VocabLayout::load(&ds.join("tokenizer/vocab.json")).expect("layout");
+    assert_eq!(layout.text.size, text.vocab_size());
+    assert_eq!(layout.image.offset, text.vocab_size());
+    assert_eq!((layout.image.codes, layout.image.grid), (64, 4));
+    assert_eq!(layout.size, text.vocab_size() + 64);
+
+    let captions: HashMap<u64, String> = read_rows(&ds)
+        .into_iter()
+        .map(|r| (r.id, r.caption))
+        .collect();
+    let mut rows = Vec::new();
+    for f in fs::read_dir(ds.join("tokens")).expect("tokens") {
+        let f = f.expect("entry").path();
+        if f.extension().is_some_and(|e| e == "parquet") {
+            rows.extend(read_shard(&f).expect("shard"));
+        }
+    }
+    assert_eq!(rows.len(), 32);
+    for r in &rows {
+        assert_eq!(r.image.len(), 16);
+        assert!(
+            r.image.iter().all(|&t| layout.image_code(t).is_some()),
+            "{r:?}"
+        );
+        assert!(r.text.iter().all(|&t| layout.is_text(t)));
+        assert_eq!(&text.decode(&r.text).expect("decode"), &captions[&r.id]);
+    }
+    // Real images give varied codes, not one code everywhere.
+    let distinct: std::collections::HashSet<u32> =
+        rows.iter().flat_map(|r| r.image.iter().copied()).collect();
+    assert!(
+        distinct.len() >= 10,
+        "{} distinct image ids",
+        distinct.len()
+    );
+
+    // Incremental: nothing to do the second time.
+    let out = run_ok(&[
+        "tokenize",
+        &p(&ds),
+        "--image-tokenizer",
+        &p(&vq_ckpt()),
+        "--json",
+    ]);
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report");
+    assert_eq!(
+        (
+            again["shards_written"].as_u64(),
+            again["shards_skipped"].as_u64()
+        ),
+        (Some(0), Some(3))
+    );
+
+    // Another text tokenizer: refused, the tokens would mix two vocabularies.
+    run_ok(&[
+        "tokenizer",
+        "train-text",
+        &p(&ds),
+        "--vocab-size",
+        "500",
+        "--min-frequency",
+        "1",
+        "--overwrite",
+    ]);
+    let err = run_err(&["tokenize", &p(&ds), "--image-tokenizer", &p(&vq_ckpt())]);
+    assert!(
+        err.contains("different configuration") && err.contains("--rebuild"),
+        "{err}"
+    );
+    let before = fs::read(ds.join("tokenizer/vocab.json")).expect("vocab");
+    assert_eq!(
+        VocabLayout::load(&ds.join("tokenizer/vocab.json")).expect("layout"),
+        layout,
+        "a refused run must not touch the layout"
+    );
+    run_ok(&[
+        "tokenize",
+        &p(&ds),
+        "--image-tokenizer",
+        &p(&vq_ckpt()),
+        "--rebuild",
+    ]);
+    assert_ne!(
+        fs::read(ds.join("tokenizer/vocab.json")).expect("vocab"),
+        before
+    );
+
+    // The image commands agree with the stage: the same image gives the same codes.
+    let pair = &sample_pairs()[0];
+    let id = read_rows(&ds)
+        .into_iter()
+        .find(|r| r.key == pair.stem || r.key.starts_with(&format!("{}.", pair.stem)))
+        .map(|r| r.id)
+        .expect("the pair's row");
+    let row = rows.iter().find(|r| r.id == id).expect("its tokens");
+    let codes_json = tmp.path().join("codes.json");
+    run_ok(&[
+        "tokenizer",
+        "encode-image",
+        &p(&pair.image),
+        "--image-tokenizer",
+        &p(&vq_ckpt()),
+        "--out",
+        &p(&codes_json),
+    ]);
+    let codes: Vec<u32> =
+        serde_json::from_slice(&fs::read(&codes_json).expect("codes")).expect("json");
+    assert_eq!(codes.len(), 16);
+    let from_stage: Vec<u32> = row.image.iter().map(|&t| t - layout.image.offset).collect();
+    assert_eq!(codes, from_stage);
+    let png = tmp.path().join("decoded.png");
+    run_ok(&[
+        "tokenizer",
+        "decode-image",
+        &p(&codes_json),
+        "--image-tokenizer",
+        &p(&vq_ckpt()),
+        "--out",
+        &p(&png),
+    ]);
+    let img = image::open(&png).expect("png");
+    assert_eq!((img.width(), img.height()), (32, 32));
+    fs::write(&codes_json, "[1, 2, 3]").expect("write");
+    let err = run_err(&[
+        "tokenizer",
+        "decode-image",
+        &p(&codes_json),
+        "--image-tokenizer",
+        &p(&vq_ckpt()),
+        "--out",
+        &p(&png),
+    ]);
+    assert!(err.contains("3 codes") && err.contains("16"), "{err}");
+}
+
+#[test]
+fn images_of_the_wrong_size_are_refused_before_anything_is_written() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ds = tmp.path().join("ds");
+    // Ingested at the default 256 px; the fixture tokenizer takes 32 px.
+    run_ok(&[
+        "ingest",
+        "--input",
+        &p(&sample_dir()),
+        "--out",
+        &p(&ds),
+        "--no-progress",
+    ]);
+    run_ok(&[
+        "tokenizer",
+        "train-text",
+        &p(&ds),
+        "--vocab-size",
+        "400",
+        "--min-frequency",
+        "1",
+    ]);
+    let err = run_err(&["tokenize", &p(&ds), "--image-tokenizer", &p(&vq_ckpt())]);
+    assert!(
+        err.contains("ingested at 256") && err.contains("--image-size 32"),
+        "{err}"
+    );
+    assert!(!ds.join("tokens").exists());
+    let err = run_err(&["tokenize", &p(&ds), "--image-tokenizer", "/nonexistent/vq"]);
+    assert!(err.contains("/nonexistent/vq"), "{err}");
+}
