@@ -430,9 +430,17 @@ impl ShardOut {
     }
 }
 
+/// A shard's queries: pair ids, image vectors (row-major), the pairs and their captions.
+struct ShardQueries {
+    ids: Vec<u64>,
+    image: Vec<f32>,
+    pairs: Vec<QueryPair>,
+    captions: Vec<String>,
+}
+
 /// Read a shard's pairs: ids and image vectors from its embeddings, captions and image keys from
 /// its `pairs/` shard.
-fn read_queries(ctx: &ShardCtx<'_>) -> Result<(Vec<u64>, Vec<f32>, Vec<QueryPair>, Vec<String>)> {
+fn read_queries(ctx: &ShardCtx<'_>) -> Result<ShardQueries> {
     let ids = read_ids(&ctx.embeddings.join("ids.npy"))?;
     let ipath = ctx.embeddings.join("image.npy");
     let mut image = read_vectors(&ipath)?;
@@ -493,7 +501,12 @@ fn read_queries(ctx: &ShardCtx<'_>) -> Result<(Vec<u64>, Vec<f32>, Vec<QueryPair
         pairs.push(QueryPair { id, image_key: key });
         captions.push(caption);
     }
-    Ok((ids, image.data, pairs, captions))
+    Ok(ShardQueries {
+        ids,
+        image: image.data,
+        pairs,
+        captions,
+    })
 }
 
 fn augment_shard(
@@ -504,7 +517,12 @@ fn augment_shard(
     let cfg = ctx.cfg;
     let bank = ctx.bank;
     let io_started = Instant::now();
-    let (ids, image_queries, pairs, captions) = read_queries(ctx)?;
+    let ShardQueries {
+        ids,
+        image: image_queries,
+        pairs,
+        captions,
+    } = read_queries(ctx)?;
     let tok = ClipTokenizer::openai();
     let dropped: Vec<DroppedQuery> = captions
         .iter()

@@ -207,7 +207,8 @@ fn open(
     if !spinning {
         builder = builder
             .with_intra_op_spinning(false)
-            .and_then(|b| b.with_inter_op_spinning(false))
+            .map_err(|e| bad(e.to_string()))?
+            .with_inter_op_spinning(false)
             .map_err(|e| bad(e.to_string()))?;
     }
     let session = builder

@@ -156,15 +156,13 @@ pub fn run(opts: &TokenizeOptions, device: &Device) -> Result<TokenizeReport> {
         if manifest.stages.remove(STAGE).is_some() {
             manifest.save(&ds.manifest_path(), &opts.worker.tag())?;
         }
-        for dir in ["tokens"] {
-            let dir = ds.path(dir);
-            if dir.exists() {
-                fs::remove_dir_all(&dir).map_err(|e| TokenizeError::Io {
-                    op: "removing",
-                    path: dir.clone(),
-                    source: e,
-                })?;
-            }
+        let dir = ds.path("tokens");
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(|e| TokenizeError::Io {
+                op: "removing",
+                path: dir.clone(),
+                source: e,
+            })?;
         }
     }
     ds.stage_record(&mut manifest, STAGE, &record_json)?;

@@ -87,7 +87,7 @@ impl VqConfig {
                 self.z_channels, self.embed_dim
             )));
         }
-        if self.resolution % self.factor() != 0 {
+        if !self.resolution.is_multiple_of(self.factor()) {
             return Err(bad(format!(
                 "resolution {} is not a multiple of the downsampling factor {}",
                 self.resolution,

@@ -6,6 +6,7 @@
 //! `get_codebook_entry` + `VQModel.decode` do. Pixels are in [-1, 1], NCHW.
 
 pub mod config;
+pub mod ema;
 pub mod modules;
 
 use std::collections::BTreeSet;
@@ -13,11 +14,14 @@ use std::path::Path;
 
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
-use burn::store::{ModuleSnapshot, PytorchStore};
+use burn::store::{ModuleSnapshot, PytorchStore, SafetensorsStore};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 pub use config::VqConfig;
+use ema::EmaVq;
+pub use ema::{StepStats, VqTrainConfig, VqTrainer};
 use modules::{Decoder, Encoder, GumbelQuantize};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 
@@ -51,10 +55,28 @@ fn training_only(key: &str) -> bool {
     key.starts_with("loss.")
 }
 
+/// Which quantiser a tokenizer has.
+#[derive(Debug)]
+enum Model {
+    /// taming's GumbelVQ: codes are the argmax of the quantiser's logits.
+    Gumbel(Box<GumbelVq>),
+    /// Our own, trained with an EMA codebook: codes are the nearest codebook rows.
+    Ema(Box<EmaVq>),
+}
+
+/// `config.json` beside a trained tokenizer's `model.safetensors`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedVq {
+    /// `ema`: the only kind cm3 trains.
+    pub kind: String,
+    pub model: VqConfig,
+}
+
 /// A loaded image tokenizer.
 #[derive(Debug)]
 pub struct VqTokenizer {
-    model: GumbelVq,
+    model: Model,
     cfg: VqConfig,
     device: Device,
 }
@@ -64,10 +86,94 @@ impl VqTokenizer {
     pub fn new(cfg: VqConfig, device: &Device) -> Result<Self> {
         cfg.validate("configuration")?;
         Ok(Self {
-            model: GumbelVq::new(&cfg, device),
+            model: Model::Gumbel(Box::new(GumbelVq::new(&cfg, device))),
             cfg,
             device: device.clone(),
         })
+    }
+
+    pub(crate) fn from_ema(model: EmaVq, cfg: VqConfig, device: &Device) -> Result<Self> {
+        cfg.validate("configuration")?;
+        Ok(Self {
+            model: Model::Ema(Box::new(model)),
+            cfg,
+            device: device.clone(),
+        })
+    }
+
+    /// Save a trained tokenizer: `model.safetensors` + `config.json` in `dir`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let Model::Ema(model) = &self.model else {
+            return Err(ModelError::Config {
+                origin: dir.display().to_string(),
+                reason: "only tokenizers trained by cm3 are saved; a taming checkpoint is used \
+                         where it is"
+                    .into(),
+            });
+        };
+        let io = |op, path: &Path, e| ModelError::Io {
+            op,
+            path: path.to_path_buf(),
+            source: e,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| io("creating", dir, e))?;
+        let weights = dir.join("model.safetensors");
+        let tmp = dir.join("model.safetensors.tmp");
+        let mut store = SafetensorsStore::from_file(&tmp).overwrite(true);
+        model
+            .save_into(&mut store)
+            .map_err(|e| ModelError::Checkpoint {
+                path: weights.clone(),
+                reason: format!("writing: {e}"),
+            })?;
+        std::fs::rename(&tmp, &weights).map_err(|e| io("renaming", &tmp, e))?;
+        let saved = SavedVq {
+            kind: "ema".into(),
+            model: self.cfg.clone(),
+        };
+        let config = dir.join("config.json");
+        let json = serde_json::to_string_pretty(&saved).map_err(|e| ModelError::Config {
+            origin: config.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        std::fs::write(&config, json + "\n").map_err(|e| io("writing", &config, e))?;
+        Ok(())
+    }
+
+    /// Load a tokenizer saved by [`Self::save`] (`cm3 tokenizer train-image`).
+    pub fn load_saved(dir: &Path, device: &Device) -> Result<Self> {
+        let config = dir.join("config.json");
+        let text = std::fs::read_to_string(&config).map_err(|e| ModelError::Io {
+            op: "reading",
+            path: config.clone(),
+            source: e,
+        })?;
+        let saved: SavedVq = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+            origin: config.display().to_string(),
+            reason: format!("not a cm3 VQ tokenizer config: {e}"),
+        })?;
+        if saved.kind != "ema" {
+            return Err(ModelError::Config {
+                origin: config.display().to_string(),
+                reason: format!("unknown tokenizer kind {:?}", saved.kind),
+            });
+        }
+        saved.model.validate(&config.display().to_string())?;
+        let weights = dir.join("model.safetensors");
+        let bad = |reason: String| ModelError::Checkpoint {
+            path: weights.clone(),
+            reason,
+        };
+        if !weights.is_file() {
+            return Err(bad("no such file".into()));
+        }
+        let mut model = EmaVq::new(&saved.model, device);
+        let mut store = SafetensorsStore::from_file(&weights).allow_partial(true);
+        let applied = model
+            .load_from(&mut store)
+            .map_err(|e| bad(format!("cannot be read: {e}")))?;
+        check_applied(&applied, &|r| bad(r), &|_| false)?;
+        Self::from_ema(model, saved.model, device)
     }
 
     /// Load taming-transformers' Lightning checkpoint (`last.ckpt`: `state_dict` inside) for the
@@ -86,36 +192,13 @@ impl VqTokenizer {
             .with_top_level_key("state_dict")
             .map_indices_contiguous(false)
             .allow_partial(true);
-        let applied = me
-            .model
+        let Model::Gumbel(model) = &mut me.model else {
+            return Err(bad("internal: not a GumbelVQ".into()));
+        };
+        let applied = model
             .load_from(&mut store)
             .map_err(|e| bad(format!("cannot be read as a PyTorch checkpoint: {e}")))?;
-        if !applied.errors.is_empty() {
-            return Err(bad(format!(
-                "tensors that do not fit the model: {}",
-                list(applied.errors.iter().map(|e| e.to_string()))
-            )));
-        }
-        if !applied.missing.is_empty() {
-            return Err(bad(format!(
-                "{} model tensors are missing: {}",
-                applied.missing.len(),
-                list(applied.missing.iter().map(|(path, _)| torch_name(path)))
-            )));
-        }
-        let extra: BTreeSet<String> = applied
-            .unused
-            .iter()
-            .map(|k| k.to_string())
-            .filter(|k| !training_only(k))
-            .collect();
-        if !extra.is_empty() {
-            return Err(bad(format!(
-                "{} tensors are not part of a GumbelVQ of this configuration: {}",
-                extra.len(),
-                list(extra.into_iter())
-            )));
-        }
+        check_applied(&applied, &bad, &training_only)?;
         tracing::debug!(
             path = %ckpt.display(),
             applied = applied.applied.len(),
@@ -151,19 +234,37 @@ impl VqTokenizer {
     /// `quant_conv(encoder(x))`, [B, embed_dim, H/f, W/f] (taming's `encode_to_prequant`).
     pub fn prequant(&self, x: Tensor<4>) -> Result<Tensor<4>> {
         self.check_pixels("encoding images", &x)?;
-        Ok(self.model.quant_conv.forward(self.model.encoder.forward(x)))
+        Ok(match &self.model {
+            Model::Gumbel(m) => m.quant_conv.forward(m.encoder.forward(x)),
+            Model::Ema(m) => m.quant_conv.forward(m.encoder.forward(x)),
+        })
     }
 
-    /// Logits over the codes, [B, n_embed, H/f, W/f].
+    /// Logits over the codes, [B, n_embed, H/f, W/f] (GumbelVQ only).
     pub fn logits(&self, x: Tensor<4>) -> Result<Tensor<4>> {
-        Ok(self.model.quantize.logits(self.prequant(x)?))
+        match &self.model {
+            Model::Gumbel(m) => Ok(m.quantize.logits(self.prequant(x)?)),
+            Model::Ema(_) => Err(ModelError::Input {
+                op: "logits",
+                reason: "an EMA-codebook tokenizer picks the nearest code; it has no logits".into(),
+            }),
+        }
     }
 
     /// Codes of images in [-1, 1], [B, H/f, W/f].
     pub fn encode(&self, x: Tensor<4>) -> Result<Tensor<3, Int>> {
-        let logits = self.logits(x)?;
-        let [b, _, h, w] = logits.dims();
-        Ok(logits.argmax(1).reshape([b, h, w]))
+        match &self.model {
+            Model::Gumbel(_) => {
+                let logits = self.logits(x)?;
+                let [b, _, h, w] = logits.dims();
+                Ok(logits.argmax(1).reshape([b, h, w]))
+            }
+            Model::Ema(m) => {
+                let z = self.prequant(x)?;
+                let [b, _, h, w] = z.dims();
+                Ok(ema::nearest(ema::flatten(z), m.codebook.weight.val()).reshape([b, h, w]))
+            }
+        }
     }
 
     /// Codes of `b` images given as NCHW floats in [-1, 1], row-major per image (y·w + x).
@@ -210,12 +311,62 @@ impl VqTokenizer {
         }
         let ids: Vec<i64> = codes.iter().map(|&c| i64::from(c)).collect();
         let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [b * h * w]), &self.device);
-        let z = self.model.quantize.lookup(ids, b, h, w);
-        Ok(self
-            .model
-            .decoder
-            .forward(self.model.post_quant_conv.forward(z)))
+        Ok(match &self.model {
+            Model::Gumbel(m) => {
+                let z = lookup(m.quantize.codebook(), ids, b, h, w);
+                m.decoder.forward(m.post_quant_conv.forward(z))
+            }
+            Model::Ema(m) => {
+                let z = lookup(m.codebook.weight.val(), ids, b, h, w);
+                m.decoder.forward(m.post_quant_conv.forward(z))
+            }
+        })
     }
+}
+
+/// Codebook rows of `codes` (a flat [B·h·w] list), as [B, D, h, w].
+fn lookup(codebook: Tensor<2>, codes: Tensor<1, Int>, b: usize, h: usize, w: usize) -> Tensor<4> {
+    let d = codebook.dims()[1];
+    codebook
+        .select(0, codes)
+        .reshape([b, h, w, d])
+        .permute([0, 3, 1, 2])
+}
+
+/// Every model tensor loaded with its shape, and no tensor in the file that the model lacks
+/// (apart from those `ignored`): otherwise an error listing them.
+fn check_applied(
+    applied: &burn::store::ApplyResult,
+    bad: &dyn Fn(String) -> ModelError,
+    ignored: &dyn Fn(&str) -> bool,
+) -> Result<()> {
+    if !applied.errors.is_empty() {
+        return Err(bad(format!(
+            "tensors that do not fit the model: {}",
+            list(applied.errors.iter().map(|e| e.to_string()))
+        )));
+    }
+    if !applied.missing.is_empty() {
+        return Err(bad(format!(
+            "{} model tensors are missing: {}",
+            applied.missing.len(),
+            list(applied.missing.iter().map(|(path, _)| torch_name(path)))
+        )));
+    }
+    let extra: BTreeSet<String> = applied
+        .unused
+        .iter()
+        .filter(|k| !ignored(k))
+        .cloned()
+        .collect();
+    if !extra.is_empty() {
+        return Err(bad(format!(
+            "{} tensors are not part of a model of this configuration: {}",
+            extra.len(),
+            list(extra.into_iter())
+        )));
+    }
+    Ok(())
 }
 
 /// Burn calls GroupNorm's scale and shift `gamma`/`beta`; checkpoints call them `weight`/`bias`.

@@ -316,21 +316,9 @@ impl GumbelQuantize {
         self.proj.forward(prequant)
     }
 
-    /// Codebook vectors of `codes` ([B, h, w] as a flat [B·h·w] list), as [B, embed_dim, h, w].
-    pub fn lookup(
-        &self,
-        codes: Tensor<1, burn::tensor::Int>,
-        b: usize,
-        h: usize,
-        w: usize,
-    ) -> Tensor<4> {
-        let d = self.embed.weight.dims()[1];
-        self.embed
-            .weight
-            .val()
-            .select(0, codes)
-            .reshape([b, h, w, d])
-            .permute([0, 3, 1, 2])
+    /// The codebook, [n_embed, embed_dim].
+    pub fn codebook(&self) -> Tensor<2> {
+        self.embed.weight.val()
     }
 
     pub fn codebook_size(&self) -> usize {
