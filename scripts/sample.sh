@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded sample: ingest sample/pairs, embed it, index the document vectors,
 # search it with a caption, retrieve every pair's documents (cm3 augment), show one pair's, train
-# the text tokenizer on the captions, tokenise every pair, and print the manifest.
+# the text and image tokenizers, tokenise every pair, and print the manifest.
 # The embedding uses the small random-weight CLIP-shaped test models (the real CLIP weights are on
 # the Hugging Face hub, which this machine cannot reach); on a machine with hub access, drop the
 # two --*-model flags to use hf:Qdrant/clip-ViT-B-32-vision and -text.
@@ -26,9 +26,10 @@ cm3="${CARGO_TARGET_DIR:-target}/debug/cm3"
 # The text BPE on the sample's captions (32 captions fill a few hundred of the 56,320 entries;
 # cm3 says so).
 "$cm3" tokenizer train-text "$out" --overwrite
-# Every pair as text ids + 1,024 image ids in one vocabulary, with the small random-weight
-# GumbelVQ test tokenizer described at 256 x 256 (the real vqgan_gumbel_f8 weights are not
-# downloadable here; pass its release folder as --image-tokenizer on a machine that has it).
-"$cm3" tokenize "$out" --image-tokenizer model/tests/fixtures/vqgan/tiny_gumbel_f8.ckpt \
-  --image-tokenizer-config model/tests/fixtures/vqgan/config_256.yaml
+# A small VQ image tokenizer of our own, trained on the sample's images (100 steps, about a
+# minute; the paper's tokenizer is taming's vqgan_gumbel_f8, whose weights are not downloadable
+# here: pass its release folder as --image-tokenizer to `cm3 tokenize` where you have it).
+"$cm3" tokenizer train-image "$out" --steps 100 --overwrite --no-progress
+# Every pair as text ids + 1,024 image ids (256 x 256 -> 32 x 32 codes) in one vocabulary.
+"$cm3" tokenize "$out" --rebuild
 "$cm3" inspect "$out"

@@ -245,3 +245,67 @@ fn images_of_the_wrong_size_are_refused_before_anything_is_written() {
     let err = run_err(&["tokenize", &p(&ds), "--image-tokenizer", "/nonexistent/vq"]);
     assert!(err.contains("/nonexistent/vq"), "{err}");
 }
+
+#[test]
+fn trains_its_own_image_tokenizer_and_tokenizes_with_it() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ds = tmp.path().join("ds");
+    run_ok(&[
+        "ingest",
+        "--input",
+        &p(&sample_dir()),
+        "--out",
+        &p(&ds),
+        "--image-size",
+        "64",
+        "--no-progress",
+    ]);
+    let cfg = tmp.path().join("vq.toml");
+    fs::write(
+        &cfg,
+        "steps = 40\nbatch_size = 4\nheld_out = 6\n\n[model]\nch = 32\nch_mult = [1, 1, 2, 2]\n\
+         num_res_blocks = 1\nattn_resolutions = []\nresolution = 32\nin_channels = 3\nout_ch = 3\n\
+         z_channels = 16\nembed_dim = 16\nn_embed = 64\n",
+    )
+    .expect("config");
+    let out = run_ok(&[
+        "tokenizer",
+        "train-image",
+        &p(&ds),
+        "--config",
+        &p(&cfg),
+        "--no-progress",
+        "--json",
+    ]);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report");
+    let first = r["held_out_mse_first"].as_f64().expect("first");
+    let last = r["held_out_mse_last"].as_f64().expect("last");
+    // Reconstruction error on held-out images falls as it trains.
+    assert!(last < 0.8 * first, "held-out MSE {first} -> {last}");
+    assert_eq!(r["held_out"], 6);
+    assert!(r["codes_used"].as_u64().expect("used") >= 4, "{r}");
+    let psnr = r["psnr_db"].as_f64().expect("psnr");
+    assert!(psnr.is_finite() && psnr > 5.0, "{psnr}");
+    assert!(ds.join("tokenizer/image/model.safetensors").is_file());
+
+    // Training again without --overwrite is refused; the saved tokenizer is kept.
+    let err = run_err(&["tokenizer", "train-image", &p(&ds), "--config", &p(&cfg)]);
+    assert!(err.contains("--overwrite"), "{err}");
+
+    // `cm3 tokenize` finds the dataset's own tokenizers: 64² images → 8 × 8 codes of 64.
+    run_ok(&[
+        "tokenizer",
+        "train-text",
+        &p(&ds),
+        "--vocab-size",
+        "400",
+        "--min-frequency",
+        "1",
+    ]);
+    let out = run_ok(&["tokenize", &p(&ds), "--no-progress", "--json"]);
+    let t: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report");
+    assert_eq!(t["rows"], 32);
+    assert_eq!(t["image_tokens"], 32 * 64);
+    let layout = VocabLayout::load(&ds.join("tokenizer/vocab.json")).expect("layout");
+    assert_eq!((layout.image.codes, layout.image.grid), (64, 8));
+}

@@ -2,6 +2,7 @@
 //! codes in and PNG-ready pixels out.
 //!
 //! A tokenizer is given as one of:
+//! - a folder written by `cm3 tokenizer train-image` (`config.json` + `model.safetensors`);
 //! - a taming-transformers release folder (`configs/model.yaml` + `checkpoints/last.ckpt`, the
 //!   layout of the published `vqgan_gumbel_f8` archive) or a folder with `config.yaml` and one
 //!   `.ckpt`;
@@ -33,6 +34,18 @@ impl ImageTokenizer {
     /// Find the checkpoint and its config under `path` (or take the config given) and load them
     /// on `device`.
     pub fn open(path: &Path, config: Option<&Path>, device: &Device) -> Result<Self> {
+        // A tokenizer trained by `cm3 tokenizer train-image`.
+        if config.is_none() && path.join("config.json").is_file() {
+            let vq = VqTokenizer::load_saved(path, device)?;
+            let checkpoint = path.join("model.safetensors");
+            let sha256 = sha256_file(&checkpoint)?;
+            return Ok(Self {
+                vq,
+                checkpoint,
+                config: path.join("config.json"),
+                sha256,
+            });
+        }
         let (checkpoint, config) = match config {
             Some(c) if path.is_file() => (path.to_path_buf(), c.to_path_buf()),
             Some(c) => (locate(path)?.0, c.to_path_buf()),
@@ -67,12 +80,12 @@ impl ImageTokenizer {
 
     /// The side of the square images it tokenizes (its training resolution).
     pub fn resolution(&self) -> u32 {
-        self.vq.config().resolution as u32
+        self.vq.image_size() as u32
     }
 
     /// Codes per side (32 for 256² at f8).
     pub fn grid(&self) -> u32 {
-        (self.vq.config().resolution / self.vq.config().factor()) as u32
+        (self.vq.image_size() / self.vq.config().factor()) as u32
     }
 
     /// Codes of square RGB images of [`Self::resolution`] pixels (8-bit, row-major RGB), one

@@ -8,10 +8,12 @@ pub mod image;
 pub mod output;
 pub mod stage;
 pub mod text;
+pub mod train_image;
 pub mod train_text;
 
 pub use error::{Result, TokenizeError};
 pub use image::ImageTokenizer;
 pub use stage::{TokenizeConfig, TokenizeOptions, TokenizeReport};
 pub use text::{TextTokenizer, TextTokenizerConfig, TrainTextReport};
+pub use train_image::{IMAGE_TOKENIZER, TrainImageOptions, TrainImageReport, train_image};
 pub use train_text::{TEXT_TOKENIZER, TrainTextOptions, TrainTextRecord, train_text};

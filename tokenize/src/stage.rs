@@ -35,7 +35,8 @@ pub const VOCAB: &str = "tokenizer/vocab.json";
 pub struct TokenizeConfig {
     /// The text tokenizer.json [default: the dataset's, from `cm3 tokenizer train-text`].
     pub text_tokenizer: Option<PathBuf>,
-    /// The image tokenizer (a taming release folder, or a .ckpt with config.yaml beside it).
+    /// The image tokenizer (a taming release folder, or a .ckpt with config.yaml beside it)
+    /// [default: the dataset's, from `cm3 tokenizer train-image`].
     pub image_tokenizer: Option<PathBuf>,
     /// Its taming config.yaml, when it is not beside the checkpoint.
     pub image_tokenizer_config: Option<PathBuf>,
@@ -110,12 +111,17 @@ pub fn run(opts: &TokenizeOptions, device: &Device) -> Result<TokenizeReport> {
         });
     }
     let text = TextTokenizer::load(&text_path)?;
-    let Some(image_path) = opts.config.image_tokenizer.clone() else {
-        return Err(TokenizeError::Invalid(
-            "no image tokenizer: pass --image-tokenizer (a taming GumbelVQ release folder or \
-             .ckpt)"
-                .into(),
-        ));
+    let own = ds.path(crate::train_image::IMAGE_TOKENIZER);
+    let image_path = match opts.config.image_tokenizer.clone() {
+        Some(p) => p,
+        None if own.join("config.json").is_file() => own,
+        None => {
+            return Err(TokenizeError::Invalid(
+                "no image tokenizer: train one with `cm3 tokenizer train-image`, or pass \
+                 --image-tokenizer (a taming GumbelVQ release folder or .ckpt)"
+                    .into(),
+            ));
+        }
     };
     let image = ImageTokenizer::open(
         &image_path,

@@ -55,8 +55,9 @@ pub(crate) fn flatten(z: Tensor<4>) -> Tensor<2> {
     z.permute([0, 2, 3, 1]).reshape([b * h * w, d])
 }
 
-/// How a VQ tokenizer is trained. The defaults are a small model that trains on a CPU in
-/// minutes; the full f8-8192 shape (`VqConfig::gumbel_f8` sizes) is GPU work.
+/// How a VQ tokenizer is trained. The defaults are a small model (32 channels, f8, 256 codes,
+/// 32 × 32 crops) that trains on a CPU in minutes; the full f8-8192 shape (`VqConfig::gumbel_f8`
+/// sizes on 256² crops) is GPU work. `model.resolution` is the crop size.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VqTrainConfig {
@@ -84,20 +85,20 @@ impl Default for VqTrainConfig {
                 ch_mult: vec![1, 1, 2, 2],
                 num_res_blocks: 1,
                 attn_resolutions: vec![],
-                resolution: 64,
+                resolution: 32,
                 in_channels: 3,
                 out_ch: 3,
                 z_channels: 32,
                 embed_dim: 32,
                 n_embed: 256,
             },
-            steps: 400,
-            batch_size: 16,
+            steps: 300,
+            batch_size: 8,
             learning_rate: 1e-3,
             commitment: 0.25,
             ema_decay: 0.99,
-            restart_every: 50,
-            dead_code_usage: 0.03,
+            restart_every: 20,
+            dead_code_usage: 0.25,
             held_out: 16,
             seed: 0,
         }
@@ -306,8 +307,45 @@ impl VqTrainer {
         })
     }
 
-    /// The trained model for inference (on `device`, typically without autodiff).
-    pub fn finish(self, device: &Device) -> Result<super::VqTokenizer> {
+    /// Mean squared reconstruction error of `b` images (NCHW in [-1, 1]) through the current
+    /// encoder, codebook and decoder (no gradient step).
+    pub fn evaluate(&self, pixels: Vec<f32>, b: usize) -> Result<f64> {
+        let m = &self.cfg.model;
+        let r = m.resolution;
+        let model = self.model.as_ref().ok_or_else(|| ModelError::Tensor {
+            op: "evaluating",
+            reason: "an earlier step failed half-way".into(),
+        })?;
+        if pixels.len() != b * m.in_channels * r * r || b == 0 {
+            return Err(ModelError::Input {
+                op: "evaluating",
+                reason: format!("{} values for {b} images of {r} × {r}", pixels.len()),
+            });
+        }
+        let x = Tensor::<4>::from_data(
+            TensorData::new(pixels, [b, m.in_channels, r, r]),
+            &self.device,
+        );
+        let z = model
+            .quant_conv
+            .forward(model.encoder.forward(x.clone()))
+            .detach();
+        let [_, d, h, w] = z.dims();
+        let codebook = self.codebook_tensor();
+        let zq = codebook.clone().select(0, nearest(flatten(z), codebook));
+        let zq = zq.reshape([b, h, w, d]).permute([0, 3, 1, 2]);
+        let recon = model.decoder.forward(model.post_quant_conv.forward(zq));
+        let mse = (recon - x).powf_scalar(2.0).mean().detach().reshape([1]);
+        Ok(f64::from(read_f32(mse, "evaluation")?[0]))
+    }
+
+    pub fn config(&self) -> &VqTrainConfig {
+        &self.cfg
+    }
+
+    /// The trained model for inference on `device` (typically without autodiff), tokenising
+    /// square images of `image_size`.
+    pub fn finish(self, device: &Device, image_size: usize) -> Result<super::VqTokenizer> {
         let m = self.cfg.model.clone();
         let codebook = Tensor::<2>::from_data(
             TensorData::new(self.codebook.clone(), [m.n_embed, m.embed_dim]),
@@ -319,7 +357,7 @@ impl VqTrainer {
         })?;
         model.codebook.weight = Param::from_tensor(codebook);
         let model = model.valid();
-        super::VqTokenizer::from_ema(model.to_device(device), m, device)
+        super::VqTokenizer::from_ema(model.to_device(device), m, image_size, device)
     }
 }
 

@@ -71,6 +71,9 @@ pub struct SavedVq {
     /// `ema`: the only kind cm3 trains.
     pub kind: String,
     pub model: VqConfig,
+    /// The square image size it tokenises (the dataset's), which may exceed the crops it was
+    /// trained on: the model is convolutional.
+    pub image_size: usize,
 }
 
 /// A loaded image tokenizer.
@@ -78,6 +81,8 @@ pub struct SavedVq {
 pub struct VqTokenizer {
     model: Model,
     cfg: VqConfig,
+    /// The square image size it tokenises.
+    image_size: usize,
     device: Device,
 }
 
@@ -87,16 +92,32 @@ impl VqTokenizer {
         cfg.validate("configuration")?;
         Ok(Self {
             model: Model::Gumbel(Box::new(GumbelVq::new(&cfg, device))),
+            image_size: cfg.resolution,
             cfg,
             device: device.clone(),
         })
     }
 
-    pub(crate) fn from_ema(model: EmaVq, cfg: VqConfig, device: &Device) -> Result<Self> {
+    pub(crate) fn from_ema(
+        model: EmaVq,
+        cfg: VqConfig,
+        image_size: usize,
+        device: &Device,
+    ) -> Result<Self> {
         cfg.validate("configuration")?;
+        if image_size == 0 || !image_size.is_multiple_of(cfg.factor()) {
+            return Err(ModelError::Config {
+                origin: "configuration".into(),
+                reason: format!(
+                    "image size {image_size} is not a positive multiple of {}",
+                    cfg.factor()
+                ),
+            });
+        }
         Ok(Self {
             model: Model::Ema(Box::new(model)),
             cfg,
+            image_size,
             device: device.clone(),
         })
     }
@@ -130,6 +151,7 @@ impl VqTokenizer {
         let saved = SavedVq {
             kind: "ema".into(),
             model: self.cfg.clone(),
+            image_size: self.image_size,
         };
         let config = dir.join("config.json");
         let json = serde_json::to_string_pretty(&saved).map_err(|e| ModelError::Config {
@@ -173,7 +195,7 @@ impl VqTokenizer {
             .load_from(&mut store)
             .map_err(|e| bad(format!("cannot be read: {e}")))?;
         check_applied(&applied, &|r| bad(r), &|_| false)?;
-        Self::from_ema(model, saved.model, device)
+        Self::from_ema(model, saved.model, saved.image_size, device)
     }
 
     /// Load taming-transformers' Lightning checkpoint (`last.ckpt`: `state_dict` inside) for the
@@ -209,6 +231,12 @@ impl VqTokenizer {
 
     pub fn config(&self) -> &VqConfig {
         &self.cfg
+    }
+
+    /// The square image size it tokenises: the training resolution for a taming model, the
+    /// dataset's image size for one trained by cm3 (on crops of it).
+    pub fn image_size(&self) -> usize {
+        self.image_size
     }
 
     pub fn device(&self) -> &Device {

@@ -1,0 +1,259 @@
+//! `cm3 tokenizer train-image <dataset>`: train a VQ image tokenizer of our own on the dataset's
+//! images (random crops of the stored squares), report reconstruction PSNR and codebook usage on
+//! held-out images, and save it into the dataset (`tokenizer/image/`), where `cm3 tokenize`
+//! finds it.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use arrow_array::{BinaryArray, UInt64Array};
+use burn::tensor::Device;
+use cm3_core::schema::{column, read_columns};
+use cm3_core::{DatasetDir, WorkerSpec};
+use cm3_model::vq::ema::perplexity;
+use cm3_model::vq::{StepStats, VqTrainConfig, VqTrainer};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::error::{Result, TokenizeError};
+use crate::image::{ImageTokenizer, decode_rgb};
+
+/// Where a trained image tokenizer lives, relative to the dataset directory.
+pub const IMAGE_TOKENIZER: &str = "tokenizer/image";
+
+#[derive(Debug, Clone, Default)]
+pub struct TrainImageOptions {
+    /// Write here instead of `<dataset>/tokenizer/image`.
+    pub out: Option<PathBuf>,
+    pub overwrite: bool,
+    pub progress: bool,
+}
+
+/// What training reached, measured on held-out images at the size the tokenizer will see.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrainImageReport {
+    pub images: usize,
+    pub held_out: usize,
+    pub steps: usize,
+    pub seconds: f64,
+    /// Held-out reconstruction error (pixels in [-1, 1]) on crops after the first step and at
+    /// the end.
+    pub held_out_mse_first: f64,
+    pub held_out_mse_last: f64,
+    /// PSNR in dB of whole held-out images tokenised and decoded by the saved tokenizer
+    /// (8-bit pixels, peak 255).
+    pub psnr_db: f64,
+    pub codes: usize,
+    /// Distinct codes in the held-out images' tokens, and their share of the codebook.
+    pub codes_used: usize,
+    pub codes_used_fraction: f64,
+    /// exp(entropy) of the held-out code histogram.
+    pub perplexity: f64,
+    /// Loss every few steps, for a curve.
+    pub log: Vec<StepStats>,
+    pub out: String,
+}
+
+/// A square RGB image of the dataset, and the pair it belongs to.
+struct Picture {
+    id: u64,
+    rgb: Vec<u8>,
+}
+
+pub fn train_image(
+    root: &Path,
+    cfg: &VqTrainConfig,
+    opts: &TrainImageOptions,
+) -> Result<TrainImageReport> {
+    cfg.validate()?;
+    let ds = DatasetDir::open(root)?;
+    let _lock = ds.lock("tokenizer", &WorkerSpec::default())?;
+    let out = opts.out.clone().unwrap_or_else(|| ds.path(IMAGE_TOKENIZER));
+    if out.join("model.safetensors").exists() && !opts.overwrite {
+        return Err(TokenizeError::Dataset {
+            path: out,
+            reason: "an image tokenizer already exists; pass --overwrite to train a new one \
+                     (tokens made with the old one will then have to be remade)"
+                .into(),
+        });
+    }
+    let manifest = ds.load_manifest()?;
+    let ingest = manifest
+        .stages
+        .get("ingest")
+        .ok_or_else(|| TokenizeError::Dataset {
+            path: root.to_path_buf(),
+            reason: "no ingested pairs yet: run `cm3 ingest` first".into(),
+        })?;
+    let side = ingest
+        .config
+        .get("image_size")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(256) as usize;
+    let crop = cfg.model.resolution;
+    if crop > side || !side.is_multiple_of(cfg.model.factor()) {
+        return Err(TokenizeError::Invalid(format!(
+            "the pairs are {side} × {side}: the training crops ({crop}) must fit, and {side} must \
+             be a multiple of the downsampling factor {}",
+            cfg.model.factor()
+        )));
+    }
+
+    // Every stored image, in id order (ids are hashes: a fixed, unbiased order).
+    let mut pictures = Vec::new();
+    for shard in ingest.shards.values() {
+        let path = ds.path(&shard.file);
+        for b in read_columns(&path, &["id", "image"])? {
+            let bad = || TokenizeError::Dataset {
+                path: path.clone(),
+                reason: "columns id/image have unexpected types".into(),
+            };
+            let ids = column::<UInt64Array>(&b, "id").ok_or_else(bad)?;
+            let images = column::<BinaryArray>(&b, "image").ok_or_else(bad)?;
+            for i in 0..b.num_rows() {
+                match decode_rgb(images.value(i), side as u32) {
+                    Ok(rgb) => pictures.push(Picture {
+                        id: ids.value(i),
+                        rgb,
+                    }),
+                    Err(e) => tracing::warn!(
+                        pair = format!("{:016x}", ids.value(i)),
+                        "skipping an image that cannot be decoded: {e}"
+                    ),
+                }
+            }
+        }
+    }
+    pictures.sort_by_key(|p| p.id);
+    let held = cfg.held_out.min(pictures.len() / 5);
+    if pictures.len() < 2 || held == 0 {
+        return Err(TokenizeError::Dataset {
+            path: root.to_path_buf(),
+            reason: format!(
+                "{} usable images: too few to train a tokenizer and hold some out",
+                pictures.len()
+            ),
+        });
+    }
+    let (held_out, train) = pictures.split_at(held);
+    tracing::info!(
+        train = train.len(),
+        held_out = held,
+        steps = cfg.steps,
+        "training the VQ image tokenizer"
+    );
+
+    let train_device = Device::flex().autodiff();
+    let mut trainer = VqTrainer::new(cfg.clone(), &train_device)?;
+    let mut rng = Rng(cfg.seed);
+    // Held-out crops (one fixed crop per image) for the loss curve.
+    let held_crops: Vec<f32> = held_out
+        .iter()
+        .flat_map(|p| crop_pixels(&p.rgb, side, crop, &mut Rng(p.id)))
+        .collect();
+    let bar = if opts.progress {
+        let b = ProgressBar::new(cfg.steps as u64);
+        b.set_style(
+            ProgressStyle::with_template(
+                "train-image {bar:30} {pos}/{len} steps {msg} [{elapsed_precise}, eta {eta}]",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let started = Instant::now();
+    let mut log = Vec::new();
+    let mut first = None;
+    for step in 0..cfg.steps {
+        let mut batch = Vec::with_capacity(cfg.batch_size * 3 * crop * crop);
+        for _ in 0..cfg.batch_size {
+            let p = &train[(rng.next() % train.len() as u64) as usize];
+            batch.extend(crop_pixels(&p.rgb, side, crop, &mut rng));
+        }
+        let stats = trainer.step(batch, cfg.batch_size)?;
+        if step == 0 {
+            first = Some(trainer.evaluate(held_crops.clone(), held)?);
+        }
+        if step % 25 == 0 || step + 1 == cfg.steps {
+            bar.set_message(format!("loss {:.4}", stats.loss));
+            log.push(stats);
+        }
+        bar.inc(1);
+    }
+    let last = trainer.evaluate(held_crops, held)?;
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+
+    let tok = trainer.finish(&Device::flex(), side)?;
+    tok.save(&out)?;
+    // Measure what was saved: load it as `cm3 tokenize` will, tokenise and decode whole images.
+    let loaded = ImageTokenizer::open(&out, None, &Device::flex())?;
+    let views: Vec<&[u8]> = held_out.iter().map(|p| p.rgb.as_slice()).collect();
+    let codes = loaded.encode_rgb(&views)?;
+    let flat: Vec<u32> = codes.iter().flatten().copied().collect();
+    let decoded = loaded.decode_rgb(&flat, held_out.len())?;
+    let mut se = 0f64;
+    let mut n = 0usize;
+    for (a, b) in held_out.iter().zip(&decoded) {
+        for (&x, &y) in a.rgb.iter().zip(b) {
+            let d = f64::from(x) - f64::from(y);
+            se += d * d;
+        }
+        n += a.rgb.len();
+    }
+    let mse8 = se / n.max(1) as f64;
+    let psnr_db = 10.0 * (255.0f64 * 255.0 / mse8.max(1e-12)).log10();
+    let k = cfg.model.n_embed;
+    let mut hist = vec![0f64; k];
+    for &c in &flat {
+        hist[c as usize] += 1.0;
+    }
+    let used: HashSet<u32> = flat.iter().copied().collect();
+    Ok(TrainImageReport {
+        images: pictures.len(),
+        held_out: held,
+        steps: cfg.steps,
+        seconds,
+        held_out_mse_first: first.unwrap_or(f64::NAN),
+        held_out_mse_last: last,
+        psnr_db,
+        codes: k,
+        codes_used: used.len(),
+        codes_used_fraction: used.len() as f64 / k as f64,
+        perplexity: perplexity(&hist),
+        log,
+        out: out.display().to_string(),
+    })
+}
+
+/// A random `crop` × `crop` window of a `side` × `side` RGB image, as CHW floats in [-1, 1].
+fn crop_pixels(rgb: &[u8], side: usize, crop: usize, rng: &mut Rng) -> Vec<f32> {
+    let span = (side - crop + 1) as u64;
+    let (top, left) = ((rng.next() % span) as usize, (rng.next() % span) as usize);
+    let mut out = vec![0f32; 3 * crop * crop];
+    for y in 0..crop {
+        for x in 0..crop {
+            let px = &rgb[((top + y) * side + left + x) * 3..][..3];
+            for c in 0..3 {
+                out[c * crop * crop + y * crop + x] = f32::from(px[c]) / 127.5 - 1.0;
+            }
+        }
+    }
+    out
+}
+
+/// SplitMix64.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
