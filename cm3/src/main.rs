@@ -14,6 +14,7 @@ mod augment;
 mod embed;
 mod index;
 mod inspect;
+mod pack;
 mod tokenize;
 mod tokenizer;
 
@@ -65,6 +66,9 @@ enum Command {
     Augment(Box<augment::AugmentArgs>),
     /// Every pair as text ids and image ids in one vocabulary, into <dataset>/tokens/.
     Tokenize(Box<tokenize::TokenizeArgs>),
+    /// CM3 causal-masked, retrieval-augmented training sequences into <dataset>/packed/
+    /// (Megatron-LM indexed datasets + meta.json).
+    Pack(Box<pack::PackArgs>),
     /// The tokenizers: train the text BPE; encode and decode images with the VQ tokenizer.
     Tokenizer {
         #[command(subcommand)]
@@ -449,6 +453,7 @@ fn main() -> ExitCode {
         Command::Index { command } => index::run(command),
         Command::Augment(a) => augment::run(*a),
         Command::Tokenize(a) => tokenize::run(*a),
+        Command::Pack(a) => pack::run(*a),
         Command::Tokenizer { command } => tokenizer::run(command),
     };
     match result {

@@ -1,0 +1,139 @@
+//! Documents and retrieval-augmented examples (paper Figures 8 and 9).
+//!
+//! A document is one caption-image pair: `<eos>`, then its text tokens, `<break>`, its image
+//! tokens (or image first, then text, when the document is drawn as image→text). `<eos>` opens
+//! every document, so the paper's zero-shot prompt `<eos> text <break>` is exactly how a
+//! generation starts. An example is the sampled retrieved documents, best first, followed by the
+//! query pair's document. The query pair carries no extra weight.
+
+use crate::masking::Specials;
+
+/// One caption-image pair's tokens (ids in the vocabulary layout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Doc<'a> {
+    pub text: &'a [u32],
+    pub image: &'a [u32],
+}
+
+impl Doc<'_> {
+    /// Tokens of the document: `<eos>` + text `<break>` image, or image `<break>` text.
+    pub fn tokens(&self, image_first: bool, sp: &Specials) -> Vec<u32> {
+        let (a, b) = if image_first {
+            (self.image, self.text)
+        } else {
+            (self.text, self.image)
+        };
+        let mut out = Vec::with_capacity(a.len() + b.len() + 2);
+        out.push(sp.eos);
+        out.extend_from_slice(a);
+        out.push(sp.brk);
+        out.extend_from_slice(b);
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.text.len() + self.image.len() + 2
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// An example before masking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Example {
+    pub tokens: Vec<u32>,
+    /// Retrieved documents kept, and dropped to fit.
+    pub retrieved: usize,
+    pub dropped: usize,
+}
+
+/// The example of `query` with its `retrieved` documents (best first). The lowest-ranked
+/// documents are dropped until the example fits in `budget` tokens; the query is never cut, so
+/// `None` if the query alone does not fit. `image_first[i]` orders document `i` (the query is
+/// last).
+pub fn build(
+    retrieved: &[Doc<'_>],
+    query: Doc<'_>,
+    image_first: &[bool],
+    budget: usize,
+    sp: &Specials,
+) -> Option<Example> {
+    if query.len() > budget {
+        return None;
+    }
+    let mut used = query.len();
+    let mut keep = 0;
+    for d in retrieved {
+        if used + d.len() > budget {
+            break;
+        }
+        used += d.len();
+        keep += 1;
+    }
+    let order = |i: usize| image_first.get(i).copied().unwrap_or(false);
+    let mut tokens = Vec::with_capacity(used);
+    for (i, d) in retrieved[..keep].iter().enumerate() {
+        tokens.extend(d.tokens(order(i), sp));
+    }
+    tokens.extend(query.tokens(order(retrieved.len()), sp));
+    Some(Example {
+        tokens,
+        retrieved: keep,
+        dropped: retrieved.len() - keep,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sp() -> Specials {
+        Specials {
+            pad: 0,
+            eos: 1,
+            brk: 2,
+            infill: 4,
+            sentinels: vec![5, 6],
+        }
+    }
+
+    #[test]
+    fn retrieved_documents_come_first_and_the_lowest_ranked_are_dropped() {
+        let (t1, i1) = ([10, 11], [100, 101, 102]);
+        let (t2, i2) = ([12], [103, 104, 105]);
+        let (tq, iq) = ([13, 14], [106, 107, 108]);
+        let docs = [
+            Doc {
+                text: &t1,
+                image: &i1,
+            },
+            Doc {
+                text: &t2,
+                image: &i2,
+            },
+        ];
+        let q = Doc {
+            text: &tq,
+            image: &iq,
+        };
+        let all = build(&docs, q, &[], 100, &sp()).expect("fits");
+        assert_eq!(
+            all.tokens,
+            vec![
+                1, 10, 11, 2, 100, 101, 102, 1, 12, 2, 103, 104, 105, 1, 13, 14, 2, 106, 107, 108
+            ]
+        );
+        assert_eq!((all.retrieved, all.dropped), (2, 0));
+        // Room for the query and one document: the second-ranked is dropped.
+        let one = build(&docs, q, &[], 15, &sp()).expect("fits");
+        assert_eq!((one.retrieved, one.dropped), (1, 1));
+        assert_eq!(one.tokens.len(), 14);
+        // The query alone does not fit: no example, never a cut query.
+        assert_eq!(build(&docs, q, &[], 6, &sp()), None);
+        // Image first for the query.
+        let flipped = build(&[], q, &[true], 100, &sp()).expect("fits");
+        assert_eq!(flipped.tokens, vec![1, 106, 107, 108, 2, 13, 14]);
+    }
+}

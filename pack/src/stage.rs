@@ -1,0 +1,513 @@
+//! `cm3 pack <dataset>`: retrieval-augmented, causal-masked examples packed into fixed-length
+//! sequences in `<dataset>/packed/{train,val}.{bin,idx}` (Megatron-LM indexed datasets), with
+//! `meta.json` and the example boundaries.
+//!
+//! Incremental and append-only: shards already packed are skipped, and a run appends the new
+//! examples' sequences after the old ones, which stay byte-identical. The manifest records how
+//! many sequences and bytes each split held after each shard, so a crash is undone on the next
+//! run by cutting the files back to the last recorded length.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use cm3_core::rng::SplitMix64;
+use cm3_core::vocab::VocabLayout;
+use cm3_core::{DatasetDir, ShardRecord, WorkerSpec};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{PackError, Result};
+use crate::example::{Doc, build};
+use crate::masking::{MaskPlan, Specials, causal_mask};
+use crate::megatron::IndexedWriter;
+use crate::packing::{Packer, Policy};
+
+pub const STAGE: &str = "pack";
+const STREAM_SPLIT: u64 = 0x7370_6c69_7400_0003; // "split"
+const STREAM_EXAMPLE: u64 = 0x6578_616d_706c_0004; // "exampl"
+
+/// How examples are made and packed. Defaults are the paper's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PackConfig {
+    /// Tokens per sequence (4,096 in CM3Leon).
+    pub seq_len: usize,
+    pub policy: Policy,
+    /// Mean of the Poisson number of masked spans per example (CM3: 1).
+    pub spans_mean: f64,
+    /// Probability that a document is written image first (image `<break>` text).
+    pub image_first: f64,
+    /// Share of pairs in the validation split (by a hash of the pair id).
+    pub val_fraction: f64,
+    /// Put the sampled retrieved documents in front of each pair (false: plain pairs).
+    pub retrieval: bool,
+    pub seed: u64,
+}
+
+impl Default for PackConfig {
+    fn default() -> Self {
+        Self {
+            seq_len: 4_096,
+            policy: Policy::Whole,
+            spans_mean: 1.0,
+            image_first: 0.0,
+            val_fraction: 0.01,
+            retrieval: true,
+            seed: 0,
+        }
+    }
+}
+
+impl PackConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |r: String| Err(PackError::Invalid(r));
+        if self.seq_len < 16 {
+            return bad(format!("seq_len {} is too short", self.seq_len));
+        }
+        if !(0.0..=1.0).contains(&self.image_first) || !(0.0..1.0).contains(&self.val_fraction) {
+            return bad("image_first must be in [0, 1] and val_fraction in [0, 1)".into());
+        }
+        if !(0.0..=16.0).contains(&self.spans_mean) {
+            return bad(format!("spans_mean {} is outside [0, 16]", self.spans_mean));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PackOptions {
+    pub dataset: PathBuf,
+    pub config: PackConfig,
+    pub rebuild: bool,
+}
+
+/// Per split: what the files held after the last shard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitCounts {
+    pub sequences: u64,
+    pub examples: u64,
+    pub tokens: u64,
+    pub padding: u64,
+    pub retrieved: u64,
+    pub dropped_documents: u64,
+    pub masked_spans: u64,
+    pub skipped_too_long: u64,
+}
+
+impl SplitCounts {
+    fn add(&mut self, o: &SplitCounts) {
+        self.sequences += o.sequences;
+        self.examples += o.examples;
+        self.tokens += o.tokens;
+        self.padding += o.padding;
+        self.retrieved += o.retrieved;
+        self.dropped_documents += o.dropped_documents;
+        self.masked_spans += o.masked_spans;
+        self.skipped_too_long += o.skipped_too_long;
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PackReport {
+    pub shards_written: usize,
+    pub shards_skipped: usize,
+    pub train: SplitCounts,
+    pub val: SplitCounts,
+    pub padding_fraction: f64,
+    pub seconds: f64,
+}
+
+/// `meta.json`: everything training needs to read the sequences, and how they were made.
+#[derive(Debug, Clone, Serialize)]
+struct Meta<'a> {
+    format: &'static str,
+    seq_len: usize,
+    token_dtype: &'static str,
+    vocab: &'a VocabLayout,
+    config: &'a PackConfig,
+    train: SplitCounts,
+    val: SplitCounts,
+    boundaries: &'static str,
+    stages: BTreeMap<String, serde_json::Value>,
+}
+
+pub fn run(opts: &PackOptions) -> Result<PackReport> {
+    let cfg = &opts.config;
+    cfg.validate()?;
+    let ds = DatasetDir::open(&opts.dataset)?;
+    let worker = WorkerSpec::default();
+    let _lock = ds.lock(STAGE, &worker)?;
+    let mut manifest = ds.load_manifest()?;
+    let missing = |what: &str, cmd: &str| {
+        PackError::Invalid(format!(
+            "{}: no {what} yet; run `cm3 {cmd}` first",
+            ds.root().display()
+        ))
+    };
+    let tokens_stage = manifest
+        .stages
+        .get(cm3_tokenize::stage::STAGE)
+        .cloned()
+        .ok_or_else(|| missing("tokens", "tokenize"))?;
+    let neighbours_stage = if cfg.retrieval {
+        let rec = manifest
+            .stages
+            .get(cm3_augment::stage::STAGE)
+            .cloned()
+            .ok_or_else(|| missing("retrieved documents", "augment"))?;
+        if rec.config.get("bank").and_then(|b| b.as_str()) != Some("self") {
+            return Err(PackError::Invalid(
+                "the documents were retrieved from another dataset's bank; packing them needs that \
+                 dataset's tokens, which is not supported yet (augment with the dataset itself as \
+                 the bank, or pack with retrieval = false)"
+                    .into(),
+            ));
+        }
+        Some(rec)
+    } else {
+        None
+    };
+    let layout = VocabLayout::load(&ds.path(cm3_tokenize::stage::VOCAB))?;
+    let sp = Specials::from_layout(&layout)?;
+    let config_json = serde_json::to_value(cfg).map_err(|e| PackError::Invalid(e.to_string()))?;
+    let packed = ds.path("packed");
+    if opts.rebuild {
+        if manifest.stages.remove(STAGE).is_some() {
+            manifest.save(&ds.manifest_path(), &worker.tag())?;
+        }
+        if packed.exists() {
+            fs::remove_dir_all(&packed).map_err(|e| PackError::Io {
+                op: "removing",
+                path: packed.clone(),
+                source: e,
+            })?;
+        }
+    }
+    ds.stage_record(&mut manifest, STAGE, &config_json)?;
+    fs::create_dir_all(&packed).map_err(|e| PackError::Io {
+        op: "creating",
+        path: packed.clone(),
+        source: e,
+    })?;
+
+    // Every pair's tokens (retrieved documents may live in any shard).
+    let mut tokens: HashMap<u64, (Vec<u32>, Vec<u32>)> = HashMap::new();
+    for rec in tokens_stage.shards.values() {
+        for r in cm3_tokenize::output::read_shard(&ds.path(&rec.file))
+            .map_err(|e| PackError::Invalid(format!("reading tokens: {e}")))?
+        {
+            tokens.insert(r.id, (r.text, r.image));
+        }
+    }
+
+    // What earlier runs left: cut files back to the recorded lengths (undoes a crash).
+    let done = manifest
+        .stages
+        .get(STAGE)
+        .map(|s| s.shards.clone())
+        .unwrap_or_default();
+    let mut totals = [SplitCounts::default(); 2];
+    for rec in done.values() {
+        for (k, split) in ["train", "val"].iter().enumerate() {
+            totals[k].add(&counts_from(&rec.counters, split));
+        }
+    }
+    let mut writers = [
+        SplitWriter::open(&packed, "train", &totals[0], cfg, sp.pad)?,
+        SplitWriter::open(&packed, "val", &totals[1], cfg, sp.pad)?,
+    ];
+
+    let mut report = PackReport::default();
+    let started = Instant::now();
+    let plan = MaskPlan {
+        spans_mean: cfg.spans_mean,
+        attempts: 64,
+    };
+    // Room kept for masking: with all sentinels used an example grows by 2n + 1.
+    let reserve = (2 * sp.sentinels.len() + 1).min(cfg.seq_len / 4);
+    for (slot, (name, rec)) in tokens_stage.shards.iter().enumerate() {
+        if done.contains_key(name) {
+            report.shards_skipped += 1;
+            continue;
+        }
+        let rows = cm3_tokenize::output::read_shard(&ds.path(&rec.file))
+            .map_err(|e| PackError::Invalid(format!("reading tokens: {e}")))?;
+        let neighbours: HashMap<u64, Vec<(u64, f32)>> = match &neighbours_stage {
+            Some(n) => match n.shards.get(name) {
+                Some(nrec) => cm3_augment::output::read_shard(&ds.path(&nrec.file))
+                    .map_err(|e| PackError::Invalid(format!("reading neighbours: {e}")))?
+                    .into_iter()
+                    .map(|r| {
+                        let mut sampled: Vec<(u64, f32)> = r
+                            .neighbours
+                            .iter()
+                            .filter(|n| n.sampled)
+                            .map(|n| (n.id, n.score))
+                            .collect();
+                        // Rank by relevance: the lowest-ranked are dropped first.
+                        sampled.sort_by(|a, b| b.1.total_cmp(&a.1));
+                        (r.id, sampled)
+                    })
+                    .collect(),
+                None => {
+                    return Err(PackError::Invalid(format!(
+                        "shard {name} has tokens but no retrieved documents: run `cm3 augment` first"
+                    )));
+                }
+            },
+            None => HashMap::new(),
+        };
+        let mut shard_counts = [SplitCounts::default(); 2];
+        for row in &rows {
+            let mut rng = SplitMix64::for_pair(cfg.seed, STREAM_SPLIT, row.id);
+            let split = usize::from(rng.next_f64() < cfg.val_fraction);
+            let mut rng = SplitMix64::for_pair(cfg.seed, STREAM_EXAMPLE, row.id);
+            let docs: Vec<Doc> = neighbours
+                .get(&row.id)
+                .map(|ns| {
+                    ns.iter()
+                        .filter_map(|(id, _)| tokens.get(id))
+                        .map(|(t, i)| Doc { text: t, image: i })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let flips: Vec<bool> = (0..=docs.len())
+                .map(|_| rng.next_f64() < cfg.image_first)
+                .collect();
+            let query = Doc {
+                text: &row.text,
+                image: &row.image,
+            };
+            let c = &mut shard_counts[split];
+            let Some(ex) = build(&docs, query, &flips, cfg.seq_len - reserve, &sp) else {
+                c.skipped_too_long += 1;
+                continue;
+            };
+            let m = causal_mask(
+                &ex.tokens,
+                &sp,
+                &plan,
+                cfg.seq_len - ex.tokens.len(),
+                &mut rng,
+            );
+            c.examples += 1;
+            c.retrieved += ex.retrieved as u64;
+            c.dropped_documents += ex.dropped as u64;
+            c.masked_spans += m.spans.len() as u64;
+            writers[split].push(&m.tokens, row.id, c)?;
+        }
+        for (k, w) in writers.iter_mut().enumerate() {
+            w.end_shard(&mut shard_counts[k])?;
+        }
+        let mut counters = BTreeMap::new();
+        for (k, split) in ["train", "val"].iter().enumerate() {
+            put_counts(&mut counters, split, &shard_counts[k]);
+            totals[k].add(&shard_counts[k]);
+        }
+        let stage = manifest
+            .stages
+            .get_mut(STAGE)
+            .ok_or_else(|| PackError::Invalid("internal: the stage record vanished".into()))?;
+        stage.shards.insert(
+            name.clone(),
+            ShardRecord {
+                file: "packed".into(),
+                input: name.clone(),
+                chunk: slot as u32,
+                rows: rows.len() as u64,
+                bytes: 0,
+                sha256: String::new(),
+                rejects: shard_counts.iter().map(|c| c.skipped_too_long).sum(),
+                rejects_file: None,
+                rejects_by_reason: BTreeMap::new(),
+                counters,
+            },
+        );
+        write_meta(&ds, &manifest, &layout, cfg, &totals)?;
+        ds.save_stage(&mut manifest, STAGE, &worker)?;
+        report.shards_written += 1;
+        report.train.add(&shard_counts[0]);
+        report.val.add(&shard_counts[1]);
+    }
+    if report.shards_written == 0 {
+        write_meta(&ds, &manifest, &layout, cfg, &totals)?;
+    }
+    let all_tokens = totals[0].tokens + totals[1].tokens;
+    report.padding_fraction =
+        (totals[0].padding + totals[1].padding) as f64 / all_tokens.max(1) as f64;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn counts_from(c: &BTreeMap<String, u64>, split: &str) -> SplitCounts {
+    let g = |k: &str| c.get(&format!("{split}_{k}")).copied().unwrap_or(0);
+    SplitCounts {
+        sequences: g("sequences"),
+        examples: g("examples"),
+        tokens: g("tokens"),
+        padding: g("padding"),
+        retrieved: g("retrieved"),
+        dropped_documents: g("dropped_documents"),
+        masked_spans: g("masked_spans"),
+        skipped_too_long: g("skipped_too_long"),
+    }
+}
+
+fn put_counts(c: &mut BTreeMap<String, u64>, split: &str, s: &SplitCounts) {
+    for (k, v) in [
+        ("sequences", s.sequences),
+        ("examples", s.examples),
+        ("tokens", s.tokens),
+        ("padding", s.padding),
+        ("retrieved", s.retrieved),
+        ("dropped_documents", s.dropped_documents),
+        ("masked_spans", s.masked_spans),
+        ("skipped_too_long", s.skipped_too_long),
+    ] {
+        c.insert(format!("{split}_{k}"), v);
+    }
+}
+
+fn write_meta(
+    ds: &DatasetDir,
+    manifest: &cm3_core::Manifest,
+    layout: &VocabLayout,
+    cfg: &PackConfig,
+    totals: &[SplitCounts; 2],
+) -> Result<()> {
+    let meta = Meta {
+        format: "Megatron-LM MMIDIDX indexed dataset, one packed sequence per entry",
+        seq_len: cfg.seq_len,
+        token_dtype: "int32",
+        vocab: layout,
+        config: cfg,
+        train: totals[0],
+        val: totals[1],
+        boundaries: "{split}.boundaries.bin: little-endian int64 triples (sequence, offset in \
+                     the sequence, pair id), one per example, in order",
+        stages: manifest
+            .stages
+            .iter()
+            .map(|(k, v)| (k.clone(), v.config.clone()))
+            .collect(),
+    };
+    let mut bytes =
+        serde_json::to_vec_pretty(&meta).map_err(|e| PackError::Invalid(e.to_string()))?;
+    bytes.push(b'\n');
+    cm3_core::fsio::write_atomic(&ds.path("packed/meta.json"), &bytes, "pack")?;
+    Ok(())
+}
+
+/// One split's files: the indexed dataset (appended) and the example boundaries.
+struct SplitWriter {
+    writer: IndexedWriter,
+    packer: Packer,
+    boundaries: BufWriter<File>,
+    boundaries_path: PathBuf,
+    /// Sequences written so far (old ones included).
+    sequences: u64,
+    /// Pair id of each example in the packer, by the packer's example number.
+    pending: HashMap<u64, u64>,
+    next_example: u64,
+}
+
+impl SplitWriter {
+    fn open(
+        dir: &Path,
+        split: &str,
+        before: &SplitCounts,
+        cfg: &PackConfig,
+        pad: u32,
+    ) -> Result<Self> {
+        let prefix = dir.join(split);
+        // Old sequences, as recorded; anything beyond (a crashed run) is cut off.
+        let writer = IndexedWriter::append(&prefix, before.sequences as usize)?;
+        let boundaries_path = dir.join(format!("{split}.boundaries.bin"));
+        let keep = before.examples * 24;
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&boundaries_path)
+            .map_err(|e| PackError::Io {
+                op: "opening",
+                path: boundaries_path.clone(),
+                source: e,
+            })?;
+        f.set_len(keep).map_err(|e| PackError::Io {
+            op: "truncating",
+            path: boundaries_path.clone(),
+            source: e,
+        })?;
+        let mut f = f;
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0)).map_err(|e| PackError::Io {
+            op: "seeking",
+            path: boundaries_path.clone(),
+            source: e,
+        })?;
+        Ok(Self {
+            writer,
+            packer: Packer::new(cfg.seq_len, cfg.policy, pad)?,
+            boundaries: BufWriter::new(f),
+            boundaries_path,
+            sequences: before.sequences,
+            pending: HashMap::new(),
+            next_example: 0,
+        })
+    }
+
+    fn push(&mut self, tokens: &[u32], pair: u64, c: &mut SplitCounts) -> Result<()> {
+        self.pending.insert(self.next_example, pair);
+        self.next_example += 1;
+        for s in self.packer.push(tokens)? {
+            self.emit(&s, c)?;
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, s: &crate::packing::Sequence, c: &mut SplitCounts) -> Result<()> {
+        self.writer.push(&s.tokens)?;
+        for &(off, k) in &s.starts {
+            let pair = self.pending.remove(&k).unwrap_or(u64::MAX);
+            let mut rec = [0u8; 24];
+            rec[..8].copy_from_slice(&(self.sequences as i64).to_le_bytes());
+            rec[8..16].copy_from_slice(&i64::from(off).to_le_bytes());
+            rec[16..].copy_from_slice(&pair.to_le_bytes());
+            self.boundaries.write_all(&rec).map_err(|e| PackError::Io {
+                op: "writing",
+                path: self.boundaries_path.clone(),
+                source: e,
+            })?;
+        }
+        self.sequences += 1;
+        c.sequences += 1;
+        c.tokens += s.tokens.len() as u64;
+        c.padding += u64::from(s.padding);
+        Ok(())
+    }
+
+    /// Pad the last sequence of the shard and commit the files, so the next shard (or run)
+    /// starts a fresh sequence and old sequences never change.
+    fn end_shard(&mut self, c: &mut SplitCounts) -> Result<()> {
+        if let Some(s) = self.packer.finish() {
+            self.emit(&s, c)?;
+        }
+        self.boundaries.flush().map_err(|e| PackError::Io {
+            op: "flushing",
+            path: self.boundaries_path.clone(),
+            source: e,
+        })?;
+        self.boundaries
+            .get_ref()
+            .sync_all()
+            .map_err(|e| PackError::Io {
+                op: "syncing",
+                path: self.boundaries_path.clone(),
+                source: e,
+            })?;
+        self.writer.commit()?;
+        Ok(())
+    }
+}

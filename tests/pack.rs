@@ -1,0 +1,240 @@
+//! End-to-end test of `cm3 pack` on the repository's real sample: ingest → embed → index →
+//! augment → tokenize → pack, then more pairs and pack again (old sequences byte-identical), and
+//! an interrupted pack (bytes written after the last commit) recovered to the same output.
+mod common;
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::Path;
+
+use cm3_core::vocab::{self, VocabLayout};
+use cm3_pack::masking::{Specials, unmask};
+use cm3_pack::megatron::IndexedDataset;
+use cm3_tokenize::output::read_shard;
+use common::*;
+
+fn p(path: &Path) -> String {
+    path.to_str().expect("utf-8").to_string()
+}
+
+fn vq_ckpt() -> String {
+    p(&Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../model/tests/fixtures/vqgan/tiny_gumbel_f8.ckpt"))
+}
+
+fn copy_sample(dir: &Path, range: std::ops::Range<usize>) {
+    fs::create_dir_all(dir).expect("mkdir");
+    for pair in &sample_pairs()[range] {
+        for ext in [pair.ext().as_str(), "txt", "json"] {
+            let src = pair.image.with_extension(ext);
+            fs::copy(&src, dir.join(src.file_name().expect("name"))).expect("copy");
+        }
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).expect("mkdir");
+    for e in fs::read_dir(from).expect("read_dir") {
+        let e = e.expect("entry");
+        let target = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            fs::copy(e.path(), target).expect("copy");
+        }
+    }
+}
+
+/// Every stage up to tokens for whatever is in `input` (incremental).
+fn prepare(ds: &Path, input: &Path, first: bool) {
+    run_ok(&[
+        "ingest",
+        "--input",
+        &p(input),
+        "--out",
+        &p(ds),
+        "--shard-rows",
+        "8",
+        "--image-size",
+        "32",
+        "--image-format",
+        "png",
+        "--no-progress",
+    ]);
+    run_ok(&[
+        "embed",
+        &p(ds),
+        "--image-model",
+        &p(&tiny_model("vision")),
+        "--text-model",
+        &p(&tiny_model("text")),
+    ]);
+    run_ok(&["index", "build", &p(ds), "--no-progress"]);
+    run_ok(&["augment", &p(ds), "--no-progress"]);
+    if first {
+        run_ok(&[
+            "tokenizer",
+            "train-text",
+            &p(ds),
+            "--vocab-size",
+            "500",
+            "--min-frequency",
+            "1",
+        ]);
+    }
+    run_ok(&[
+        "tokenize",
+        &p(ds),
+        "--image-tokenizer",
+        &vq_ckpt(),
+        "--no-progress",
+    ]);
+}
+
+fn pack(ds: &Path) -> serde_json::Value {
+    let out = run_ok(&[
+        "pack",
+        &p(ds),
+        "--seq-len",
+        "256",
+        "--val-fraction",
+        "0.25",
+        "--spans-mean",
+        "1.5",
+        "--json",
+    ]);
+    serde_json::from_slice(&out.stdout).expect("report")
+}
+
+/// (sequence, offset, pair id) per example.
+fn boundaries(ds: &Path, split: &str) -> Vec<(i64, i64, u64)> {
+    let bytes = fs::read(ds.join(format!("packed/{split}.boundaries.bin"))).expect("boundaries");
+    bytes
+        .chunks_exact(24)
+        .map(|c| {
+            let i = |r: std::ops::Range<usize>| i64::from_le_bytes(c[r].try_into().expect("8"));
+            (i(0..8), i(8..16), i(16..24) as u64)
+        })
+        .collect()
+}
+
+#[test]
+fn packs_retrieval_augmented_masked_examples_incrementally() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let input = tmp.path().join("input");
+    let ds = tmp.path().join("ds");
+    copy_sample(&input, 0..16);
+    prepare(&ds, &input, true);
+    let first = pack(&ds);
+    assert_eq!(first["shards_written"], 2);
+    let examples = first["train"]["examples"].as_u64().expect("n")
+        + first["val"]["examples"].as_u64().expect("n");
+    assert_eq!(examples, 16);
+
+    let layout = VocabLayout::load(&ds.join("tokenizer/vocab.json")).expect("layout");
+    let sp = Specials::from_layout(&layout).expect("specials");
+    let eos = layout.special(vocab::EOS).expect("eos");
+    let mut tokens: HashMap<u64, (Vec<u32>, Vec<u32>)> = HashMap::new();
+    for f in fs::read_dir(ds.join("tokens")).expect("tokens") {
+        let f = f.expect("entry").path();
+        if f.extension().is_some_and(|e| e == "parquet") {
+            for r in read_shard(&f).expect("shard") {
+                tokens.insert(r.id, (r.text, r.image));
+            }
+        }
+    }
+    let mut spans_seen = 0;
+    for split in ["train", "val"] {
+        let d = IndexedDataset::read(&ds.join(format!("packed/{split}"))).expect("read");
+        let b = boundaries(&ds, split);
+        assert!(
+            d.lengths.iter().all(|&l| l == 256),
+            "{split}: every sequence is 256 tokens"
+        );
+        assert!(d.tokens.iter().all(|&t| t >= 0 && (t as u32) < layout.size));
+        for (k, &(seq, off, pair)) in b.iter().enumerate() {
+            // With `whole`, an example runs to the next example of its sequence, or to padding.
+            let s = d.sequence(seq as usize);
+            let end = b.get(k + 1).filter(|n| n.0 == seq).map_or_else(
+                || {
+                    s.iter()
+                        .rposition(|&t| t as u32 != sp.pad)
+                        .map_or(0, |i| i + 1)
+                },
+                |n| n.1 as usize,
+            );
+            let masked: Vec<u32> = s[off as usize..end].iter().map(|&t| t as u32).collect();
+            spans_seen += usize::from(masked.contains(&sp.infill));
+            let ex = unmask(&masked, &sp).expect("unmask");
+            // The query pair closes the example: <eos> text <break> image.
+            let (text, image) = &tokens[&pair];
+            let mut query = vec![eos];
+            query.extend(text);
+            query.push(sp.brk);
+            query.extend(image);
+            assert!(
+                ex.ends_with(&query),
+                "{split} example {k} does not end with its pair"
+            );
+            assert_eq!(ex[0], eos);
+            // Retrieved documents (whole, from the dataset) come before it.
+            let docs = ex.iter().filter(|&&t| t == eos).count();
+            assert!(docs >= 2, "{split} example {k} has no retrieved document");
+        }
+    }
+    assert!(spans_seen > 0, "no example was masked");
+
+    // An interrupted run leaves bytes after the last commit; a copy of the dataset gets some.
+    let crashed = tmp.path().join("crashed");
+    copy_dir(&ds, &crashed);
+    let mut bin = fs::OpenOptions::new()
+        .append(true)
+        .open(crashed.join("packed/train.bin"))
+        .expect("bin");
+    std::io::Write::write_all(&mut bin, &[7u8; 1000]).expect("junk");
+
+    // More pairs: only the new shards are packed, the old sequences stay byte-identical.
+    let before = fs::read(ds.join("packed/train.bin")).expect("bin");
+    let more = tmp.path().join("more");
+    copy_sample(&more, 16..32);
+    prepare(&ds, &more, false);
+    let second = pack(&ds);
+    assert_eq!(
+        (
+            second["shards_written"].as_u64(),
+            second["shards_skipped"].as_u64()
+        ),
+        (Some(2), Some(2))
+    );
+    let after = fs::read(ds.join("packed/train.bin")).expect("bin");
+    assert!(after.len() > before.len());
+    assert_eq!(&after[..before.len()], &before[..]);
+    let again = pack(&ds);
+    assert_eq!(again["shards_written"], 0);
+
+    prepare(&crashed, &more, false);
+    pack(&crashed);
+    for f in [
+        "train.bin",
+        "train.idx",
+        "val.bin",
+        "val.idx",
+        "train.boundaries.bin",
+    ] {
+        assert_eq!(
+            fs::read(ds.join("packed").join(f)).expect("a"),
+            fs::read(crashed.join("packed").join(f)).expect("b"),
+            "{f} differs after recovering from an interrupted run"
+        );
+    }
+    let meta: serde_json::Value =
+        serde_json::from_slice(&fs::read(ds.join("packed/meta.json")).expect("meta"))
+            .expect("json");
+    assert_eq!(meta["seq_len"], 256);
+    assert_eq!(meta["vocab"]["size"], layout.size);
+    assert!(meta["stages"]["augment"].is_object() && meta["stages"]["tokenize"].is_object());
+
+    // Another setting without --rebuild is refused.
+    let err = run_err(&["pack", &p(&ds), "--seq-len", "512"]);
+    assert!(err.contains("--rebuild"), "{err}");
+}
