@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded sample: ingest sample/pairs, embed it, index the document vectors,
 # search it with a caption, retrieve every pair's documents (cm3 augment), show one pair's, train
-# the text and image tokenizers, tokenise every pair, and print the manifest.
+# the text and image tokenizers, tokenise every pair, pack the training sequences, and print the
+# manifest.
 # The embedding uses the small random-weight CLIP-shaped test models (the real CLIP weights are on
 # the Hugging Face hub, which this machine cannot reach); on a machine with hub access, drop the
 # two --*-model flags to use hf:Qdrant/clip-ViT-B-32-vision and -text.
@@ -32,4 +33,7 @@ cm3="${CARGO_TARGET_DIR:-target}/debug/cm3"
 "$cm3" tokenizer train-image "$out" --steps 100 --overwrite --no-progress
 # Every pair as text ids + 1,024 image ids (256 x 256 -> 32 x 32 codes) in one vocabulary.
 "$cm3" tokenize "$out" --rebuild
+# Each pair after its retrieved documents, CM3 causal-masked, packed into 4,096-token sequences
+# (Megatron-LM indexed datasets in packed/, with meta.json).
+"$cm3" pack "$out" --rebuild
 "$cm3" inspect "$out"

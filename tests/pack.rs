@@ -237,4 +237,34 @@ fn packs_retrieval_augmented_masked_examples_incrementally() {
     // Another setting without --rebuild is refused.
     let err = run_err(&["pack", &p(&ds), "--seq-len", "512"]);
     assert!(err.contains("--rebuild"), "{err}");
+    // So are tokens remade with another tokenizer: two vocabularies never share packed files.
+    run_ok(&[
+        "tokenizer",
+        "train-text",
+        &p(&ds),
+        "--vocab-size",
+        "450",
+        "--min-frequency",
+        "1",
+        "--overwrite",
+    ]);
+    run_ok(&[
+        "tokenize",
+        &p(&ds),
+        "--image-tokenizer",
+        &vq_ckpt(),
+        "--rebuild",
+        "--no-progress",
+    ]);
+    let err = run_err(&[
+        "pack",
+        &p(&ds),
+        "--seq-len",
+        "256",
+        "--val-fraction",
+        "0.25",
+        "--spans-mean",
+        "1.5",
+    ]);
+    assert!(err.contains("--rebuild"), "{err}");
 }

@@ -171,7 +171,12 @@ pub fn run(opts: &PackOptions) -> Result<PackReport> {
     };
     let layout = VocabLayout::load(&ds.path(cm3_tokenize::stage::VOCAB))?;
     let sp = Specials::from_layout(&layout)?;
-    let config_json = serde_json::to_value(cfg).map_err(|e| PackError::Invalid(e.to_string()))?;
+    // The settings and the tokenizers that made the tokens: packed sequences from two
+    // vocabularies must never share files.
+    let config_json = serde_json::json!({
+        "settings": serde_json::to_value(cfg).map_err(|e| PackError::Invalid(e.to_string()))?,
+        "tokenize": tokens_stage.config,
+    });
     let packed = ds.path("packed");
     if opts.rebuild {
         if manifest.stages.remove(STAGE).is_some() {
