@@ -55,6 +55,9 @@ pub enum CoreError {
         recorded: String,
         current: String,
     },
+    /// A shard whose columns are not what its schema says.
+    #[error("{path}: {reason}")]
+    Shard { path: PathBuf, reason: String },
     #[error("vocabulary layout: {reason}")]
     Vocab { reason: String },
     #[error("merging {path}: {reason}")]

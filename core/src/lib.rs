@@ -12,6 +12,7 @@ pub mod id;
 pub mod manifest;
 pub mod rng;
 pub mod schema;
+pub mod tokens;
 pub mod vocab;
 
 pub use dataset::{DatasetDir, DatasetLock, WorkerSpec};

@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{CoreError, Result};
 
+/// Where the layout is saved, relative to the dataset directory.
+pub const VOCAB: &str = "tokenizer/vocab.json";
+
 /// The padding token (also what a packed sequence is filled with).
 pub const PAD: &str = "<pad>";
 /// End of a document; `<eos> text <break>` starts a generation (paper, Figure 9).

@@ -148,7 +148,7 @@ pub fn run(opts: &PackOptions) -> Result<PackReport> {
     };
     let tokens_stage = manifest
         .stages
-        .get(cm3_tokenize::stage::STAGE)
+        .get("tokenize")
         .cloned()
         .ok_or_else(|| missing("tokens", "tokenize"))?;
     let neighbours_stage = if cfg.retrieval {
@@ -169,7 +169,7 @@ pub fn run(opts: &PackOptions) -> Result<PackReport> {
     } else {
         None
     };
-    let layout = VocabLayout::load(&ds.path(cm3_tokenize::stage::VOCAB))?;
+    let layout = VocabLayout::load(&ds.path(cm3_core::vocab::VOCAB))?;
     let sp = Specials::from_layout(&layout)?;
     // The settings and the tokenizers that made the tokens: packed sequences from two
     // vocabularies must never share files.
@@ -200,7 +200,7 @@ pub fn run(opts: &PackOptions) -> Result<PackReport> {
     // Every pair's tokens (retrieved documents may live in any shard).
     let mut tokens: HashMap<u64, (Vec<u32>, Vec<u32>)> = HashMap::new();
     for rec in tokens_stage.shards.values() {
-        for r in cm3_tokenize::output::read_shard(&ds.path(&rec.file))
+        for r in cm3_core::tokens::read_shard(&ds.path(&rec.file))
             .map_err(|e| PackError::Invalid(format!("reading tokens: {e}")))?
         {
             tokens.insert(r.id, (r.text, r.image));
@@ -237,7 +237,7 @@ pub fn run(opts: &PackOptions) -> Result<PackReport> {
             report.shards_skipped += 1;
             continue;
         }
-        let rows = cm3_tokenize::output::read_shard(&ds.path(&rec.file))
+        let rows = cm3_core::tokens::read_shard(&ds.path(&rec.file))
             .map_err(|e| PackError::Invalid(format!("reading tokens: {e}")))?;
         let neighbours: HashMap<u64, Vec<(u64, f32)>> = match &neighbours_stage {
             Some(n) => match n.shards.get(name) {

@@ -27,7 +27,7 @@ use crate::train_text::TEXT_TOKENIZER;
 
 pub const STAGE: &str = "tokenize";
 /// The vocabulary layout, relative to the dataset directory.
-pub const VOCAB: &str = "tokenizer/vocab.json";
+pub use cm3_core::vocab::VOCAB;
 
 /// Which tokenizers to use.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
