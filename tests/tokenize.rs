@@ -309,3 +309,69 @@ fn trains_its_own_image_tokenizer_and_tokenizes_with_it() {
     let layout = VocabLayout::load(&ds.join("tokenizer/vocab.json")).expect("layout");
     assert_eq!((layout.image.codes, layout.image.grid), (64, 8));
 }
+
+#[test]
+fn two_workers_and_a_merge_give_the_single_process_tokens() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let single = tmp.path().join("single");
+    ingest(&single);
+    run_ok(&[
+        "tokenizer",
+        "train-text",
+        &p(&single),
+        "--vocab-size",
+        "500",
+        "--min-frequency",
+        "1",
+    ]);
+    let split = tmp.path().join("split");
+    ingest(&split);
+    // The same text tokenizer for both (training is deterministic, but share the file anyway).
+    let text = single.join("tokenizer/text/tokenizer.json");
+    let vq = p(&vq_ckpt());
+    run_ok(&[
+        "tokenize",
+        &p(&single),
+        "--image-tokenizer",
+        &vq,
+        "--no-progress",
+    ]);
+    for w in ["0", "1"] {
+        run_ok(&[
+            "tokenize",
+            &p(&split),
+            "--text-tokenizer",
+            &p(&text),
+            "--image-tokenizer",
+            &vq,
+            "--num-workers",
+            "2",
+            "--worker-index",
+            w,
+            "--no-progress",
+        ]);
+    }
+    run_ok(&["manifest", "merge", &p(&split)]);
+    let read = |ds: &Path| {
+        let mut rows = Vec::new();
+        for f in fs::read_dir(ds.join("tokens")).expect("tokens") {
+            let f = f.expect("entry").path();
+            if f.extension().is_some_and(|e| e == "parquet") {
+                rows.extend(read_shard(&f).expect("shard"));
+            }
+        }
+        rows.sort_by_key(|r| r.id);
+        rows
+    };
+    let (a, b) = (read(&single), read(&split));
+    assert_eq!(a.len(), 32);
+    assert_eq!(a, b);
+    let m = manifest(&split);
+    assert_eq!(
+        m["stages"]["tokenize"]["shards"]
+            .as_object()
+            .expect("shards")
+            .len(),
+        3
+    );
+}

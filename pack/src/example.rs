@@ -18,17 +18,22 @@ pub struct Doc<'a> {
 impl Doc<'_> {
     /// Tokens of the document: `<eos>` + text `<break>` image, or image `<break>` text.
     pub fn tokens(&self, image_first: bool, sp: &Specials) -> Vec<u32> {
+        let mut out = Vec::with_capacity(self.len());
+        self.write(&mut out, image_first, sp);
+        out
+    }
+
+    /// Append the document's tokens to `out`.
+    pub fn write(&self, out: &mut Vec<u32>, image_first: bool, sp: &Specials) {
         let (a, b) = if image_first {
             (self.image, self.text)
         } else {
             (self.text, self.image)
         };
-        let mut out = Vec::with_capacity(a.len() + b.len() + 2);
         out.push(sp.eos);
         out.extend_from_slice(a);
         out.push(sp.brk);
         out.extend_from_slice(b);
-        out
     }
 
     pub fn len(&self) -> usize {
@@ -75,9 +80,9 @@ pub fn build(
     let order = |i: usize| image_first.get(i).copied().unwrap_or(false);
     let mut tokens = Vec::with_capacity(used);
     for (i, d) in retrieved[..keep].iter().enumerate() {
-        tokens.extend(d.tokens(order(i), sp));
+        d.write(&mut tokens, order(i), sp);
     }
-    tokens.extend(query.tokens(order(retrieved.len()), sp));
+    query.write(&mut tokens, order(retrieved.len()), sp);
     Some(Example {
         tokens,
         retrieved: keep,
