@@ -234,6 +234,50 @@ fn packs_retrieval_augmented_masked_examples_incrementally() {
     assert_eq!(meta["vocab"]["size"], layout.size);
     assert!(meta["stages"]["augment"].is_object() && meta["stages"]["tokenize"].is_object());
 
+    // The README's numpy-only reader prints a sequence with its text detokenised.
+    let setup = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/setup-python-numpy.sh");
+    let numpy = std::process::Command::new("bash")
+        .arg(&setup)
+        .output()
+        .expect("setup");
+    assert!(
+        numpy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&numpy.stderr)
+    );
+    let reader = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/read_packed.py");
+    let out = std::process::Command::new("python3")
+        .arg(&reader)
+        .arg(&ds)
+        .arg("train")
+        .arg("0")
+        .env("PYTHONPATH", String::from_utf8_lossy(&numpy.stdout).trim())
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let (seq, off, pair) = boundaries(&ds, "train")[0];
+    assert_eq!((seq, off), (0, 0));
+    let caption = read_rows(&ds)
+        .into_iter()
+        .find(|r| r.id == pair)
+        .map(|r| r.caption)
+        .expect("caption");
+    // Its own caption is there unless a masked span took part of it.
+    assert!(
+        printed.starts_with("<eos> ") && printed.contains("<break> [16 image tokens]"),
+        "{printed}"
+    );
+    let masked = printed.contains("<infill>");
+    assert!(
+        masked || printed.contains(&caption),
+        "{printed}\nshould contain {caption:?}"
+    );
+
     // Another setting without --rebuild is refused.
     let err = run_err(&["pack", &p(&ds), "--seq-len", "512"]);
     assert!(err.contains("--rebuild"), "{err}");
