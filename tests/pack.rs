@@ -6,6 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
+use std::process::{Command, Output};
 
 use cm3_core::vocab::{self, VocabLayout};
 use cm3_pack::masking::{Specials, unmask};
@@ -20,6 +21,17 @@ fn p(path: &Path) -> String {
 fn vq_ckpt() -> String {
     p(&Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../model/tests/fixtures/vqgan/tiny_gumbel_f8.ckpt"))
+}
+
+/// Run a helper program, asserting success.
+fn succeed(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 fn copy_sample(dir: &Path, range: std::ops::Range<usize>) {
@@ -235,29 +247,13 @@ fn packs_retrieval_augmented_masked_examples_incrementally() {
     assert!(meta["stages"]["augment"].is_object() && meta["stages"]["tokenize"].is_object());
 
     // The README's numpy-only reader prints a sequence with its text detokenised.
-    let setup = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/setup-python-numpy.sh");
-    let numpy = std::process::Command::new("bash")
-        .arg(&setup)
-        .output()
-        .expect("setup");
-    assert!(
-        numpy.status.success(),
-        "{}",
-        String::from_utf8_lossy(&numpy.stderr)
-    );
-    let reader = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/read_packed.py");
-    let out = std::process::Command::new("python3")
-        .arg(&reader)
-        .arg(&ds)
-        .arg("train")
-        .arg("0")
-        .env("PYTHONPATH", String::from_utf8_lossy(&numpy.stdout).trim())
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts");
+    let numpy = succeed(Command::new("bash").arg(scripts.join("setup-python-numpy.sh")));
+    let out = succeed(
+        Command::new("python3")
+            .arg(scripts.join("read_packed.py"))
+            .args([p(&ds), "train".into(), "0".into()])
+            .env("PYTHONPATH", String::from_utf8_lossy(&numpy.stdout).trim()),
     );
     let printed = String::from_utf8_lossy(&out.stdout);
     let (seq, off, pair) = boundaries(&ds, "train")[0];
