@@ -11,24 +11,6 @@ use arrow_array::{Array, BooleanArray, Float32Array, ListArray, StringArray, UIn
 use cm3_core::schema::{column, read_columns};
 use common::*;
 
-fn p(path: &Path) -> String {
-    path.to_str().expect("utf-8").to_string()
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn sample_part(dir: &Path, range: std::ops::Range<usize>) {
-    fs::create_dir_all(dir).expect("mkdir");
-    for pair in &sample_pairs()[range] {
-        for ext in [pair.ext().as_str(), "txt", "json"] {
-            let src = pair.image.with_extension(ext);
-            fs::copy(&src, dir.join(src.file_name().expect("name"))).expect("copy");
-        }
-    }
-}
-
 /// Ingest `input` into `ds` (8 pairs a shard), embed with the tiny models, build the doc index.
 fn prepare(ds: &Path, input: &Path) {
     run_ok(&[

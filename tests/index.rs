@@ -8,25 +8,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn p(path: &Path) -> String {
-    path.to_str().expect("utf-8").to_string()
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Copy the sample pairs with index in `range` into `dir` (image, caption, metadata).
-fn sample_part(dir: &Path, range: std::ops::Range<usize>) {
-    fs::create_dir_all(dir).expect("mkdir");
-    for pair in &sample_pairs()[range] {
-        for ext in [pair.ext().as_str(), "txt", "json"] {
-            let src = pair.image.with_extension(ext);
-            fs::copy(&src, dir.join(src.file_name().expect("name"))).expect("copy");
-        }
-    }
-}
-
 fn embed(ds: &Path) {
     run_ok(&[
         "embed",

@@ -11,12 +11,7 @@ use std::process::{Command, Output};
 use cm3_core::vocab::{self, VocabLayout};
 use cm3_pack::masking::{Specials, unmask};
 use cm3_pack::megatron::IndexedDataset;
-use cm3_tokenize::output::read_shard;
 use common::*;
-
-fn p(path: &Path) -> String {
-    path.to_str().expect("utf-8").to_string()
-}
 
 fn vq_ckpt() -> String {
     p(&Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -32,16 +27,6 @@ fn succeed(cmd: &mut Command) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
-}
-
-fn copy_sample(dir: &Path, range: std::ops::Range<usize>) {
-    fs::create_dir_all(dir).expect("mkdir");
-    for pair in &sample_pairs()[range] {
-        for ext in [pair.ext().as_str(), "txt", "json"] {
-            let src = pair.image.with_extension(ext);
-            fs::copy(&src, dir.join(src.file_name().expect("name"))).expect("copy");
-        }
-    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -135,7 +120,7 @@ fn packs_retrieval_augmented_masked_examples_incrementally() {
     let tmp = tempfile::tempdir().expect("tmp");
     let input = tmp.path().join("input");
     let ds = tmp.path().join("ds");
-    copy_sample(&input, 0..16);
+    sample_part(&input, 0..16);
     prepare(&ds, &input, true);
     let first = pack(&ds);
     assert_eq!(first["shards_written"], 2);
@@ -146,15 +131,10 @@ fn packs_retrieval_augmented_masked_examples_incrementally() {
     let layout = VocabLayout::load(&ds.join("tokenizer/vocab.json")).expect("layout");
     let sp = Specials::from_layout(&layout).expect("specials");
     let eos = layout.special(vocab::EOS).expect("eos");
-    let mut tokens: HashMap<u64, (Vec<u32>, Vec<u32>)> = HashMap::new();
-    for f in fs::read_dir(ds.join("tokens")).expect("tokens") {
-        let f = f.expect("entry").path();
-        if f.extension().is_some_and(|e| e == "parquet") {
-            for r in read_shard(&f).expect("shard") {
-                tokens.insert(r.id, (r.text, r.image));
-            }
-        }
-    }
+    let tokens: HashMap<u64, (Vec<u32>, Vec<u32>)> = read_tokens(&ds)
+        .into_iter()
+        .map(|r| (r.id, (r.text, r.image)))
+        .collect();
     let mut spans_seen = 0;
     for split in ["train", "val"] {
         let d = IndexedDataset::read(&ds.join(format!("packed/{split}"))).expect("read");
@@ -208,7 +188,7 @@ fn packs_retrieval_augmented_masked_examples_incrementally() {
     // More pairs: only the new shards are packed, the old sequences stay byte-identical.
     let before = fs::read(ds.join("packed/train.bin")).expect("bin");
     let more = tmp.path().join("more");
-    copy_sample(&more, 16..32);
+    sample_part(&more, 16..32);
     prepare(&ds, &more, false);
     let second = pack(&ds);
     assert_eq!(
@@ -248,7 +228,11 @@ fn packs_retrieval_augmented_masked_examples_incrementally() {
 
     // The README's numpy-only reader prints a sequence with its text detokenised.
     let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts");
-    let numpy = succeed(Command::new("bash").arg(scripts.join("setup-python-numpy.sh")));
+    let numpy = succeed(
+        Command::new("bash")
+            .arg(scripts.join("setup-python-package.sh"))
+            .args(["numpy", "2.2.6"]),
+    );
     let out = succeed(
         Command::new("python3")
             .arg(scripts.join("read_packed.py"))

@@ -9,12 +9,7 @@ use std::path::{Path, PathBuf};
 
 use cm3_core::vocab::VocabLayout;
 use cm3_tokenize::TextTokenizer;
-use cm3_tokenize::output::read_shard;
 use common::*;
-
-fn p(path: &Path) -> String {
-    path.to_str().expect("utf-8").to_string()
-}
 
 /// The tiny GumbelVQ (32 × 32 images → 4 × 4 codes of 64) made by taming-transformers.
 fn vq_ckpt() -> PathBuf {
@@ -89,13 +84,7 @@ fn tokenizes_the_sample_into_one_vocabulary() {
         .into_iter()
         .map(|r| (r.id, r.caption))
         .collect();
-    let mut rows = Vec::new();
-    for f in fs::read_dir(ds.join("tokens")).expect("tokens") {
-        let f = f.expect("entry").path();
-        if f.extension().is_some_and(|e| e == "parquet") {
-            rows.extend(read_shard(&f).expect("shard"));
-        }
-    }
+    let rows = read_tokens(&ds);
     assert_eq!(rows.len(), 32);
     for r in &rows {
         assert_eq!(r.image.len(), 16);
@@ -352,18 +341,7 @@ fn two_workers_and_a_merge_give_the_single_process_tokens() {
         ]);
     }
     run_ok(&["manifest", "merge", &p(&split)]);
-    let read = |ds: &Path| {
-        let mut rows = Vec::new();
-        for f in fs::read_dir(ds.join("tokens")).expect("tokens") {
-            let f = f.expect("entry").path();
-            if f.extension().is_some_and(|e| e == "parquet") {
-                rows.extend(read_shard(&f).expect("shard"));
-            }
-        }
-        rows.sort_by_key(|r| r.id);
-        rows
-    };
-    let (a, b) = (read(&single), read(&split));
+    let (a, b) = (read_tokens(&single), read_tokens(&split));
     assert_eq!(a.len(), 32);
     assert_eq!(a, b);
     let m = manifest(&split);

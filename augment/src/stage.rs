@@ -267,13 +267,7 @@ pub fn run(opts: &AugmentOptions) -> Result<AugmentReport> {
     };
     // Everything is checked; only now may --rebuild discard the earlier output.
     if opts.rebuild {
-        if manifest.stages.remove(STAGE).is_some() {
-            manifest.save(&ds.manifest_path(), &opts.worker.tag())?;
-        }
-        let dir = ds.path("neighbors");
-        if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(|e| AugmentError::io("removing", &dir, e))?;
-        }
+        ds.discard_stage(&mut manifest, STAGE, "neighbors", &opts.worker.tag())?;
     }
     let record = AugmentRecord {
         settings: cfg.clone(),

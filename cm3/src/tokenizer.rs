@@ -21,13 +21,8 @@ pub(crate) enum TokenizerCommand {
     /// Tokenise one image file with the VQ image tokenizer (prints its codes, row by row).
     EncodeImage {
         image: PathBuf,
-        /// A taming GumbelVQ release folder (configs/model.yaml + checkpoints/last.ckpt) or a .ckpt
-        /// with config.yaml beside it.
-        #[arg(long)]
-        image_tokenizer: PathBuf,
-        /// Its taming config.yaml, when it is not beside the checkpoint.
-        #[arg(long)]
-        image_tokenizer_config: Option<PathBuf>,
+        #[command(flatten)]
+        tokenizer: ImageTokenizerArgs,
         /// Write the codes here as JSON instead of printing them.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -35,10 +30,8 @@ pub(crate) enum TokenizerCommand {
     /// Turn image codes (a JSON list, or whitespace/comma-separated numbers) back into a PNG.
     DecodeImage {
         codes: PathBuf,
-        #[arg(long)]
-        image_tokenizer: PathBuf,
-        #[arg(long)]
-        image_tokenizer_config: Option<PathBuf>,
+        #[command(flatten)]
+        tokenizer: ImageTokenizerArgs,
         /// Subtract this from every id first (the vocabulary's image offset, for ids taken from
         /// tokens/ shards).
         #[arg(long, default_value_t = 0)]
@@ -46,6 +39,28 @@ pub(crate) enum TokenizerCommand {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// Which VQ image tokenizer to use.
+#[derive(Args, Debug)]
+pub(crate) struct ImageTokenizerArgs {
+    /// A folder from `cm3 tokenizer train-image`, a taming GumbelVQ release folder
+    /// (configs/model.yaml + checkpoints/last.ckpt) or a .ckpt with config.yaml beside it.
+    #[arg(long)]
+    image_tokenizer: PathBuf,
+    /// Its taming config.yaml, when it is not beside the checkpoint.
+    #[arg(long)]
+    image_tokenizer_config: Option<PathBuf>,
+}
+
+impl ImageTokenizerArgs {
+    fn open(&self) -> Result<ImageTokenizer> {
+        Ok(ImageTokenizer::open(
+            &self.image_tokenizer,
+            self.image_tokenizer_config.as_deref(),
+            &Device::flex(),
+        )?)
+    }
 }
 
 #[derive(Args, Debug)]
@@ -109,31 +124,15 @@ pub(crate) fn run(command: TokenizerCommand) -> Result<()> {
         TokenizerCommand::TrainImage(a) => train_image(a),
         TokenizerCommand::EncodeImage {
             image,
-            image_tokenizer,
-            image_tokenizer_config,
+            tokenizer,
             out,
-        } => {
-            let tok = ImageTokenizer::open(
-                &image_tokenizer,
-                image_tokenizer_config.as_deref(),
-                &Device::flex(),
-            )?;
-            encode_image(&image, &tok, out.as_deref())
-        }
+        } => encode_image(&image, &tokenizer.open()?, out.as_deref()),
         TokenizerCommand::DecodeImage {
             codes,
-            image_tokenizer,
-            image_tokenizer_config,
+            tokenizer,
             offset,
             out,
-        } => {
-            let tok = ImageTokenizer::open(
-                &image_tokenizer,
-                image_tokenizer_config.as_deref(),
-                &Device::flex(),
-            )?;
-            decode_image(&codes, &tok, offset, &out)
-        }
+        } => decode_image(&codes, &tokenizer.open()?, offset, &out),
     }
 }
 

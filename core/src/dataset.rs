@@ -266,6 +266,26 @@ impl DatasetDir {
         Ok(report)
     }
 
+    /// Forget a stage and delete its output folder (what `--rebuild` does, once every check of
+    /// the new run has passed): the manifest is saved without the stage first, so a crash in
+    /// between leaves stale files the stage no longer claims, never claimed files that are gone.
+    pub fn discard_stage(
+        &self,
+        manifest: &mut Manifest,
+        stage: &str,
+        output: &str,
+        tag: &str,
+    ) -> Result<()> {
+        if manifest.stages.remove(stage).is_some() {
+            manifest.save(&self.manifest_path(), tag)?;
+        }
+        let dir = self.path(output);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(|e| CoreError::io("removing", &dir, e))?;
+        }
+        Ok(())
+    }
+
     /// A stage's record, creating it with `config` if absent; refuses a different config.
     pub fn stage_record<'m>(
         &self,

@@ -18,7 +18,7 @@ pub struct Doc<'a> {
 impl Doc<'_> {
     /// Tokens of the document: `<eos>` + text `<break>` image, or image `<break>` text.
     pub fn tokens(&self, image_first: bool, sp: &Specials) -> Vec<u32> {
-        let mut out = Vec::with_capacity(self.len());
+        let mut out = Vec::with_capacity(self.token_count());
         self.write(&mut out, image_first, sp);
         out
     }
@@ -36,12 +36,9 @@ impl Doc<'_> {
         out.extend_from_slice(b);
     }
 
-    pub fn len(&self) -> usize {
+    /// Tokens of the document, `<eos>` and `<break>` included.
+    pub fn token_count(&self) -> usize {
         self.text.len() + self.image.len() + 2
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
     }
 }
 
@@ -65,16 +62,16 @@ pub fn build(
     budget: usize,
     sp: &Specials,
 ) -> Option<Example> {
-    if query.len() > budget {
+    if query.token_count() > budget {
         return None;
     }
-    let mut used = query.len();
+    let mut used = query.token_count();
     let mut keep = 0;
     for d in retrieved {
-        if used + d.len() > budget {
+        if used + d.token_count() > budget {
             break;
         }
-        used += d.len();
+        used += d.token_count();
         keep += 1;
     }
     let order = |i: usize| image_first.get(i).copied().unwrap_or(false);

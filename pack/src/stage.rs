@@ -7,7 +7,7 @@
 //! many sequences and bytes each split held after each shard, so a crash is undone on the next
 //! run by cutting the files back to the last recorded length.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -179,16 +179,7 @@ pub fn run(opts: &PackOptions) -> Result<PackReport> {
     });
     let packed = ds.path("packed");
     if opts.rebuild {
-        if manifest.stages.remove(STAGE).is_some() {
-            manifest.save(&ds.manifest_path(), &worker.tag())?;
-        }
-        if packed.exists() {
-            fs::remove_dir_all(&packed).map_err(|e| PackError::Io {
-                op: "removing",
-                path: packed.clone(),
-                source: e,
-            })?;
-        }
+        ds.discard_stage(&mut manifest, STAGE, "packed", &worker.tag())?;
     }
     ds.stage_record(&mut manifest, STAGE, &config_json)?;
     fs::create_dir_all(&packed).map_err(|e| PackError::Io {
@@ -197,22 +188,28 @@ pub fn run(opts: &PackOptions) -> Result<PackReport> {
         source: e,
     })?;
 
-    // Every pair's tokens (retrieved documents may live in any shard).
-    let mut tokens: HashMap<u64, (Vec<u32>, Vec<u32>)> = HashMap::new();
-    for rec in tokens_stage.shards.values() {
-        for r in cm3_core::tokens::read_shard(&ds.path(&rec.file))
-            .map_err(|e| PackError::Invalid(format!("reading tokens: {e}")))?
-        {
-            tokens.insert(r.id, (r.text, r.image));
-        }
-    }
-
     // What earlier runs left: cut files back to the recorded lengths (undoes a crash).
     let done = manifest
         .stages
         .get(STAGE)
         .map(|s| s.shards.clone())
         .unwrap_or_default();
+    // Every pair's tokens, read once (retrieved documents may live in any shard), and each
+    // shard's pairs in order; nothing is read when every shard is packed already.
+    let mut tokens: HashMap<u64, (Vec<u32>, Vec<u32>)> = HashMap::new();
+    let mut shard_pairs: HashMap<&str, Vec<u64>> = HashMap::new();
+    if tokens_stage
+        .shards
+        .keys()
+        .any(|name| !done.contains_key(name))
+    {
+        for (name, rec) in &tokens_stage.shards {
+            let rows = cm3_core::tokens::read_shard(&ds.path(&rec.file))
+                .map_err(|e| PackError::Invalid(format!("reading tokens: {e}")))?;
+            shard_pairs.insert(name, rows.iter().map(|r| r.id).collect());
+            tokens.extend(rows.into_iter().map(|r| (r.id, (r.text, r.image))));
+        }
+    }
     let mut totals = [SplitCounts::default(); 2];
     for rec in done.values() {
         for (k, split) in ["train", "val"].iter().enumerate() {
@@ -232,13 +229,14 @@ pub fn run(opts: &PackOptions) -> Result<PackReport> {
     };
     // Room kept for masking: with all sentinels used an example grows by 2n + 1.
     let reserve = (2 * sp.sentinels.len() + 1).min(cfg.seq_len / 4);
-    for (slot, (name, rec)) in tokens_stage.shards.iter().enumerate() {
+    for (slot, name) in tokens_stage.shards.keys().enumerate() {
         if done.contains_key(name) {
             report.shards_skipped += 1;
             continue;
         }
-        let rows = cm3_core::tokens::read_shard(&ds.path(&rec.file))
-            .map_err(|e| PackError::Invalid(format!("reading tokens: {e}")))?;
+        let pairs = shard_pairs
+            .get(name.as_str())
+            .map_or(&[][..], Vec::as_slice);
         let neighbours: HashMap<u64, Vec<(u64, f32)>> = match &neighbours_stage {
             Some(n) => match n.shards.get(name) {
                 Some(nrec) => cm3_augment::output::read_shard(&ds.path(&nrec.file))
@@ -265,12 +263,12 @@ pub fn run(opts: &PackOptions) -> Result<PackReport> {
             None => HashMap::new(),
         };
         let mut shard_counts = [SplitCounts::default(); 2];
-        for row in &rows {
-            let mut rng = SplitMix64::for_pair(cfg.seed, STREAM_SPLIT, row.id);
+        for &pair in pairs {
+            let mut rng = SplitMix64::for_pair(cfg.seed, STREAM_SPLIT, pair);
             let split = usize::from(rng.next_f64() < cfg.val_fraction);
-            let mut rng = SplitMix64::for_pair(cfg.seed, STREAM_EXAMPLE, row.id);
+            let mut rng = SplitMix64::for_pair(cfg.seed, STREAM_EXAMPLE, pair);
             let docs: Vec<Doc> = neighbours
-                .get(&row.id)
+                .get(&pair)
                 .map(|ns| {
                     ns.iter()
                         .filter_map(|(id, _)| tokens.get(id))
@@ -281,10 +279,8 @@ pub fn run(opts: &PackOptions) -> Result<PackReport> {
             let flips: Vec<bool> = (0..=docs.len())
                 .map(|_| rng.next_f64() < cfg.image_first)
                 .collect();
-            let query = Doc {
-                text: &row.text,
-                image: &row.image,
-            };
+            let (text, image) = &tokens[&pair];
+            let query = Doc { text, image };
             let c = &mut shard_counts[split];
             let Some(ex) = build(&docs, query, &flips, cfg.seq_len - reserve, &sp) else {
                 c.skipped_too_long += 1;
@@ -301,7 +297,7 @@ pub fn run(opts: &PackOptions) -> Result<PackReport> {
             c.retrieved += ex.retrieved as u64;
             c.dropped_documents += ex.dropped as u64;
             c.masked_spans += m.spans.len() as u64;
-            writers[split].push(&m.tokens, row.id, c)?;
+            writers[split].push(&m.tokens, pair, c)?;
         }
         for (k, w) in writers.iter_mut().enumerate() {
             w.end_shard(&mut shard_counts[k])?;
@@ -321,7 +317,7 @@ pub fn run(opts: &PackOptions) -> Result<PackReport> {
                 file: "packed".into(),
                 input: name.clone(),
                 chunk: slot as u32,
-                rows: rows.len() as u64,
+                rows: pairs.len() as u64,
                 bytes: 0,
                 sha256: String::new(),
                 rejects: shard_counts.iter().map(|c| c.skipped_too_long).sum(),
@@ -413,9 +409,9 @@ struct SplitWriter {
     boundaries_path: PathBuf,
     /// Sequences written so far (old ones included).
     sequences: u64,
-    /// Pair id of each example in the packer, by the packer's example number.
-    pending: HashMap<u64, u64>,
-    next_example: u64,
+    /// Pair ids of the examples pushed but not yet written, in order (the packer reports
+    /// example starts in the order examples were pushed).
+    pending: VecDeque<u64>,
 }
 
 impl SplitWriter {
@@ -458,14 +454,12 @@ impl SplitWriter {
             boundaries: BufWriter::new(f),
             boundaries_path,
             sequences: before.sequences,
-            pending: HashMap::new(),
-            next_example: 0,
+            pending: VecDeque::new(),
         })
     }
 
     fn push(&mut self, tokens: &[u32], pair: u64, c: &mut SplitCounts) -> Result<()> {
-        self.pending.insert(self.next_example, pair);
-        self.next_example += 1;
+        self.pending.push_back(pair);
         for s in self.packer.push(tokens)? {
             self.emit(&s, c)?;
         }
@@ -474,8 +468,8 @@ impl SplitWriter {
 
     fn emit(&mut self, s: &crate::packing::Sequence, c: &mut SplitCounts) -> Result<()> {
         self.writer.push(&s.tokens)?;
-        for &(off, k) in &s.starts {
-            let pair = self.pending.remove(&k).unwrap_or(u64::MAX);
+        for &(off, _) in &s.starts {
+            let pair = self.pending.pop_front().unwrap_or(u64::MAX);
             let mut rec = [0u8; 24];
             rec[..8].copy_from_slice(&(self.sequences as i64).to_le_bytes());
             rec[8..16].copy_from_slice(&i64::from(off).to_le_bytes());

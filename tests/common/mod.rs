@@ -282,3 +282,36 @@ pub fn runtime() {
         );
     }
 }
+
+/// A path as a command-line argument.
+pub fn p(path: &Path) -> String {
+    path.to_str().expect("utf-8").to_string()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Copy the sample pairs with index in `range` into `dir` (image, caption, metadata).
+pub fn sample_part(dir: &Path, range: std::ops::Range<usize>) {
+    fs::create_dir_all(dir).expect("mkdir");
+    for pair in &sample_pairs()[range] {
+        for ext in [pair.ext().as_str(), "txt", "json"] {
+            let src = pair.image.with_extension(ext);
+            fs::copy(&src, dir.join(src.file_name().expect("name"))).expect("copy");
+        }
+    }
+}
+
+/// Every row of a dataset's `tokens/` shards, by pair id.
+pub fn read_tokens(dataset: &Path) -> Vec<cm3_core::tokens::TokenRow> {
+    let mut rows = Vec::new();
+    for f in fs::read_dir(dataset.join("tokens")).expect("tokens/") {
+        let f = f.expect("entry").path();
+        if f.extension().is_some_and(|e| e == "parquet") {
+            rows.extend(cm3_core::tokens::read_shard(&f).expect("tokens shard"));
+        }
+    }
+    rows.sort_by_key(|r| r.id);
+    rows
+}

@@ -17,7 +17,6 @@ use cm3_core::vocab::TokenizerRef;
 use cm3_ingest::IngestConfig;
 use cm3_ingest::config::OutputImageFormat;
 use cm3_model::vq::{VqConfig, VqTokenizer};
-use sha2::{Digest, Sha256};
 
 use crate::error::{Result, TokenizeError};
 
@@ -26,7 +25,6 @@ use crate::error::{Result, TokenizeError};
 pub struct ImageTokenizer {
     vq: VqTokenizer,
     checkpoint: PathBuf,
-    config: PathBuf,
     sha256: String,
 }
 
@@ -38,11 +36,10 @@ impl ImageTokenizer {
         if config.is_none() && path.join("config.json").is_file() {
             let vq = VqTokenizer::load_saved(path, device)?;
             let checkpoint = path.join("model.safetensors");
-            let sha256 = sha256_file(&checkpoint)?;
+            let sha256 = cm3_core::fsio::sha256_file(&checkpoint)?.sha256;
             return Ok(Self {
                 vq,
                 checkpoint,
-                config: path.join("config.json"),
                 sha256,
             });
         }
@@ -53,21 +50,16 @@ impl ImageTokenizer {
         };
         let cfg = VqConfig::from_taming_yaml(&config)?;
         let vq = VqTokenizer::load_taming(&checkpoint, cfg, device)?;
-        let sha256 = sha256_file(&checkpoint)?;
+        let sha256 = cm3_core::fsio::sha256_file(&checkpoint)?.sha256;
         Ok(Self {
             vq,
             checkpoint,
-            config,
             sha256,
         })
     }
 
     pub fn vq(&self) -> &VqTokenizer {
         &self.vq
-    }
-
-    pub fn config_path(&self) -> &Path {
-        &self.config
     }
 
     /// What the vocabulary layout records about this tokenizer.
@@ -238,19 +230,4 @@ fn locate(path: &Path) -> Result<(PathBuf, PathBuf)> {
             many.len()
         ))),
     }
-}
-
-fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(|e| TokenizeError::Io {
-        op: "opening",
-        path: path.to_path_buf(),
-        source: e,
-    })?;
-    let mut hash = Sha256::new();
-    std::io::copy(&mut f, &mut hash).map_err(|e| TokenizeError::Io {
-        op: "reading",
-        path: path.to_path_buf(),
-        source: e,
-    })?;
-    Ok(hex::encode(hash.finalize()))
 }

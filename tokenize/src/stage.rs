@@ -159,17 +159,7 @@ pub fn run(opts: &TokenizeOptions, device: &Device) -> Result<TokenizeReport> {
 
     // Everything is loaded and checked; only now may --rebuild discard the earlier output.
     if opts.rebuild {
-        if manifest.stages.remove(STAGE).is_some() {
-            manifest.save(&ds.manifest_path(), &opts.worker.tag())?;
-        }
-        let dir = ds.path("tokens");
-        if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(|e| TokenizeError::Io {
-                op: "removing",
-                path: dir.clone(),
-                source: e,
-            })?;
-        }
+        ds.discard_stage(&mut manifest, STAGE, "tokens", &opts.worker.tag())?;
     }
     ds.stage_record(&mut manifest, STAGE, &record_json)?;
     save_layout(&ds, &layout)?;

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use arrow_array::{BinaryArray, UInt64Array};
 use burn::tensor::Device;
+use cm3_core::rng::SplitMix64;
 use cm3_core::schema::{column, read_columns};
 use cm3_core::{DatasetDir, WorkerSpec};
 use cm3_model::vq::ema::perplexity;
@@ -146,11 +147,11 @@ pub fn train_image(
 
     let train_device = Device::flex().autodiff();
     let mut trainer = VqTrainer::new(cfg.clone(), &train_device)?;
-    let mut rng = Rng(cfg.seed);
+    let mut rng = SplitMix64::new(cfg.seed);
     // Held-out crops (one fixed crop per image) for the loss curve.
     let held_crops: Vec<f32> = held_out
         .iter()
-        .flat_map(|p| crop_pixels(&p.rgb, side, crop, &mut Rng(p.id)))
+        .flat_map(|p| crop_pixels(&p.rgb, side, crop, &mut SplitMix64::new(p.id)))
         .collect();
     let bar = if opts.progress {
         let b = ProgressBar::new(cfg.steps as u64);
@@ -170,7 +171,7 @@ pub fn train_image(
     for step in 0..cfg.steps {
         let mut batch = Vec::with_capacity(cfg.batch_size * 3 * crop * crop);
         for _ in 0..cfg.batch_size {
-            let p = &train[(rng.next() % train.len() as u64) as usize];
+            let p = &train[(rng.next_u64() % train.len() as u64) as usize];
             batch.extend(crop_pixels(&p.rgb, side, crop, &mut rng));
         }
         let stats = trainer.step(batch, cfg.batch_size)?;
@@ -230,9 +231,12 @@ pub fn train_image(
 }
 
 /// A random `crop` × `crop` window of a `side` × `side` RGB image, as CHW floats in [-1, 1].
-fn crop_pixels(rgb: &[u8], side: usize, crop: usize, rng: &mut Rng) -> Vec<f32> {
+fn crop_pixels(rgb: &[u8], side: usize, crop: usize, rng: &mut SplitMix64) -> Vec<f32> {
     let span = (side - crop + 1) as u64;
-    let (top, left) = ((rng.next() % span) as usize, (rng.next() % span) as usize);
+    let (top, left) = (
+        (rng.next_u64() % span) as usize,
+        (rng.next_u64() % span) as usize,
+    );
     let mut out = vec![0f32; 3 * crop * crop];
     for y in 0..crop {
         for x in 0..crop {
@@ -243,17 +247,4 @@ fn crop_pixels(rgb: &[u8], side: usize, crop: usize, rng: &mut Rng) -> Vec<f32> 
         }
     }
     out
-}
-
-/// SplitMix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
 }

@@ -70,10 +70,10 @@ fn training_is_deterministic() {
 }
 
 fn python_tokenizers() -> PathBuf {
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/setup-python-tokenizers.sh");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/setup-python-package.sh");
     let out = Command::new("bash")
         .arg(&script)
+        .args(["tokenizers", "0.22.2"])
         .output()
         .expect("run setup script");
     assert!(

@@ -10,6 +10,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig};
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use cm3_core::rng::SplitMix64;
 use serde::{Deserialize, Serialize};
 
 use super::config::VqConfig;
@@ -150,7 +151,7 @@ pub struct VqTrainer {
     ema_sum: Vec<f64>,
     initialised: bool,
     step: usize,
-    rng: u64,
+    rng: SplitMix64,
 }
 
 impl std::fmt::Debug for VqTrainer {
@@ -173,7 +174,7 @@ impl VqTrainer {
             codebook: vec![0.0; m.n_embed * m.embed_dim],
             ema_count: vec![0.0; m.n_embed],
             ema_sum: vec![0.0; m.n_embed * m.embed_dim],
-            rng: cfg.seed ^ 0x9E37_79B9_7F4A_7C15,
+            rng: SplitMix64::new(cfg.seed ^ 0x9E37_79B9_7F4A_7C15),
             cfg,
             device: device.clone(),
             model: Some(model),
@@ -181,15 +182,6 @@ impl VqTrainer {
             initialised: false,
             step: 0,
         })
-    }
-
-    fn next_random(&mut self) -> u64 {
-        // SplitMix64: seeded, reproducible restarts.
-        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
     }
 
     fn codebook_tensor(&self) -> Tensor<2> {
@@ -226,7 +218,7 @@ impl VqTrainer {
             // Start the codebook on encoder outputs, so that every code begins near the data.
             let n = flat_host.len() / d;
             for c in 0..k {
-                let i = (self.next_random() % n as u64) as usize;
+                let i = (self.rng.next_u64() % n as u64) as usize;
                 self.codebook[c * d..(c + 1) * d].copy_from_slice(&flat_host[i * d..(i + 1) * d]);
                 self.ema_sum[c * d..(c + 1) * d]
                     .iter_mut()
@@ -286,7 +278,7 @@ impl VqTrainer {
             let n = idx_host.len();
             for c in 0..k {
                 if self.ema_count[c] < self.cfg.dead_code_usage {
-                    let i = (self.next_random() % n as u64) as usize;
+                    let i = (self.rng.next_u64() % n as u64) as usize;
                     let v = &flat_host[i * d..(i + 1) * d];
                     self.codebook[c * d..(c + 1) * d].copy_from_slice(v);
                     for (s, &x) in self.ema_sum[c * d..(c + 1) * d].iter_mut().zip(v) {

@@ -202,7 +202,8 @@ impl VqTokenizer {
     /// model `cfg` describes. Every model tensor must be present with its shape; keys other
     /// than the training-only `loss.*` that the model does not have are refused, with names.
     pub fn load_taming(ckpt: &Path, cfg: VqConfig, device: &Device) -> Result<Self> {
-        let mut me = Self::new(cfg, device)?;
+        cfg.validate("configuration")?;
+        let mut model = GumbelVq::new(&cfg, device);
         let bad = |reason: String| ModelError::Checkpoint {
             path: ckpt.to_path_buf(),
             reason,
@@ -214,9 +215,6 @@ impl VqTokenizer {
             .with_top_level_key("state_dict")
             .map_indices_contiguous(false)
             .allow_partial(true);
-        let Model::Gumbel(model) = &mut me.model else {
-            return Err(bad("internal: not a GumbelVQ".into()));
-        };
         let applied = model
             .load_from(&mut store)
             .map_err(|e| bad(format!("cannot be read as a PyTorch checkpoint: {e}")))?;
@@ -226,7 +224,12 @@ impl VqTokenizer {
             applied = applied.applied.len(),
             "loaded a taming GumbelVQ checkpoint"
         );
-        Ok(me)
+        Ok(Self {
+            model: Model::Gumbel(Box::new(model)),
+            image_size: cfg.resolution,
+            cfg,
+            device: device.clone(),
+        })
     }
 
     pub fn config(&self) -> &VqConfig {
@@ -237,10 +240,6 @@ impl VqTokenizer {
     /// dataset's image size for one trained by cm3 (on crops of it).
     pub fn image_size(&self) -> usize {
         self.image_size
-    }
-
-    pub fn device(&self) -> &Device {
-        &self.device
     }
 
     fn check_pixels(&self, op: &'static str, x: &Tensor<4>) -> Result<()> {

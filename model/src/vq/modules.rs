@@ -320,8 +320,4 @@ impl GumbelQuantize {
     pub fn codebook(&self) -> Tensor<2> {
         self.embed.weight.val()
     }
-
-    pub fn codebook_size(&self) -> usize {
-        self.embed.weight.dims()[0]
-    }
 }
