@@ -11,6 +11,7 @@ use cm3_ingest::config::{CocoPairs, InvalidUtf8, JpegCodec, OutputImageFormat, R
 use cm3_ingest::{IngestConfig, IngestOptions, InputFormat};
 
 mod augment;
+mod build;
 mod embed;
 mod index;
 mod inspect;
@@ -37,6 +38,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run every stage in order (ingest → embed → index → augment → tokenizers → tokenize →
+    /// pack), each incremental, and print a summary: the prepared directory `cm3 train` reads.
+    Build(Box<build::BuildArgs>),
     /// Turn caption-image pairs into normalised Parquet shards in <dataset>/pairs/.
     Ingest(Box<IngestArgs>),
     /// Print a dataset's manifest in human terms (stages, shards, rows, rejects by reason).
@@ -435,6 +439,7 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
     let result = match cli.command {
+        Command::Build(a) => build::run(*a),
         Command::Ingest(a) => ingest(*a),
         Command::Inspect {
             dataset,

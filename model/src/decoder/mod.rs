@@ -1,0 +1,430 @@
+//! The CM3Leon decoder (paper §2.3): OPT's decoder-only transformer (pre-LayerNorm, ReLU
+//! feed-forward, learned absolute positions) without bias terms, dropout or LayerNorm parameters.
+//!
+//! Parameters carry Hugging Face `OPTForCausalLM`'s names and layouts (`[out, in]` matrices,
+//! the position table with OPT's two unused leading rows), so a saved model is an OPT checkpoint
+//! that `transformers` loads, and an OPT checkpoint of this shape loads here.
+pub mod config;
+pub mod init;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use burn::module::{Module, Param};
+use burn::store::{ModuleSnapshot, SafetensorsStore};
+use burn::tensor::activation::{log_softmax, relu, softmax};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use cm3_core::rng::SplitMix64;
+use serde::{Deserialize, Serialize};
+
+use config::POSITION_OFFSET;
+pub use config::{DecoderConfig, Memory, ParamCounts, ZeroInit};
+
+use crate::error::{ModelError, Result};
+use crate::vq::ema::read_f32;
+
+/// A bias-free linear map stored as PyTorch does, `[out, in]`.
+#[derive(Module, Debug)]
+pub struct Proj {
+    pub weight: Param<Tensor<2>>,
+}
+
+impl Proj {
+    fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let w = self.weight.val().transpose().unsqueeze::<D>();
+        x.matmul(w)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct SelfAttention {
+    pub q_proj: Proj,
+    pub k_proj: Proj,
+    pub v_proj: Proj,
+    pub out_proj: Proj,
+}
+
+#[derive(Module, Debug)]
+pub struct DecoderLayer {
+    pub self_attn: SelfAttention,
+    pub fc1: Proj,
+    pub fc2: Proj,
+}
+
+/// Holds a weight of shape `[rows, cols]` (the embeddings).
+#[derive(Module, Debug)]
+pub struct Table {
+    pub weight: Param<Tensor<2>>,
+}
+
+#[derive(Module, Debug)]
+pub struct OptDecoder {
+    pub embed_tokens: Table,
+    /// `(max_seq_len + 2) × d_model`: position `p` is row `p + 2`.
+    pub embed_positions: Table,
+    pub layers: Vec<DecoderLayer>,
+}
+
+#[derive(Module, Debug)]
+pub struct OptModel {
+    pub decoder: OptDecoder,
+}
+
+/// The decoder with its vocabulary projection (absent when tied to the input embedding).
+#[derive(Module, Debug)]
+pub struct Cm3Decoder {
+    pub model: OptModel,
+    pub lm_head: Option<Proj>,
+}
+
+/// What a forward pass over token sequences gives.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Score {
+    /// Mean next-token cross-entropy (nats) over the scored positions.
+    pub loss: f64,
+    pub perplexity: f64,
+    /// Positions scored (targets that are not padding).
+    pub tokens: u64,
+}
+
+fn param(values: Vec<f32>, shape: [usize; 2], device: &Device) -> Param<Tensor<2>> {
+    Param::from_tensor(Tensor::from_data(TensorData::new(values, shape), device))
+}
+
+/// LayerNorm without parameters: (x − mean) / sqrt(var + eps) over the last axis (biased
+/// variance, as PyTorch).
+pub fn layer_norm(x: Tensor<3>, eps: f64) -> Tensor<3> {
+    let mean = x.clone().mean_dim(2);
+    let centred = x - mean;
+    let var = centred.clone().powf_scalar(2.0).mean_dim(2);
+    centred / (var + eps).sqrt()
+}
+
+impl Cm3Decoder {
+    /// A new model initialised as §2.3 says, from `seed`.
+    pub fn init(cfg: &DecoderConfig, seed: u64, device: &Device) -> Result<Self> {
+        cfg.validate("decoder config")?;
+        let mut rng = SplitMix64::new(seed);
+        let (d, f, v) = (cfg.d_model, cfg.ffn_dim, cfg.vocab_size);
+        let mut trunc = |rows: usize, cols: usize, zero: bool| -> Proj {
+            let values = if zero {
+                vec![0.0; rows * cols]
+            } else {
+                init::truncated_normal(rows * cols, cfg.init_std, cfg.init_truncation, &mut rng)
+            };
+            Proj {
+                weight: param(values, [rows, cols], device),
+            }
+        };
+        let residual_zero = cfg.zero_init == ZeroInit::Residual;
+        let embed_tokens = Table {
+            weight: trunc(v, d, false).weight,
+        };
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        for _ in 0..cfg.n_layers {
+            layers.push(DecoderLayer {
+                self_attn: SelfAttention {
+                    q_proj: trunc(d, d, false),
+                    k_proj: trunc(d, d, false),
+                    v_proj: trunc(d, d, false),
+                    out_proj: trunc(d, d, residual_zero),
+                },
+                fc1: trunc(f, d, false),
+                fc2: trunc(d, f, residual_zero),
+            });
+        }
+        let lm_head = (!cfg.tie_embeddings).then(|| trunc(v, d, cfg.zero_init == ZeroInit::Vocab));
+        let rows = cfg.max_seq_len + POSITION_OFFSET;
+        let positions = init::normal(rows * d, cfg.position_init_std, &mut rng);
+        Ok(Self {
+            model: OptModel {
+                decoder: OptDecoder {
+                    embed_tokens,
+                    embed_positions: Table {
+                        weight: param(positions, [rows, d], device),
+                    },
+                    layers,
+                },
+            },
+            lm_head,
+        })
+    }
+
+    /// Logits `[B, T, vocab]` of token ids `[B, T]` (causal: position t sees 0..=t).
+    pub fn forward(&self, cfg: &DecoderConfig, ids: Tensor<2, Int>) -> Result<Tensor<3>> {
+        let [b, t] = ids.dims();
+        if t == 0 || t > cfg.max_seq_len {
+            return Err(ModelError::Input {
+                op: "decoder forward",
+                reason: format!(
+                    "sequences of {t} tokens; the model takes 1 to {}",
+                    cfg.max_seq_len
+                ),
+            });
+        }
+        let (d, h) = (cfg.d_model, cfg.n_heads);
+        let hd = cfg.head_dim();
+        let device = ids.device();
+        let dec = &self.model.decoder;
+        let tokens = dec
+            .embed_tokens
+            .weight
+            .val()
+            .select(0, ids.reshape([b * t]));
+        let positions = dec
+            .embed_positions
+            .weight
+            .val()
+            .slice([POSITION_OFFSET..POSITION_OFFSET + t, 0..d]);
+        let mut x = tokens.reshape([b, t, d]) + positions.unsqueeze::<3>();
+        let mask = causal_mask(t, &device);
+        let scale = (hd as f64).powf(-0.5);
+        for layer in &dec.layers {
+            let a = &layer.self_attn;
+            let hn = layer_norm(x.clone(), cfg.layer_norm_eps);
+            let split = |y: Tensor<3>| y.reshape([b, t, h, hd]).swap_dims(1, 2);
+            let q = split(a.q_proj.forward(hn.clone()).mul_scalar(scale));
+            let k = split(a.k_proj.forward(hn.clone()));
+            let v = split(a.v_proj.forward(hn));
+            let scores = q.matmul(k.swap_dims(2, 3)) + mask.clone();
+            let ctx = softmax(scores, 3)
+                .matmul(v)
+                .swap_dims(1, 2)
+                .reshape([b, t, d]);
+            x = x + a.out_proj.forward(ctx);
+            let hn = layer_norm(x.clone(), cfg.layer_norm_eps);
+            x = x + layer.fc2.forward(relu(layer.fc1.forward(hn)));
+        }
+        let x = layer_norm(x, cfg.layer_norm_eps);
+        Ok(match &self.lm_head {
+            Some(head) => head.forward(x),
+            None => x.matmul(dec.embed_tokens.weight.val().transpose().unsqueeze::<3>()),
+        })
+    }
+
+    /// Mean next-token cross-entropy of `ids` `[B, T]`, skipping targets equal to `pad`, as a
+    /// one-element tensor (differentiable on an autodiff device), and the number of targets.
+    pub fn loss(
+        &self,
+        cfg: &DecoderConfig,
+        ids: Tensor<2, Int>,
+        pad: Option<u32>,
+    ) -> Result<(Tensor<1>, u64)> {
+        let [b, t] = ids.dims();
+        if t < 2 {
+            return Err(ModelError::Input {
+                op: "loss",
+                reason: format!("sequences of {t} tokens: a next-token loss needs at least 2"),
+            });
+        }
+        let logits = self
+            .forward(cfg, ids.clone().slice([0..b, 0..t - 1]))?
+            .reshape([b * (t - 1), cfg.vocab_size]);
+        let targets = ids.slice([0..b, 1..t]).reshape([b * (t - 1), 1]);
+        let logp = log_softmax(logits, 1)
+            .gather(1, targets.clone())
+            .reshape([b * (t - 1)]);
+        let weights = match pad {
+            Some(p) => targets
+                .reshape([b * (t - 1)])
+                .not_equal_elem(p as i64)
+                .float(),
+            None => Tensor::ones([b * (t - 1)], &logp.device()),
+        };
+        let n = read_f32(weights.clone().sum(), "loss weights")?[0] as u64;
+        let total = (logp * weights).sum().neg();
+        Ok((total.div_scalar(n.max(1) as f64), n))
+    }
+
+    /// Loss and perplexity of `ids` (no gradients).
+    pub fn score(
+        &self,
+        cfg: &DecoderConfig,
+        ids: Tensor<2, Int>,
+        pad: Option<u32>,
+    ) -> Result<Score> {
+        let (loss, tokens) = self.loss(cfg, ids, pad)?;
+        let loss = f64::from(read_f32(loss, "loss")?[0]);
+        Ok(Score {
+            loss,
+            perplexity: loss.exp(),
+            tokens,
+        })
+    }
+
+    /// Load `model.safetensors` in Hugging Face OPT naming (what [`Self::save`] writes, or an
+    /// `OPTForCausalLM` of this shape). Every tensor must be there with its shape; `lm_head` is
+    /// absent exactly when the embeddings are tied.
+    pub fn load(path: &Path, cfg: &DecoderConfig, device: &Device) -> Result<Self> {
+        let bad = |reason: String| ModelError::Checkpoint {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if !path.is_file() {
+            return Err(bad("no such file".into()));
+        }
+        let mut model = Self::init(cfg, 0, device)?;
+        let mut store = SafetensorsStore::from_file(path).allow_partial(true);
+        let applied = model
+            .load_from(&mut store)
+            .map_err(|e| bad(format!("cannot be read: {e}")))?;
+        let missing: BTreeSet<String> = applied.missing.iter().map(|(p, _)| p.clone()).collect();
+        let unused: Vec<String> = applied.unused.clone();
+        let errors: Vec<String> = applied.errors.iter().map(|e| e.to_string()).collect();
+        if !missing.is_empty() || !unused.is_empty() || !errors.is_empty() {
+            let what = if unused.iter().any(|u| u == "lm_head.weight") {
+                " (an untied checkpoint: set tie_embeddings = false)"
+            } else if missing.contains("lm_head.weight") {
+                " (a tied checkpoint: set tie_embeddings = true)"
+            } else {
+                ""
+            };
+            return Err(bad(format!(
+                "does not fit the configuration{what}: missing {missing:?}, unexpected \
+                 {unused:?}, misshapen {errors:?}"
+            )));
+        }
+        Ok(model)
+    }
+
+    /// Save as `model.safetensors` (Hugging Face OPT names), atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let tmp = path.with_extension("safetensors.tmp");
+        let mut store = SafetensorsStore::from_file(&tmp).overwrite(true);
+        self.save_into(&mut store)
+            .map_err(|e| ModelError::Checkpoint {
+                path: path.to_path_buf(),
+                reason: format!("writing: {e}"),
+            })?;
+        std::fs::rename(&tmp, path).map_err(|e| ModelError::Io {
+            op: "renaming",
+            path: tmp.clone(),
+            source: e,
+        })
+    }
+}
+
+/// `[1, 1, T, T]`: 0 where a position may attend, a large negative number above the diagonal
+/// (finite, as Hugging Face does, so no row is all −inf).
+fn causal_mask(t: usize, device: &Device) -> Tensor<4> {
+    let mut m = vec![0f32; t * t];
+    for i in 0..t {
+        for j in i + 1..t {
+            m[i * t + j] = f32::MIN;
+        }
+    }
+    Tensor::from_data(TensorData::new(m, [1, 1, t, t]), device)
+}
+
+/// The Hugging Face `config.json` of an OPT model of this configuration (so `transformers`
+/// loads a saved cm3 model as `OPTForCausalLM`), and back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HfOptConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub ffn_dim: usize,
+    pub max_position_embeddings: usize,
+    #[serde(default = "yes")]
+    pub do_layer_norm_before: bool,
+    #[serde(default = "yes")]
+    pub enable_bias: bool,
+    #[serde(default = "yes")]
+    pub layer_norm_elementwise_affine: bool,
+    #[serde(default = "relu_name")]
+    pub activation_function: String,
+    /// Absent means tied (the default of `transformers`' `PretrainedConfig`).
+    #[serde(default = "yes")]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub word_embed_proj_dim: Option<usize>,
+    #[serde(default)]
+    pub _remove_final_layer_norm: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+fn relu_name() -> String {
+    "relu".into()
+}
+
+impl HfOptConfig {
+    /// The cm3 configuration of an OPT `config.json`, refusing what this decoder does not
+    /// implement (biases, LayerNorm parameters, post-LayerNorm, another activation, a projected
+    /// embedding). The initialisation fields keep their defaults.
+    pub fn to_decoder(&self, origin: &str) -> Result<DecoderConfig> {
+        let mut unsupported = Vec::new();
+        if self.enable_bias {
+            unsupported.push("enable_bias must be false");
+        }
+        if self.layer_norm_elementwise_affine {
+            unsupported.push("layer_norm_elementwise_affine must be false");
+        }
+        if !self.do_layer_norm_before {
+            unsupported.push("do_layer_norm_before must be true");
+        }
+        if self.activation_function != "relu" {
+            unsupported.push("activation_function must be relu");
+        }
+        if self
+            .word_embed_proj_dim
+            .is_some_and(|w| w != self.hidden_size)
+        {
+            unsupported.push("word_embed_proj_dim must equal hidden_size");
+        }
+        if self._remove_final_layer_norm {
+            unsupported.push("_remove_final_layer_norm must be false");
+        }
+        if !unsupported.is_empty() {
+            return Err(ModelError::Config {
+                origin: origin.to_string(),
+                reason: format!(
+                    "an OPT model this decoder cannot run: {}",
+                    unsupported.join(", ")
+                ),
+            });
+        }
+        let c = DecoderConfig {
+            vocab_size: self.vocab_size,
+            d_model: self.hidden_size,
+            n_layers: self.num_hidden_layers,
+            n_heads: self.num_attention_heads,
+            ffn_dim: self.ffn_dim,
+            max_seq_len: self.max_position_embeddings,
+            tie_embeddings: self.tie_word_embeddings,
+            ..DecoderConfig::default()
+        };
+        c.validate(origin)?;
+        Ok(c)
+    }
+
+    /// The `config.json` `transformers` needs to load a cm3 decoder as `OPTForCausalLM`.
+    pub fn json(cfg: &DecoderConfig) -> serde_json::Value {
+        serde_json::json!({
+            "architectures": ["OPTForCausalLM"],
+            "model_type": "opt",
+            "vocab_size": cfg.vocab_size,
+            "hidden_size": cfg.d_model,
+            "word_embed_proj_dim": cfg.d_model,
+            "num_hidden_layers": cfg.n_layers,
+            "num_attention_heads": cfg.n_heads,
+            "ffn_dim": cfg.ffn_dim,
+            "max_position_embeddings": cfg.max_seq_len,
+            "do_layer_norm_before": true,
+            "enable_bias": false,
+            "layer_norm_elementwise_affine": false,
+            "activation_function": "relu",
+            "dropout": 0.0,
+            "attention_dropout": 0.0,
+            "activation_dropout": 0.0,
+            "layerdrop": 0.0,
+            "tie_word_embeddings": cfg.tie_embeddings,
+            "torch_dtype": "float32",
+            "pad_token_id": 0,
+            "bos_token_id": 1,
+            "eos_token_id": 1,
+        })
+    }
+}
