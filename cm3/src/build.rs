@@ -82,44 +82,10 @@ impl BuildConfig {
     /// The preset, overridden field by field by a TOML or JSON file.
     pub(crate) fn load(preset: Preset, dataset: &Path, file: Option<&Path>) -> Result<Self> {
         let base = Self::preset(preset, dataset);
-        let Some(file) = file else {
-            return Ok(base);
-        };
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("reading config {}", file.display()))?;
-        let overrides: Value = if file.extension().is_some_and(|e| e == "json") {
-            serde_json::from_str(&text).with_context(|| format!("config {}", file.display()))?
-        } else {
-            let t: toml::Table =
-                toml::from_str(&text).with_context(|| format!("config {}", file.display()))?;
-            serde_json::to_value(t)?
-        };
-        let mut merged = serde_json::to_value(&base)?;
-        merge(&mut merged, overrides);
-        serde_json::from_value(merged).with_context(|| format!("config {}", file.display()))
-    }
-}
-
-/// Overlay `over` onto `base`, table by table. A table whose `kind` differs from the base's (an
-/// index of another kind) replaces it whole, since its fields are another variant's.
-fn merge(base: &mut Value, over: Value) {
-    match (base, over) {
-        (Value::Object(b), Value::Object(o)) => {
-            let other_kind = o.get("kind").is_some_and(|k| b.get("kind") != Some(k));
-            if other_kind {
-                *b = o;
-                return;
-            }
-            for (k, v) in o {
-                match b.get_mut(&k) {
-                    Some(slot) => merge(slot, v),
-                    None => {
-                        b.insert(k, v);
-                    }
-                }
-            }
+        match file {
+            Some(file) => crate::overlay(&base, crate::read_settings(file)?, file),
+            None => Ok(base),
         }
-        (b, o) => *b = o,
     }
 }
 

@@ -18,6 +18,7 @@ mod inspect;
 mod pack;
 mod tokenize;
 mod tokenizer;
+mod train;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -73,6 +74,13 @@ enum Command {
     /// CM3 causal-masked, retrieval-augmented training sequences into <dataset>/packed/
     /// (Megatron-LM indexed datasets + meta.json).
     Pack(Box<pack::PackArgs>),
+    /// Train the CM3Leon decoder from a prepared dataset directory (or resume a run).
+    Train(Box<train::TrainArgs>),
+    /// The decoder: parameter counts and memory; scoring token sequences with a checkpoint.
+    Model {
+        #[command(subcommand)]
+        command: train::ModelCommand,
+    },
     /// The tokenizers: train the text BPE; encode and decode images with the VQ tokenizer.
     Tokenizer {
         #[command(subcommand)]
@@ -305,6 +313,55 @@ pub(crate) fn load_config<T: serde::de::DeserializeOwned + Default>(
     }
 }
 
+/// A settings file (TOML, or JSON by extension) as a JSON value.
+pub(crate) fn read_settings(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
+    if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).with_context(|| format!("config {}", path.display()))
+    } else {
+        let t: toml::Table =
+            toml::from_str(&text).with_context(|| format!("config {}", path.display()))?;
+        Ok(serde_json::to_value(t)?)
+    }
+}
+
+/// `base` with the fields `over` gives replaced, table by table (unknown fields are refused by
+/// the config types, naming `origin`).
+pub(crate) fn overlay<T: serde::Serialize + serde::de::DeserializeOwned>(
+    base: &T,
+    over: serde_json::Value,
+    origin: &Path,
+) -> Result<T> {
+    let mut merged = serde_json::to_value(base)?;
+    merge_settings(&mut merged, over);
+    serde_json::from_value(merged).with_context(|| format!("config {}", origin.display()))
+}
+
+/// Overlay `over` onto `base`, table by table. A table whose `kind` differs from the base's (an
+/// index of another kind) replaces it whole, since its fields are another variant's.
+fn merge_settings(base: &mut serde_json::Value, over: serde_json::Value) {
+    use serde_json::Value;
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            let other_kind = o.get("kind").is_some_and(|k| b.get("kind") != Some(k));
+            if other_kind {
+                *b = o;
+                return;
+            }
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge_settings(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
 fn ingest(a: IngestArgs) -> Result<()> {
     let mut cfg: IngestConfig = load_config(a.config.as_deref())?;
     macro_rules! set {
@@ -460,6 +517,8 @@ fn main() -> ExitCode {
         Command::Tokenize(a) => tokenize::run(*a),
         Command::Pack(a) => pack::run(*a),
         Command::Tokenizer { command } => tokenizer::run(command),
+        Command::Train(a) => train::train(*a),
+        Command::Model { command } => train::model(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

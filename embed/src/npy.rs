@@ -157,6 +157,11 @@ impl Npy {
                 .chunks_exact(4)
                 .map(|c| i64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
                 .collect()),
+            "<i4" => Ok(self
+                .data
+                .chunks_exact(4)
+                .map(|c| i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                .collect()),
             other => Err(format!("dtype {other} is not an integer type")),
         }
     }

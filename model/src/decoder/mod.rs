@@ -428,3 +428,124 @@ impl HfOptConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(p: &Param<Tensor<2>>) -> Vec<f32> {
+        read_f32(p.val(), "test").unwrap_or_default()
+    }
+
+    fn std_max(x: &[f32]) -> (f64, f64) {
+        let n = x.len() as f64;
+        let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+        let var = x
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        let max = x.iter().map(|&v| f64::from(v).abs()).fold(0.0, f64::max);
+        (var.sqrt(), max)
+    }
+
+    /// §2.3 on a real initialisation: truncated normal (std 0.006, ±3 std), zero output layers,
+    /// positions ~ N(0, 0.0002).
+    #[test]
+    fn initialisation_follows_the_paper() -> Result<()> {
+        let device = Device::flex();
+        let cfg = DecoderConfig {
+            vocab_size: 1000,
+            d_model: 128,
+            n_heads: 4,
+            ffn_dim: 512,
+            n_layers: 2,
+            max_seq_len: 512,
+            ..DecoderConfig::default()
+        };
+        let m = Cm3Decoder::init(&cfg, 1, &device)?;
+        let d = &m.model.decoder;
+        for (name, w) in [
+            ("embed_tokens", values(&d.embed_tokens.weight)),
+            ("q_proj", values(&d.layers[0].self_attn.q_proj.weight)),
+            ("fc1", values(&d.layers[1].fc1.weight)),
+        ] {
+            let (std, max) = std_max(&w);
+            assert!((std / 0.006 - 0.98658).abs() < 0.01, "{name}: std {std}");
+            assert!(max <= 0.018 + 1e-7, "{name}: max {max}");
+        }
+        for layer in &d.layers {
+            assert!(
+                values(&layer.self_attn.out_proj.weight)
+                    .iter()
+                    .all(|&v| v == 0.0)
+            );
+            assert!(values(&layer.fc2.weight).iter().all(|&v| v == 0.0));
+        }
+        assert!(m.lm_head.is_none(), "tied by default");
+        let (std, max) = std_max(&values(&d.embed_positions.weight));
+        assert!((std / 0.0002 - 1.0).abs() < 0.02, "positions: std {std}");
+        assert!(
+            max > 3.0 * 0.0002,
+            "positions are a plain normal, not truncated"
+        );
+        assert_eq!(
+            d.embed_positions.weight.dims(),
+            [cfg.max_seq_len + POSITION_OFFSET, cfg.d_model]
+        );
+        // The other reading: the vocabulary projection starts at zero, the blocks do not.
+        let cfg = DecoderConfig {
+            zero_init: ZeroInit::Vocab,
+            tie_embeddings: false,
+            ..cfg
+        };
+        let m = Cm3Decoder::init(&cfg, 1, &device)?;
+        let head = m
+            .lm_head
+            .as_ref()
+            .map(|h| values(&h.weight))
+            .unwrap_or_default();
+        assert_eq!(head.len(), 1000 * 128);
+        assert!(head.iter().all(|&v| v == 0.0));
+        let (std, _) = std_max(&values(&m.model.decoder.layers[0].fc2.weight));
+        assert!(std > 0.005);
+        // Seeded.
+        let again = Cm3Decoder::init(&cfg, 1, &device)?;
+        assert_eq!(
+            values(&m.model.decoder.layers[1].fc1.weight),
+            values(&again.model.decoder.layers[1].fc1.weight)
+        );
+        Ok(())
+    }
+
+    /// Causality: changing a later token leaves the logits of earlier positions unchanged.
+    #[test]
+    fn logits_do_not_see_the_future() -> Result<()> {
+        let device = Device::flex();
+        let cfg = DecoderConfig {
+            vocab_size: 40,
+            d_model: 32,
+            n_heads: 4,
+            ffn_dim: 64,
+            n_layers: 2,
+            max_seq_len: 16,
+            zero_init: ZeroInit::None,
+            ..DecoderConfig::default()
+        };
+        let m = Cm3Decoder::init(&cfg, 5, &device)?;
+        let run = |ids: Vec<i64>| -> Result<Vec<f32>> {
+            read_f32(
+                m.forward(
+                    &cfg,
+                    Tensor::from_data(TensorData::new(ids, [1, 8]), &device),
+                )?,
+                "logits",
+            )
+        };
+        let a = run(vec![1, 2, 3, 4, 5, 6, 7, 8])?;
+        let b = run(vec![1, 2, 3, 4, 5, 9, 9, 9])?;
+        assert_eq!(a[..5 * 40], b[..5 * 40]);
+        assert_ne!(a[5 * 40..6 * 40], b[5 * 40..6 * 40]);
+        Ok(())
+    }
+}

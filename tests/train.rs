@@ -1,0 +1,340 @@
+//! End-to-end tests of `cm3 train` and `cm3 model`: `cm3 build` → `cm3 train` on the embedded
+//! sample, overfitting a few sequences, resume equivalence, refusals, a NaN stop, and
+//! `cm3 model score` against Hugging Face transformers' numbers.
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+/// A prepared dataset of the first `pairs` sample pairs: 32-pixel images through the taming VQ
+/// fixture (16 codes each), 128-token sequences; built by `cm3 build`.
+fn prepared(dir: &Path, pairs: usize) -> PathBuf {
+    let input = dir.join("input");
+    sample_part(&input, 0..pairs);
+    let vq = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../model/tests/fixtures/vqgan/tiny_gumbel_f8.ckpt");
+    let cfg = dir.join("build.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "[ingest]\nimage_size = 32\n[tokenize]\nimage_tokenizer = {:?}\n[pack]\nseq_len = \
+             128\nval_fraction = 0.25\n",
+            p(&vq)
+        ),
+    )
+    .expect("config");
+    let ds = dir.join("ds");
+    run_ok(&[
+        "build",
+        &p(&ds),
+        "--preset",
+        "demo",
+        "--config",
+        &p(&cfg),
+        "--input",
+        &p(&input),
+        "--no-progress",
+    ]);
+    ds
+}
+
+fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    fs::read_to_string(run.join("metrics.jsonl"))
+        .expect("metrics.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+/// (step, loss) of the training lines.
+fn losses(run: &Path) -> Vec<(u64, f64)> {
+    metrics(run)
+        .iter()
+        .filter_map(|m| Some((m["step"].as_u64()?, m["loss"].as_f64()?)))
+        .collect()
+}
+
+fn train(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["train", "--json"];
+    all.extend_from_slice(args);
+    serde_json::from_slice(&run_ok(&all).stdout).expect("train report")
+}
+
+#[test]
+fn build_then_train_resumes_exactly_and_overfits() {
+    runtime();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ds = prepared(tmp.path(), 32);
+    let cfg = tmp.path().join("tiny.toml");
+    fs::write(
+        &cfg,
+        "preset = \"tiny\"\nbatch_size = 2\nbatch_tokens = 512\nsave_every = 3\n\
+         keep_checkpoints = 2\neval_every = 4\n",
+    )
+    .expect("config");
+
+    // Uninterrupted: 8 steps, two micro-batches of 2 × 128 tokens each.
+    let whole = tmp.path().join("whole");
+    let r = train(&[
+        "--data",
+        &p(&ds),
+        "--config",
+        &p(&cfg),
+        "--out",
+        &p(&whole),
+        "--steps",
+        "8",
+    ]);
+    assert_eq!(r["last_step"], 8);
+    assert_eq!(r["tokens_seen"], 8 * 512);
+    assert_eq!(r["finished"], true);
+    let m = metrics(&whole);
+    let first = &m[0];
+    for key in ["step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s"] {
+        assert!(!first[key].is_null(), "metrics line without {key}: {first}");
+    }
+    assert!(
+        m.iter()
+            .any(|l| l["val_loss"].is_f64() && l["val_perplexity"].is_f64())
+    );
+    // The newest two checkpoints are kept; each is also a Hugging Face OPT folder.
+    let mut kept: Vec<String> = fs::read_dir(whole.join("checkpoints"))
+        .expect("checkpoints")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("step-"))
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["step-0000006", "step-0000008"]);
+    let last = whole.join("checkpoints/step-0000008");
+    for f in [
+        "model.bpk",
+        "optim.bpk",
+        "state.json",
+        "model.safetensors",
+        "config.json",
+    ] {
+        assert!(last.join(f).is_file(), "checkpoint without {f}");
+    }
+    let record: serde_json::Value =
+        serde_json::from_slice(&fs::read(whole.join("config.json")).expect("run config"))
+            .expect("json");
+    assert_eq!(record["seq_len"], 128);
+    assert_eq!(record["meta_sha256"].as_str().map(str::len), Some(64));
+
+    // Interrupted after 5 steps (checkpoint at 3 and at the stop), resumed to 8: the same
+    // losses step for step.
+    let split = tmp.path().join("split");
+    let r = train(&[
+        "--data",
+        &p(&ds),
+        "--config",
+        &p(&cfg),
+        "--out",
+        &p(&split),
+        "--steps",
+        "8",
+        "--stop-after",
+        "5",
+    ]);
+    assert_eq!(
+        (r["last_step"].as_u64(), r["finished"].as_bool()),
+        (Some(5), Some(false))
+    );
+    let r = train(&["--resume", &p(&split)]);
+    assert_eq!(
+        (r["first_step"].as_u64(), r["last_step"].as_u64()),
+        (Some(5), Some(8))
+    );
+    assert_eq!(losses(&split), losses(&whole));
+    assert_eq!(losses(&whole).len(), 8);
+
+    // Scoring with the run's latest checkpoint: a finite loss and the logits of every position.
+    let ids = tmp.path().join("ids.npy");
+    let mut npy = cm3_embed::npy::header(cm3_embed::npy::Dtype::I64, &[1, 16]);
+    for i in 0..16i64 {
+        npy.extend_from_slice(&(1 + i * 3).to_le_bytes());
+    }
+    fs::write(&ids, npy).expect("ids");
+    let logits = tmp.path().join("logits.npy");
+    let out = run_ok(&[
+        "model",
+        "score",
+        "--weights",
+        &p(&whole),
+        "--tokens",
+        &p(&ids),
+        "--logits-out",
+        &p(&logits),
+        "--json",
+    ]);
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).expect("score");
+    assert!(s["loss"].as_f64().is_some_and(f64::is_finite), "{s}");
+    assert_eq!(s["scored_targets"], 15);
+    let vocab = record["config"]["model"]["vocab_size"]
+        .as_u64()
+        .expect("vocab") as usize;
+    let bytes = fs::read(&logits).expect("logits");
+    let parsed = cm3_embed::npy::Npy::parse(&bytes).expect("npy");
+    assert_eq!(parsed.shape, [1, 16, vocab]);
+
+    // Refusals: the run exists; another vocabulary; a dataset changed under a run.
+    let err = run_err(&[
+        "train",
+        "--data",
+        &p(&ds),
+        "--config",
+        &p(&cfg),
+        "--out",
+        &p(&whole),
+    ]);
+    assert!(err.contains("--resume"), "{err}");
+    let bad = tmp.path().join("vocab.toml");
+    fs::write(&bad, "[model]\nvocab_size = 5\n").expect("write");
+    let err = run_err(&[
+        "train",
+        "--data",
+        &p(&ds),
+        "--config",
+        &p(&bad),
+        "--out",
+        &p(&tmp.path().join("v")),
+    ]);
+    assert!(
+        err.contains("vocabulary") && err.contains("meta.json"),
+        "{err}"
+    );
+    let meta = ds.join("packed/meta.json");
+    let original = fs::read(&meta).expect("meta");
+    fs::write(&meta, [&original[..], b" "].concat()).expect("touch meta");
+    let err = run_err(&["train", "--resume", &p(&split)]);
+    assert!(err.contains("changed since the run started"), "{err}");
+    fs::write(&meta, original).expect("restore");
+    // A truncated .bin.
+    let bin = ds.join("packed/train.bin");
+    let len = fs::metadata(&bin).expect("bin").len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&bin)
+        .expect("open")
+        .set_len(len - 4)
+        .expect("truncate");
+    let err = run_err(&[
+        "train",
+        "--data",
+        &p(&ds),
+        "--out",
+        &p(&tmp.path().join("t")),
+        "--steps",
+        "1",
+    ]);
+    assert!(
+        err.contains("truncated") && err.contains("train.bin"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_tiny_model_overfits_a_few_sequences_and_stops_on_nan() {
+    runtime();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ds = prepared(tmp.path(), 4);
+    let cfg = tmp.path().join("overfit.toml");
+    fs::write(
+        &cfg,
+        "lr = 3e-3\nwarmup_steps = 10\nsteps = 150\nsave_every = 150\neval_every = 0\n\
+         decay = \"cosine\"\nweight_decay = 0.0\n",
+    )
+    .expect("config");
+    let run = tmp.path().join("overfit");
+    train(&["--data", &p(&ds), "--config", &p(&cfg), "--out", &p(&run)]);
+    let l = losses(&run);
+    assert_eq!(l.len(), 150);
+    assert!(l[0].1 > 4.0, "the first loss is {}", l[0].1);
+    assert!(l[149].1 < 0.1, "after 150 steps the loss is {}", l[149].1);
+
+    // A learning rate that blows the weights up: stop at the first non-finite loss, keeping the
+    // last good checkpoint.
+    fs::write(
+        &cfg,
+        "lr = 1e30\nwarmup_steps = 0\nsteps = 5\nsave_every = 1\nclip_norm = 0.0\n",
+    )
+    .expect("config");
+    let run = tmp.path().join("nan");
+    let err = run_err(&[
+        "train",
+        "--data",
+        &p(&ds),
+        "--config",
+        &p(&cfg),
+        "--out",
+        &p(&run),
+    ]);
+    assert!(err.contains("NaN") || err.contains("inf"), "{err}");
+    let latest = fs::read_to_string(run.join("checkpoints/latest")).expect("latest");
+    assert!(err.contains(&latest), "{err} does not name {latest}");
+}
+
+#[test]
+fn model_score_matches_transformers_on_the_opt_fixture() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/opt");
+    let bytes = fs::read(fixture.join("expected.safetensors")).expect("expected");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let ids = st.tensor("input_ids").expect("ids");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let npy = tmp.path().join("ids.npy");
+    let mut out = cm3_embed::npy::header(cm3_embed::npy::Dtype::I64, ids.shape());
+    out.extend_from_slice(ids.data());
+    fs::write(&npy, out).expect("npy");
+    let logits = tmp.path().join("logits.npy");
+    let out = run_ok(&[
+        "model",
+        "score",
+        "--weights",
+        &p(&fixture),
+        "--tokens",
+        &p(&npy),
+        "--ignore-id",
+        "0",
+        "--logits-out",
+        &p(&logits),
+        "--json",
+    ]);
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).expect("score");
+    let want = f32::from_le_bytes(
+        st.tensor("loss").expect("loss").data()[..4]
+            .try_into()
+            .expect("4"),
+    );
+    let got = s["loss"].as_f64().expect("loss");
+    assert!(
+        (got - f64::from(want)).abs() < 1e-5,
+        "loss {got}, transformers {want}"
+    );
+    let expected: Vec<f32> = st
+        .tensor("logits")
+        .expect("logits")
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let ours = cm3_embed::npy::Npy::parse(&fs::read(&logits).expect("logits"))
+        .expect("npy")
+        .to_f32()
+        .expect("f32");
+    let worst = ours
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-4, "max |Δlogits| {worst}");
+
+    // The model's `info`: the paper's nominal sizes are exact counts of this architecture.
+    let out = run_ok(&["model", "info", "--config", "350m", "--json"]);
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("info");
+    assert_eq!(info["params"]["total"], 372_246_528u64);
+    let out = run_ok(&["model", "info", "--config", "7b", "--untied", "--json"]);
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("info");
+    assert_eq!(info["params"]["total"], 6_987_718_656u64);
+}

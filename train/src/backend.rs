@@ -1,0 +1,41 @@
+//! Where training runs: Burn's `flex` CPU backend (always built), or a GPU backend compiled in
+//! by the `wgpu` or `cuda` cargo feature.
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Pure-Rust CPU backend (multi-threaded with rayon).
+    #[default]
+    Flex,
+    /// WebGPU (Vulkan, Metal, DX12) on the default adapter; feature `wgpu`.
+    Wgpu,
+    /// CUDA device 0; feature `cuda`.
+    Cuda,
+}
+
+impl Backend {
+    /// The device (without autodiff), or a clear error when this build lacks the backend.
+    pub fn device(self) -> Result<Device> {
+        let missing = |feature: &str| {
+            Err(TrainError::Config(format!(
+                "this cm3 was built without the `{feature}` backend: rebuild with \
+                 `cargo build --release --features {feature}`"
+            )))
+        };
+        match self {
+            Backend::Flex => Ok(Device::flex()),
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
+            #[cfg(not(feature = "wgpu"))]
+            Backend::Wgpu => missing("wgpu"),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda => Ok(Device::cuda(0usize)),
+            #[cfg(not(feature = "cuda"))]
+            Backend::Cuda => missing("cuda"),
+        }
+    }
+}

@@ -1,0 +1,580 @@
+//! The training loop: micro-batches accumulated to a step, global gradient clipping, AdamW,
+//! validation, metrics, atomic checkpoints, resume.
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::ModuleVisitor;
+use burn::module::{Module, Param, ParamGroup};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use cm3_core::fsio::write_atomic;
+use cm3_model::decoder::{Cm3Decoder, DecoderConfig, HfOptConfig};
+
+use crate::config::TrainConfig;
+use crate::data::{DataPosition, PackedSplit, PreparedData, Sampler};
+use crate::error::{Result, TrainError, io};
+
+/// `<run>/config.json`: what the run trains, on what.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRecord {
+    pub format: String,
+    /// The prepared dataset (absolute path).
+    pub dataset: PathBuf,
+    /// sha256 of its `packed/meta.json` when the run started.
+    pub meta_sha256: String,
+    pub seq_len: usize,
+    /// The resolved configuration (the vocabulary filled in from the dataset).
+    pub config: TrainConfig,
+    pub tool_version: String,
+}
+
+pub const RUN_FORMAT: &str = "cm3-run/1";
+pub const RUN_CONFIG: &str = "config.json";
+pub const METRICS: &str = "metrics.jsonl";
+pub const CHECKPOINTS: &str = "checkpoints";
+
+/// `state.json` of a checkpoint: where training stands.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimiser steps done.
+    pub step: u64,
+    pub tokens_seen: u64,
+    pub position: DataPosition,
+    pub loss: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// The run directory.
+    pub out: PathBuf,
+    /// A new run: the dataset and configuration. `None`: resume the run in `out`.
+    pub start: Option<(PathBuf, TrainConfig)>,
+    /// Stop (with a checkpoint) after this many steps in this session, e.g. before a scheduler's
+    /// time limit; `cm3 train --resume` continues.
+    pub stop_after: Option<u64>,
+    pub backend: crate::Backend,
+    pub progress: bool,
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    pub step: u64,
+    pub tokens: u64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub lr: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub grad_norm: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tokens_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub val_loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub val_perplexity: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainReport {
+    pub run: PathBuf,
+    pub first_step: u64,
+    pub last_step: u64,
+    pub steps: u64,
+    pub tokens_seen: u64,
+    pub last_loss: f64,
+    pub val_loss: Option<f64>,
+    pub seconds: f64,
+    pub tokens_per_s: f64,
+    pub checkpoint: PathBuf,
+    pub finished: bool,
+}
+
+fn run_error(path: &Path, reason: impl Into<String>) -> TrainError {
+    TrainError::Run {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(io("reading", path))?;
+    serde_json::from_str(&text).map_err(|e| run_error(path, format!("unreadable: {e}")))
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| run_error(path, format!("serialising: {e}")))?;
+    write_atomic(path, (text + "\n").as_bytes(), "train")?;
+    Ok(())
+}
+
+/// The AdamW of the paper: β 0.9/0.95, ε 1e-8, decoupled decay 0.1 except on the positions.
+fn optimizer(cfg: &TrainConfig) -> Result<ModuleOptimizer> {
+    let adamw = AdamWConfig::new()
+        .with_beta_1(cfg.beta1 as f32)
+        .with_beta_2(cfg.beta2 as f32)
+        .with_epsilon(cfg.eps as f32)
+        .with_weight_decay(cfg.weight_decay as f32);
+    let no_decay = ParamGroup::from_regex("embed_positions")
+        .map_err(|e| TrainError::Config(format!("parameter group: {e:?}")))?;
+    Ok(adamw
+        .init()
+        .with_group(no_decay, adamw.with_weight_decay(0.0).build(), None))
+}
+
+/// Sum of squared gradients over the model's parameters.
+struct SquaredNorm<'a> {
+    grads: &'a GradientsParams,
+    sum: f64,
+}
+
+impl ModuleVisitor for SquaredNorm<'_> {
+    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+        if let Some(g) = self.grads.get::<D>(p.id) {
+            let s: f32 = g.square().sum().into_scalar();
+            self.sum += f64::from(s);
+        }
+    }
+}
+
+struct ScaleGrads<'a> {
+    grads: &'a mut GradientsParams,
+    factor: f64,
+}
+
+impl ModuleVisitor for ScaleGrads<'_> {
+    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+        if let Some(g) = self.grads.remove::<D>(p.id) {
+            self.grads.register::<D>(p.id, g.mul_scalar(self.factor));
+        }
+    }
+}
+
+fn ids_tensor(ids: Vec<i64>, batch: usize, seq_len: usize, device: &Device) -> Tensor<2, Int> {
+    Tensor::from_data(TensorData::new(ids, [batch, seq_len]), device)
+}
+
+/// Mean next-token loss over the non-padding targets of `split` (the first `batches`
+/// micro-batches of `batch` sequences, all when 0).
+pub fn evaluate(
+    model: &Cm3Decoder,
+    cfg: &DecoderConfig,
+    split: &PackedSplit,
+    pad: u32,
+    batch: usize,
+    batches: usize,
+    device: &Device,
+) -> Result<f64> {
+    let (mut nll, mut count) = (0f64, 0u64);
+    let n = split.len();
+    let limit = if batches == 0 {
+        n
+    } else {
+        (batches * batch).min(n)
+    };
+    let mut i = 0;
+    while i < limit {
+        let b = batch.min(limit - i);
+        let mut ids = Vec::with_capacity(b * split.seq_len);
+        for k in i..i + b {
+            split.read_into(k, &mut ids)?;
+        }
+        let score = model.score(cfg, ids_tensor(ids, b, split.seq_len, device), Some(pad))?;
+        nll += score.loss * score.tokens as f64;
+        count += score.tokens;
+        i += b;
+    }
+    Ok(nll / count.max(1) as f64)
+}
+
+struct Run {
+    dir: PathBuf,
+    record: RunRecord,
+    data: PreparedData,
+}
+
+fn checkpoint_name(step: u64) -> String {
+    format!("step-{step:07}")
+}
+
+/// The newest checkpoint of a run (`checkpoints/latest`), if any.
+pub fn latest_checkpoint(run: &Path) -> Result<Option<PathBuf>> {
+    let latest = run.join(CHECKPOINTS).join("latest");
+    match std::fs::read_to_string(&latest) {
+        Ok(name) => {
+            let dir = run.join(CHECKPOINTS).join(name.trim());
+            if !dir.join("state.json").is_file() {
+                return Err(run_error(
+                    &latest,
+                    format!(
+                        "names {}, which is not a complete checkpoint",
+                        dir.display()
+                    ),
+                ));
+            }
+            Ok(Some(dir))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io("reading", &latest)(e)),
+    }
+}
+
+impl Run {
+    fn open(opts: &TrainOptions) -> Result<Self> {
+        let dir = &opts.out;
+        let config_path = dir.join(RUN_CONFIG);
+        match &opts.start {
+            Some((dataset, cfg)) => {
+                if config_path.exists() {
+                    return Err(run_error(
+                        dir,
+                        "already holds a run: pass --resume to continue it, or choose another \
+                         --out",
+                    ));
+                }
+                cfg.validate()?;
+                let data = PreparedData::open(dataset)?;
+                let mut cfg = cfg.clone();
+                let size = data.layout.size as usize;
+                if cfg.model.vocab_size == 0 {
+                    cfg.model.vocab_size = size;
+                } else if cfg.model.vocab_size != size {
+                    return Err(TrainError::Dataset {
+                        path: dataset.join("packed/meta.json"),
+                        reason: format!(
+                            "a vocabulary of {size} ids; the model's is {} (set model.vocab_size \
+                             = 0 to take the dataset's)",
+                            cfg.model.vocab_size
+                        ),
+                    });
+                }
+                if cfg.model.max_seq_len < data.seq_len {
+                    return Err(TrainError::Config(format!(
+                        "the dataset's sequences are {} tokens, the model's max_seq_len is {}",
+                        data.seq_len, cfg.model.max_seq_len
+                    )));
+                }
+                cfg.model.validate("training config")?;
+                std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+                let record = RunRecord {
+                    format: RUN_FORMAT.into(),
+                    dataset: std::fs::canonicalize(dataset).map_err(io("resolving", dataset))?,
+                    meta_sha256: data.meta_sha256.clone(),
+                    seq_len: data.seq_len,
+                    config: cfg,
+                    tool_version: env!("CARGO_PKG_VERSION").into(),
+                };
+                write_json(&config_path, &record)?;
+                Ok(Self {
+                    dir: dir.clone(),
+                    record,
+                    data,
+                })
+            }
+            None => {
+                if !config_path.is_file() {
+                    return Err(run_error(dir, "no run to resume here (no config.json)"));
+                }
+                let record: RunRecord = read_json(&config_path)?;
+                if record.format != RUN_FORMAT {
+                    return Err(run_error(
+                        &config_path,
+                        format!("format {:?}, this cm3 reads {RUN_FORMAT}", record.format),
+                    ));
+                }
+                let data = PreparedData::open(&record.dataset)?;
+                if data.meta_sha256 != record.meta_sha256 {
+                    return Err(TrainError::Dataset {
+                        path: record.dataset.join("packed/meta.json"),
+                        reason: "changed since the run started (new sequences or another \
+                                 packing): resuming would not continue the same data order; \
+                                 start a new run"
+                            .into(),
+                    });
+                }
+                Ok(Self {
+                    dir: dir.clone(),
+                    record,
+                    data,
+                })
+            }
+        }
+    }
+
+    fn save(
+        &self,
+        model: &Cm3Decoder,
+        optim: &ModuleOptimizer,
+        state: &TrainState,
+    ) -> Result<PathBuf> {
+        let cfg = &self.record.config;
+        let root = self.dir.join(CHECKPOINTS);
+        let name = checkpoint_name(state.step);
+        let tmp = root.join(format!(".{name}.tmp"));
+        let fin = root.join(&name);
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(io("removing", &tmp))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(io("creating", &tmp))?;
+        let record_err = |what: &str, e: String| run_error(&tmp, format!("writing {what}: {e}"));
+        model
+            .clone()
+            .save_file(tmp.join("model.bpk"))
+            .map_err(|e| record_err("model.bpk", format!("{e:?}")))?;
+        optim
+            .save(tmp.join("optim.bpk"))
+            .map_err(|e| record_err("optim.bpk", format!("{e:?}")))?;
+        // The same weights as a Hugging Face OPT checkpoint, for `cm3 model score`, generation
+        // and `transformers`.
+        model.valid().save(&tmp.join("model.safetensors"))?;
+        write_json(&tmp.join("config.json"), &HfOptConfig::json(&cfg.model))?;
+        write_json(&tmp.join("state.json"), state)?;
+        if fin.exists() {
+            std::fs::remove_dir_all(&fin).map_err(io("removing", &fin))?;
+        }
+        std::fs::rename(&tmp, &fin).map_err(io("renaming", &tmp))?;
+        write_atomic(&root.join("latest"), name.as_bytes(), "train")?;
+        // Keep the newest `keep_checkpoints`.
+        let mut steps: Vec<PathBuf> = std::fs::read_dir(&root)
+            .map_err(io("listing", &root))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_dir()
+                    && p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("step-"))
+            })
+            .collect();
+        steps.sort();
+        let excess = steps.len().saturating_sub(cfg.keep_checkpoints);
+        for old in &steps[..excess] {
+            std::fs::remove_dir_all(old).map_err(io("removing", old))?;
+        }
+        Ok(fin)
+    }
+}
+
+/// Keep the metrics up to `step` (a resumed run redoes the steps after its checkpoint).
+fn trim_metrics(path: &Path, step: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| serde_json::from_str::<Metrics>(l).is_ok_and(|m| m.step <= step))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    write_atomic(path, kept.as_bytes(), "train")?;
+    Ok(())
+}
+
+/// Train (a new run, or resume one) until the configured steps, or `stop_after` steps.
+pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
+    let run = Run::open(opts)?;
+    let cfg = run.record.config.clone();
+    let mcfg = cfg.model.clone();
+    let eval_device = opts.backend.device()?;
+    let device = eval_device.clone().autodiff();
+    let seq_len = run.data.seq_len;
+    let pad = run.data.pad;
+
+    let mut optim = optimizer(&cfg)?;
+    let mut model = Cm3Decoder::init(&mcfg, cfg.seed, &device)?;
+    let mut state = TrainState {
+        step: 0,
+        tokens_seen: 0,
+        position: DataPosition {
+            epoch: 0,
+            offset: 0,
+        },
+        loss: f64::NAN,
+    };
+    let metrics_path = run.dir.join(METRICS);
+    if opts.start.is_none() {
+        if let Some(ckpt) = latest_checkpoint(&run.dir)? {
+            let load_err = |what: &str, e: String| run_error(&ckpt, format!("{what}: {e}"));
+            model = model
+                .try_load_file(ckpt.join("model.bpk"))
+                .map_err(|e| load_err("model.bpk", format!("{e:?}")))?;
+            optim = optim
+                .load(ckpt.join("optim.bpk"))
+                .map_err(|e| load_err("optim.bpk", format!("{e:?}")))?;
+            state = read_json(&ckpt.join("state.json"))?;
+            tracing::info!(checkpoint = %ckpt.display(), step = state.step, "resuming");
+        }
+        trim_metrics(&metrics_path, state.step)?;
+    }
+    let first_step = state.step;
+    let mut sampler = Sampler::new(cfg.seed, run.data.train.len(), state.position);
+    let accumulation = cfg.accumulation(seq_len);
+    let last = match opts.stop_after {
+        Some(n) => (state.step + n).min(cfg.steps),
+        None => cfg.steps,
+    };
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(io("opening", &metrics_path))?;
+    let mut log = |m: &Metrics| -> Result<()> {
+        let line = serde_json::to_string(m).map_err(|e| run_error(&metrics_path, e.to_string()))?;
+        writeln!(metrics, "{line}").map_err(io("writing", &metrics_path))
+    };
+    let bar = if opts.progress {
+        let b = ProgressBar::new(cfg.steps);
+        b.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} [{elapsed} < {eta}]")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b.set_position(state.step);
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    tracing::info!(
+        run = %run.dir.display(),
+        params = mcfg.param_counts().total,
+        sequences = run.data.train.len(),
+        seq_len,
+        accumulation,
+        from_step = state.step,
+        to_step = last,
+        "training"
+    );
+
+    let started = Instant::now();
+    let mut last_val = None;
+    let mut checkpoint = latest_checkpoint(&run.dir)?.unwrap_or_default();
+    while state.step < last {
+        let t0 = Instant::now();
+        // The step's sequences, and how many targets they score (for the token-weighted mean).
+        let mut micro = Vec::with_capacity(accumulation);
+        for _ in 0..accumulation {
+            let mut ids = Vec::with_capacity(cfg.batch_size * seq_len);
+            for _ in 0..cfg.batch_size {
+                run.data.train.read_into(sampler.next_index(), &mut ids)?;
+            }
+            micro.push(ids);
+        }
+        let targets: u64 = micro
+            .iter()
+            .flat_map(|ids| ids.chunks(seq_len))
+            .map(|s| s[1..].iter().filter(|&&t| t != i64::from(pad)).count() as u64)
+            .sum();
+        let mut accum = GradientsAccumulator::<Cm3Decoder>::new();
+        let mut loss_sum = 0f64;
+        for ids in micro {
+            let ids = ids_tensor(ids, cfg.batch_size, seq_len, &device);
+            let (loss, n) = model.loss(&mcfg, ids, Some(pad))?;
+            let loss = loss.mul_scalar(n as f64 / targets.max(1) as f64);
+            loss_sum += f64::from(loss.clone().detach().into_scalar::<f32>());
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            accum.accumulate(&model, grads);
+        }
+        if !loss_sum.is_finite() {
+            let kept = if checkpoint.as_os_str().is_empty() {
+                "no checkpoint was written yet".to_string()
+            } else {
+                format!("the last good checkpoint is {}", checkpoint.display())
+            };
+            bar.abandon();
+            return Err(TrainError::Diverged(format!(
+                "the loss became {loss_sum} at step {}; stopped without saving this step, {kept} \
+                 (resume it with a lower lr, or look at the data)",
+                state.step + 1
+            )));
+        }
+        let mut grads = accum.grads();
+        let mut norm = SquaredNorm {
+            grads: &grads,
+            sum: 0.0,
+        };
+        model.visit(&mut norm);
+        let grad_norm = norm.sum.sqrt();
+        if cfg.clip_norm > 0.0 && grad_norm > cfg.clip_norm {
+            model.visit(&mut ScaleGrads {
+                grads: &mut grads,
+                factor: cfg.clip_norm / (grad_norm + 1e-6),
+            });
+        }
+        let lr = cfg.lr_at(state.step);
+        model = optim.step(lr, model, grads);
+        state.step += 1;
+        let tokens = (accumulation * cfg.batch_size * seq_len) as u64;
+        state.tokens_seen += tokens;
+        state.position = sampler.position();
+        state.loss = loss_sum;
+        let tokens_per_s = tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+        log(&Metrics {
+            step: state.step,
+            tokens: state.tokens_seen,
+            loss: Some(loss_sum),
+            lr: Some(lr),
+            grad_norm: Some(grad_norm),
+            tokens_per_s: Some(tokens_per_s),
+            val_loss: None,
+            val_perplexity: None,
+        })?;
+        bar.set_position(state.step);
+        bar.set_message(format!(
+            "loss {loss_sum:.4} lr {lr:.2e} {tokens_per_s:.0} tok/s"
+        ));
+
+        let end = state.step == last;
+        if let Some(val) = &run.data.val
+            && ((cfg.eval_every > 0 && state.step.is_multiple_of(cfg.eval_every)) || end)
+        {
+            let v = evaluate(
+                &model.valid(),
+                &mcfg,
+                val,
+                pad,
+                cfg.batch_size,
+                cfg.eval_batches,
+                &eval_device,
+            )?;
+            last_val = Some(v);
+            log(&Metrics {
+                step: state.step,
+                tokens: state.tokens_seen,
+                loss: None,
+                lr: None,
+                grad_norm: None,
+                tokens_per_s: None,
+                val_loss: Some(v),
+                val_perplexity: Some(v.exp()),
+            })?;
+            bar.println(format!(
+                "step {}: validation loss {v:.4}, perplexity {:.2}",
+                state.step,
+                v.exp()
+            ));
+        }
+        if state.step.is_multiple_of(cfg.save_every) || end {
+            checkpoint = run.save(&model, &optim, &state)?;
+        }
+    }
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let steps = state.step - first_step;
+    Ok(TrainReport {
+        run: run.dir.clone(),
+        first_step,
+        last_step: state.step,
+        steps,
+        tokens_seen: state.tokens_seen,
+        last_loss: state.loss,
+        val_loss: last_val,
+        seconds,
+        tokens_per_s: (steps as usize * accumulation * cfg.batch_size * seq_len) as f64
+            / seconds.max(1e-9),
+        checkpoint,
+        finished: state.step >= cfg.steps,
+    })
+}
