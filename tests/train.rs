@@ -338,3 +338,157 @@ fn model_score_matches_transformers_on_the_opt_fixture() {
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("info");
     assert_eq!(info["params"]["total"], 6_987_718_656u64);
 }
+
+#[test]
+fn generate_text_to_image_image_to_text_and_infill_with_a_trained_run() {
+    runtime();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ds = prepared(tmp.path(), 12);
+    let run = tmp.path().join("run");
+    train(&["--data", &p(&ds), "--out", &p(&run), "--steps", "4"]);
+    let generate = |out: &Path, extra: &[&str]| -> serde_json::Value {
+        let (r, o) = (p(&run), p(out));
+        let mut args = vec!["generate", "--run", &r, "--out", &o];
+        args.extend_from_slice(extra);
+        run_ok(&args);
+        serde_json::from_slice(&fs::read(out.join("generation.json")).expect("record"))
+            .expect("json")
+    };
+
+    // Text → image with CFG: PNGs of the tokenizer's resolution, every code in range, the
+    // settings and seeds recorded; the same seed gives the same images.
+    let a = generate(
+        &tmp.path().join("a"),
+        &[
+            "t2i",
+            "--prompt",
+            "a red stop sign",
+            "--samples",
+            "2",
+            "--cfg",
+            "3.0",
+            "--top-p",
+            "0.9",
+        ],
+    );
+    let b = generate(
+        &tmp.path().join("b"),
+        &[
+            "t2i",
+            "--prompt",
+            "a red stop sign",
+            "--samples",
+            "2",
+            "--cfg",
+            "3.0",
+            "--top-p",
+            "0.9",
+        ],
+    );
+    assert_eq!(a["outputs"], b["outputs"]);
+    assert_eq!(a["settings"]["guidance"]["kind"], "cfg");
+    assert_eq!(a["seeds"].as_array().map(Vec::len), Some(2));
+    for o in a["outputs"].as_array().expect("outputs") {
+        let codes = o["codes"].as_array().expect("codes");
+        assert_eq!(codes.len(), 16, "4 × 4 codes of the VQ fixture");
+        assert!(codes.iter().all(|c| c.as_u64().is_some_and(|c| c < 64)));
+        let png = tmp.path().join("a").join(o["file"].as_str().expect("file"));
+        let img = image::open(&png).expect("a PNG");
+        assert_eq!((img.width(), img.height()), (32, 32));
+    }
+    // Another seed, other images; CD-K runs too.
+    let c = generate(
+        &tmp.path().join("c"),
+        &[
+            "t2i",
+            "--prompt",
+            "a red stop sign",
+            "--samples",
+            "2",
+            "--seed",
+            "7",
+        ],
+    );
+    assert_ne!(a["outputs"], c["outputs"]);
+    let d = generate(
+        &tmp.path().join("d"),
+        &[
+            "t2i",
+            "--prompt",
+            "a red stop sign",
+            "--cd-alpha",
+            "0.1",
+            "--cd-k",
+            "5",
+        ],
+    );
+    assert_eq!(d["settings"]["guidance"]["kind"], "cd-k");
+
+    // Image → text and infilling produce text (whatever this 4-step model says).
+    let image = sample_dir().join("coco-107438.jpg");
+    let e = generate(
+        &tmp.path().join("e"),
+        &["i2t", "--image", &p(&image), "--max-tokens", "8"],
+    );
+    assert!(e["outputs"][0]["text"].is_string());
+    let f = generate(
+        &tmp.path().join("f"),
+        &[
+            "infill",
+            "--text",
+            "a <mask> on a bench",
+            "--max-tokens",
+            "4",
+        ],
+    );
+    assert!(f["outputs"][0]["span"].is_string());
+
+    // Bad input: clear errors.
+    let long = "word ".repeat(2000);
+    let err = run_err(&[
+        "generate",
+        "--run",
+        &p(&run),
+        "--out",
+        &p(&tmp.path().join("x")),
+        "t2i",
+        "--prompt",
+        &long,
+    ]);
+    assert!(err.contains("context"), "{err}");
+    let junk = tmp.path().join("junk.jpg");
+    fs::write(&junk, b"not an image").expect("write");
+    let err = run_err(&[
+        "generate",
+        "--run",
+        &p(&run),
+        "--out",
+        &p(&tmp.path().join("y")),
+        "i2t",
+        "--image",
+        &p(&junk),
+    ]);
+    assert!(err.contains("junk.jpg"), "{err}");
+    let err = run_err(&[
+        "generate",
+        "--run",
+        &p(&tmp.path().join("nope")),
+        "--out",
+        &p(&tmp.path().join("z")),
+        "t2i",
+        "--prompt",
+        "x",
+    ]);
+    assert!(err.contains("not a cm3 run"), "{err}");
+    let err = run_err(&[
+        "generate",
+        "--run",
+        &p(&run),
+        "--out",
+        &p(&tmp.path().join("w")),
+        "infill",
+        "--text",
+        "no span here",
+    ]);
+    assert!(err.contains("<mask>"), "{err}");
+}

@@ -13,6 +13,7 @@ use cm3_ingest::{IngestConfig, IngestOptions, InputFormat};
 mod augment;
 mod build;
 mod embed;
+mod generate;
 mod index;
 mod inspect;
 mod pack;
@@ -76,6 +77,8 @@ enum Command {
     Pack(Box<pack::PackArgs>),
     /// Train the CM3Leon decoder from a prepared dataset directory (or resume a run).
     Train(Box<train::TrainArgs>),
+    /// Generate with a trained run: text → image, image → text, infilling (CFG, CD-K, top-p).
+    Generate(Box<generate::GenerateArgs>),
     /// The decoder: parameter counts and memory; scoring token sequences with a checkpoint.
     Model {
         #[command(subcommand)]
@@ -518,6 +521,7 @@ fn main() -> ExitCode {
         Command::Pack(a) => pack::run(*a),
         Command::Tokenizer { command } => tokenizer::run(command),
         Command::Train(a) => train::train(*a),
+        Command::Generate(a) => generate::run(*a),
         Command::Model { command } => train::model(command),
     };
     match result {

@@ -4,6 +4,7 @@
 //! Parameters carry Hugging Face `OPTForCausalLM`'s names and layouts (`[out, in]` matrices,
 //! the position table with OPT's two unused leading rows), so a saved model is an OPT checkpoint
 //! that `transformers` loads, and an OPT checkpoint of this shape loads here.
+pub mod cache;
 pub mod config;
 pub mod init;
 
@@ -17,6 +18,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use cm3_core::rng::SplitMix64;
 use serde::{Deserialize, Serialize};
 
+pub use cache::KvCache;
 use config::POSITION_OFFSET;
 pub use config::{DecoderConfig, Memory, ParamCounts, ZeroInit};
 

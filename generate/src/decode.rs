@@ -1,0 +1,178 @@
+//! The decoding loop: every sample's conditional stream (and, with guidance, its unconditional
+//! stream) as rows of one batched forward over one key/value cache.
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use cm3_core::rng::SplitMix64;
+use cm3_model::decoder::{Cm3Decoder, DecoderConfig, KvCache};
+
+use crate::error::{GenerateError, Result};
+use crate::sampling::{Sampling, cd_k_scores, cfg_logits, constrain, sample};
+
+/// How the conditional and unconditional streams are combined.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Guidance {
+    /// The conditional stream alone.
+    None,
+    /// Classifier-free guidance, eq. 2.
+    Cfg { cfg_scale: f32 },
+    /// Contrastive decoding CD-K, eq. 3.
+    CdK { cd_alpha: f64, cd_k: usize },
+}
+
+/// What follows the prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// Exactly `count` ids, each from `allowed` (an image: its codes' id range).
+    Fixed {
+        count: usize,
+        allowed: std::ops::Range<usize>,
+    },
+    /// Ids from `allowed` until one of `stop` (not included) or `max` ids.
+    UntilStop {
+        max: usize,
+        allowed: Vec<std::ops::Range<usize>>,
+        stop: Vec<u32>,
+    },
+}
+
+impl Target {
+    fn max(&self) -> usize {
+        match self {
+            Target::Fixed { count, .. } => *count,
+            Target::UntilStop { max, .. } => *max,
+        }
+    }
+}
+
+/// One generation: `cond[i]` is sample i's prompt, `uncond[i]` its unconditional prompt (needed
+/// unless `guidance` is `None`); each sample draws from its own seeded stream.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub cond: &'a [Vec<u32>],
+    pub uncond: &'a [Vec<u32>],
+    pub target: Target,
+    pub guidance: Guidance,
+    pub sampling: Sampling,
+    pub seeds: &'a [u64],
+}
+
+/// Generate each sample's ids (without the prompt).
+pub fn generate(
+    model: &Cm3Decoder,
+    cfg: &DecoderConfig,
+    req: &Request<'_>,
+    device: &Device,
+) -> Result<Vec<Vec<u32>>> {
+    let n = req.cond.len();
+    let guided = req.guidance != Guidance::None;
+    if n == 0 || req.seeds.len() != n || (guided && req.uncond.len() != n) {
+        return Err(GenerateError::Invalid(format!(
+            "{n} prompts, {} unconditional prompts and {} seeds",
+            req.uncond.len(),
+            req.seeds.len()
+        )));
+    }
+    let rows: Vec<&Vec<u32>> = if guided {
+        req.cond.iter().chain(req.uncond).collect()
+    } else {
+        req.cond.iter().collect()
+    };
+    let longest = rows.iter().map(|p| p.len()).max().unwrap_or(0);
+    if rows.iter().any(|p| p.is_empty()) {
+        return Err(GenerateError::Invalid("an empty prompt".into()));
+    }
+    let capacity = longest + req.target.max();
+    if capacity > cfg.max_seq_len {
+        return Err(GenerateError::Invalid(format!(
+            "a prompt of {longest} tokens and {} to generate exceed the model's context of {} \
+             tokens",
+            req.target.max(),
+            cfg.max_seq_len
+        )));
+    }
+    if let Some(bad) = rows
+        .iter()
+        .flat_map(|p| p.iter())
+        .find(|&&t| t as usize >= cfg.vocab_size)
+    {
+        return Err(GenerateError::Invalid(format!(
+            "prompt id {bad} is outside the model's vocabulary of {}",
+            cfg.vocab_size
+        )));
+    }
+    let pads: Vec<usize> = rows.iter().map(|p| longest - p.len()).collect();
+    let mut cache = KvCache::new(cfg, pads.clone(), capacity, device);
+    let mut prompt = Vec::with_capacity(rows.len() * longest);
+    for (p, &pad) in rows.iter().zip(&pads) {
+        prompt.extend(std::iter::repeat_n(0i64, pad));
+        prompt.extend(p.iter().map(|&t| i64::from(t)));
+    }
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(prompt, [rows.len(), longest]), device);
+    let mut logits = last_logits(model.forward_cached(cfg, ids, &mut cache)?, cfg.vocab_size)?;
+    let mut rngs: Vec<SplitMix64> = req.seeds.iter().map(|&s| SplitMix64::new(s)).collect();
+    let mut out: Vec<Vec<u32>> = vec![Vec::new(); n];
+    let mut done = vec![false; n];
+    let v = cfg.vocab_size;
+    for step in 0..req.target.max() {
+        let mut next = Vec::with_capacity(rows.len());
+        for i in 0..n {
+            let cond = &logits[i * v..(i + 1) * v];
+            let mut scores = match req.guidance {
+                Guidance::None => cond.to_vec(),
+                Guidance::Cfg { cfg_scale } => {
+                    cfg_logits(cond, &logits[(n + i) * v..(n + i + 1) * v], cfg_scale)
+                }
+                Guidance::CdK { cd_alpha, cd_k } => {
+                    cd_k_scores(cond, &logits[(n + i) * v..(n + i + 1) * v], cd_alpha, cd_k)
+                }
+            };
+            let token = if done[i] {
+                0
+            } else {
+                match &req.target {
+                    Target::Fixed { allowed, .. } => {
+                        constrain(&mut scores, std::slice::from_ref(allowed));
+                    }
+                    Target::UntilStop { allowed, stop, .. } => {
+                        let mut ranges = allowed.clone();
+                        ranges.extend(stop.iter().map(|&s| s as usize..s as usize + 1));
+                        constrain(&mut scores, &ranges);
+                    }
+                }
+                let t = sample(&scores, &req.sampling, &mut rngs[i]).ok_or_else(|| {
+                    GenerateError::Invalid(format!(
+                        "sample {i}, step {step}: no allowed token has a finite score"
+                    ))
+                })? as u32;
+                match &req.target {
+                    Target::UntilStop { stop, .. } if stop.contains(&t) => done[i] = true,
+                    _ => out[i].push(t),
+                }
+                t
+            };
+            next.push(i64::from(token));
+        }
+        if done.iter().all(|&d| d) || step + 1 == req.target.max() {
+            break;
+        }
+        if guided {
+            next.extend_from_within(..n);
+        }
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(next, [rows.len(), 1]), device);
+        logits = last_logits(model.forward_cached(cfg, ids, &mut cache)?, v)?;
+    }
+    Ok(out)
+}
+
+/// The last position's logits of every row, `[rows × vocab]` on the host.
+fn last_logits(logits: Tensor<3>, vocab: usize) -> Result<Vec<f32>> {
+    let [b, t, _] = logits.dims();
+    logits
+        .slice([0..b, t - 1..t, 0..vocab])
+        .reshape([b * vocab])
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .map_err(|e| GenerateError::Invalid(format!("reading logits: {e:?}")))
+}

@@ -1,0 +1,13 @@
+//! Generation with a trained CM3Leon decoder (paper §3.1): incremental decoding over a
+//! key/value cache allocated once per generation, the conditional and unconditional streams as
+//! rows of one batch, classifier-free guidance, contrastive decoding CD-K, temperature / top-k /
+//! top-p sampling, and modality constraints; the tasks text → image, image → text and infilling.
+pub mod decode;
+pub mod error;
+pub mod sampling;
+pub mod tasks;
+
+pub use decode::{Guidance, Request, Target, generate};
+pub use error::{GenerateError, Result};
+pub use sampling::Sampling;
+pub use tasks::{Generator, Settings};

@@ -1,0 +1,269 @@
+//! The paper's decoding rules over one row of logits (§3.1): temperature, top-k, top-p
+//! (nucleus), greedy; classifier-free guidance (eq. 1–2); contrastive decoding CD-K (eq. 3);
+//! and modality constraints. Pure functions on host vectors, tested against hand-computed values.
+use cm3_core::rng::SplitMix64;
+use serde::{Deserialize, Serialize};
+
+/// How a token is drawn from a row of scores.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sampling {
+    /// Softmax temperature; 0 is greedy (the highest score).
+    pub temperature: f64,
+    /// Keep only the k highest scores (0: all).
+    pub top_k: usize,
+    /// Keep the smallest set of top-ranked tokens whose probability reaches p (1: all).
+    pub top_p: f64,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+        }
+    }
+}
+
+/// Eq. 2: `uncond + α_c · (cond − uncond)`.
+pub fn cfg_logits(cond: &[f32], uncond: &[f32], cfg_scale: f32) -> Vec<f32> {
+    cond.iter()
+        .zip(uncond)
+        .map(|(&c, &u)| u + cfg_scale * (c - u))
+        .collect()
+}
+
+/// Editing with separate text and image guidance (InstructPix2Pix-style, as the paper's editing
+/// uses: image 1.5, text 7.5): `uncond + s_i (image − uncond) + s_t (full − image)`, where `full`
+/// is conditioned on both, `image` on the image only.
+pub fn cfg_logits_two(
+    full: &[f32],
+    image: &[f32],
+    uncond: &[f32],
+    image_scale: f32,
+    text_scale: f32,
+) -> Vec<f32> {
+    full.iter()
+        .zip(image)
+        .zip(uncond)
+        .map(|((&f, &i), &u)| u + image_scale * (i - u) + text_scale * (f - i))
+        .collect()
+}
+
+/// Natural-log probabilities (a numerically stable log-softmax).
+pub fn log_softmax(x: &[f32]) -> Vec<f64> {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return vec![f64::NEG_INFINITY; x.len()];
+    }
+    let sum: f64 = x
+        .iter()
+        .map(|&v| (f64::from(v) - f64::from(max)).exp())
+        .sum();
+    let log_sum = sum.ln() + f64::from(max);
+    x.iter().map(|&v| f64::from(v) - log_sum).collect()
+}
+
+/// The `k`-th largest value (1-based; ties count separately; `k` beyond the length gives the
+/// smallest).
+fn kth_largest(x: &[f64], k: usize) -> f64 {
+    let mut sorted: Vec<f64> = x.to_vec();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    let k = k.clamp(1, sorted.len().max(1));
+    sorted.get(k - 1).copied().unwrap_or(f64::NEG_INFINITY)
+}
+
+/// Eq. 3, CD-K: `log p_cond − log p_uncond` on the plausible set {t : p_cond(t) ≥ α · (k-th
+/// largest p_cond)}, −inf elsewhere. (The original contrastive decoding uses the maximum, k = 1.)
+pub fn cd_k_scores(cond: &[f32], uncond: &[f32], cd_alpha: f64, cd_k: usize) -> Vec<f32> {
+    let lc = log_softmax(cond);
+    let lu = log_softmax(uncond);
+    let threshold = cd_alpha.ln() + kth_largest(&lc, cd_k);
+    lc.iter()
+        .zip(&lu)
+        .map(|(&c, &u)| {
+            if c >= threshold {
+                (c - u) as f32
+            } else {
+                f32::NEG_INFINITY
+            }
+        })
+        .collect()
+}
+
+/// Keep the ids in `allowed` (half-open ranges): everything else becomes −inf.
+pub fn constrain(scores: &mut [f32], allowed: &[std::ops::Range<usize>]) {
+    let mut keep = vec![false; scores.len()];
+    for r in allowed {
+        for k in keep.iter_mut().take(r.end.min(scores.len())).skip(r.start) {
+            *k = true;
+        }
+    }
+    for (s, k) in scores.iter_mut().zip(keep) {
+        if !k {
+            *s = f32::NEG_INFINITY;
+        }
+    }
+}
+
+/// The ids kept by top-p: the smallest set of the highest-probability ids whose probabilities sum
+/// to at least `p` (ties broken by id), in decreasing probability.
+pub fn top_p_set(probs: &[f64], p: f64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..probs.len()).filter(|&i| probs[i] > 0.0).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+    let mut sum = 0.0;
+    let mut kept = Vec::new();
+    for i in order {
+        kept.push(i);
+        sum += probs[i];
+        if sum >= p - 1e-12 {
+            break;
+        }
+    }
+    kept
+}
+
+/// Draw one id from `scores` (logits or CD-K scores; −inf is excluded), or `None` when every
+/// score is −inf.
+pub fn sample(scores: &[f32], s: &Sampling, rng: &mut SplitMix64) -> Option<usize> {
+    let finite: Vec<usize> = (0..scores.len())
+        .filter(|&i| scores[i] > f32::NEG_INFINITY)
+        .collect();
+    if finite.is_empty() {
+        return None;
+    }
+    if s.temperature <= 0.0 {
+        return finite
+            .iter()
+            .copied()
+            .max_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(b.cmp(&a)));
+    }
+    let mut x: Vec<f32> = scores
+        .iter()
+        .map(|&v| (f64::from(v) / s.temperature) as f32)
+        .collect();
+    if s.top_k > 0 && s.top_k < finite.len() {
+        let mut sorted: Vec<f32> = finite.iter().map(|&i| x[i]).collect();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        let cut = sorted[s.top_k - 1];
+        // Ties at the cut are kept by id order up to k.
+        let mut kept = 0;
+        for (i, v) in x.iter_mut().enumerate() {
+            if *v > cut || (*v == cut && kept < s.top_k && scores[i] > f32::NEG_INFINITY) {
+                kept += 1;
+            } else {
+                *v = f32::NEG_INFINITY;
+            }
+        }
+    }
+    let probs: Vec<f64> = log_softmax(&x).into_iter().map(f64::exp).collect();
+    let set = if s.top_p < 1.0 {
+        top_p_set(&probs, s.top_p)
+    } else {
+        (0..probs.len()).filter(|&i| probs[i] > 0.0).collect()
+    };
+    let total: f64 = set.iter().map(|&i| probs[i]).sum();
+    let mut u = rng.next_f64() * total;
+    for &i in &set {
+        u -= probs[i];
+        if u <= 0.0 {
+            return Some(i);
+        }
+    }
+    set.last().copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cfg_is_the_papers_equation_2() {
+        let got = cfg_logits(&[2.0, 0.0, -1.0], &[1.0, 1.0, 1.0], 3.0);
+        assert_eq!(got, vec![4.0, -2.0, -5.0]);
+        // Scale 1 is the conditional stream, 0 the unconditional one.
+        assert_eq!(cfg_logits(&[2.0, 0.5], &[1.0, 1.0], 1.0), vec![2.0, 0.5]);
+        assert_eq!(cfg_logits(&[2.0, 0.5], &[1.0, 1.0], 0.0), vec![1.0, 1.0]);
+        // Two scales: uncond 0, image-only 1, full 3; s_i 1.5, s_t 7.5 → 1.5 + 15 = 16.5.
+        assert_eq!(cfg_logits_two(&[3.0], &[1.0], &[0.0], 1.5, 7.5), vec![16.5]);
+    }
+
+    #[test]
+    fn cd_k_uses_the_kth_largest_probability() {
+        // p_cond = [0.5, 0.3, 0.15, 0.05]; p_uncond uniform.
+        let cond: Vec<f32> = [0.5f32, 0.3, 0.15, 0.05].iter().map(|p| p.ln()).collect();
+        let uncond = vec![0.0f32; 4];
+        // k = 2: threshold α · 0.3 = 0.135 with α = 0.45 → ids 0, 1, 2 plausible.
+        let s = cd_k_scores(&cond, &uncond, 0.45, 2);
+        let want = |p: f32| (f64::from(p).ln() - 0.25f64.ln()) as f32;
+        assert!((s[0] - want(0.5)).abs() < 1e-6 && (s[1] - want(0.3)).abs() < 1e-6);
+        assert!((s[2] - want(0.15)).abs() < 1e-5, "{s:?}");
+        assert_eq!(s[3], f32::NEG_INFINITY);
+        // k = 1 is the original CD (α · max = 0.25): only ids 0 and 1.
+        let s = cd_k_scores(&cond, &uncond, 0.5, 1);
+        assert!(s[1].is_finite() && s[2] == f32::NEG_INFINITY);
+        // k beyond the vocabulary takes the smallest probability: α · 0.05 keeps everything.
+        let s = cd_k_scores(&cond, &uncond, 0.5, 100);
+        assert!(s.iter().all(|v| v.is_finite()));
+        // Ties: [0.4, 0.4, 0.2]; k = 2 is 0.4 (ties count separately), α = 0.6 → 0.24: the
+        // 0.2 is out.
+        let cond: Vec<f32> = [0.4f32, 0.4, 0.2].iter().map(|p| p.ln()).collect();
+        let s = cd_k_scores(&cond, &[0.0; 3], 0.6, 2);
+        assert!(s[0].is_finite() && s[1].is_finite() && s[2] == f32::NEG_INFINITY);
+    }
+
+    #[test]
+    fn top_p_is_the_smallest_set_reaching_p() {
+        let p = [0.1, 0.4, 0.2, 0.3];
+        assert_eq!(top_p_set(&p, 0.5), vec![1, 3]);
+        assert_eq!(top_p_set(&p, 0.7), vec![1, 3]);
+        assert_eq!(top_p_set(&p, 0.71), vec![1, 3, 2]);
+        assert_eq!(top_p_set(&p, 1.0), vec![1, 3, 2, 0]);
+        // Ties by id.
+        assert_eq!(top_p_set(&[0.25, 0.25, 0.25, 0.25], 0.5), vec![0, 1]);
+    }
+
+    #[test]
+    fn modality_masks_keep_only_their_ranges() {
+        let mut s = vec![1.0f32; 8];
+        constrain(&mut s, &[1..3, 6..100]);
+        let kept: Vec<usize> = (0..8).filter(|&i| s[i].is_finite()).collect();
+        assert_eq!(kept, vec![1, 2, 6, 7]);
+    }
+
+    #[test]
+    fn sampling_respects_greedy_top_k_top_p_and_the_mask() {
+        let logits: Vec<f32> = [0.1f32, 0.4, 0.2, 0.3].iter().map(|p| p.ln()).collect();
+        let mut rng = SplitMix64::new(1);
+        let greedy = Sampling {
+            temperature: 0.0,
+            ..Sampling::default()
+        };
+        assert_eq!(sample(&logits, &greedy, &mut rng), Some(1));
+        // top-p 0.5: only ids 1 and 3 are ever drawn, in proportion 0.4 : 0.3.
+        let nucleus = Sampling {
+            top_p: 0.5,
+            ..Sampling::default()
+        };
+        let mut counts = [0usize; 4];
+        for _ in 0..20_000 {
+            counts[sample(&logits, &nucleus, &mut rng).unwrap_or(9)] += 1;
+        }
+        assert_eq!((counts[0], counts[2]), (0, 0));
+        let share = counts[1] as f64 / 20_000.0;
+        assert!((share - 4.0 / 7.0).abs() < 0.02, "{counts:?}");
+        // top-k 1 is greedy.
+        let top1 = Sampling {
+            top_k: 1,
+            ..Sampling::default()
+        };
+        assert!((0..100).all(|_| sample(&logits, &top1, &mut rng) == Some(1)));
+        // Masked ids are never drawn; nothing allowed → None.
+        let mut masked = logits.clone();
+        constrain(&mut masked, std::slice::from_ref(&(2..3)));
+        assert!((0..100).all(|_| sample(&masked, &Sampling::default(), &mut rng) == Some(2)));
+        constrain(&mut masked, std::slice::from_ref(&(0..1)));
+        assert_eq!(sample(&masked, &Sampling::default(), &mut rng), None);
+    }
+}
