@@ -423,6 +423,43 @@ fn generate_text_to_image_image_to_text_and_infill_with_a_trained_run() {
         ],
     );
     assert_eq!(d["settings"]["guidance"]["kind"], "cd-k");
+    // Retrieval at inference, CD-K and CFG samples mixed, CLIP re-ranking.
+    let r = generate(
+        &tmp.path().join("r"),
+        &[
+            "t2i",
+            "--prompt",
+            "a red stop sign",
+            "--samples",
+            "4",
+            "--retrieve",
+            "1",
+            "--rerank",
+            "--cd-share",
+            "0.5",
+        ],
+    );
+    assert_eq!(r["input"]["retrieved"].as_array().map(Vec::len), Some(1));
+    assert!(
+        r["input"]["retrieved"][0]["score"]
+            .as_f64()
+            .is_some_and(|s| s <= 0.9)
+    );
+    let kinds: Vec<&str> = r["outputs"]
+        .as_array()
+        .expect("outputs")
+        .iter()
+        .map(|o| o["guidance"]["kind"].as_str().expect("kind"))
+        .collect();
+    assert_eq!(kinds, ["cd-k", "cd-k", "cfg", "cfg"]);
+    assert!(
+        r["outputs"]
+            .as_array()
+            .expect("o")
+            .iter()
+            .all(|o| o["clip_score"].is_f64())
+    );
+    assert!(tmp.path().join("r/best.png").is_file());
 
     // Image → text and infilling produce text (whatever this 4-step model says).
     let image = sample_dir().join("coco-107438.jpg");
@@ -442,6 +479,65 @@ fn generate_text_to_image_image_to_text_and_infill_with_a_trained_run() {
         ],
     );
     assert!(f["outputs"][0]["span"].is_string());
+
+    // Image infilling: outside the box the codes are the image's own; inside, regenerated.
+    let encoded: Vec<u64> = {
+        let out = run_ok(&[
+            "tokenizer",
+            "encode-image",
+            &p(&image),
+            "--image-tokenizer",
+            &p(&Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../model/tests/fixtures/vqgan/tiny_gumbel_f8.ckpt")),
+        ]);
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(|c| c.parse().expect("a code"))
+            .collect()
+    };
+    let h = generate(
+        &tmp.path().join("h"),
+        &[
+            "infill-image",
+            "--image",
+            &p(&image),
+            "--caption",
+            "a stop sign",
+            "--box",
+            "1,1,3,3",
+        ],
+    );
+    let grid: Vec<u64> = h["outputs"][0]["codes"]
+        .as_array()
+        .expect("codes")
+        .iter()
+        .map(|c| c.as_u64().expect("code"))
+        .collect();
+    assert_eq!(grid.len(), 16);
+    for y in 0..4 {
+        for x in 0..4 {
+            if !((1..3).contains(&x) && (1..3).contains(&y)) {
+                assert_eq!(
+                    grid[y * 4 + x],
+                    encoded[y * 4 + x],
+                    "code ({x}, {y}) changed"
+                );
+            }
+        }
+    }
+    let err = run_err(&[
+        "generate",
+        "--run",
+        &p(&run),
+        "--out",
+        &p(&tmp.path().join("v")),
+        "infill-image",
+        "--image",
+        &p(&image),
+        "--box",
+        "0,0,9,1",
+    ]);
+    assert!(err.contains("code grid"), "{err}");
 
     // Bad input: clear errors.
     let long = "word ".repeat(2000);

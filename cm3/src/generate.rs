@@ -7,9 +7,20 @@ use burn::tensor::Device;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
+use std::path::Path;
+
 use cm3_core::fsio::write_atomic;
+use cm3_embed::clip_tokenizer::ClipTokenizer;
+use cm3_embed::onnx::{TextEncoder, VisionEncoder, normalize_rows};
+use cm3_embed::preprocess::preprocess;
 use cm3_generate::{Generator, Guidance, Sampling, Settings};
+use cm3_index::{SearchParams, VectorSet};
+use cm3_pack::example::Doc;
+use cm3_pack::masking::Specials;
 use cm3_tokenize::image::{load_image, save_png};
+
+/// CLIP's input side (ViT-B/32).
+const CLIP_SIZE: u32 = 224;
 
 #[derive(Args, Debug)]
 pub(crate) struct GenerateArgs {
@@ -50,12 +61,145 @@ pub(crate) struct GenerateArgs {
     pub image_tokenizer: Option<PathBuf>,
 }
 
+/// The CLIP encoders `cm3 embed` used for the run's dataset (recorded in its manifest).
+fn clip_models(dataset: &Path) -> Result<(PathBuf, PathBuf)> {
+    let m = cm3_core::DatasetDir::open(dataset)?.load_manifest()?;
+    let inputs = &m
+        .stages
+        .get(cm3_embed::stage::STAGE)
+        .with_context(|| format!("{} has no embeddings: CLIP is unknown", dataset.display()))?
+        .inputs;
+    let get = |k: &str| {
+        inputs
+            .get(k)
+            .map(|r| PathBuf::from(&r.path))
+            .with_context(|| {
+                format!(
+                    "{}: the manifest does not name the CLIP {k}",
+                    dataset.display()
+                )
+            })
+    };
+    Ok((get("image_model")?, get("text_model")?))
+}
+
+/// The L2-normalised CLIP text embedding of `text`.
+fn clip_text(model: &Path, text: &str) -> Result<Vec<f32>> {
+    let mut enc = TextEncoder::load(model, 0)?;
+    let (ids, _) = ClipTokenizer::openai().tokenize_77(text);
+    let mut v = enc.embed(&ids, 1)?;
+    let dim = v.len();
+    normalize_rows(&mut v, dim);
+    Ok(v)
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Retrieved documents as tokens (best first), and their (pair id, relevance score).
+type Retrieved = (Vec<u32>, Vec<(u64, f32)>);
+
+/// Retrieval at inference (§2.1): the prompt's CLIP text vector searched in the dataset's memory
+/// bank with the training rules (relevance ≤ 0.9, no duplicate, diversity: no document scoring
+/// above 0.9 against one already chosen); the `k` documents, best first, as `<eos> text <break>
+/// image` tokens. Returns the tokens and the chosen (id, score).
+fn retrieve(
+    dataset: &Path,
+    prompt: &str,
+    k: usize,
+    layout: &cm3_core::VocabLayout,
+) -> Result<Retrieved> {
+    const RELEVANCE: f32 = 0.9;
+    let (_, text_model) = clip_models(dataset)?;
+    let q = clip_text(&text_model, prompt)?;
+    let (_, index) = cm3_index::stage::open_dataset_index(dataset, VectorSet::Doc)?;
+    let hits = index.search_with(
+        &q,
+        &SearchParams {
+            max_score: Some(RELEVANCE),
+            ..SearchParams::top(4 * k + 8)
+        },
+    )?;
+    let mut chosen: Vec<(u64, f32, Vec<f32>)> = Vec::new();
+    for h in hits {
+        if chosen.len() == k {
+            break;
+        }
+        if chosen.iter().any(|c| c.0 == h.id) {
+            continue;
+        }
+        let v = cm3_index::stage::lookup_vector(dataset, VectorSet::Doc, h.id)?;
+        if chosen.iter().any(|c| dot(&c.2, &v) > RELEVANCE) {
+            continue;
+        }
+        chosen.push((h.id, h.score, v));
+    }
+    let ids: Vec<u64> = chosen.iter().map(|c| c.0).collect();
+    let mut rows = std::collections::HashMap::new();
+    let dir = dataset.join("tokens");
+    for e in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = e?.path();
+        if path.extension().is_some_and(|x| x == "parquet") {
+            for r in cm3_core::tokens::read_shard(&path)? {
+                if ids.contains(&r.id) {
+                    rows.insert(r.id, r);
+                }
+            }
+        }
+    }
+    let sp = Specials::from_layout(layout)?;
+    let mut tokens = Vec::new();
+    for id in &ids {
+        let r = rows.get(id).with_context(|| {
+            format!(
+                "retrieved pair {id:016x} has no tokens in {}",
+                dir.display()
+            )
+        })?;
+        Doc {
+            text: &r.text,
+            image: &r.image,
+        }
+        .write(&mut tokens, false, &sp);
+    }
+    Ok((tokens, chosen.iter().map(|c| (c.0, c.1)).collect()))
+}
+
+/// CLIP similarity of each image (8-bit RGB, `side` pixels square) to `prompt`.
+fn clip_scores(dataset: &Path, prompt: &str, images: &[Vec<u8>], side: u32) -> Result<Vec<f32>> {
+    let (image_model, text_model) = clip_models(dataset)?;
+    let q = clip_text(&text_model, prompt)?;
+    let mut enc = VisionEncoder::load(&image_model, 0)?;
+    let mut pixels = Vec::new();
+    for rgb in images {
+        let img = image::RgbImage::from_raw(side, side, rgb.clone())
+            .context("a decoded image of the wrong size")?;
+        pixels.extend(preprocess(&image::DynamicImage::ImageRgb8(img), CLIP_SIZE)?);
+    }
+    let mut v = enc.embed(pixels, images.len())?;
+    let dim = v.len() / images.len().max(1);
+    normalize_rows(&mut v, dim);
+    Ok(v.chunks(dim).map(|e| dot(e, &q)).collect())
+}
+
 #[derive(Subcommand, Debug)]
 pub(crate) enum Task {
     /// Text → image: PNGs of the generated image tokens.
     T2i {
         #[arg(long)]
         prompt: String,
+        /// Re-rank the samples by CLIP similarity to the prompt (the dataset's CLIP encoders)
+        /// and write the best as best.png.
+        #[arg(long)]
+        rerank: bool,
+        /// Put this many documents retrieved from the run's dataset in front of the prompt.
+        #[arg(long, default_value_t = 0)]
+        retrieve: usize,
+        /// Share of the samples decoded with CD-K (--cd-alpha/--cd-k, defaults 0.1 and 5), the
+        /// rest with CFG and top-p: the paper finds the two complementary before re-ranking.
+        #[arg(long)]
+        cd_share: Option<f64>,
     },
     /// Image → text (captioning through the CM3 infill form).
     I2t {
@@ -63,6 +207,16 @@ pub(crate) enum Task {
         image: PathBuf,
         #[arg(long, default_value_t = 64)]
         max_tokens: usize,
+    },
+    /// Image infilling: regenerate a box of the image's code grid given its caption.
+    InfillImage {
+        #[arg(long)]
+        image: PathBuf,
+        #[arg(long, default_value = "")]
+        caption: String,
+        /// x0,y0,x1,y1 in codes of the grid, half-open (e.g. 0,0,16,4 on a 32 × 32 grid).
+        #[arg(long, value_delimiter = ',', required = true)]
+        r#box: Vec<usize>,
     },
     /// Text infilling: the text holds one `<mask>` where the span goes, optionally with the
     /// document's image.
@@ -117,19 +271,118 @@ pub(crate) fn run(a: GenerateArgs) -> Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let started = std::time::Instant::now();
     let (task, input, outputs) = match &a.task {
-        Task::T2i { prompt } => {
+        Task::T2i {
+            prompt,
+            rerank,
+            retrieve: k,
+            cd_share,
+        } => {
             let tok = g.image.as_ref().context("no image tokenizer")?;
-            let codes = g.text_to_image(prompt, &[], &settings)?;
+            let (context, retrieved) = if *k > 0 {
+                retrieve(&g.dataset, prompt, *k, &g.layout)?
+            } else {
+                (Vec::new(), Vec::new())
+            };
+            // Samples [0, n_cd) by CD-K, the rest by the guidance chosen above.
+            let n_cd = match cd_share {
+                Some(f) if (0.0..=1.0).contains(f) => (f * a.samples as f64).round() as usize,
+                Some(f) => bail!("--cd-share must be in [0, 1], got {f}"),
+                None => 0,
+            };
+            let mut codes = Vec::new();
+            let mut methods = Vec::new();
+            if n_cd > 0 {
+                let cd = Settings {
+                    samples: n_cd,
+                    guidance: Guidance::CdK {
+                        cd_alpha: a.cd_alpha.unwrap_or(0.1),
+                        cd_k: a.cd_k.unwrap_or(5).max(1),
+                    },
+                    seed: settings.seed ^ 0xC0DE,
+                    ..settings.clone()
+                };
+                codes.extend(g.text_to_image(prompt, &context, &cd)?);
+                methods.extend(std::iter::repeat_n(cd.guidance, n_cd));
+            }
+            if n_cd < a.samples {
+                let rest = Settings {
+                    samples: a.samples - n_cd,
+                    ..settings.clone()
+                };
+                codes.extend(g.text_to_image(prompt, &context, &rest)?);
+                methods.extend(std::iter::repeat_n(rest.guidance, a.samples - n_cd));
+            }
             let flat: Vec<u32> = codes.iter().flatten().copied().collect();
             let images = tok.decode_rgb(&flat, codes.len())?;
+            let scores = if *rerank {
+                Some(clip_scores(&g.dataset, prompt, &images, tok.resolution())?)
+            } else {
+                None
+            };
             let mut files = Vec::new();
             for (i, rgb) in images.iter().enumerate() {
                 let path = out.join(format!("sample-{i:02}.png"));
                 save_png(&path, rgb, tok.resolution())?;
-                files.push(json!({ "file": path.file_name().map(|n| n.to_string_lossy().into_owned()), "codes": codes[i] }));
+                files.push(json!({
+                    "file": path.file_name().map(|n| n.to_string_lossy().into_owned()),
+                    "guidance": methods[i],
+                    "clip_score": scores.as_ref().map(|s| s[i]),
+                    "codes": codes[i],
+                }));
                 println!("{}", path.display());
             }
-            ("t2i", json!({ "prompt": prompt }), files)
+            if let Some(scores) = &scores {
+                let best = (0..scores.len())
+                    .max_by(|&x, &y| scores[x].total_cmp(&scores[y]))
+                    .context("no samples")?;
+                let path = out.join("best.png");
+                save_png(&path, &images[best], tok.resolution())?;
+                println!(
+                    "{} (sample {best}, CLIP score {:.4})",
+                    path.display(),
+                    scores[best]
+                );
+            }
+            let retrieved: Vec<_> = retrieved
+                .iter()
+                .map(|(id, score)| json!({ "id": format!("{id:016x}"), "score": score }))
+                .collect();
+            (
+                "t2i",
+                json!({ "prompt": prompt, "retrieved": retrieved, "rerank": rerank }),
+                files,
+            )
+        }
+        Task::InfillImage {
+            image,
+            caption,
+            r#box,
+        } => {
+            let tok = g.image.as_ref().context("no image tokenizer")?;
+            let rgb = load_image(image, tok.resolution())
+                .with_context(|| format!("reading {}", image.display()))?;
+            let bbox: [usize; 4] = r#box
+                .as_slice()
+                .try_into()
+                .context("--box takes four numbers: x0,y0,x1,y1")?;
+            let grids = g.infill_image(&rgb, caption, bbox, &settings)?;
+            let flat: Vec<u32> = grids.iter().flatten().copied().collect();
+            let images = tok.decode_rgb(&flat, grids.len())?;
+            let mut files = Vec::new();
+            for (i, rgb) in images.iter().enumerate() {
+                let path = out.join(format!("sample-{i:02}.png"));
+                save_png(&path, rgb, tok.resolution())?;
+                files.push(json!({
+                    "file": path.file_name().map(|n| n.to_string_lossy().into_owned()),
+                    "codes": grids[i],
+                }));
+                println!("{}", path.display());
+            }
+            (
+                "infill-image",
+                json!({ "image": image, "caption": caption, "box": bbox }),
+                files,
+            )
         }
         Task::I2t { image, max_tokens } => {
             let tok = g.image.as_ref().context("no image tokenizer")?;

@@ -29,6 +29,13 @@ pub enum Target {
         count: usize,
         allowed: std::ops::Range<usize>,
     },
+    /// Image spans, each from `allowed`: `lengths[0]` ids, then `separators[0]` (forced, not
+    /// returned), `lengths[1]` ids, … (CM3 infilling of several masked spans).
+    Spans {
+        lengths: Vec<usize>,
+        separators: Vec<u32>,
+        allowed: std::ops::Range<usize>,
+    },
     /// Ids from `allowed` until one of `stop` (not included) or `max` ids.
     UntilStop {
         max: usize,
@@ -41,6 +48,11 @@ impl Target {
     fn max(&self) -> usize {
         match self {
             Target::Fixed { count, .. } => *count,
+            Target::Spans {
+                lengths,
+                separators,
+                ..
+            } => lengths.iter().sum::<usize>() + separators.len(),
             Target::UntilStop { max, .. } => *max,
         }
     }
@@ -115,6 +127,24 @@ pub fn generate(
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); n];
     let mut done = vec![false; n];
     let v = cfg.vocab_size;
+    // Steps at which a separator is forced (Spans).
+    let forced: Vec<Option<u32>> = match &req.target {
+        Target::Spans {
+            lengths,
+            separators,
+            ..
+        } => {
+            let mut f = Vec::new();
+            for (i, &len) in lengths.iter().enumerate() {
+                f.extend(std::iter::repeat_n(None, len));
+                if let Some(&s) = separators.get(i) {
+                    f.push(Some(s));
+                }
+            }
+            f
+        }
+        _ => Vec::new(),
+    };
     for step in 0..req.target.max() {
         let mut next = Vec::with_capacity(rows.len());
         for i in 0..n {
@@ -130,9 +160,11 @@ pub fn generate(
             };
             let token = if done[i] {
                 0
+            } else if let Some(Some(sep)) = forced.get(step) {
+                *sep
             } else {
                 match &req.target {
-                    Target::Fixed { allowed, .. } => {
+                    Target::Fixed { allowed, .. } | Target::Spans { allowed, .. } => {
                         constrain(&mut scores, std::slice::from_ref(allowed));
                     }
                     Target::UntilStop { allowed, stop, .. } => {

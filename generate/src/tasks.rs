@@ -24,6 +24,8 @@ pub struct Generator {
     /// Needed for images (t2i output, i2t input).
     pub image: Option<ImageTokenizer>,
     pub checkpoint: PathBuf,
+    /// The dataset the run was trained on.
+    pub dataset: PathBuf,
     pub device: Device,
 }
 
@@ -137,6 +139,7 @@ impl Generator {
             text,
             image,
             checkpoint,
+            dataset: dataset.clone(),
             device: device.clone(),
         })
     }
@@ -329,5 +332,93 @@ impl Generator {
         out.iter()
             .map(|ids| Ok(self.text.decode(ids)?.trim().to_string()))
             .collect()
+    }
+}
+
+impl Generator {
+    /// Image infilling by a box of the code grid (`x0..x1` × `y0..y1`, half-open, in codes): the
+    /// box's rows become CM3 spans (`<mask:0>` …, at most one per sentinel), the document
+    /// `<eos> caption <break> image-with-spans <infill>` is followed by each span regenerated
+    /// after its sentinel. With guidance, the unconditional stream has the caption replaced by
+    /// `<mask>`. Returns each sample's full code grid (0-based), the box filled in.
+    pub fn infill_image(
+        &self,
+        rgb: &[u8],
+        caption: &str,
+        bbox: [usize; 4],
+        s: &Settings,
+    ) -> Result<Vec<Vec<u32>>> {
+        let tok = self.image_tokenizer("image infilling")?;
+        let g = tok.grid() as usize;
+        let [x0, y0, x1, y1] = bbox;
+        let sentinels = self.layout.sentinels();
+        if !(x0 < x1 && y0 < y1 && x1 <= g && y1 <= g) {
+            return Err(bad(format!(
+                "box {x0},{y0},{x1},{y1} is not inside the {g} × {g} code grid (x0,y0,x1,y1,                  half-open)"
+            )));
+        }
+        if y1 - y0 > sentinels.len() {
+            return Err(bad(format!(
+                "a box {} rows high needs {} span sentinels; the vocabulary has {}",
+                y1 - y0,
+                y1 - y0,
+                sentinels.len()
+            )));
+        }
+        let codes = tok
+            .encode_rgb(&[rgb])?
+            .pop()
+            .ok_or_else(|| bad("the image tokenizer returned no codes"))?;
+        let offset = self.layout.image.offset;
+        let (eos, brk, infill, mask) = (
+            self.special(vocab::EOS)?,
+            self.special(vocab::BREAK)?,
+            self.special(vocab::INFILL)?,
+            self.special(vocab::MASK)?,
+        );
+        // The image with each box row replaced by its sentinel.
+        let mut image = Vec::with_capacity(codes.len());
+        for y in 0..g {
+            for x in 0..g {
+                if (y0..y1).contains(&y) && (x0..x1).contains(&x) {
+                    if x == x0 {
+                        image.push(sentinels[y - y0]);
+                    }
+                } else {
+                    image.push(codes[y * g + x] + offset);
+                }
+            }
+        }
+        let rows = y1 - y0;
+        let tail = [infill, sentinels[0]];
+        let cond: Vec<u32> = [eos]
+            .into_iter()
+            .chain(self.text.encode(caption)?)
+            .chain([brk])
+            .chain(image.iter().copied())
+            .chain(tail)
+            .collect();
+        let uncond: Vec<u32> = [eos, mask, brk]
+            .into_iter()
+            .chain(image.iter().copied())
+            .chain(tail)
+            .collect();
+        let target = Target::Spans {
+            lengths: vec![x1 - x0; rows],
+            separators: sentinels[1..rows].to_vec(),
+            allowed: offset as usize..(offset + self.layout.image.codes) as usize,
+        };
+        let spans = self.run(cond, uncond, target, s)?;
+        Ok(spans
+            .into_iter()
+            .map(|generated| {
+                let mut grid = codes.clone();
+                for (k, &t) in generated.iter().enumerate() {
+                    let (row, col) = (k / (x1 - x0), k % (x1 - x0));
+                    grid[(y0 + row) * g + x0 + col] = t - offset;
+                }
+                grid
+            })
+            .collect())
     }
 }
