@@ -1,0 +1,85 @@
+//! The notebooks run top to bottom, headless, on the embedded sample built by `cm3 build
+//! --preset demo` and a tiny run trained on it (what the README's main command makes), with
+//! the dataset and run given by CM3_DATASET and CM3_RUN. Jupyter comes from PyPI through
+//! scripts/setup-notebooks.sh on first use.
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+#[test]
+fn every_notebook_runs_on_the_sample() {
+    runtime();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let setup = Command::new("bash")
+        .arg(root.join("scripts/setup-notebooks.sh"))
+        .output()
+        .expect("run setup-notebooks.sh");
+    assert!(setup.status.success(), "{}", stderr(&setup));
+    let bin = String::from_utf8_lossy(&setup.stdout).trim().to_string();
+
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ds = tmp.path().join("ds");
+    // The demo preset, with a shorter image-tokenizer training to keep the test quick.
+    let cfg = tmp.path().join("quick.toml");
+    fs::write(&cfg, "[train_image]\nsteps = 20\n").expect("config");
+    run_ok(&[
+        "build",
+        &p(&ds),
+        "--preset",
+        "demo",
+        "--config",
+        &p(&cfg),
+        "--input",
+        &p(&sample_dir()),
+        "--no-progress",
+    ]);
+    let run = tmp.path().join("run");
+    run_ok(&[
+        "train",
+        "--data",
+        &p(&ds),
+        "--out",
+        &p(&run),
+        "--steps",
+        "6",
+        "--no-progress",
+    ]);
+
+    let out = tmp.path().join("executed");
+    let mut names: Vec<_> = fs::read_dir(root.join("notebooks"))
+        .expect("notebooks/")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "ipynb"))
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 5, "{names:?}");
+    for nb in names {
+        let result = Command::new(Path::new(&bin).join("jupyter-nbconvert"))
+            .args(["--to", "notebook", "--execute", "--output-dir"])
+            .arg(&out)
+            .arg(&nb)
+            .env("CM3_DATASET", &ds)
+            .env("CM3_RUN", &run)
+            .env("CM3_BIN", env!("CARGO_BIN_EXE_cm3"))
+            .current_dir(root.join("notebooks"))
+            .output()
+            .expect("run nbconvert");
+        assert!(
+            result.status.success(),
+            "{} failed:\n{}",
+            nb.display(),
+            stderr(&result)
+        );
+        // Every figure was drawn.
+        let executed = fs::read_to_string(out.join(nb.file_name().expect("name"))).expect("output");
+        assert!(
+            executed.contains("image/png"),
+            "{} drew no figure",
+            nb.display()
+        );
+    }
+}
