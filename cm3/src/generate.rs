@@ -208,6 +208,20 @@ pub(crate) enum Task {
         #[arg(long, default_value_t = 64)]
         max_tokens: usize,
     },
+    /// Image editing with text and image guidance (three streams; needs a model fine-tuned on
+    /// edits in cm3's template, see the README).
+    Edit {
+        #[arg(long)]
+        image: PathBuf,
+        #[arg(long)]
+        instruction: String,
+        /// Text guidance scale (the paper's editing uses 7.5).
+        #[arg(long, default_value_t = 7.5)]
+        text_cfg: f32,
+        /// Image guidance scale (the paper's editing uses 1.5).
+        #[arg(long, default_value_t = 1.5)]
+        image_cfg: f32,
+    },
     /// Image infilling: regenerate a box of the image's code grid given its caption.
     InfillImage {
         #[arg(long)]
@@ -240,20 +254,34 @@ pub(crate) fn run(a: GenerateArgs) -> Result<()> {
         bail!("--top-p must be in (0, 1], got {}", a.top_p);
     }
     let t2i = matches!(a.task, Task::T2i { .. });
-    let guidance = match (a.cd_alpha, a.cd_k) {
-        (Some(alpha), k) => {
-            if !(alpha > 0.0 && alpha <= 1.0) {
-                bail!("--cd-alpha must be in (0, 1], got {alpha}");
+    let guidance = match (&a.task, a.cd_alpha, a.cd_k) {
+        (
+            Task::Edit {
+                text_cfg,
+                image_cfg,
+                ..
+            },
+            None,
+            None,
+        ) => Guidance::Edit {
+            text_scale: *text_cfg,
+            image_scale: *image_cfg,
+        },
+        (_, cd_alpha, cd_k) => match (cd_alpha, cd_k) {
+            (Some(alpha), k) => {
+                if !(alpha > 0.0 && alpha <= 1.0) {
+                    bail!("--cd-alpha must be in (0, 1], got {alpha}");
+                }
+                Guidance::CdK {
+                    cd_alpha: alpha,
+                    cd_k: k.unwrap_or(5).max(1),
+                }
             }
-            Guidance::CdK {
-                cd_alpha: alpha,
-                cd_k: k.unwrap_or(5).max(1),
-            }
-        }
-        (None, Some(_)) => bail!("--cd-k needs --cd-alpha"),
-        (None, None) => match a.cfg.unwrap_or(if t2i { 3.0 } else { 1.0 }) {
-            1.0 => Guidance::None,
-            s => Guidance::Cfg { cfg_scale: s },
+            (None, Some(_)) => bail!("--cd-k needs --cd-alpha"),
+            (None, None) => match a.cfg.unwrap_or(if t2i { 3.0 } else { 1.0 }) {
+                1.0 => Guidance::None,
+                s => Guidance::Cfg { cfg_scale: s },
+            },
         },
     };
     let settings = Settings {
@@ -350,6 +378,31 @@ pub(crate) fn run(a: GenerateArgs) -> Result<()> {
             (
                 "t2i",
                 json!({ "prompt": prompt, "retrieved": retrieved, "rerank": rerank }),
+                files,
+            )
+        }
+        Task::Edit {
+            image, instruction, ..
+        } => {
+            let tok = g.image.as_ref().context("no image tokenizer")?;
+            let rgb = load_image(image, tok.resolution())
+                .with_context(|| format!("reading {}", image.display()))?;
+            let codes = g.edit_image(&rgb, instruction, &settings)?;
+            let flat: Vec<u32> = codes.iter().flatten().copied().collect();
+            let images = tok.decode_rgb(&flat, codes.len())?;
+            let mut files = Vec::new();
+            for (i, rgb) in images.iter().enumerate() {
+                let path = out.join(format!("sample-{i:02}.png"));
+                save_png(&path, rgb, tok.resolution())?;
+                files.push(json!({
+                    "file": path.file_name().map(|n| n.to_string_lossy().into_owned()),
+                    "codes": codes[i],
+                }));
+                println!("{}", path.display());
+            }
+            (
+                "edit",
+                json!({ "image": image, "instruction": instruction }),
                 files,
             )
         }

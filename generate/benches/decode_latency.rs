@@ -85,6 +85,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &Request {
                 cond,
                 uncond,
+                image_only: &[],
                 target: Target::Fixed {
                     count: steps,
                     allowed: 4096..8192,
@@ -128,6 +129,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &Request {
                 cond: &cond,
                 uncond: &unc,
+                image_only: &[],
                 target: Target::Fixed {
                     count: 256,
                     allowed: 4096..8192,

@@ -7,7 +7,7 @@ use cm3_core::rng::SplitMix64;
 use cm3_model::decoder::{Cm3Decoder, DecoderConfig, KvCache};
 
 use crate::error::{GenerateError, Result};
-use crate::sampling::{Sampling, cd_k_scores, cfg_logits, constrain, sample};
+use crate::sampling::{Sampling, cd_k_scores, cfg_logits, cfg_logits_two, constrain, sample};
 
 /// How the conditional and unconditional streams are combined.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -19,6 +19,20 @@ pub enum Guidance {
     Cfg { cfg_scale: f32 },
     /// Contrastive decoding CD-K, eq. 3.
     CdK { cd_alpha: f64, cd_k: usize },
+    /// Editing: three streams (conditioned on instruction and image, on the image only, on
+    /// neither); `uncond + image_scale·(image − uncond) + text_scale·(full − image)`.
+    Edit { text_scale: f32, image_scale: f32 },
+}
+
+impl Guidance {
+    /// Streams per sample.
+    pub fn streams(&self) -> usize {
+        match self {
+            Guidance::None => 1,
+            Guidance::Cfg { .. } | Guidance::CdK { .. } => 2,
+            Guidance::Edit { .. } => 3,
+        }
+    }
 }
 
 /// What follows the prompt.
@@ -64,6 +78,8 @@ impl Target {
 pub struct Request<'a> {
     pub cond: &'a [Vec<u32>],
     pub uncond: &'a [Vec<u32>],
+    /// Editing only: each sample's prompt with the instruction masked and the image kept.
+    pub image_only: &'a [Vec<u32>],
     pub target: Target,
     pub guidance: Guidance,
     pub sampling: Sampling,
@@ -78,19 +94,27 @@ pub fn generate(
     device: &Device,
 ) -> Result<Vec<Vec<u32>>> {
     let n = req.cond.len();
-    let guided = req.guidance != Guidance::None;
-    if n == 0 || req.seeds.len() != n || (guided && req.uncond.len() != n) {
+    let streams = req.guidance.streams();
+    if n == 0
+        || req.seeds.len() != n
+        || (streams >= 2 && req.uncond.len() != n)
+        || (streams == 3 && req.image_only.len() != n)
+    {
         return Err(GenerateError::Invalid(format!(
-            "{n} prompts, {} unconditional prompts and {} seeds",
+            "{n} prompts, {} unconditional prompts, {} image-only prompts and {} seeds",
             req.uncond.len(),
+            req.image_only.len(),
             req.seeds.len()
         )));
     }
-    let rows: Vec<&Vec<u32>> = if guided {
-        req.cond.iter().chain(req.uncond).collect()
-    } else {
-        req.cond.iter().collect()
-    };
+    // Rows: the conditional streams, then the unconditional ones, then (editing) image-only.
+    let mut rows: Vec<&Vec<u32>> = req.cond.iter().collect();
+    if streams >= 2 {
+        rows.extend(req.uncond);
+    }
+    if streams == 3 {
+        rows.extend(req.image_only);
+    }
     let longest = rows.iter().map(|p| p.len()).max().unwrap_or(0);
     if rows.iter().any(|p| p.is_empty()) {
         return Err(GenerateError::Invalid("an empty prompt".into()));
@@ -157,6 +181,16 @@ pub fn generate(
                 Guidance::CdK { cd_alpha, cd_k } => {
                     cd_k_scores(cond, &logits[(n + i) * v..(n + i + 1) * v], cd_alpha, cd_k)
                 }
+                Guidance::Edit {
+                    text_scale,
+                    image_scale,
+                } => cfg_logits_two(
+                    cond,
+                    &logits[(2 * n + i) * v..(2 * n + i + 1) * v],
+                    &logits[(n + i) * v..(n + i + 1) * v],
+                    image_scale,
+                    text_scale,
+                ),
             };
             let token = if done[i] {
                 0
@@ -189,7 +223,7 @@ pub fn generate(
         if done.iter().all(|&d| d) || step + 1 == req.target.max() {
             break;
         }
-        if guided {
+        for _ in 1..streams {
             next.extend_from_within(..n);
         }
         let ids = Tensor::<2, Int>::from_data(TensorData::new(next, [rows.len(), 1]), device);
@@ -207,4 +241,91 @@ fn last_logits(logits: Tensor<3>, vocab: usize) -> Result<Vec<f32>> {
         .into_data()
         .try_into_vec_as::<f32>()
         .map_err(|e| GenerateError::Invalid(format!("reading logits: {e:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cm3_model::decoder::ZeroInit;
+
+    /// With unit scales every guidance reduces to the conditional stream, so greedy decoding
+    /// gives the same ids: the streams are wired to the right rows.
+    #[test]
+    fn unit_guidance_equals_the_conditional_stream() -> Result<()> {
+        let device = Device::flex();
+        let cfg = DecoderConfig {
+            vocab_size: 60,
+            d_model: 32,
+            n_heads: 4,
+            ffn_dim: 64,
+            n_layers: 2,
+            max_seq_len: 64,
+            zero_init: ZeroInit::None,
+            init_std: 0.2,
+            ..DecoderConfig::default()
+        };
+        let model = Cm3Decoder::init(&cfg, 4, &device)?;
+        let cond = vec![vec![1, 9, 17, 2], vec![1, 30, 2]];
+        let uncond = vec![vec![1, 3, 2], vec![1, 3, 2]];
+        let image_only = vec![vec![1, 3, 2, 40, 41], vec![1, 3, 2, 42]];
+        let run = |guidance: Guidance| {
+            generate(
+                &model,
+                &cfg,
+                &Request {
+                    cond: &cond,
+                    uncond: &uncond,
+                    image_only: &image_only,
+                    target: Target::Fixed {
+                        count: 12,
+                        allowed: 20..60,
+                    },
+                    guidance,
+                    sampling: Sampling {
+                        temperature: 0.0,
+                        ..Sampling::default()
+                    },
+                    seeds: &[1, 2],
+                },
+                &device,
+            )
+        };
+        let plain = run(Guidance::None)?;
+        assert!(
+            plain
+                .iter()
+                .all(|s| s.len() == 12 && s.iter().all(|&t| (20..60).contains(&t)))
+        );
+        assert_eq!(run(Guidance::Cfg { cfg_scale: 1.0 })?, plain);
+        assert_eq!(
+            run(Guidance::Edit {
+                text_scale: 1.0,
+                image_scale: 1.0
+            })?,
+            plain
+        );
+        // A real scale changes the choice somewhere.
+        assert_ne!(run(Guidance::Cfg { cfg_scale: 8.0 })?, plain);
+        // A prompt and target longer than the context is refused.
+        let long = vec![vec![1u32; 60]; 2];
+        let err = generate(
+            &model,
+            &cfg,
+            &Request {
+                cond: &long,
+                uncond: &uncond,
+                image_only: &[],
+                target: Target::Fixed {
+                    count: 12,
+                    allowed: 20..60,
+                },
+                guidance: Guidance::None,
+                sampling: Sampling::default(),
+                seeds: &[1, 2],
+            },
+            &device,
+        );
+        assert!(err.is_err_and(|e| e.to_string().contains("context")));
+        Ok(())
+    }
 }

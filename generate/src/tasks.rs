@@ -164,14 +164,32 @@ impl Generator {
         target: Target,
         s: &Settings,
     ) -> Result<Vec<Vec<u32>>> {
+        self.run3(cond, uncond, Vec::new(), target, s)
+    }
+
+    /// Every sample from the same prompts (three streams when editing).
+    fn run3(
+        &self,
+        cond: Vec<u32>,
+        uncond: Vec<u32>,
+        image_only: Vec<u32>,
+        target: Target,
+        s: &Settings,
+    ) -> Result<Vec<Vec<u32>>> {
         let conds = vec![cond; s.samples];
         let unconds = vec![uncond; s.samples];
+        let image_only = if image_only.is_empty() {
+            Vec::new()
+        } else {
+            vec![image_only; s.samples]
+        };
         generate(
             &self.model,
             &self.cfg,
             &Request {
                 cond: &conds,
                 uncond: &unconds,
+                image_only: &image_only,
                 target,
                 guidance: s.guidance,
                 sampling: s.sampling,
@@ -419,6 +437,56 @@ impl Generator {
                 }
                 grid
             })
+            .collect())
+    }
+}
+
+impl Generator {
+    /// Image editing (§4's instruction-guided editing, with its two guidance scales): the
+    /// document `<eos> instruction <break> source image <break>` followed by the edited image.
+    /// This template is cm3's (the paper does not print one) and needs a model fine-tuned on
+    /// edits in it; a base model continues it as an image conditioned on both. Streams: full,
+    /// image only (instruction → `<mask>`) and neither (image codes → one `<mask>` too), combined
+    /// as `uncond + image_scale·(image − uncond) + text_scale·(full − image)` when
+    /// `s.guidance` is [`Guidance::Edit`]. Returns each sample's codes (0-based).
+    pub fn edit_image(&self, rgb: &[u8], instruction: &str, s: &Settings) -> Result<Vec<Vec<u32>>> {
+        let tok = self.image_tokenizer("image editing")?;
+        let codes = tok
+            .encode_rgb(&[rgb])?
+            .pop()
+            .ok_or_else(|| bad("the image tokenizer returned no codes"))?;
+        let offset = self.layout.image.offset;
+        let (eos, brk, mask) = (
+            self.special(vocab::EOS)?,
+            self.special(vocab::BREAK)?,
+            self.special(vocab::MASK)?,
+        );
+        let image: Vec<u32> = codes.iter().map(|&c| c + offset).collect();
+        let full: Vec<u32> = [eos]
+            .into_iter()
+            .chain(self.text.encode(instruction)?)
+            .chain([brk])
+            .chain(image.iter().copied())
+            .chain([brk])
+            .collect();
+        let image_only: Vec<u32> = [eos, mask, brk]
+            .into_iter()
+            .chain(image.iter().copied())
+            .chain([brk])
+            .collect();
+        let uncond = vec![eos, mask, brk, mask, brk];
+        let per = codes.len();
+        let target = Target::Fixed {
+            count: per,
+            allowed: offset as usize..(offset + self.layout.image.codes) as usize,
+        };
+        let out = match s.guidance {
+            Guidance::Edit { .. } => self.run3(full, uncond, image_only, target, s)?,
+            _ => self.run(full, uncond, target, s)?,
+        };
+        Ok(out
+            .into_iter()
+            .map(|c| c.into_iter().map(|t| t - offset).collect())
             .collect())
     }
 }
