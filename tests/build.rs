@@ -158,31 +158,13 @@ fn demo_build_then_more_pairs_packs_only_the_new_ones() {
     }
 }
 
-/// A settings file for a build whose every output is bit-reproducible: the repository's taming
-/// VQ fixture instead of an image tokenizer trained on the spot.
-fn reproducible_config(dir: &Path) -> std::path::PathBuf {
-    let vq = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../model/tests/fixtures/vqgan/tiny_gumbel_f8.ckpt");
-    let cfg = dir.join("build.toml");
-    fs::write(
-        &cfg,
-        format!(
-            "[ingest]\nshard_rows = 6\nimage_size = 32\n[tokenize]\nimage_tokenizer = {:?}\n[pack]\nseq_len = 128\n\
-             val_fraction = 0.25\n",
-            p(&vq)
-        ),
-    )
-    .expect("write config");
-    cfg
-}
-
 #[test]
 fn a_killed_build_rerun_gives_the_same_sequences() {
     runtime();
     let tmp = tempfile::tempdir().expect("tmp");
     let input = tmp.path().join("input");
     sample_part(&input, 0..32);
-    let cfg = reproducible_config(tmp.path());
+    let cfg = reproducible_build_config(tmp.path(), "shard_rows = 6\n");
     let args = |ds: &Path| {
         vec![
             "build".to_string(),

@@ -26,17 +26,7 @@ fn every_notebook_runs_on_the_sample() {
     // The demo preset, with a shorter image-tokenizer training to keep the test quick.
     let cfg = tmp.path().join("quick.toml");
     fs::write(&cfg, "[train_image]\nsteps = 20\n").expect("config");
-    run_ok(&[
-        "build",
-        &p(&ds),
-        "--preset",
-        "demo",
-        "--config",
-        &p(&cfg),
-        "--input",
-        &p(&sample_dir()),
-        "--no-progress",
-    ]);
+    build_demo(&ds, &sample_dir(), &cfg);
     let run = tmp.path().join("run");
     run_ok(&[
         "train",

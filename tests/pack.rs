@@ -13,11 +13,6 @@ use cm3_pack::masking::{Specials, unmask};
 use cm3_pack::megatron::IndexedDataset;
 use common::*;
 
-fn vq_ckpt() -> String {
-    p(&Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../model/tests/fixtures/vqgan/tiny_gumbel_f8.ckpt"))
-}
-
 /// Run a helper program, asserting success.
 fn succeed(cmd: &mut Command) -> Output {
     let out = cmd.output().expect("spawn");
@@ -83,7 +78,7 @@ fn prepare(ds: &Path, input: &Path, first: bool) {
         "tokenize",
         &p(ds),
         "--image-tokenizer",
-        &vq_ckpt(),
+        &p(&vq_ckpt()),
         "--no-progress",
     ]);
 }
@@ -276,7 +271,7 @@ fn packs_retrieval_augmented_masked_examples_incrementally() {
         "tokenize",
         &p(&ds),
         "--image-tokenizer",
-        &vq_ckpt(),
+        &p(&vq_ckpt()),
         "--rebuild",
         "--no-progress",
     ]);

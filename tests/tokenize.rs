@@ -5,16 +5,11 @@ mod common;
 
 use std::collections::HashMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use cm3_core::vocab::VocabLayout;
 use cm3_tokenize::TextTokenizer;
 use common::*;
-
-/// The tiny GumbelVQ (32 × 32 images → 4 × 4 codes of 64) made by taming-transformers.
-fn vq_ckpt() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/vqgan/tiny_gumbel_f8.ckpt")
-}
 
 fn ingest(ds: &Path) {
     run_ok(&[

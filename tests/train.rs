@@ -13,30 +13,9 @@ use common::*;
 fn prepared(dir: &Path, pairs: usize) -> PathBuf {
     let input = dir.join("input");
     sample_part(&input, 0..pairs);
-    let vq = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../model/tests/fixtures/vqgan/tiny_gumbel_f8.ckpt");
-    let cfg = dir.join("build.toml");
-    fs::write(
-        &cfg,
-        format!(
-            "[ingest]\nimage_size = 32\n[tokenize]\nimage_tokenizer = {:?}\n[pack]\nseq_len = \
-             128\nval_fraction = 0.25\n",
-            p(&vq)
-        ),
-    )
-    .expect("config");
+    let cfg = reproducible_build_config(dir, "");
     let ds = dir.join("ds");
-    run_ok(&[
-        "build",
-        &p(&ds),
-        "--preset",
-        "demo",
-        "--config",
-        &p(&cfg),
-        "--input",
-        &p(&input),
-        "--no-progress",
-    ]);
+    build_demo(&ds, &input, &cfg);
     ds
 }
 
@@ -357,34 +336,19 @@ fn generate_text_to_image_image_to_text_and_infill_with_a_trained_run() {
 
     // Text → image with CFG: PNGs of the tokenizer's resolution, every code in range, the
     // settings and seeds recorded; the same seed gives the same images.
-    let a = generate(
-        &tmp.path().join("a"),
-        &[
-            "t2i",
-            "--prompt",
-            "a red stop sign",
-            "--samples",
-            "2",
-            "--cfg",
-            "3.0",
-            "--top-p",
-            "0.9",
-        ],
-    );
-    let b = generate(
-        &tmp.path().join("b"),
-        &[
-            "t2i",
-            "--prompt",
-            "a red stop sign",
-            "--samples",
-            "2",
-            "--cfg",
-            "3.0",
-            "--top-p",
-            "0.9",
-        ],
-    );
+    let t2i = [
+        "t2i",
+        "--prompt",
+        "a red stop sign",
+        "--samples",
+        "2",
+        "--cfg",
+        "3.0",
+        "--top-p",
+        "0.9",
+    ];
+    let a = generate(&tmp.path().join("a"), &t2i);
+    let b = generate(&tmp.path().join("b"), &t2i);
     assert_eq!(a["outputs"], b["outputs"]);
     assert_eq!(a["settings"]["guidance"]["kind"], "cfg");
     assert_eq!(a["seeds"].as_array().map(Vec::len), Some(2));
@@ -487,8 +451,7 @@ fn generate_text_to_image_image_to_text_and_infill_with_a_trained_run() {
             "encode-image",
             &p(&image),
             "--image-tokenizer",
-            &p(&Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../model/tests/fixtures/vqgan/tiny_gumbel_f8.ckpt")),
+            &p(&vq_ckpt()),
         ]);
         String::from_utf8_lossy(&out.stdout)
             .split_whitespace()

@@ -17,6 +17,7 @@ use cm3_generate::{Generator, Guidance, Sampling, Settings};
 use cm3_index::{SearchParams, VectorSet};
 use cm3_pack::example::Doc;
 use cm3_pack::masking::Specials;
+use cm3_tokenize::ImageTokenizer;
 use cm3_tokenize::image::{load_image, save_png};
 
 /// CLIP's input side (ViT-B/32).
@@ -164,6 +165,25 @@ fn retrieve(
         .write(&mut tokens, false, &sp);
     }
     Ok((tokens, chosen.iter().map(|c| (c.0, c.1)).collect()))
+}
+
+/// Each code grid decoded to `out/sample-NN.png`: the images, and their records for
+/// generation.json.
+fn write_images(
+    out: &Path,
+    tok: &ImageTokenizer,
+    codes: &[Vec<u32>],
+) -> Result<(Vec<Vec<u8>>, Vec<serde_json::Value>)> {
+    let flat: Vec<u32> = codes.iter().flatten().copied().collect();
+    let images = tok.decode_rgb(&flat, codes.len())?;
+    let mut records = Vec::new();
+    for (i, rgb) in images.iter().enumerate() {
+        let name = format!("sample-{i:02}.png");
+        save_png(&out.join(&name), rgb, tok.resolution())?;
+        println!("{}", out.join(&name).display());
+        records.push(json!({ "file": name, "codes": codes[i] }));
+    }
+    Ok((images, records))
 }
 
 /// CLIP similarity of each image (8-bit RGB, `side` pixels square) to `prompt`.
@@ -340,24 +360,15 @@ pub(crate) fn run(a: GenerateArgs) -> Result<()> {
                 codes.extend(g.text_to_image(prompt, &context, &rest)?);
                 methods.extend(std::iter::repeat_n(rest.guidance, a.samples - n_cd));
             }
-            let flat: Vec<u32> = codes.iter().flatten().copied().collect();
-            let images = tok.decode_rgb(&flat, codes.len())?;
+            let (images, mut files) = write_images(&out, tok, &codes)?;
             let scores = if *rerank {
                 Some(clip_scores(&g.dataset, prompt, &images, tok.resolution())?)
             } else {
                 None
             };
-            let mut files = Vec::new();
-            for (i, rgb) in images.iter().enumerate() {
-                let path = out.join(format!("sample-{i:02}.png"));
-                save_png(&path, rgb, tok.resolution())?;
-                files.push(json!({
-                    "file": path.file_name().map(|n| n.to_string_lossy().into_owned()),
-                    "guidance": methods[i],
-                    "clip_score": scores.as_ref().map(|s| s[i]),
-                    "codes": codes[i],
-                }));
-                println!("{}", path.display());
+            for (i, f) in files.iter_mut().enumerate() {
+                f["guidance"] = json!(methods[i]);
+                f["clip_score"] = json!(scores.as_ref().map(|s| s[i]));
             }
             if let Some(scores) = &scores {
                 let best = (0..scores.len())
@@ -388,18 +399,7 @@ pub(crate) fn run(a: GenerateArgs) -> Result<()> {
             let rgb = load_image(image, tok.resolution())
                 .with_context(|| format!("reading {}", image.display()))?;
             let codes = g.edit_image(&rgb, instruction, &settings)?;
-            let flat: Vec<u32> = codes.iter().flatten().copied().collect();
-            let images = tok.decode_rgb(&flat, codes.len())?;
-            let mut files = Vec::new();
-            for (i, rgb) in images.iter().enumerate() {
-                let path = out.join(format!("sample-{i:02}.png"));
-                save_png(&path, rgb, tok.resolution())?;
-                files.push(json!({
-                    "file": path.file_name().map(|n| n.to_string_lossy().into_owned()),
-                    "codes": codes[i],
-                }));
-                println!("{}", path.display());
-            }
+            let (_, files) = write_images(&out, tok, &codes)?;
             (
                 "edit",
                 json!({ "image": image, "instruction": instruction }),
@@ -419,18 +419,7 @@ pub(crate) fn run(a: GenerateArgs) -> Result<()> {
                 .try_into()
                 .context("--box takes four numbers: x0,y0,x1,y1")?;
             let grids = g.infill_image(&rgb, caption, bbox, &settings)?;
-            let flat: Vec<u32> = grids.iter().flatten().copied().collect();
-            let images = tok.decode_rgb(&flat, grids.len())?;
-            let mut files = Vec::new();
-            for (i, rgb) in images.iter().enumerate() {
-                let path = out.join(format!("sample-{i:02}.png"));
-                save_png(&path, rgb, tok.resolution())?;
-                files.push(json!({
-                    "file": path.file_name().map(|n| n.to_string_lossy().into_owned()),
-                    "codes": grids[i],
-                }));
-                println!("{}", path.display());
-            }
+            let (_, files) = write_images(&out, tok, &grids)?;
             (
                 "infill-image",
                 json!({ "image": image, "caption": caption, "box": bbox }),

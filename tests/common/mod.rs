@@ -315,3 +315,41 @@ pub fn read_tokens(dataset: &Path) -> Vec<cm3_core::tokens::TokenRow> {
     rows.sort_by_key(|r| r.id);
     rows
 }
+
+/// A `cm3 build` settings file whose every output is bit-reproducible: 32-pixel images through the
+/// repository's taming VQ fixture (no image tokenizer trained on the spot), 128-token sequences,
+/// a quarter of the pairs for validation. `ingest` holds extra `[ingest]` lines.
+pub fn reproducible_build_config(dir: &Path, ingest: &str) -> PathBuf {
+    let vq = vq_ckpt();
+    let cfg = dir.join("build.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "[ingest]\n{ingest}image_size = 32\n[tokenize]\nimage_tokenizer = {:?}\n[pack]\n\
+             seq_len = 128\nval_fraction = 0.25\n",
+            p(&vq)
+        ),
+    )
+    .expect("write build config");
+    cfg
+}
+
+/// `cm3 build <ds> --preset demo --config <cfg> --input <input>`.
+pub fn build_demo(ds: &Path, input: &Path, cfg: &Path) {
+    run_ok(&[
+        "build",
+        &p(ds),
+        "--preset",
+        "demo",
+        "--config",
+        &p(cfg),
+        "--input",
+        &p(input),
+        "--no-progress",
+    ]);
+}
+
+/// The tiny GumbelVQ (32 × 32 images → 4 × 4 codes of 64) made by taming-transformers.
+pub fn vq_ckpt() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/vqgan/tiny_gumbel_f8.ckpt")
+}

@@ -2,11 +2,11 @@
 //! its rows and its longest length, filled as tokens arrive. Rows of different prompt lengths are
 //! left-padded to a common length; padding is masked out of attention and positions count from
 //! each row's first real token, so a padded row gives the logits of the same row unpadded.
-use burn::tensor::activation::{relu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::config::POSITION_OFFSET;
-use super::{Cm3Decoder, DecoderConfig, layer_norm};
+use super::{Cm3Decoder, DecoderConfig};
 use crate::error::{ModelError, Result};
 
 /// Keys and values `[rows, heads, capacity, head_dim]` per layer.
@@ -132,39 +132,24 @@ impl Cm3Decoder {
             }
         }
         let bias = Tensor::<4>::from_data(TensorData::new(bias, [b, 1, t, end]), device);
-        let scale = (hd as f64).powf(-0.5);
         // The cache's tensors are taken out and put back so that each is uniquely owned when
         // written: Burn then writes the new slots in place instead of copying the cache.
         let old_keys = std::mem::take(&mut cache.keys);
         let old_values = std::mem::take(&mut cache.values);
         for ((layer, keys), values) in dec.layers.iter().zip(old_keys).zip(old_values) {
-            let a = &layer.self_attn;
-            let hn = layer_norm(x.clone(), cfg.layer_norm_eps);
-            let split = |y: Tensor<3>| y.reshape([b, t, h, hd]).swap_dims(1, 2);
-            let q = split(a.q_proj.forward(hn.clone()).mul_scalar(scale));
-            let k = split(a.k_proj.forward(hn.clone()));
-            let v = split(a.v_proj.forward(hn));
-            let keys = keys.slice_assign([0..b, 0..h, start..end, 0..hd], k);
-            let values = values.slice_assign([0..b, 0..h, start..end, 0..hd], v);
-            cache.keys.push(keys.clone());
-            cache.values.push(values.clone());
-            let k = keys.slice([0..b, 0..h, 0..end, 0..hd]);
-            let v = values.slice([0..b, 0..h, 0..end, 0..hd]);
-            let scores = q.matmul(k.swap_dims(2, 3)) + bias.clone();
-            let ctx = softmax(scores, 3)
-                .matmul(v)
-                .swap_dims(1, 2)
-                .reshape([b, t, d]);
-            x = x + a.out_proj.forward(ctx);
-            let hn = layer_norm(x.clone(), cfg.layer_norm_eps);
-            x = x + layer.fc2.forward(relu(layer.fc1.forward(hn)));
+            let (new_keys, new_values) = (&mut cache.keys, &mut cache.values);
+            x = self.block(layer, cfg, x, |q, k, v| {
+                let keys = keys.slice_assign([0..b, 0..h, start..end, 0..hd], k);
+                let values = values.slice_assign([0..b, 0..h, start..end, 0..hd], v);
+                new_keys.push(keys.clone());
+                new_values.push(values.clone());
+                let k = keys.slice([0..b, 0..h, 0..end, 0..hd]);
+                let v = values.slice([0..b, 0..h, 0..end, 0..hd]);
+                softmax(q.matmul(k.swap_dims(2, 3)) + bias.clone(), 3).matmul(v)
+            });
         }
         cache.len = end;
-        let x = layer_norm(x, cfg.layer_norm_eps);
-        Ok(match &self.lm_head {
-            Some(head) => head.forward(x),
-            None => x.matmul(dec.embed_tokens.weight.val().transpose().unsqueeze::<3>()),
-        })
+        Ok(self.logits(cfg, x))
     }
 }
 

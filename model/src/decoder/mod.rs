@@ -164,8 +164,7 @@ impl Cm3Decoder {
                 ),
             });
         }
-        let (d, h) = (cfg.d_model, cfg.n_heads);
-        let hd = cfg.head_dim();
+        let d = cfg.d_model;
         let device = ids.device();
         let dec = &self.model.decoder;
         let tokens = dec
@@ -180,28 +179,57 @@ impl Cm3Decoder {
             .slice([POSITION_OFFSET..POSITION_OFFSET + t, 0..d]);
         let mut x = tokens.reshape([b, t, d]) + positions.unsqueeze::<3>();
         let mask = causal_mask(t, &device);
-        let scale = (hd as f64).powf(-0.5);
         for layer in &dec.layers {
-            let a = &layer.self_attn;
-            let hn = layer_norm(x.clone(), cfg.layer_norm_eps);
-            let split = |y: Tensor<3>| y.reshape([b, t, h, hd]).swap_dims(1, 2);
-            let q = split(a.q_proj.forward(hn.clone()).mul_scalar(scale));
-            let k = split(a.k_proj.forward(hn.clone()));
-            let v = split(a.v_proj.forward(hn));
-            let scores = q.matmul(k.swap_dims(2, 3)) + mask.clone();
-            let ctx = softmax(scores, 3)
-                .matmul(v)
-                .swap_dims(1, 2)
-                .reshape([b, t, d]);
-            x = x + a.out_proj.forward(ctx);
-            let hn = layer_norm(x.clone(), cfg.layer_norm_eps);
-            x = x + layer.fc2.forward(relu(layer.fc1.forward(hn)));
+            x = self.block(layer, cfg, x, |q, k, v| {
+                softmax(q.matmul(k.swap_dims(2, 3)) + mask.clone(), 3).matmul(v)
+            });
         }
+        Ok(self.logits(cfg, x))
+    }
+
+    /// One decoder block on `x` `[B, t, d]`: pre-LayerNorm attention, whose scaled q and k, v
+    /// (`[B, heads, t, head_dim]`) `attend` turns into the per-head context, then the
+    /// pre-LayerNorm ReLU feed-forward, each added to the residual stream.
+    pub(crate) fn block(
+        &self,
+        layer: &DecoderLayer,
+        cfg: &DecoderConfig,
+        x: Tensor<3>,
+        attend: impl FnOnce(Tensor<4>, Tensor<4>, Tensor<4>) -> Tensor<4>,
+    ) -> Tensor<3> {
+        let [b, t, d] = x.dims();
+        let (h, hd) = (cfg.n_heads, cfg.head_dim());
+        let a = &layer.self_attn;
+        let hn = layer_norm(x.clone(), cfg.layer_norm_eps);
+        let split = |y: Tensor<3>| y.reshape([b, t, h, hd]).swap_dims(1, 2);
+        let q = split(
+            a.q_proj
+                .forward(hn.clone())
+                .mul_scalar((hd as f64).powf(-0.5)),
+        );
+        let k = split(a.k_proj.forward(hn.clone()));
+        let v = split(a.v_proj.forward(hn));
+        let ctx = attend(q, k, v).swap_dims(1, 2).reshape([b, t, d]);
+        let x = x + a.out_proj.forward(ctx);
+        let hn = layer_norm(x.clone(), cfg.layer_norm_eps);
+        x + layer.fc2.forward(relu(layer.fc1.forward(hn)))
+    }
+
+    /// The final LayerNorm and the vocabulary projection (the embedding when tied).
+    pub(crate) fn logits(&self, cfg: &DecoderConfig, x: Tensor<3>) -> Tensor<3> {
         let x = layer_norm(x, cfg.layer_norm_eps);
-        Ok(match &self.lm_head {
+        match &self.lm_head {
             Some(head) => head.forward(x),
-            None => x.matmul(dec.embed_tokens.weight.val().transpose().unsqueeze::<3>()),
-        })
+            None => x.matmul(
+                self.model
+                    .decoder
+                    .embed_tokens
+                    .weight
+                    .val()
+                    .transpose()
+                    .unsqueeze::<3>(),
+            ),
+        }
     }
 
     /// Mean next-token cross-entropy of `ids` `[B, T]`, skipping targets equal to `pad`, as a
