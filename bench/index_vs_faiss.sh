@@ -4,7 +4,8 @@
 # clustered 512-d unit vectors (100,000; 1,000,000 with SETS=sift,100k,1m). 1,000 queries, k=10.
 # Prints build time, queries/s, recall@10 and peak memory, then the ratios against the targets:
 # flat >= 0.8x FAISS IndexFlatIP queries/s; hnsw >= 1.0x IndexHNSWFlat at recall@10 >= 0.95.
-# Env: SETS=sift,100k  THREADS=2  M=32  EFC=200  EF=64,128,256  CM3=<binary>  CM3_BENCH_HOME.
+# Env: SETS=sift,100k  THREADS=2  M=32  EFC=200  EF=64,128,256  CM3=<binary>  CM3_BENCH_HOME
+# NO_HNSW_FOR=1m (sets whose HNSW builds are skipped; NO_HNSW_FOR= builds them all).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BENCH_HOME="${CM3_BENCH_HOME:-$HOME/.cache/cm3-bench}"
@@ -19,4 +20,5 @@ fi
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/cm3-index-bench.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 "$PY" "$ROOT/bench/index_vs_faiss.py" --cm3 "$CM3" --sets "${SETS:-sift,100k}" --threads "${THREADS:-2}" \
-  --m "${M:-32}" --ef-construction "${EFC:-200}" --ef-search "${EF:-64,128,256}" --work "$WORK"
+  --m "${M:-32}" --ef-construction "${EFC:-200}" --ef-search "${EF:-64,128,256}" --work "$WORK" \
+  --no-hnsw-for "${NO_HNSW_FOR-1m}"
