@@ -13,12 +13,10 @@ use arrow_array::{
     UInt64Array,
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::Serialize;
 
-use cm3_core::fsio::{AtomicFile, Written};
-use cm3_core::schema::shard_writer_properties;
+use cm3_core::fsio::Written;
 
 use crate::error::{AugmentError, Result};
 use crate::select::{FoundBy, Neighbour};
@@ -109,18 +107,16 @@ fn batch(rows: &[NeighbourRow]) -> std::result::Result<RecordBatch, arrow_schema
 
 /// Write a shard's rows atomically; returns its size and checksum.
 pub fn write_shard(path: &Path, rows: &[NeighbourRow], tag: &str) -> Result<Written> {
-    let mut file = AtomicFile::create(path, tag)?;
-    {
-        let props = shard_writer_properties(16_384);
-        let mut w = ArrowWriter::try_new(file.writer(), schema(), Some(props))
-            .map_err(|e| pq_err(path, e))?;
-        for chunk in rows.chunks(16_384) {
-            w.write(&batch(chunk).map_err(|e| pq_err(path, e))?)
-                .map_err(|e| pq_err(path, e))?;
-        }
-        w.close().map_err(|e| pq_err(path, e))?;
-    }
-    Ok(file.commit()?)
+    cm3_core::schema::write_shard_atomic(
+        path,
+        tag,
+        schema(),
+        rows,
+        16_384,
+        batch,
+        |e| pq_err(path, e),
+        |e| pq_err(path, e),
+    )
 }
 
 fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a T> {

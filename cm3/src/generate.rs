@@ -122,6 +122,9 @@ fn retrieve(
             ..SearchParams::top(4 * k + 8)
         },
     )?;
+    // Every candidate's vector in one pass over the embedding shards (for the diversity rule).
+    let wanted: std::collections::HashSet<u64> = hits.iter().map(|h| h.id).collect();
+    let vectors = cm3_index::stage::lookup_vectors(dataset, VectorSet::Doc, &wanted)?;
     let mut chosen: Vec<(u64, f32, Vec<f32>)> = Vec::new();
     for h in hits {
         if chosen.len() == k {
@@ -130,7 +133,10 @@ fn retrieve(
         if chosen.iter().any(|c| c.0 == h.id) {
             continue;
         }
-        let v = cm3_index::stage::lookup_vector(dataset, VectorSet::Doc, h.id)?;
+        let v = vectors
+            .get(&h.id)
+            .cloned()
+            .with_context(|| format!("retrieved pair {:016x} has no stored vector", h.id))?;
         if chosen.iter().any(|c| dot(&c.2, &v) > RELEVANCE) {
             continue;
         }

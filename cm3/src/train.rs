@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 
 use cm3_core::fsio::write_atomic;
 use cm3_embed::npy::{Npy, encode_f32};
-use cm3_model::decoder::{Cm3Decoder, DecoderConfig, HfOptConfig, config::PRESETS};
+use cm3_model::decoder::{Cm3Decoder, config::PRESETS};
 use cm3_train::run::{RUN_CONFIG, RUN_FORMAT, RunRecord, latest_checkpoint};
 use cm3_train::{Backend, TrainConfig, TrainOptions};
 
@@ -275,18 +275,13 @@ fn weights_dir(weights: &Path) -> Result<PathBuf> {
 
 fn score(a: ScoreArgs) -> Result<()> {
     let dir = weights_dir(&a.weights)?;
-    let config = dir.join("config.json");
-    let text = std::fs::read_to_string(&config).with_context(|| {
+    let device = Device::flex();
+    let (model, cfg) = Cm3Decoder::load_dir(&dir, &device).with_context(|| {
         format!(
-            "reading {} (a model folder holds model.safetensors and config.json)",
-            config.display()
+            "{} (a model folder holds model.safetensors and config.json)",
+            dir.display()
         )
     })?;
-    let hf: HfOptConfig = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not an OPT config.json", config.display()))?;
-    let cfg: DecoderConfig = hf.to_decoder(&config.display().to_string())?;
-    let device = Device::flex();
-    let model = Cm3Decoder::load(&dir.join("model.safetensors"), &cfg, &device)?;
 
     let bytes =
         std::fs::read(&a.tokens).with_context(|| format!("reading {}", a.tokens.display()))?;
@@ -313,16 +308,19 @@ fn score(a: ScoreArgs) -> Result<()> {
             cfg.vocab_size
         );
     }
-    let tensor = || Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [b, t]), &device);
-    let s = model.score(&cfg, tensor(), a.ignore_id)?;
-    if let Some(out) = &a.logits_out {
-        let logits = model
-            .forward(&cfg, tensor())?
-            .into_data()
-            .try_into_vec_as::<f32>()
-            .map_err(|e| anyhow::anyhow!("reading logits: {e:?}"))?;
-        write_atomic(out, &encode_f32(&[b, t, cfg.vocab_size], &logits), "score")?;
-    }
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t]), &device);
+    let s = match &a.logits_out {
+        None => model.score(&cfg, ids, a.ignore_id)?,
+        Some(out) => {
+            let (s, logits) = model.score_with_logits(&cfg, ids, a.ignore_id)?;
+            let logits = logits
+                .into_data()
+                .try_into_vec_as::<f32>()
+                .map_err(|e| anyhow::anyhow!("reading logits: {e:?}"))?;
+            write_atomic(out, &encode_f32(&[b, t, cfg.vocab_size], &logits), "score")?;
+            s
+        }
+    };
     if a.json {
         println!(
             "{}",

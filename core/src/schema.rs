@@ -8,10 +8,11 @@ use arrow_array::builder::{
     BinaryBuilder, BooleanBuilder, ListBuilder, StringBuilder, UInt32Builder, UInt64Builder,
 };
 use arrow_array::{Array, ArrayRef, RecordBatch};
-use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
@@ -165,27 +166,50 @@ pub fn shard_writer_properties(row_group_rows: usize) -> WriterProperties {
 
 /// Write rows as a Parquet shard atomically; returns its size and checksum.
 pub fn write_pairs_shard(path: &Path, rows: &[PairRow], tag: &str) -> Result<Written> {
-    let arrow_err = |source| CoreError::Arrow {
-        path: path.to_path_buf(),
-        source,
-    };
-    let pq_err = |source| CoreError::Parquet {
-        path: path.to_path_buf(),
-        source,
-    };
+    // Slices of 256 rows so the encoder never holds more than one row group of images twice.
+    write_shard_atomic(
+        path,
+        tag,
+        pairs_schema(),
+        rows,
+        256,
+        pairs_batch,
+        |source| CoreError::Arrow {
+            path: path.to_path_buf(),
+            source,
+        },
+        |source| CoreError::Parquet {
+            path: path.to_path_buf(),
+            source,
+        },
+    )
+}
+
+/// Write `rows` as a Parquet shard under a temporary name, fsync and rename it (the shard
+/// writer settings, `row_group` rows per batch and row group); `arrow_err` and `pq_err` turn
+/// the encoder's errors into the caller's, naming the file. Returns the size and checksum.
+#[allow(clippy::too_many_arguments)]
+pub fn write_shard_atomic<R, E: From<CoreError>>(
+    path: &Path,
+    tag: &str,
+    schema: SchemaRef,
+    rows: &[R],
+    row_group: usize,
+    batch: impl Fn(&[R]) -> std::result::Result<RecordBatch, ArrowError>,
+    arrow_err: impl Fn(ArrowError) -> E,
+    pq_err: impl Fn(ParquetError) -> E,
+) -> std::result::Result<Written, E> {
     let mut file = AtomicFile::create(path, tag)?;
     {
-        let props = shard_writer_properties(256);
-        let mut w =
-            ArrowWriter::try_new(file.writer(), pairs_schema(), Some(props)).map_err(pq_err)?;
-        // Write in slices so the encoder never holds more than one row group of images twice.
-        for chunk in rows.chunks(256) {
-            w.write(&pairs_batch(chunk).map_err(arrow_err)?)
-                .map_err(pq_err)?;
+        let props = shard_writer_properties(row_group);
+        let mut w = ArrowWriter::try_new(file.writer(), schema, Some(props)).map_err(&pq_err)?;
+        for chunk in rows.chunks(row_group.max(1)) {
+            w.write(&batch(chunk).map_err(&arrow_err)?)
+                .map_err(&pq_err)?;
         }
-        w.close().map_err(pq_err)?;
+        w.close().map_err(&pq_err)?;
     }
-    file.commit()
+    Ok(file.commit()?)
 }
 
 /// Read chosen string/u64 columns of a shard (e.g. `sha256`, `caption`, `id` for dedupe), without

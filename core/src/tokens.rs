@@ -5,12 +5,10 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::fsio::{AtomicFile, Written};
-use crate::schema::shard_writer_properties;
+use crate::fsio::Written;
 use arrow_array::builder::{ListBuilder, UInt32Builder, UInt64Builder};
 use arrow_array::{Array, ArrayRef, ListArray, RecordBatch, UInt32Array, UInt64Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::error::{CoreError, Result};
@@ -69,18 +67,16 @@ fn batch(rows: &[TokenRow]) -> std::result::Result<RecordBatch, arrow_schema::Ar
 
 /// Written atomically (temporary name, fsync, rename).
 pub fn write_shard(path: &Path, rows: &[TokenRow], tag: &str) -> Result<Written> {
-    let mut file = AtomicFile::create(path, tag)?;
-    {
-        let props = shard_writer_properties(4_096);
-        let mut w = ArrowWriter::try_new(file.writer(), schema(), Some(props))
-            .map_err(|e| pq_err(path, e))?;
-        for chunk in rows.chunks(4_096) {
-            w.write(&batch(chunk).map_err(|e| pq_err(path, e))?)
-                .map_err(|e| pq_err(path, e))?;
-        }
-        w.close().map_err(|e| pq_err(path, e))?;
-    }
-    file.commit()
+    crate::schema::write_shard_atomic(
+        path,
+        tag,
+        schema(),
+        rows,
+        4_096,
+        batch,
+        |e| pq_err(path, e),
+        |e| pq_err(path, e),
+    )
 }
 
 pub fn read_shard(path: &Path) -> Result<Vec<TokenRow>> {

@@ -6,7 +6,7 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use cm3_core::vocab::{self, VocabLayout};
-use cm3_model::decoder::{Cm3Decoder, DecoderConfig, HfOptConfig};
+use cm3_model::decoder::{Cm3Decoder, DecoderConfig};
 use cm3_tokenize::{ImageTokenizer, TextTokenizer};
 use cm3_train::run::{RUN_CONFIG, RunRecord, latest_checkpoint};
 
@@ -92,14 +92,7 @@ impl Generator {
             .map_err(|e| bad(format!("{}: not a cm3 run config: {e}", config.display())))?;
         let checkpoint = latest_checkpoint(run)?
             .ok_or_else(|| bad(format!("{}: the run has no checkpoint yet", run.display())))?;
-        let hf_path = checkpoint.join("config.json");
-        let hf: HfOptConfig = serde_json::from_str(
-            &std::fs::read_to_string(&hf_path)
-                .map_err(|e| bad(format!("{}: {e}", hf_path.display())))?,
-        )
-        .map_err(|e| bad(format!("{}: {e}", hf_path.display())))?;
-        let cfg = hf.to_decoder(&hf_path.display().to_string())?;
-        let model = Cm3Decoder::load(&checkpoint.join("model.safetensors"), &cfg, device)?;
+        let (model, cfg) = Cm3Decoder::load_dir(&checkpoint, device)?;
         let dataset = &record.dataset;
         let layout = VocabLayout::load(&dataset.join(vocab::VOCAB))?;
         if layout.size as usize != cfg.vocab_size {

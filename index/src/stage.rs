@@ -353,24 +353,51 @@ pub fn open_dataset_index(
 
 /// The stored `set` vector of a pair, from the dataset's embeddings.
 pub fn lookup_vector(dataset: &Path, set: VectorSet, id: u64) -> Result<Vec<f32>> {
+    lookup_vectors(dataset, set, &HashSet::from([id]))?
+        .remove(&id)
+        .ok_or_else(|| {
+            IndexError::Invalid(format!(
+                "no pair with id {id:016x} in the embeddings of {}",
+                dataset.display()
+            ))
+        })
+}
+
+/// The stored vectors of the given pair ids (unit-norm checked), reading each embedding shard
+/// at most once and only the shards that hold one of them; ids without a vector are absent.
+pub fn lookup_vectors(
+    dataset: &Path,
+    set: VectorSet,
+    ids: &HashSet<u64>,
+) -> Result<HashMap<u64, Vec<f32>>> {
     let ds = DatasetDir::open(dataset)?;
     let embed = embed_record(&ds, &ds.load_manifest()?)?;
+    let mut out = HashMap::new();
     for rec in embed.shards.values() {
+        if out.len() == ids.len() {
+            break;
+        }
         let dir = ds.path(&rec.file);
-        let ids = read_ids(&dir.join("ids.npy"))?;
-        if let Some(pos) = ids.iter().position(|&x| x == id) {
-            let v = read_vectors(&dir.join(format!("{set}.npy")))?;
+        let shard_ids = read_ids(&dir.join("ids.npy"))?;
+        let wanted: Vec<(usize, u64)> = shard_ids
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| ids.contains(id))
+            .map(|(pos, &id)| (pos, id))
+            .collect();
+        if wanted.is_empty() {
+            continue;
+        }
+        let v = read_vectors(&dir.join(format!("{set}.npy")))?;
+        for (pos, id) in wanted {
             if pos < v.rows() {
                 let mut row = v.row(pos).to_vec();
                 check_unit_rows("query", &mut row, v.dim, false)?;
-                return Ok(row);
+                out.insert(id, row);
             }
         }
     }
-    Err(IndexError::Invalid(format!(
-        "no pair with id {id:016x} in the embeddings of {}",
-        dataset.display()
-    )))
+    Ok(out)
 }
 
 /// Captions of the given pair ids, from the dataset's `pairs/` shards.

@@ -396,6 +396,8 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
         loss: f64::NAN,
     };
     let metrics_path = run.dir.join(METRICS);
+    // The newest checkpoint (a resumed run's); the NaN stop names it.
+    let mut checkpoint = PathBuf::new();
     if opts.start.is_none() {
         if let Some(ckpt) = latest_checkpoint(&run.dir)? {
             let load_err = |what: &str, e: String| run_error(&ckpt, format!("{what}: {e}"));
@@ -407,6 +409,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
                 .map_err(|e| load_err("optim.bpk", format!("{e:?}")))?;
             state = read_json(&ckpt.join("state.json"))?;
             tracing::info!(checkpoint = %ckpt.display(), step = state.step, "resuming");
+            checkpoint = ckpt;
         }
         trim_metrics(&metrics_path, state.step)?;
     }
@@ -450,7 +453,6 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
 
     let started = Instant::now();
     let mut last_val = None;
-    let mut checkpoint = latest_checkpoint(&run.dir)?.unwrap_or_default();
     while state.step < last {
         let t0 = Instant::now();
         // The step's sequences, and how many targets they score (for the token-weighted mean).

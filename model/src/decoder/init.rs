@@ -31,20 +31,22 @@ pub fn normal(n: usize, std: f64, rng: &mut SplitMix64) -> Vec<f32> {
         .collect()
 }
 
+/// Mean and standard deviation (population), for the initialisation tests.
+#[cfg(test)]
+pub(crate) fn moments(x: &[f32]) -> (f64, f64) {
+    let n = x.len() as f64;
+    let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+    let var = x
+        .iter()
+        .map(|&v| (f64::from(v) - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    (mean, var.sqrt())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn moments(x: &[f32]) -> (f64, f64) {
-        let n = x.len() as f64;
-        let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-        let var = x
-            .iter()
-            .map(|&v| (f64::from(v) - mean).powi(2))
-            .sum::<f64>()
-            / n;
-        (mean, var.sqrt())
-    }
 
     #[test]
     fn truncated_normal_has_the_truncated_moments_and_bounds() {

@@ -89,6 +89,65 @@ pub struct Score {
     pub tokens: u64,
 }
 
+impl Score {
+    fn of((loss, tokens): (Tensor<1>, u64)) -> Result<Self> {
+        let loss = f64::from(read_f32(loss, "loss")?[0]);
+        Ok(Self {
+            loss,
+            perplexity: loss.exp(),
+            tokens,
+        })
+    }
+}
+
+/// A next-token loss needs at least two tokens.
+fn two_or_more(t: usize) -> Result<()> {
+    if t < 2 {
+        return Err(ModelError::Input {
+            op: "loss",
+            reason: format!("sequences of {t} tokens: a next-token loss needs at least 2"),
+        });
+    }
+    Ok(())
+}
+
+/// Mean cross-entropy of `logits` `[B, T−1, V]` (positions 0..T−1 of `ids` `[B, T]`) against
+/// the next ids, skipping targets equal to `pad`, and the number of targets scored.
+fn next_token_loss(
+    logits: Tensor<3>,
+    ids: Tensor<2, Int>,
+    pad: Option<u32>,
+) -> Result<(Tensor<1>, u64)> {
+    let [b, t] = ids.dims();
+    let [_, _, v] = logits.dims();
+    let n_targets = b * (t - 1);
+    let targets = ids.slice([0..b, 1..t]).reshape([n_targets, 1]);
+    let logp = log_softmax(logits.reshape([n_targets, v]), 1)
+        .gather(1, targets.clone())
+        .reshape([n_targets]);
+    let weights = match pad {
+        Some(p) => targets
+            .reshape([n_targets])
+            .not_equal_elem(p as i64)
+            .float(),
+        None => Tensor::ones([n_targets], &logp.device()),
+    };
+    let n = read_f32(weights.clone().sum(), "loss weights")?[0] as u64;
+    let total = (logp * weights).sum().neg();
+    Ok((total.div_scalar(n.max(1) as f64), n))
+}
+
+/// What a weight is, for [`Cm3Decoder::build`]'s fill.
+#[derive(Debug, Clone, Copy)]
+enum Draw {
+    /// A matrix the paper initialises as 0 ("output layers").
+    Zero,
+    /// Any other matrix: the truncated normal.
+    Matrix,
+    /// The positional embedding: a plain normal.
+    Positions,
+}
+
 fn param(values: Vec<f32>, shape: [usize; 2], device: &Device) -> Param<Tensor<2>> {
     Param::from_tensor(Tensor::from_data(TensorData::new(values, shape), device))
 }
@@ -105,39 +164,54 @@ pub fn layer_norm(x: Tensor<3>, eps: f64) -> Tensor<3> {
 impl Cm3Decoder {
     /// A new model initialised as §2.3 says, from `seed`.
     pub fn init(cfg: &DecoderConfig, seed: u64, device: &Device) -> Result<Self> {
-        cfg.validate("decoder config")?;
         let mut rng = SplitMix64::new(seed);
+        Self::build(cfg, device, |draw, n| match draw {
+            Draw::Zero => vec![0.0; n],
+            Draw::Matrix => init::truncated_normal(n, cfg.init_std, cfg.init_truncation, &mut rng),
+            Draw::Positions => init::normal(n, cfg.position_init_std, &mut rng),
+        })
+    }
+
+    /// A model of this shape with every weight 0, to be filled from a checkpoint (random
+    /// draws that loading replaces would be one normal draw per parameter for nothing).
+    fn zeros(cfg: &DecoderConfig, device: &Device) -> Result<Self> {
+        Self::build(cfg, device, |_, n| vec![0.0; n])
+    }
+
+    /// The module, each weight's values from `fill(what it is, element count)` in a fixed order.
+    fn build(
+        cfg: &DecoderConfig,
+        device: &Device,
+        mut fill: impl FnMut(Draw, usize) -> Vec<f32>,
+    ) -> Result<Self> {
+        cfg.validate("decoder config")?;
         let (d, f, v) = (cfg.d_model, cfg.ffn_dim, cfg.vocab_size);
-        let mut trunc = |rows: usize, cols: usize, zero: bool| -> Proj {
-            let values = if zero {
-                vec![0.0; rows * cols]
-            } else {
-                init::truncated_normal(rows * cols, cfg.init_std, cfg.init_truncation, &mut rng)
-            };
+        let mut matrix = |rows: usize, cols: usize, zero: bool| -> Proj {
+            let draw = if zero { Draw::Zero } else { Draw::Matrix };
             Proj {
-                weight: param(values, [rows, cols], device),
+                weight: param(fill(draw, rows * cols), [rows, cols], device),
             }
         };
         let residual_zero = cfg.zero_init == ZeroInit::Residual;
         let embed_tokens = Table {
-            weight: trunc(v, d, false).weight,
+            weight: matrix(v, d, false).weight,
         };
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for _ in 0..cfg.n_layers {
             layers.push(DecoderLayer {
                 self_attn: SelfAttention {
-                    q_proj: trunc(d, d, false),
-                    k_proj: trunc(d, d, false),
-                    v_proj: trunc(d, d, false),
-                    out_proj: trunc(d, d, residual_zero),
+                    q_proj: matrix(d, d, false),
+                    k_proj: matrix(d, d, false),
+                    v_proj: matrix(d, d, false),
+                    out_proj: matrix(d, d, residual_zero),
                 },
-                fc1: trunc(f, d, false),
-                fc2: trunc(d, f, residual_zero),
+                fc1: matrix(f, d, false),
+                fc2: matrix(d, f, residual_zero),
             });
         }
-        let lm_head = (!cfg.tie_embeddings).then(|| trunc(v, d, cfg.zero_init == ZeroInit::Vocab));
+        let lm_head = (!cfg.tie_embeddings).then(|| matrix(v, d, cfg.zero_init == ZeroInit::Vocab));
         let rows = cfg.max_seq_len + POSITION_OFFSET;
-        let positions = init::normal(rows * d, cfg.position_init_std, &mut rng);
+        let positions = fill(Draw::Positions, rows * d);
         Ok(Self {
             model: OptModel {
                 decoder: OptDecoder {
@@ -241,29 +315,9 @@ impl Cm3Decoder {
         pad: Option<u32>,
     ) -> Result<(Tensor<1>, u64)> {
         let [b, t] = ids.dims();
-        if t < 2 {
-            return Err(ModelError::Input {
-                op: "loss",
-                reason: format!("sequences of {t} tokens: a next-token loss needs at least 2"),
-            });
-        }
-        let logits = self
-            .forward(cfg, ids.clone().slice([0..b, 0..t - 1]))?
-            .reshape([b * (t - 1), cfg.vocab_size]);
-        let targets = ids.slice([0..b, 1..t]).reshape([b * (t - 1), 1]);
-        let logp = log_softmax(logits, 1)
-            .gather(1, targets.clone())
-            .reshape([b * (t - 1)]);
-        let weights = match pad {
-            Some(p) => targets
-                .reshape([b * (t - 1)])
-                .not_equal_elem(p as i64)
-                .float(),
-            None => Tensor::ones([b * (t - 1)], &logp.device()),
-        };
-        let n = read_f32(weights.clone().sum(), "loss weights")?[0] as u64;
-        let total = (logp * weights).sum().neg();
-        Ok((total.div_scalar(n.max(1) as f64), n))
+        two_or_more(t)?;
+        let logits = self.forward(cfg, ids.clone().slice([0..b, 0..t - 1]))?;
+        next_token_loss(logits, ids, pad)
     }
 
     /// Loss and perplexity of `ids` (no gradients).
@@ -273,13 +327,27 @@ impl Cm3Decoder {
         ids: Tensor<2, Int>,
         pad: Option<u32>,
     ) -> Result<Score> {
-        let (loss, tokens) = self.loss(cfg, ids, pad)?;
-        let loss = f64::from(read_f32(loss, "loss")?[0]);
-        Ok(Score {
-            loss,
-            perplexity: loss.exp(),
-            tokens,
-        })
+        Score::of(self.loss(cfg, ids, pad)?)
+    }
+
+    /// Loss and perplexity of `ids` and the logits of every position `[B, T, vocab]`, from one
+    /// forward pass (the last position's logits predict nothing in `ids`).
+    pub fn score_with_logits(
+        &self,
+        cfg: &DecoderConfig,
+        ids: Tensor<2, Int>,
+        pad: Option<u32>,
+    ) -> Result<(Score, Tensor<3>)> {
+        let [b, t] = ids.dims();
+        two_or_more(t)?;
+        let logits = self.forward(cfg, ids.clone())?;
+        let v = cfg.vocab_size;
+        let score = Score::of(next_token_loss(
+            logits.clone().slice([0..b, 0..t - 1, 0..v]),
+            ids,
+            pad,
+        )?)?;
+        Ok((score, logits))
     }
 
     /// Load `model.safetensors` in Hugging Face OPT naming (what [`Self::save`] writes, or an
@@ -293,7 +361,7 @@ impl Cm3Decoder {
         if !path.is_file() {
             return Err(bad("no such file".into()));
         }
-        let mut model = Self::init(cfg, 0, device)?;
+        let mut model = Self::zeros(cfg, device)?;
         let mut store = SafetensorsStore::from_file(path).allow_partial(true);
         let applied = model
             .load_from(&mut store)
@@ -315,6 +383,25 @@ impl Cm3Decoder {
             )));
         }
         Ok(model)
+    }
+
+    /// A model folder as cm3 checkpoints and Hugging Face OPT releases hold it: `config.json`
+    /// (an OPT config this decoder can run) and `model.safetensors`.
+    pub fn load_dir(dir: &Path, device: &Device) -> Result<(Self, DecoderConfig)> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::Io {
+            op: "reading",
+            path: path.clone(),
+            source: e,
+        })?;
+        let origin = path.display().to_string();
+        let hf: HfOptConfig = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+            origin: origin.clone(),
+            reason: format!("not an OPT config.json: {e}"),
+        })?;
+        let cfg = hf.to_decoder(&origin)?;
+        let model = Self::load(&dir.join("model.safetensors"), &cfg, device)?;
+        Ok((model, cfg))
     }
 
     /// Save as `model.safetensors` (Hugging Face OPT names), atomically.
@@ -467,16 +554,10 @@ mod tests {
         read_f32(p.val(), "test").unwrap_or_default()
     }
 
+    /// Standard deviation and largest magnitude.
     fn std_max(x: &[f32]) -> (f64, f64) {
-        let n = x.len() as f64;
-        let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-        let var = x
-            .iter()
-            .map(|&v| (f64::from(v) - mean).powi(2))
-            .sum::<f64>()
-            / n;
         let max = x.iter().map(|&v| f64::from(v).abs()).fold(0.0, f64::max);
-        (var.sqrt(), max)
+        (init::moments(x).1, max)
     }
 
     /// §2.3 on a real initialisation: truncated normal (std 0.006, ±3 std), zero output layers,
