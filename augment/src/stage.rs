@@ -284,19 +284,7 @@ pub fn run(opts: &AugmentOptions) -> Result<AugmentReport> {
         serde_json::to_value(&record).map_err(|e| AugmentError::Invalid(e.to_string()))?;
     ds.stage_record(&mut manifest, STAGE, &record_json)?;
 
-    let todo: Vec<(usize, String, ShardRecord)> = embed
-        .shards
-        .iter()
-        .enumerate()
-        .filter(|(slot, (name, _))| {
-            opts.worker.owns(*slot as u64)
-                && !manifest
-                    .stages
-                    .get(STAGE)
-                    .is_some_and(|s| s.shards.contains_key(*name))
-        })
-        .map(|(slot, (name, rec))| (slot, name.clone(), rec.clone()))
-        .collect();
+    let todo = manifest.pending_shards(&embed, STAGE, &opts.worker);
     let mut report = AugmentReport {
         shards_skipped: embed.shards.len() - todo.len(),
         bank_size: bank.len(),

@@ -186,6 +186,26 @@ pub fn config_diff(recorded: &Value, given: &Value) -> String {
 }
 
 impl Manifest {
+    /// The shards of `upstream` (the stage `stage` reads) that `stage` has not recorded yet and
+    /// that `worker` owns by their position, with that position, in the upstream's order.
+    pub fn pending_shards(
+        &self,
+        upstream: &StageRecord,
+        stage: &str,
+        worker: &crate::WorkerSpec,
+    ) -> Vec<(usize, String, ShardRecord)> {
+        let done = self.stages.get(stage);
+        upstream
+            .shards
+            .iter()
+            .enumerate()
+            .filter(|(slot, (name, _))| {
+                worker.owns(*slot as u64) && !done.is_some_and(|s| s.shards.contains_key(*name))
+            })
+            .map(|(slot, (name, rec))| (slot, name.clone(), rec.clone()))
+            .collect()
+    }
+
     /// Load a manifest; `Ok(None)` when the file does not exist.
     pub fn load(path: &Path) -> Result<Option<Self>> {
         let bytes = match fs::read(path) {

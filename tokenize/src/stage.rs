@@ -164,19 +164,7 @@ pub fn run(opts: &TokenizeOptions, device: &Device) -> Result<TokenizeReport> {
     ds.stage_record(&mut manifest, STAGE, &record_json)?;
     save_layout(&ds, &layout)?;
 
-    let todo: Vec<(usize, String, ShardRecord)> = ingest
-        .shards
-        .iter()
-        .enumerate()
-        .filter(|(slot, (name, _))| {
-            opts.worker.owns(*slot as u64)
-                && !manifest
-                    .stages
-                    .get(STAGE)
-                    .is_some_and(|s| s.shards.contains_key(*name))
-        })
-        .map(|(slot, (name, rec))| (slot, name.clone(), rec.clone()))
-        .collect();
+    let todo = manifest.pending_shards(&ingest, STAGE, &opts.worker);
     let mut report = TokenizeReport {
         shards_skipped: ingest.shards.len() - todo.len(),
         vocab_size: layout.size,
