@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use arrow_array::{StringArray, UInt64Array};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::Serialize;
 
 use cm3_core::fsio::sha256_file;
@@ -290,7 +290,11 @@ pub fn run(opts: &AugmentOptions) -> Result<AugmentReport> {
         bank_size: bank.len(),
         ..AugmentReport::default()
     };
-    let bar = progress_bar(opts.progress, todo.iter().map(|t| t.2.rows).sum());
+    let bar = cm3_core::progress::pairs_bar(
+        opts.progress,
+        "augment",
+        todo.iter().map(|t| t.2.rows).sum(),
+    );
     let started = Instant::now();
     for (slot, name, rec) in &todo {
         let pairs_file = ingest
@@ -355,20 +359,6 @@ pub fn run(opts: &AugmentOptions) -> Result<AugmentReport> {
     bar.finish_and_clear();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
-}
-
-fn progress_bar(show: bool, rows: u64) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
-    }
-    let b = ProgressBar::new(rows);
-    b.set_style(
-        ProgressStyle::with_template(
-            "augment {bar:30} {pos}/{len} pairs ({per_sec}) [{elapsed_precise}, eta {eta}]",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    b
 }
 
 struct ShardCtx<'a> {

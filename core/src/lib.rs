@@ -10,6 +10,7 @@ pub mod error;
 pub mod fsio;
 pub mod id;
 pub mod manifest;
+pub mod progress;
 pub mod rng;
 pub mod schema;
 pub mod tokens;

@@ -16,7 +16,7 @@ use cm3_core::fsio::write_atomic;
 use cm3_core::schema::{RejectRecord, column, count_reasons, read_columns};
 use cm3_core::vocab::VocabLayout;
 use cm3_core::{DatasetDir, ShardRecord, WorkerSpec};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TokenizeError};
@@ -170,7 +170,11 @@ pub fn run(opts: &TokenizeOptions, device: &Device) -> Result<TokenizeReport> {
         vocab_size: layout.size,
         ..TokenizeReport::default()
     };
-    let bar = progress_bar(opts.progress, todo.iter().map(|t| t.2.rows).sum());
+    let bar = cm3_core::progress::pairs_bar(
+        opts.progress,
+        "tokenize",
+        todo.iter().map(|t| t.2.rows).sum(),
+    );
     let started = Instant::now();
     for (slot, name, rec) in &todo {
         let pairs = ds.path(&rec.file);
@@ -262,20 +266,6 @@ fn relative(root: &Path, path: &Path) -> String {
     path.strip_prefix(&root)
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| path.display().to_string())
-}
-
-fn progress_bar(show: bool, rows: u64) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
-    }
-    let b = ProgressBar::new(rows);
-    b.set_style(
-        ProgressStyle::with_template(
-            "tokenize {bar:30} {pos}/{len} pairs ({per_sec}) [{elapsed_precise}, eta {eta}]",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    b
 }
 
 struct ShardOut {
