@@ -139,7 +139,10 @@ fn demo_build_then_more_pairs_packs_only_the_new_ones() {
     let cfg = tmp.path().join("other.toml");
     fs::write(&cfg, "[pack]\nseq_len = 2048\n").expect("write");
     let err = run_err(&["build", &p(&ds), "--preset", "demo", "--config", &p(&cfg)]);
-    assert!(err.contains("pack"), "{err}");
+    assert!(
+        err.contains("build stage pack") && err.contains("different configuration"),
+        "{err}"
+    );
     assert_eq!(packed(&ds, "train.bin"), bin2);
 
     // A misspelt setting is refused before anything runs.
