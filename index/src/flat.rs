@@ -1,14 +1,13 @@
 //! Exact maximum-inner-product search: the ground truth, and the right choice up to a few million
-//! vectors. Queries are scored a block of stored vectors at a time with a matrix product
-//! (`matrixmultiply`'s SIMD sgemm through ndarray), blocks in parallel (rayon), and the best `k`
-//! of each query kept in a bounded heap.
+//! vectors. Queries are scored a block of stored vectors at a time with a matrix product (our own
+//! SIMD kernel, [`crate::product`]), blocks in parallel (rayon), and the best `k` of each query
+//! kept in a bounded heap.
 use std::fs;
 use std::io::Write;
 use std::path::Path;
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use ndarray::{ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -16,16 +15,29 @@ use cm3_embed::npy::{self, Dtype};
 
 use crate::error::{IndexError, Result};
 use crate::files::{read_json, write_file, write_ids, write_json};
+use crate::product::{self, PackedQueries, Scratch};
 use crate::spec::{IndexSpec, Storage};
 use crate::topk::TopK;
 use crate::vectors::read_ids;
 use crate::{Hit, MipsIndex, SearchParams, check_add, check_rows};
 
-/// Stored vectors per block: 4,096 × 512 float32 is 8 MiB, a block's scores for 1,024 queries 16 MiB
-/// (2,048 to 8,192 measured the same on 100,000 × 512).
+/// Fewest stored vectors per parallel task. Tasks are otherwise a quarter of a thread's share:
+/// each keeps its own top-k heaps, which take scores on every test until they fill, so fewer,
+/// larger tasks test fewer scores one by one.
 const BLOCK_ROWS: usize = 4096;
+/// Stored vectors scored at once within a block: 256 × 1,024 queries is a 1 MiB score matrix,
+/// which stays in L2 between the product that writes it and the scan that reads it.
+const SCORE_ROWS: usize = 256;
 /// Queries scored together (bounds the score matrix).
 const QUERY_CHUNK: usize = 1024;
+
+/// One rayon worker's buffers for scoring blocks.
+#[derive(Debug, Default)]
+struct BlockBuffers {
+    scores: Vec<f32>,
+    widened: Vec<f32>,
+    scratch: Scratch,
+}
 
 #[derive(Debug, Clone)]
 enum Data {
@@ -150,73 +162,57 @@ impl FlatIndex {
         Ok(index)
     }
 
-    /// Scores of `queries` (nq × dim) against stored rows `start..end`, into `out` (nq × rows).
     /// Scores of `queries` (nq × dim) against stored rows `start..end`, as an nq × rows matrix in
     /// `scores`. Buffers are reused across blocks: fresh 32 MiB allocations cost page faults.
-    fn score_block<'s>(
+    fn score_block(
         &self,
-        queries: ArrayView2<'_, f32>,
+        queries: &PackedQueries,
         start: usize,
         end: usize,
-        scores: &'s mut Vec<f32>,
-        widened: &mut Vec<f32>,
-    ) -> Option<ArrayViewMut2<'s, f32>> {
-        let rows = end - start;
-        scores.resize(queries.nrows() * rows, 0.0);
+        buffers: &mut BlockBuffers,
+    ) {
         let base: &[f32] = match &self.data {
             Data::F32(v) => &v[start * self.dim..end * self.dim],
             Data::F16(v) => {
-                widened.resize(rows * self.dim, 0.0);
+                let widened = &mut buffers.widened;
+                widened.resize((end - start) * self.dim, 0.0);
                 v[start * self.dim..end * self.dim].convert_to_f32_slice(widened);
                 widened
             }
         };
-        let base = ArrayView2::from_shape((rows, self.dim), base).ok()?;
-        let mut out = ArrayViewMut2::from_shape(
-            (queries.nrows(), rows),
-            &mut scores[..queries.nrows() * rows],
-        )
-        .ok()?;
-        // beta = 0: the old contents are overwritten, never read.
-        ndarray::linalg::general_mat_mul(1.0, &queries, &base.t(), 0.0, &mut out);
-        Some(out)
+        product::inner_products(queries, base, &mut buffers.scores, &mut buffers.scratch);
     }
 
     fn search_chunk(&self, queries: &[f32], params: &SearchParams<'_>) -> Vec<Vec<Hit>> {
         let nq = queries.len() / self.dim;
         let n = self.ids.len();
-        let Ok(qv) = ArrayView2::from_shape((nq, self.dim), queries) else {
-            return vec![Vec::new(); nq];
-        };
         // Smaller blocks for few queries, so that both cores have work.
-        let block = if nq < 16 { BLOCK_ROWS / 4 } else { BLOCK_ROWS };
+        let block = if nq < 16 {
+            BLOCK_ROWS / 4
+        } else {
+            BLOCK_ROWS.max(n.div_ceil(4 * rayon::current_num_threads()))
+        };
         let blocks = n.div_ceil(block);
         let filtered = params.is_filtered();
+        let packed = PackedQueries::new(queries, self.dim);
         let heaps = (0..blocks)
             .into_par_iter()
-            .map_init(
-                || (Vec::new(), Vec::new()),
-                |(score_buf, widen_buf), b| {
-                    let start = b * block;
-                    let end = (start + block).min(n);
-                    let mut heaps: Vec<TopK> = (0..nq).map(|_| TopK::new(params.k)).collect();
-                    let Some(scores) = self.score_block(qv, start, end, score_buf, widen_buf)
-                    else {
-                        return heaps;
-                    };
-                    for (qi, heap) in heaps.iter_mut().enumerate() {
-                        let row = scores.row(qi);
-                        for (j, &s) in row.iter().enumerate() {
-                            if heap.would_accept(s)
-                                && (!filtered || params.admits(s, self.ids[start + j]))
-                            {
-                                heap.push(s, start + j);
-                            }
-                        }
+            .map_init(BlockBuffers::default, |buffers, b| {
+                let start = b * block;
+                let end = (start + block).min(n);
+                let mut heaps: Vec<TopK> = (0..nq).map(|_| TopK::new(params.k)).collect();
+                // Scored a slice at a time so that the score matrix stays in cache.
+                for s0 in (start..end).step_by(SCORE_ROWS) {
+                    let s1 = (s0 + SCORE_ROWS).min(end);
+                    self.score_block(&packed, s0, s1, buffers);
+                    for (heap, row) in heaps.iter_mut().zip(buffers.scores.chunks_exact(s1 - s0)) {
+                        product::push_row(row, s0, heap, |s, pos| {
+                            !filtered || params.admits(s, self.ids[pos])
+                        });
                     }
-                    heaps
-                },
-            )
+                }
+                heaps
+            })
             .reduce(
                 || (0..nq).map(|_| TopK::new(params.k)).collect(),
                 |a, b| a.into_iter().zip(b).map(|(x, y)| x.merge(y)).collect(),

@@ -13,6 +13,7 @@ pub mod faiss;
 mod files;
 pub mod flat;
 pub mod hnsw;
+pub mod product;
 pub mod spec;
 pub mod stage;
 pub mod store;

@@ -47,6 +47,19 @@ impl TopK {
             && (self.heap.len() < self.k || self.heap.peek().is_some_and(|w| score >= w.0.score))
     }
 
+    /// No score below this can enter (`would_accept` is false below it): minus infinity while
+    /// the heap is not full, infinity when `k` is 0.
+    #[inline]
+    pub fn floor(&self) -> f32 {
+        if self.k == 0 {
+            f32::INFINITY
+        } else if self.heap.len() < self.k {
+            f32::NEG_INFINITY
+        } else {
+            self.heap.peek().map_or(f32::NEG_INFINITY, |w| w.0.score)
+        }
+    }
+
     #[inline]
     pub fn push(&mut self, score: f32, pos: usize) {
         if self.k == 0 {

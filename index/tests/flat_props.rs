@@ -83,3 +83,43 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+    /// Batches of 16 or more queries take the packed matrix product and the SIMD skip over scores
+    /// below each heap's floor: every query's top-k scores must still be the float64 ones.
+    #[test]
+    fn flat_batch_topk_matches_f64(
+        dim in 1usize..40,
+        n in 0usize..700,
+        nq in 16usize..90,
+        k in 0usize..12,
+        seed in any::<u64>(),
+        max_score in proptest::option::of(-1.0f32..1.0),
+    ) {
+        let mut s = seed | 1;
+        let mut rnd = move || { s ^= s << 13; s ^= s >> 7; s ^= s << 17; ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5 };
+        let base: Vec<f32> = (0..n * dim).map(|_| rnd()).collect();
+        let queries: Vec<f32> = (0..nq * dim).map(|_| rnd()).collect();
+        let ids: Vec<u64> = (0..n as u64).collect();
+        let mut idx = FlatIndex::new(dim, Storage::F32);
+        idx.add(&ids, &base).expect("add");
+        let params = SearchParams { k, max_score, ..SearchParams::default() };
+        let got = idx.search_batch(&queries, &params).expect("search");
+        prop_assert_eq!(got.len(), nq);
+        let tol = 1e-5 * dim as f64;
+        for (qi, hits) in got.iter().enumerate() {
+            let q = &queries[qi * dim..(qi + 1) * dim];
+            let want = f64_topk(&base, dim, q, k, |sc, _| max_score.is_none_or(|m| sc <= f64::from(m)));
+            if max_score.is_none() {
+                prop_assert_eq!(hits.len(), want.len());
+            } else {
+                prop_assert!(hits.len().abs_diff(want.len()) <= 1, "{} vs {}", hits.len(), want.len());
+            }
+            for (g, w) in hits.iter().zip(&want) {
+                prop_assert!((f64::from(g.score) - w.1).abs() <= tol, "query {}: {} vs {}", qi, g.score, w.1);
+                if let Some(m) = max_score { prop_assert!(g.score <= m); }
+            }
+        }
+    }
+}
