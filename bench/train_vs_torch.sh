@@ -2,6 +2,7 @@
 # Training throughput, cm3 (Burn, flex CPU backend) against PyTorch on CPU: the same decoder
 # (OPT without biases, dropout or LayerNorm parameters, tied embeddings), the same batch of
 # random tokens, forward + backward + global clipping + AdamW step, the same number of threads.
+# CM3=<binary> runs a given cm3 (e.g. the release build) instead of building the dev profile.
 # Prints tokens/s of each (median over the timed steps) and the ratio.
 #
 #   LAYERS=4 D=256 HEADS=8 SEQ=512 BATCH=8 VOCAB=8192 STEPS=12 THREADS=2 bash bench/train_vs_torch.sh
@@ -15,13 +16,21 @@ LAYERS="${LAYERS:-4}" D="${D:-256}" HEADS="${HEADS:-8}" SEQ="${SEQ:-512}" BATCH=
 VOCAB="${VOCAB:-8192}" STEPS="${STEPS:-12}" THREADS="${THREADS:-2}"
 venv="$HOME/.cache/cm3-bench/torch-venv"
 if [ ! -x "$venv/bin/python" ]; then
-  py="$(command -v python3.10 || command -v python3)"
+  # torch 1.12.1 has wheels up to Python 3.10: the first interpreter that runs (pyenv's shim
+  # for python3.10 exists but fails where 3.10 is not the selected version).
+  py=python3
+  for c in python3.10 "$HOME"/.pyenv/versions/3.10*/bin/python; do
+    if "$c" -c '' 2>/dev/null; then py="$c"; break; fi
+  done
   "$py" -m venv "$venv"
   "$venv/bin/pip" install -q torch==1.12.1 'numpy<2'
   "$venv/bin/pip" install -q transformers==4.36.2 safetensors
 fi
-cargo build -q -p cm3
-cm3="${CARGO_TARGET_DIR:-target}/debug/cm3"
+if [ -z "${CM3:-}" ]; then
+  cargo build -q -p cm3
+  CM3="${CARGO_TARGET_DIR:-target}/debug/cm3"
+fi
+cm3="$CM3"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 "$venv/bin/python" bench/make_packed.py "$work/data" $((BATCH * STEPS)) $((SEQ + 1)) "$VOCAB"

@@ -484,8 +484,54 @@ fn ingest(a: IngestArgs) -> Result<()> {
     Ok(())
 }
 
+/// glibc's malloc settings for the commands that run the model: no `mmap` for large blocks and no
+/// trimming, so freed memory stays in the heap for reuse. Burn allocates and frees activation
+/// buffers of tens of MiB on every training step; by default glibc maps each afresh and unmaps it
+/// on free, and the next step faults and zeroes every page again (`perf`: a quarter of a step's
+/// time; with these, 7.6 times fewer page faults and 1.3 times the tokens/s). glibc reads them
+/// only at start-up, so cm3 re-executes itself once with them set, unless the user set either.
+const MALLOC_SETTINGS: [(&str, &str); 2] = [
+    ("MALLOC_MMAP_THRESHOLD_", "4294967295"),
+    ("MALLOC_TRIM_THRESHOLD_", "68719476736"),
+];
+
+/// Re-executes cm3 with [`MALLOC_SETTINGS`]; returns (with the reason) only if that failed, and
+/// cm3 then runs with glibc's defaults.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn reexec_with_malloc_settings() -> Option<String> {
+    use std::os::unix::process::CommandExt;
+    if MALLOC_SETTINGS
+        .iter()
+        .any(|(k, _)| std::env::var_os(k).is_some())
+    {
+        return None;
+    }
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return Some(format!("cannot find the cm3 executable: {e}")),
+    };
+    let mut args = std::env::args_os();
+    let mut command = std::process::Command::new(exe);
+    if let Some(arg0) = args.next() {
+        command.arg0(arg0);
+    }
+    let e = command.args(args).envs(MALLOC_SETTINGS).exec();
+    Some(format!("cannot re-execute cm3: {e}"))
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn reexec_with_malloc_settings() -> Option<String> {
+    None
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let reexec_failed = match cli.command {
+        Command::Train(_) | Command::Generate(_) | Command::Model { .. } => {
+            reexec_with_malloc_settings()
+        }
+        _ => None,
+    };
     let default = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
         (false, 0) => "info",
@@ -498,6 +544,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+    if let Some(reason) = reexec_failed {
+        tracing::debug!("glibc's default malloc settings kept: {reason}");
+    }
     let result = match cli.command {
         Command::Build(a) => build::run(*a),
         Command::Ingest(a) => ingest(*a),
