@@ -163,7 +163,7 @@ impl FlatIndex {
     }
 
     /// Scores of `queries` (nq × dim) against stored rows `start..end`, as an nq × rows matrix in
-    /// `scores`. Buffers are reused across blocks: fresh 32 MiB allocations cost page faults.
+    /// `buffers.scores`. Buffers are reused across slices: fresh allocations cost page faults.
     fn score_block(
         &self,
         queries: &PackedQueries,

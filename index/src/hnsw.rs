@@ -289,16 +289,18 @@ enum Vectors {
 impl Vectors {
     /// `len` zeros.
     fn zeros(len: usize) -> Self {
-        let mapped = memmap2::MmapMut::map_anon(len * 4).ok().filter(|m| {
-            // Advised before the first write, so that the first touch of each 2 MiB faults in a
-            // huge page. A refusal (no THP) only costs the speed-up.
-            #[cfg(target_os = "linux")]
-            let _ = m.advise(memmap2::Advice::HugePage);
-            pulp::bytemuck::try_cast_slice::<u8, f32>(m).is_ok()
-        });
+        let mapped = memmap2::MmapMut::map_anon(len * 4)
+            .ok()
+            .filter(|m| len > 0 && pulp::bytemuck::try_cast_slice::<u8, f32>(m).is_ok());
         match mapped {
-            Some(m) if len > 0 => Self::Mapped(m),
-            _ => Self::Plain(vec![0.0; len]),
+            Some(m) => {
+                // Advised before the first write, so that the first touch of each 2 MiB faults
+                // in a huge page. A refusal (no THP) only costs the speed-up.
+                #[cfg(target_os = "linux")]
+                let _ = m.advise(memmap2::Advice::HugePage);
+                Self::Mapped(m)
+            }
+            None => Self::Plain(vec![0.0; len]),
         }
     }
 

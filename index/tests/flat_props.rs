@@ -1,10 +1,33 @@
-//! Flat top-k against a plain float64 computation, with and without filters.
+//! Flat top-k, and the matrix product under it, against a plain float64 computation, with and
+//! without filters.
+mod common;
+
 use std::collections::HashSet;
 
 use proptest::prelude::*;
 
 use cm3_index::flat::FlatIndex;
+use cm3_index::product::{PackedQueries, Scratch, inner_products};
 use cm3_index::{MipsIndex, SearchParams, Storage};
+
+fn f64_dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum()
+}
+
+/// `n` stored vectors and `nq` queries of dimension `dim` from one seeded stream (stored first),
+/// the stored ones in a float32 flat index with ids 0..n.
+fn data(seed: u64, n: usize, nq: usize, dim: usize) -> (Vec<f32>, Vec<f32>, FlatIndex) {
+    let mut draw = common::uniform(seed);
+    let base = draw(n * dim);
+    let queries = draw(nq * dim);
+    let ids: Vec<u64> = (0..n as u64).collect();
+    let mut idx = FlatIndex::new(dim, Storage::F32);
+    idx.add(&ids, &base).expect("add");
+    (base, queries, idx)
+}
 
 fn f64_topk(
     base: &[f32],
@@ -16,15 +39,7 @@ fn f64_topk(
     let mut s: Vec<(u64, f64)> = base
         .chunks_exact(dim)
         .enumerate()
-        .map(|(i, r)| {
-            (
-                i as u64,
-                r.iter()
-                    .zip(q)
-                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
-                    .sum(),
-            )
-        })
+        .map(|(i, r)| (i as u64, f64_dot(r, q)))
         .filter(|(i, s)| keep(*s, *i))
         .collect();
     s.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -43,14 +58,8 @@ proptest! {
         max_score in proptest::option::of(-1.0f32..1.0),
         exclude_every in proptest::option::of(2u64..5),
     ) {
-        let mut s = seed | 1;
-        let mut rnd = move || { s ^= s << 13; s ^= s >> 7; s ^= s << 17; ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5 };
-        let base: Vec<f32> = (0..n * dim).map(|_| rnd()).collect();
-        let q: Vec<f32> = (0..dim).map(|_| rnd()).collect();
-        let ids: Vec<u64> = (0..n as u64).collect();
-        let mut idx = FlatIndex::new(dim, Storage::F32);
-        idx.add(&ids, &base).expect("add");
-        let exclude: HashSet<u64> = exclude_every.map(|e| ids.iter().copied().filter(|i| i % e == 0).collect()).unwrap_or_default();
+        let (base, q, idx) = data(seed, n, 1, dim);
+        let exclude: HashSet<u64> = exclude_every.map(|e| (0..n as u64).filter(|i| i % e == 0).collect()).unwrap_or_default();
         let params = SearchParams {
             k,
             max_score,
@@ -75,7 +84,7 @@ proptest! {
             prop_assert!((f64::from(g.score) - w.1).abs() <= tol, "{} vs {}", g.score, w.1);
             if g.id != w.0 {
                 let gs = want.iter().find(|x| x.0 == g.id).map(|x| x.1);
-                let exact: f64 = base[g.id as usize * dim..(g.id as usize + 1) * dim].iter().zip(&q).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
+                let exact = f64_dot(&base[g.id as usize * dim..(g.id as usize + 1) * dim], &q);
                 prop_assert!(gs.is_none_or(|gs| (gs - w.1).abs() <= 2.0 * tol) && (exact - w.1).abs() <= 2.0 * tol);
             }
             prop_assert!(!exclude.contains(&g.id));
@@ -97,13 +106,7 @@ proptest! {
         seed in any::<u64>(),
         max_score in proptest::option::of(-1.0f32..1.0),
     ) {
-        let mut s = seed | 1;
-        let mut rnd = move || { s ^= s << 13; s ^= s >> 7; s ^= s << 17; ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5 };
-        let base: Vec<f32> = (0..n * dim).map(|_| rnd()).collect();
-        let queries: Vec<f32> = (0..nq * dim).map(|_| rnd()).collect();
-        let ids: Vec<u64> = (0..n as u64).collect();
-        let mut idx = FlatIndex::new(dim, Storage::F32);
-        idx.add(&ids, &base).expect("add");
+        let (base, queries, idx) = data(seed, n, nq, dim);
         let params = SearchParams { k, max_score, ..SearchParams::default() };
         let got = idx.search_batch(&queries, &params).expect("search");
         prop_assert_eq!(got.len(), nq);
@@ -119,6 +122,34 @@ proptest! {
             for (g, w) in hits.iter().zip(&want) {
                 prop_assert!((f64::from(g.score) - w.1).abs() <= tol, "query {}: {} vs {}", qi, g.score, w.1);
                 if let Some(m) = max_score { prop_assert!(g.score <= m); }
+            }
+        }
+    }
+}
+
+proptest! {
+    /// The packed product, every shape (edge tiles and partial panels included), against a plain
+    /// f64 product; `out` starts with stale values, which must all be overwritten.
+    #[test]
+    fn product_matches_f64(
+        nq in 1usize..90,
+        rows in 1usize..40,
+        dim in 1usize..70,
+        seed in any::<u64>(),
+    ) {
+        let mut draw = common::uniform(seed);
+        let queries = draw(nq * dim);
+        let base = draw(rows * dim);
+        let mut out = vec![f32::NAN; 3];
+        let packed = PackedQueries::new(&queries, dim);
+        inner_products(&packed, &base, &mut out, &mut Scratch::default());
+        prop_assert_eq!(out.len(), nq * rows);
+        for q in 0..nq {
+            for r in 0..rows {
+                let want = f64_dot(&queries[q * dim..(q + 1) * dim], &base[r * dim..(r + 1) * dim]);
+                let got = f64::from(out[q * rows + r]);
+                prop_assert!((got - want).abs() <= 1e-5 * (dim as f64).max(1.0),
+                    "q {} r {}: {} vs {}", q, r, got, want);
             }
         }
     }

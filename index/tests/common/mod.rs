@@ -3,6 +3,21 @@
 
 use cm3_index::vectors::check_unit_rows;
 
+/// A seeded stream of uniform values in [-0.5, 0.5): each call gives the next `len` of them.
+pub fn uniform(seed: u64) -> impl FnMut(usize) -> Vec<f32> {
+    let mut s = seed | 1;
+    move |len| {
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect()
+    }
+}
+
 /// Seeded clustered unit vectors: `clusters` random centres, points scattered around them, the
 /// shape of CLIP embeddings of a web crawl (many near-duplicates, a few dense topics).
 pub fn clustered(n: usize, dim: usize, clusters: usize, seed: u64) -> Vec<f32> {

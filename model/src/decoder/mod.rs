@@ -422,20 +422,24 @@ const ATTENTION_BLOCK: usize = 128;
 /// computed, nor carried through the softmax and its gradient (at t = 512, 10/16 of the work;
 /// at 4,096, 33/64).
 fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: &Tensor<4>) -> Tensor<4> {
+    let attend = |q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, m: Tensor<4>| {
+        softmax(q.matmul(k.swap_dims(2, 3)) + m, 3).matmul(v)
+    };
     let [b, h, t, hd] = q.dims();
+    // One block: no slices (each would cost a copy of its gradient), no concatenation.
     if t <= ATTENTION_BLOCK {
-        return softmax(q.matmul(k.swap_dims(2, 3)) + mask.clone(), 3).matmul(v);
+        return attend(q, k, v, mask.clone());
     }
     let blocks = (0..t)
         .step_by(ATTENTION_BLOCK)
         .map(|s| {
             let e = (s + ATTENTION_BLOCK).min(t);
-            let scores = q
-                .clone()
-                .slice([0..b, 0..h, s..e, 0..hd])
-                .matmul(k.clone().slice([0..b, 0..h, 0..e, 0..hd]).swap_dims(2, 3));
-            let m = mask.clone().slice([0..1, 0..1, s..e, 0..e]);
-            softmax(scores + m, 3).matmul(v.clone().slice([0..b, 0..h, 0..e, 0..hd]))
+            attend(
+                q.clone().slice([0..b, 0..h, s..e, 0..hd]),
+                k.clone().slice([0..b, 0..h, 0..e, 0..hd]),
+                v.clone().slice([0..b, 0..h, 0..e, 0..hd]),
+                mask.clone().slice([0..1, 0..1, s..e, 0..e]),
+            )
         })
         .collect();
     Tensor::cat(blocks, 2)
