@@ -206,7 +206,7 @@ impl FlatIndex {
                     let s1 = (s0 + SCORE_ROWS).min(end);
                     self.score_block(&packed, s0, s1, buffers);
                     for (heap, row) in heaps.iter_mut().zip(buffers.scores.chunks_exact(s1 - s0)) {
-                        product::push_row(row, s0, heap, |s, pos| {
+                        product::push_row(packed.level(), row, s0, heap, |s, pos| {
                             !filtered || params.admits(s, self.ids[pos])
                         });
                     }

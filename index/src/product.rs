@@ -18,17 +18,87 @@ const MR: usize = 6;
 /// of the block goes past it; a whole 512-dimension panel would be read from L2 at every tile.
 const KC: usize = 128;
 
-/// The CPU's SIMD level, detected once.
-static ARCH: std::sync::LazyLock<pulp::Arch> = std::sync::LazyLock::new(pulp::Arch::new);
+/// The instruction set the kernels run on. Searches use the best the CPU has ([`SimdLevel::detect`]);
+/// tests run every level the CPU has, so that the AVX2 and scalar paths are checked on an
+/// AVX-512 machine too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimdLevel {
+    /// x86-64 v4 (AVX-512F/BW/CD/DQ/VL).
+    Avx512,
+    /// x86-64 v3 (AVX2, FMA).
+    Avx2,
+    /// Whatever `pulp` detects on other architectures (NEON on aarch64).
+    Native,
+    /// One lane, no SIMD.
+    Scalar,
+}
+
+/// The best level of this CPU, detected once.
+static DETECTED: std::sync::LazyLock<SimdLevel> = std::sync::LazyLock::new(|| {
+    SimdLevel::available()
+        .first()
+        .copied()
+        .unwrap_or(SimdLevel::Scalar)
+});
+
+impl SimdLevel {
+    /// The best level this CPU runs.
+    pub fn detect() -> Self {
+        *DETECTED
+    }
+
+    /// Every level this CPU runs, best first.
+    pub fn available() -> Vec<Self> {
+        let mut levels = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if pulp::x86::V4::is_available() {
+                levels.push(Self::Avx512);
+            }
+            if pulp::x86::V3::is_available() {
+                levels.push(Self::Avx2);
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        levels.push(Self::Native);
+        levels.push(Self::Scalar);
+        levels
+    }
+
+    /// Runs `op` at this level (scalar where the CPU lacks it).
+    fn run<Op: WithSimd>(self, op: Op) -> Op::Output {
+        #[cfg(target_arch = "x86_64")]
+        match self {
+            Self::Avx512 => {
+                if let Some(simd) = pulp::x86::V4::try_new() {
+                    return Simd::vectorize(simd, op);
+                }
+            }
+            Self::Avx2 => {
+                if let Some(simd) = pulp::x86::V3::try_new() {
+                    return Simd::vectorize(simd, op);
+                }
+            }
+            Self::Native | Self::Scalar => {}
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        if self == Self::Native {
+            return pulp::Arch::new().dispatch(op);
+        }
+        Simd::vectorize(pulp::Scalar::new(), op)
+    }
+}
 
 /// Queries packed for [`inner_products`]: panel `p` holds queries `p * width..` as
-/// `[dim][width]`, missing queries zero. Packed once per search, shared by every block.
+/// `[dim][width]`, missing queries zero. Packed once per search, shared by every block; the
+/// product runs at the level the queries were packed for, which fixes the panel width.
 #[derive(Debug)]
 pub struct PackedQueries {
     data: Vec<f32>,
     nq: usize,
     dim: usize,
     width: usize,
+    level: SimdLevel,
 }
 
 /// The widest SIMD vector, in f32 lanes.
@@ -44,9 +114,15 @@ impl WithSimd for Lanes {
 }
 
 impl PackedQueries {
-    /// `queries` holds `queries.len() / dim` vectors of dimension `dim`.
+    /// `queries` holds `queries.len() / dim` vectors of dimension `dim`; packed for the CPU's
+    /// best level.
     pub fn new(queries: &[f32], dim: usize) -> Self {
-        let lanes = ARCH.dispatch(Lanes);
+        Self::for_level(queries, dim, SimdLevel::detect())
+    }
+
+    /// Packed for the product at `level`.
+    pub fn for_level(queries: &[f32], dim: usize, level: SimdLevel) -> Self {
+        let lanes = level.run(Lanes);
         // 6 × 4 accumulators fill 24 of AVX-512's 32 registers; AVX2 has 16, so 6 × 2.
         let width = if lanes >= 16 { 4 * lanes } else { 2 * lanes };
         let nq = queries.len().checked_div(dim).unwrap_or(0);
@@ -63,7 +139,13 @@ impl PackedQueries {
             nq,
             dim,
             width,
+            level,
         }
+    }
+
+    /// The level the queries were packed for.
+    pub fn level(&self) -> SimdLevel {
+        self.level
     }
 
     pub fn len(&self) -> usize {
@@ -78,8 +160,14 @@ impl PackedQueries {
 /// Offers `row[j]` (stored position `offset + j`) to `heap` where `admits(score, position)`,
 /// skipping with SIMD comparisons the runs of scores below the heap's floor: after the first few
 /// blocks almost every score is, and a scalar test of each took a tenth of a search's time.
-pub fn push_row(row: &[f32], offset: usize, heap: &mut TopK, admits: impl Fn(f32, usize) -> bool) {
-    ARCH.dispatch(PushRow {
+pub fn push_row(
+    level: SimdLevel,
+    row: &[f32],
+    offset: usize,
+    heap: &mut TopK,
+    admits: impl Fn(f32, usize) -> bool,
+) {
+    level.run(PushRow {
         row,
         offset,
         heap,
@@ -152,7 +240,7 @@ pub fn inner_products(
     if queries.nq == 0 || rows == 0 {
         return;
     }
-    ARCH.dispatch(Product {
+    queries.level.run(Product {
         queries,
         base: &base[..rows * queries.dim],
         out,
@@ -172,35 +260,13 @@ impl WithSimd for Product<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
+        // Packing and product run at the same level (the queries carry it), so the panel width
+        // is 4 or 2 vectors of this `S`.
         let lanes = std::mem::size_of::<S::f32s>() / 4;
-        let width = self.queries.width;
-        if width == 4 * lanes {
+        if self.queries.width == 4 * lanes {
             product::<S, 4>(simd, self);
-        } else if width == 2 * lanes {
-            product::<S, 2>(simd, self);
         } else {
-            // Unreachable (packing and product detect the same CPU), kept correct regardless.
-            product_plain(self);
-        }
-    }
-}
-
-fn product_plain(p: Product<'_>) {
-    let PackedQueries {
-        data,
-        nq,
-        dim,
-        width,
-    } = p.queries;
-    let rows = p.base.len() / dim;
-    for q in 0..*nq {
-        let panel = &data[(q / width) * dim * width..];
-        for (r, v) in p.base.chunks_exact(*dim).enumerate() {
-            p.out[q * rows + r] = v
-                .iter()
-                .enumerate()
-                .map(|(k, &x)| x * panel[k * width + q % width])
-                .sum();
+            product::<S, 2>(simd, self);
         }
     }
 }
@@ -218,6 +284,7 @@ fn product<S: Simd, const NV: usize>(simd: S, p: Product<'_>) {
         nq,
         dim,
         width,
+        ..
     } = queries;
     let (nq, dim, width) = (*nq, *dim, *width);
     let rows = base.len() / dim;

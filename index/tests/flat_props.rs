@@ -7,7 +7,8 @@ use std::collections::HashSet;
 use proptest::prelude::*;
 
 use cm3_index::flat::FlatIndex;
-use cm3_index::product::{PackedQueries, Scratch, inner_products};
+use cm3_index::product::{PackedQueries, Scratch, SimdLevel, inner_products, push_row};
+use cm3_index::topk::TopK;
 use cm3_index::{MipsIndex, SearchParams, Storage};
 
 fn f64_dot(a: &[f32], b: &[f32]) -> f64 {
@@ -128,8 +129,9 @@ proptest! {
 }
 
 proptest! {
-    /// The packed product, every shape (edge tiles and partial panels included), against a plain
-    /// f64 product; `out` starts with stale values, which must all be overwritten.
+    /// The packed product at every SIMD level this CPU runs (AVX-512, AVX2, scalar), every shape
+    /// (edge tiles and partial panels included), against a plain f64 product; `out` starts with
+    /// stale values, which must all be overwritten.
     #[test]
     fn product_matches_f64(
         nq in 1usize..90,
@@ -140,17 +142,51 @@ proptest! {
         let mut draw = common::uniform(seed);
         let queries = draw(nq * dim);
         let base = draw(rows * dim);
-        let mut out = vec![f32::NAN; 3];
-        let packed = PackedQueries::new(&queries, dim);
-        inner_products(&packed, &base, &mut out, &mut Scratch::default());
-        prop_assert_eq!(out.len(), nq * rows);
-        for q in 0..nq {
-            for r in 0..rows {
-                let want = f64_dot(&queries[q * dim..(q + 1) * dim], &base[r * dim..(r + 1) * dim]);
-                let got = f64::from(out[q * rows + r]);
-                prop_assert!((got - want).abs() <= 1e-5 * (dim as f64).max(1.0),
-                    "q {} r {}: {} vs {}", q, r, got, want);
+        for level in SimdLevel::available() {
+            let mut out = vec![f32::NAN; 3];
+            let packed = PackedQueries::for_level(&queries, dim, level);
+            prop_assert_eq!(packed.level(), level);
+            inner_products(&packed, &base, &mut out, &mut Scratch::default());
+            prop_assert_eq!(out.len(), nq * rows);
+            for q in 0..nq {
+                for r in 0..rows {
+                    let want = f64_dot(&queries[q * dim..(q + 1) * dim], &base[r * dim..(r + 1) * dim]);
+                    let got = f64::from(out[q * rows + r]);
+                    prop_assert!((got - want).abs() <= 1e-5 * (dim as f64).max(1.0),
+                        "{:?}: q {} r {}: {} vs {}", level, q, r, got, want);
+                }
             }
+        }
+    }
+
+    /// Offering a row of scores with the SIMD skip below the heap's floor, at every level, keeps
+    /// what offering each score in turn keeps (rows of every length, filters included).
+    #[test]
+    fn push_row_keeps_what_a_plain_loop_keeps(
+        rows in proptest::collection::vec(proptest::collection::vec(-1.0f32..1.0, 0..300), 1..6),
+        k in 1usize..20,
+        skip_odd in any::<bool>(),
+    ) {
+        let admits = |_: f32, pos: usize| !skip_odd || pos % 2 == 0;
+        let mut plain = TopK::new(k);
+        let mut offset = 0;
+        for row in &rows {
+            for (j, &s) in row.iter().enumerate() {
+                if plain.would_accept(s) && admits(s, offset + j) {
+                    plain.push(s, offset + j);
+                }
+            }
+            offset += row.len();
+        }
+        let want = plain.into_sorted();
+        for level in SimdLevel::available() {
+            let mut heap = TopK::new(k);
+            let mut offset = 0;
+            for row in &rows {
+                push_row(level, row, offset, &mut heap, admits);
+                offset += row.len();
+            }
+            prop_assert_eq!(heap.into_sorted(), want.clone(), "{:?}", level);
         }
     }
 }
