@@ -292,6 +292,73 @@ fn trains_its_own_image_tokenizer_and_tokenizes_with_it() {
     assert_eq!(t["image_tokens"], 32 * 64);
     let layout = VocabLayout::load(&ds.join("tokenizer/vocab.json")).expect("layout");
     assert_eq!((layout.image.codes, layout.image.grid), (64, 8));
+    // The dataset's own tokenizers are recorded relative to it (the dataset can move).
+    assert_eq!(layout.text.tokenizer.path, "tokenizer/text/tokenizer.json");
+    assert!(
+        layout.image.tokenizer.path.starts_with("tokenizer/image"),
+        "{}",
+        layout.image.tokenizer.path
+    );
+}
+
+/// An image tokenizer outside the dataset, given relative to where `cm3 tokenize` ran, is
+/// recorded as an absolute path (`cm3 generate` reads it from any directory); the same
+/// tokenizer moved elsewhere is the same layout, recorded at its new place (another tokenizer
+/// is refused: `tokenizes_the_sample_into_one_vocabulary`).
+#[test]
+fn the_layout_records_where_the_image_tokenizer_is_from_any_directory() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ds = tmp.path().join("ds");
+    ingest(&ds);
+    run_ok(&[
+        "tokenizer",
+        "train-text",
+        &p(&ds),
+        "--vocab-size",
+        "600",
+        "--min-frequency",
+        "1",
+    ]);
+    let vq = tmp.path().join("vq");
+    fs::create_dir(&vq).expect("vq dir");
+    let fixture = vq_ckpt();
+    for name in ["tiny_gumbel_f8.ckpt", "config.yaml"] {
+        let from = fixture.with_file_name(name);
+        fs::copy(&from, vq.join(name)).expect("copy the VQ fixture");
+    }
+    let out = cm3()
+        .current_dir(tmp.path())
+        .args([
+            "tokenize",
+            &p(&ds),
+            "--image-tokenizer",
+            "vq/tiny_gumbel_f8.ckpt",
+            "--no-progress",
+        ])
+        .output()
+        .expect("spawn cm3");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let layout = VocabLayout::load(&ds.join("tokenizer/vocab.json")).expect("layout");
+    let recorded = Path::new(&layout.image.tokenizer.path);
+    assert!(recorded.is_absolute(), "{}", recorded.display());
+    assert!(recorded.is_file(), "{}", recorded.display());
+
+    let moved = tmp.path().join("moved");
+    fs::rename(&vq, &moved).expect("move the tokenizer");
+    run_ok(&[
+        "tokenize",
+        &p(&ds),
+        "--image-tokenizer",
+        &p(&moved.join("tiny_gumbel_f8.ckpt")),
+        "--no-progress",
+    ]);
+    let layout = VocabLayout::load(&ds.join("tokenizer/vocab.json")).expect("layout");
+    assert!(
+        Path::new(&layout.image.tokenizer.path)
+            .starts_with(fs::canonicalize(&moved).expect("canon")),
+        "{}",
+        layout.image.tokenizer.path
+    );
 }
 
 #[test]

@@ -55,8 +55,8 @@ fn bad(reason: impl Into<String>) -> GenerateError {
     GenerateError::Invalid(reason.into())
 }
 
-/// The image tokenizer the dataset's layout names (a path recorded relative to where
-/// `cm3 tokenize` ran, or to the dataset).
+/// The image tokenizer the dataset's layout names (recorded relative to the dataset or absolute;
+/// older layouts recorded it relative to where `cm3 tokenize` ran).
 fn layout_image_tokenizer(dataset: &Path, layout: &VocabLayout) -> Option<PathBuf> {
     let recorded = PathBuf::from(&layout.image.tokenizer.path);
     let candidates = [

@@ -141,11 +141,14 @@ pub fn run(opts: &TokenizeOptions, device: &Device) -> Result<TokenizeReport> {
         });
     }
     let text_rel = relative(ds.root(), &text_path);
+    // Recorded relative to the dataset, or absolute: `cm3 generate` finds it from any directory.
+    let mut image_ref = image.reference();
+    image_ref.path = relative(ds.root(), Path::new(&image_ref.path));
     let layout = VocabLayout::new(
         text.vocab(&text_rel),
         image.vq().config().n_embed as u32,
         image.grid(),
-        image.reference(),
+        image_ref,
     )?;
     let record = TokenizeRecord {
         text_tokenizer_sha256: text.sha256().to_string(),
@@ -240,7 +243,20 @@ fn save_layout(ds: &DatasetDir, layout: &VocabLayout) -> Result<()> {
         if &old == layout {
             return Ok(());
         }
-        if ds.path("tokens").exists() {
+        // The same tokenizers (same checksums) at other paths make the same tokens: the layout
+        // is rewritten to where they are now.
+        let mut moved = old.clone();
+        moved
+            .text
+            .tokenizer
+            .path
+            .clone_from(&layout.text.tokenizer.path);
+        moved
+            .image
+            .tokenizer
+            .path
+            .clone_from(&layout.image.tokenizer.path);
+        if &moved != layout && ds.path("tokens").exists() {
             return Err(TokenizeError::Dataset {
                 path,
                 reason: "tokens were made with another vocabulary layout; pass --rebuild to \
