@@ -343,6 +343,22 @@ fn raw_vectors_build_search_and_bad_input() {
         for qi in 0..7 {
             assert_eq!(ids[qi * 5], qi as i64, "{kind}: query {qi}");
         }
+        // Paths relative to the working directory, outputs given as bare file names.
+        let rel = cm3()
+            .current_dir(tmp.path())
+            .args([
+                "index",
+                "search",
+                &format!("idx-{kind}"),
+                "--queries",
+                "q.npy",
+            ])
+            .args(["-k", "5", "--out", "rel.npy", "--scores", "rel-s.npy"])
+            .output()
+            .expect("spawn cm3");
+        assert!(rel.status.success(), "{kind}: {}", stderr(&rel));
+        assert_eq!(read_i64_npy(&t("rel.npy")), (shape, ids));
+        assert!(t("rel-s.npy").is_file());
         // k larger than the index: padded with -1.
         let (_, ids) = search_ids(&dir, &t("q.npy"), "600", &t("n2.npy"), &[]);
         assert_eq!(ids[599], -1);

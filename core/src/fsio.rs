@@ -137,6 +137,12 @@ pub fn write_atomic(dst: &Path, bytes: &[u8], tag: &str) -> Result<Written> {
 
 /// fsync a directory so that a rename inside it survives a power loss.
 pub fn sync_dir(dir: &Path) -> Result<()> {
+    // The parent of a bare file name (`--out n.npy`) is "", the current directory.
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     let d = File::open(dir).map_err(|e| CoreError::io("opening directory", dir, e))?;
     d.sync_all()
         .map_err(|e| CoreError::io("fsync directory", dir, e))
@@ -189,6 +195,14 @@ mod tests {
             "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
         );
         assert_eq!(sha256_file(&dst)?, w);
+        Ok(())
+    }
+
+    /// `write_atomic("n.npy", ..)` syncs the parent of a bare file name: "", the current directory.
+    #[test]
+    fn the_parent_of_a_bare_file_name_is_the_current_directory() -> Result<()> {
+        sync_dir(Path::new(""))?;
+        assert_eq!(Path::new("n.npy").parent(), Some(Path::new("")));
         Ok(())
     }
 
