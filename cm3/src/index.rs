@@ -291,6 +291,9 @@ fn build_raw(
         );
     }
     index.add(&ids, &v.data)?;
+    // The index holds its own copy now; saving it must not hold a second one.
+    let dim = v.dim;
+    drop(v);
     let meta = store::commit(
         out,
         index.as_ref(),
@@ -302,7 +305,7 @@ fn build_raw(
     eprintln!(
         "index: {} vectors of dimension {} added in {:.2} s; {} ({}) holds {}",
         ids.len(),
-        v.dim,
+        dim,
         started.elapsed().as_secs_f64(),
         out.display(),
         meta.spec,

@@ -85,19 +85,36 @@ pub struct Npy {
 impl Npy {
     /// Parse a C-ordered `.npy` (format 1.x or 2.x); `Err` names what is wrong.
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {
-        if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        let (shape, descr, start) = Self::parse_header(bytes)?;
+        Ok(Self {
+            shape,
+            descr,
+            data: bytes[start..].to_vec(),
+        })
+    }
+
+    /// Bytes needed to hold the header, from the file's first 12 (or fewer) bytes: so that a
+    /// reader can stream the data instead of holding the whole file.
+    pub fn header_len(prefix: &[u8]) -> Result<usize, String> {
+        if prefix.len() < 10 || &prefix[..6] != b"\x93NUMPY" {
             return Err("not a .npy file (no \\x93NUMPY magic)".into());
         }
-        let (len, start) = match bytes[6] {
-            1 => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10),
-            2 | 3 if bytes.len() >= 12 => (
-                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-                12,
-            ),
-            v => return Err(format!(".npy format version {v} is not supported")),
-        };
+        match prefix[6] {
+            1 => Ok(10 + usize::from(u16::from_le_bytes([prefix[8], prefix[9]]))),
+            2 | 3 => match prefix.get(8..12) {
+                Some(&[a, b, c, d]) => Ok(12 + u32::from_le_bytes([a, b, c, d]) as usize),
+                _ => Err("truncated .npy header".into()),
+            },
+            v => Err(format!(".npy format version {v} is not supported")),
+        }
+    }
+
+    /// Shape, dtype and where the data starts, from the file's first bytes.
+    pub fn parse_header(bytes: &[u8]) -> Result<(Vec<usize>, String, usize), String> {
+        let end = Self::header_len(bytes)?;
+        let start = if bytes[6] == 1 { 10 } else { 12 };
         let header = bytes
-            .get(start..start + len)
+            .get(start..end)
             .and_then(|h| std::str::from_utf8(h).ok())
             .ok_or("truncated .npy header")?;
         if header.contains("'fortran_order': True") {
@@ -120,11 +137,7 @@ impl Npy {
                     .map_err(|e| format!("bad dimension {d:?}: {e}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
-            shape,
-            descr,
-            data: bytes[start + len..].to_vec(),
-        })
+        Ok((shape, descr, end))
     }
 
     /// Values as f32, from `<f4` or `<f2` data.

@@ -1,6 +1,7 @@
 //! Reading vectors (`.npy` f32/f16, `.fvecs`) and ids (`.npy` integers), and checking them:
 //! dimension, finite values, unit norm.
-use std::fs;
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use cm3_embed::npy::Npy;
@@ -69,23 +70,30 @@ pub fn read_vectors(path: &Path) -> Result<Vectors> {
     if path.extension().is_some_and(|e| e == "fvecs") {
         return read_fvecs(path);
     }
-    let npy = parse_npy(path)?;
-    let [n, dim] = npy.shape[..] else {
-        return Err(bad(
-            path,
-            format!("expected a 2-d array [n, dim], found shape {:?}", npy.shape),
-        ));
-    };
-    if dim == 0 {
-        return Err(bad(path, "vectors of dimension 0"));
+    read_npy_vectors(path)
+}
+
+/// A float `.npy` [n, dim], converted to f32 a megabyte at a time: the file is never held whole
+/// (1M × 512 float32 is 2 GiB; reading it whole, then its data, then the floats held it three
+/// times over).
+fn read_npy_vectors(path: &Path) -> Result<Vectors> {
+    let io = |e| IndexError::io("reading", path, e);
+    let mut file = File::open(path).map_err(io)?;
+    let file_len = file.metadata().map_err(io)?.len();
+    let mut prefix = Vec::with_capacity(12);
+    (&mut file).take(12).read_to_end(&mut prefix).map_err(io)?;
+    let header_len = Npy::header_len(&prefix).map_err(|r| bad(path, r))?;
+    if header_len as u64 > file_len {
+        return Err(bad(path, "truncated .npy header"));
     }
-    let data = match npy.descr.as_str() {
-        "<f4" | "<f2" => npy.to_f32().map_err(|r| bad(path, r))?,
-        "<f8" => npy
-            .data
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
-            .collect(),
+    let mut header = vec![0; header_len];
+    file.seek(SeekFrom::Start(0)).map_err(io)?;
+    file.read_exact(&mut header).map_err(io)?;
+    let (shape, descr, start) = Npy::parse_header(&header).map_err(|r| bad(path, r))?;
+    let item = match descr.as_str() {
+        "<f2" => 2,
+        "<f4" => 4,
+        "<f8" => 8,
         other => {
             return Err(bad(
                 path,
@@ -93,7 +101,52 @@ pub fn read_vectors(path: &Path) -> Result<Vectors> {
             ));
         }
     };
-    debug_assert_eq!(data.len(), n * dim);
+    let [n, dim] = shape[..] else {
+        return Err(bad(
+            path,
+            format!("expected a 2-d array [n, dim], found shape {shape:?}"),
+        ));
+    };
+    if dim == 0 {
+        return Err(bad(path, "vectors of dimension 0"));
+    }
+    let found = file_len - start as u64;
+    let expected = n
+        .checked_mul(dim)
+        .and_then(|v| v.checked_mul(item))
+        .map(|b| b as u64);
+    if expected != Some(found) {
+        return Err(bad(
+            path,
+            format!(
+                "truncated or padded: shape {shape:?} needs {} bytes of data, the file has {found}",
+                expected.map_or("more than 2^64".to_string(), |b| b.to_string())
+            ),
+        ));
+    }
+    let mut data = Vec::with_capacity(n * dim);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = found as usize;
+    while left > 0 {
+        let chunk = &mut buf[..left.min(1 << 20)];
+        file.read_exact(chunk).map_err(io)?;
+        match item {
+            2 => data.extend(
+                chunk
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
+            ),
+            4 => data.extend(
+                chunk
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            ),
+            _ => data.extend(chunk.chunks_exact(8).map(|c| {
+                f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
+            })),
+        }
+        left -= chunk.len();
+    }
     Ok(Vectors { dim, data })
 }
 
@@ -268,6 +321,63 @@ mod tests {
         fs::write(&p, &b[..b.len() - 3]).expect("write");
         let e = read_vectors(&p).expect_err("truncated").to_string();
         assert!(e.contains("truncated"), "{e}");
+    }
+
+    /// `.npy` of each float type, larger than a read chunk (rows straddle chunk boundaries), in
+    /// header versions 1 and 2, read to the values written; wrong shapes and types are refused.
+    #[test]
+    fn float_npy_of_every_type_reads_in_chunks() {
+        use cm3_embed::npy::{Dtype, encode_f16, encode_f32, header};
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("x.npy");
+        let (n, dim) = (3001, 100); // 1.2 MB as float32, rows of 400 bytes
+        let values: Vec<f32> = (0..n * dim)
+            .map(|i| (i % 977) as f32 / 64.0 - 7.0)
+            .collect();
+        let read = |bytes: &[u8]| {
+            fs::write(&p, bytes).expect("write");
+            read_vectors(&p)
+        };
+        let f32_file = encode_f32(&[n, dim], &values);
+        assert_eq!(
+            read(&f32_file).expect("f32"),
+            Vectors {
+                dim,
+                data: values.clone()
+            }
+        );
+        // f16: these values are exact in half precision.
+        let f16_file = encode_f16(&[n, dim], &values);
+        assert_eq!(read(&f16_file).expect("f16").data, values);
+        // f64 (numpy's default float), written by hand: the f32 header with another descr.
+        let mut f64_file = header(Dtype::F32, &[n, dim]);
+        let at = f64_file
+            .windows(3)
+            .position(|w| w == b"<f4")
+            .expect("descr");
+        f64_file[at + 2] = b'8';
+        f64_file.extend(values.iter().flat_map(|&x| f64::from(x).to_le_bytes()));
+        assert_eq!(read(&f64_file).expect("f64").data, values);
+        // Format version 2 (a 4-byte header length).
+        let v1 = header(Dtype::F32, &[n, dim]);
+        let mut v2 = b"\x93NUMPY\x02\x00".to_vec();
+        v2.extend_from_slice(&((v1.len() - 10) as u32).to_le_bytes());
+        v2.extend_from_slice(&v1[10..]);
+        v2.extend_from_slice(&f32_file[v1.len()..]);
+        assert_eq!(read(&v2).expect("v2").data, values);
+
+        let refused = |bytes: &[u8], want: &str| {
+            let e = read(bytes).expect_err(want).to_string();
+            assert!(e.contains(want) && e.contains("x.npy"), "{want}: {e}");
+        };
+        refused(&cm3_embed::npy::encode_u64(&[1, 2, 3]), "not a float type");
+        refused(&encode_f32(&[6], &[0.0; 6]), "expected a 2-d array");
+        refused(&f32_file[..8], "not a .npy file");
+        refused(&f32_file[..40], "truncated .npy header");
+        refused(&v2[..11], "truncated .npy header");
+        let mut padded = f32_file.clone();
+        padded.extend_from_slice(&[0; 4]);
+        refused(&padded, "truncated or padded");
     }
 
     #[test]

@@ -362,3 +362,111 @@ fn damaged_index_files_are_clear_errors() {
     let err = store::open(&dir).expect_err("foreign").to_string();
     assert!(err.contains("not a cm3 index"), "{err}");
 }
+
+/// A saved HNSW index searches from its search copy (`search.bin`, hnsw_rs's graph is not loaded)
+/// with the results of the index it was saved from, whether the copy was streamed from the graph
+/// or written from the one in memory (the same bytes); an index saved before the search copy
+/// existed still loads from its graph; a damaged copy is a clear error; adding to a loaded index
+/// loads the graph then.
+#[test]
+fn hnsw_search_copy_round_trips() {
+    let dim = 64;
+    let base = clustered(2000, dim, 20, 11);
+    let queries = clustered(100, dim, 20, 12);
+    let ids: Vec<u64> = (0..2000).map(|i| i * 3 + 1).collect();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let fresh = |name: &str| {
+        let d = tmp.path().join(name);
+        fs::create_dir(&d).expect("dir");
+        d
+    };
+    let mut idx = HnswIndex::new(dim, 16, 100).expect("hnsw");
+    idx.add(&ids[..1500], &base[..1500 * dim]).expect("add");
+    // Saved before any search: the copy is streamed from the graph.
+    let streamed = fresh("streamed");
+    idx.save(&streamed, None).expect("save");
+    let before = idx.search_batch(&queries, &TOP10_EF200).expect("search");
+    let from_memory = fresh("memory");
+    idx.save(&from_memory, None).expect("save");
+    assert_eq!(
+        fs::read(streamed.join("search.bin")).expect("streamed"),
+        fs::read(from_memory.join("search.bin")).expect("from memory")
+    );
+    let loaded = HnswIndex::load(&streamed).expect("load");
+    assert_eq!(loaded.len(), 1500);
+    assert_eq!(
+        loaded.search_batch(&queries, &TOP10_EF200).expect("s"),
+        before
+    );
+
+    // Searching does not read hnsw_rs's files: without them the index searches, and only an
+    // add (which needs the graph) fails, naming the directory.
+    let search_only = fresh("search-only");
+    for f in ["hnsw.json", "ids.npy", "search.bin"] {
+        fs::copy(streamed.join(f), search_only.join(f)).expect("copy");
+    }
+    let mut copy = HnswIndex::load(&search_only).expect("load without the graph");
+    assert_eq!(
+        copy.search_batch(&queries, &TOP10_EF200).expect("s"),
+        before
+    );
+    let err = copy
+        .add(&ids[1500..1501], &base[1500 * dim..1501 * dim])
+        .expect_err("no graph")
+        .to_string();
+    assert!(err.contains("search-only"), "{err}");
+
+    // Saved by an earlier cm3 (no search copy): searched through the graph, same results.
+    fs::remove_file(from_memory.join("search.bin")).expect("rm");
+    let old = HnswIndex::load(&from_memory).expect("load");
+    assert_eq!(old.search_batch(&queries, &TOP10_EF200).expect("s"), before);
+
+    // Adding to a loaded index, then saving and loading again.
+    let mut grown = HnswIndex::load(&streamed).expect("load");
+    grown
+        .add(&ids[1500..], &base[1500 * dim..])
+        .expect("add to a loaded index");
+    let after = grown.search_batch(&queries, &TOP10_EF200).expect("s");
+    let mut flat = FlatIndex::new(dim, Storage::F32);
+    flat.add(&ids, &base).expect("add");
+    let truth = ids_of(
+        &flat
+            .search_batch(&queries, &SearchParams::top(10))
+            .expect("f"),
+    );
+    let r = recall(&after, &truth, 10);
+    assert!(r >= 0.95, "recall@10 after adding to a loaded index: {r}");
+    let saved = fresh("grown");
+    grown.save(&saved, None).expect("save");
+    let reloaded = HnswIndex::load(&saved).expect("load");
+    assert_eq!(reloaded.len(), 2000);
+    assert_eq!(
+        reloaded.search_batch(&queries, &TOP10_EF200).expect("s"),
+        after
+    );
+
+    // A damaged copy: another file's bytes, a truncated one, a link outside the points.
+    let search = saved.join("search.bin");
+    let good = fs::read(&search).expect("read");
+    let cases: [(&str, Vec<u8>); 3] = [
+        (
+            "not a cm3 HNSW search file",
+            b"something else entirely".to_vec(),
+        ),
+        ("truncated", good[..good.len() - 5].to_vec()),
+        ("entry point", {
+            let mut b = good.clone();
+            // The entry point (after magic, version, n and dim) set past the last point.
+            b[28..32].copy_from_slice(&u32::MAX.to_le_bytes());
+            b
+        }),
+    ];
+    for (want, bytes) in cases {
+        fs::write(&search, bytes).expect("write");
+        let err = HnswIndex::load(&saved).expect_err(want).to_string();
+        assert!(
+            err.contains(want) && err.contains("search.bin"),
+            "{want}: {err}"
+        );
+    }
+}

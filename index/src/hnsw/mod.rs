@@ -4,7 +4,7 @@ use std::cell::RefCell;
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use hnsw_rs::api::AnnT;
@@ -20,22 +20,30 @@ use crate::spec::{DEFAULT_EF_SEARCH, IndexSpec};
 use crate::vectors::read_ids;
 use crate::{Hit, MipsIndex, SearchParams, check_add, check_rows};
 
+mod search_file;
+
 /// The graph's layers (hnsw_rs's maximum).
 const MAX_LAYER: usize = 16;
 const BASENAME: &str = "hnsw";
 const META: &str = "hnsw.json";
 const IDS: &str = "ids.npy";
+/// The search copy ([`search_file`]).
+const SEARCH: &str = "search.bin";
 
 /// An HNSW graph and the ids of its points (hnsw_rs numbers points 0..n; `ids[n]` is ours).
 ///
 /// hnsw_rs builds, stores and reloads the graph. Searching goes through [`Links`], a read-only
-/// copy of its links and vectors in flat arrays, made when the index is loaded (so that it is
-/// part of loading, not of searching) or on the first search after an `add` (not after each
-/// `add`: a build adds shard after shard): hnsw_rs's own search
-/// keeps visited points in a hash map of reference-counted points and takes a lock per node, which
-/// made it about 3 times slower than FAISS at the same recall.
+/// copy of its links and vectors in flat arrays, saved beside the graph and read when the index
+/// is loaded (so that it is part of loading, not of searching), or made from the graph on the
+/// first search after an `add` (not after each `add`: a build adds shard after shard): hnsw_rs's
+/// own search keeps visited points in a hash map of reference-counted points and takes a lock per
+/// node, which made it about 3 times slower than FAISS at the same recall.
 pub struct HnswIndex {
-    graph: Hnsw<'static, f32, DistDot>,
+    /// Built here, or loaded from `dir` when first needed (to add or to save): searching a saved
+    /// index needs only its search copy, and the graph holds several times the vectors' memory.
+    graph: OnceLock<Hnsw<'static, f32, DistDot>>,
+    /// The directory the index was loaded from.
+    dir: Option<PathBuf>,
     /// Inside: `None` while the graph is empty, or if its points are not exactly 0..n (then
     /// hnsw_rs's own search is used).
     links: OnceLock<Option<Links>>,
@@ -80,7 +88,8 @@ impl HnswIndex {
             )));
         }
         Ok(Self {
-            graph: Hnsw::new(m, 1 << 16, MAX_LAYER, ef_construction, DistDot),
+            graph: OnceLock::from(Hnsw::new(m, 1 << 16, MAX_LAYER, ef_construction, DistDot)),
+            dir: None,
             links: OnceLock::new(),
             ids: Vec::new(),
             dim,
@@ -98,47 +107,34 @@ impl HnswIndex {
                 reason: format!("{} ids, the graph holds {}", ids.len(), meta.count),
             });
         }
-        // hnsw_rs's loader borrows its reader for the graph's lifetime; the reader is small and
-        // lives as long as the process (the graph's data stays memory-mapped from it).
-        let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new_with_options(
-            dir,
-            BASENAME,
-            ReloadOptions::default().set_mmap(true),
-        )));
-        let mut reader = Some(io);
-        let graph = catch_unwind(AssertUnwindSafe(|| {
-            reader
-                .take()
-                .map(|io| io.load_hnsw::<f32, DistDot>().map_err(|e| format!("{e:#}")))
-                .unwrap_or_else(|| Err("the reader was already used".to_string()))
-        }))
-        .map_err(|p| IndexError::Corrupt {
-            path: dir.to_path_buf(),
-            reason: format!("HNSW graph unreadable: {}", panic_reason(p)),
-        })?
-        .map_err(|e| IndexError::Corrupt {
-            path: dir.to_path_buf(),
-            reason: format!("HNSW graph unreadable: {e}"),
-        })?;
-        if graph.get_nb_point() != meta.count {
-            return Err(IndexError::Corrupt {
-                path: dir.to_path_buf(),
-                reason: format!(
-                    "the graph holds {} points, its metadata says {}",
-                    graph.get_nb_point(),
-                    meta.count
-                ),
-            });
-        }
-        let links = OnceLock::from(Links::from_graph(&graph, ids.len()));
-        Ok(Self {
-            graph,
-            links,
+        let mut index = Self {
+            graph: OnceLock::new(),
+            dir: Some(dir.to_path_buf()),
+            links: OnceLock::new(),
             ids,
             dim: meta.dim,
             m: meta.m,
             ef_construction: meta.ef_construction,
-        })
+        };
+        let links = match search_file::read(&dir.join(SEARCH), meta.count, meta.dim)? {
+            Some(links) => Some(links),
+            // Saved before the search copy existed: made from the graph, as after an `add`.
+            None => Links::from_graph(index.graph()?, meta.count),
+        };
+        index.links = OnceLock::from(links);
+        Ok(index)
+    }
+
+    /// hnsw_rs's graph, loaded from the index's directory on first use.
+    fn graph(&self) -> Result<&Hnsw<'static, f32, DistDot>> {
+        if let Some(graph) = self.graph.get() {
+            return Ok(graph);
+        }
+        let dir = self.dir.as_deref().ok_or_else(|| {
+            IndexError::Invalid("an HNSW index with neither a graph nor a directory".into())
+        })?;
+        let graph = load_graph(dir, self.ids.len())?;
+        Ok(self.graph.get_or_init(|| graph))
     }
 
     fn search_one(&self, q: &[f32], params: &SearchParams<'_>) -> Vec<Hit> {
@@ -151,16 +147,19 @@ impl HnswIndex {
         // Filters are applied to the candidates, so ask for more than k and widen until k pass
         // (or the whole graph has been offered).
         let mut want = if params.is_filtered() { 2 * k } else { k };
-        let links = self.links.get_or_init(|| Links::from_graph(&self.graph, n));
+        // Unset only after an `add` or on a new index, when the graph is in memory.
+        let links = self
+            .links
+            .get_or_init(|| self.graph.get().and_then(|g| Links::from_graph(g, n)));
         loop {
-            let found: Vec<(f32, u32)> = match links {
-                Some(l) => l.search(q, ef.max(want)),
-                None => self
-                    .graph
+            let found: Vec<(f32, u32)> = match (links, self.graph.get()) {
+                (Some(l), _) => l.search(q, ef.max(want)),
+                (None, Some(graph)) => graph
                     .search(q, want.min(n), ef.max(want))
                     .iter()
                     .map(|nb| (nb.distance, nb.d_id as u32))
                     .collect(),
+                (None, None) => Vec::new(),
             };
             let hits: Vec<Hit> = found
                 .iter()
@@ -178,6 +177,42 @@ impl HnswIndex {
             want = (want * 4).min(n);
         }
     }
+}
+
+/// hnsw_rs's graph saved in `dir`, which must hold `count` points.
+fn load_graph(dir: &Path, count: usize) -> Result<Hnsw<'static, f32, DistDot>> {
+    // hnsw_rs's loader borrows its reader for the graph's lifetime; the reader is small and
+    // lives as long as the process (the graph's data stays memory-mapped from it).
+    let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new_with_options(
+        dir,
+        BASENAME,
+        ReloadOptions::default().set_mmap(true),
+    )));
+    let mut reader = Some(io);
+    let graph = catch_unwind(AssertUnwindSafe(|| {
+        reader
+            .take()
+            .map(|io| io.load_hnsw::<f32, DistDot>().map_err(|e| format!("{e:#}")))
+            .unwrap_or_else(|| Err("the reader was already used".to_string()))
+    }))
+    .map_err(|p| IndexError::Corrupt {
+        path: dir.to_path_buf(),
+        reason: format!("HNSW graph unreadable: {}", panic_reason(p)),
+    })?
+    .map_err(|e| IndexError::Corrupt {
+        path: dir.to_path_buf(),
+        reason: format!("HNSW graph unreadable: {e}"),
+    })?;
+    if graph.get_nb_point() != count {
+        return Err(IndexError::Corrupt {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "the graph holds {} points, its metadata says {count}",
+                graph.get_nb_point()
+            ),
+        });
+    }
+    Ok(graph)
 }
 
 impl MipsIndex for HnswIndex {
@@ -204,7 +239,7 @@ impl MipsIndex for HnswIndex {
             .enumerate()
             .map(|(i, v)| (v, base + i))
             .collect();
-        let graph = &self.graph;
+        let graph = self.graph()?;
         catch_unwind(AssertUnwindSafe(|| graph.parallel_insert_slice(&data))).map_err(|p| {
             IndexError::Backend {
                 op: "HNSW insert",
@@ -232,7 +267,7 @@ impl MipsIndex for HnswIndex {
 
     fn save(&self, dir: &Path, _previous: Option<&Path>) -> Result<()> {
         // The graph changes with every insertion: it is written whole.
-        let graph = &self.graph;
+        let graph = self.graph()?;
         let name = catch_unwind(AssertUnwindSafe(|| graph.file_dump(dir, BASENAME)))
             .map_err(|p| IndexError::Backend {
                 op: "HNSW dump",
@@ -249,6 +284,17 @@ impl MipsIndex for HnswIndex {
             });
         }
         write_ids(&dir.join(IDS), &self.ids)?;
+        // The search copy: from the one in memory, or streamed from the graph (a build has not
+        // searched, and a second copy of the vectors would double its memory).
+        let search = dir.join(SEARCH);
+        match self.links.get() {
+            Some(Some(links)) => search_file::write(&search, &links.parts(), links.rows())?,
+            _ => {
+                if let Some(r) = Renumbered::from_graph(graph, self.ids.len()) {
+                    search_file::write(&search, &r.parts(), r.rows())?;
+                }
+            }
+        }
         let meta = HnswMeta {
             dim: self.dim,
             m: self.m,
@@ -431,7 +477,19 @@ thread_local! {
     static VISITED: RefCell<Visited> = RefCell::new(Visited::default());
 }
 
-impl Links {
+/// The graph's links renumbered breadth-first, and hnsw_rs's points by position (for their
+/// vectors): [`Links`] without its copy of the vectors.
+struct Renumbered {
+    points: Vec<Arc<Point<'static, f32>>>,
+    dim: usize,
+    offsets: Vec<usize>,
+    level0: Vec<u32>,
+    upper: Vec<HashMap<u32, Vec<u32>>>,
+    entry: u32,
+    position: Vec<u32>,
+}
+
+impl Renumbered {
     /// `None` if the graph does not hold exactly the points 0..n (then hnsw_rs searches).
     fn from_graph(graph: &Hnsw<'static, f32, DistDot>, n: usize) -> Option<Self> {
         let mut points: Vec<Option<Arc<Point<'static, f32>>>> = vec![None; n];
@@ -466,6 +524,11 @@ impl Links {
             points[pos] = Some(p);
         }
         let entry = entry?.1;
+        let points: Vec<Arc<Point<'static, f32>>> = points.into_iter().collect::<Option<_>>()?;
+        let dim = points.first().map_or(0, |p| p.get_v().len());
+        if points.iter().any(|p| p.get_v().len() != dim) {
+            return None;
+        }
         let position = breadth_first(&neighbours0, entry);
         let mut ours = vec![0u32; n];
         for (i, &p) in position.iter().enumerate() {
@@ -490,25 +553,8 @@ impl Links {
                     .collect()
             })
             .collect();
-        let dim = points
-            .iter()
-            .flatten()
-            .next()
-            .map_or(0, |p| p.get_v().len());
-        let mut data = Vectors::zeros(n * dim);
-        let rows = data.as_mut_slice();
-        if rows.len() != n * dim {
-            return None;
-        }
-        for (row, &p) in rows.chunks_exact_mut(dim.max(1)).zip(&position) {
-            let v = points[p as usize].as_ref()?.get_v();
-            if v.len() != dim {
-                return None;
-            }
-            row.copy_from_slice(v);
-        }
         Some(Self {
-            data,
+            points,
             dim,
             offsets,
             level0,
@@ -516,6 +562,73 @@ impl Links {
             entry: ours[entry as usize],
             position,
         })
+    }
+
+    fn parts(&self) -> search_file::Parts<'_> {
+        search_file::Parts {
+            dim: self.dim,
+            offsets: &self.offsets,
+            level0: &self.level0,
+            upper: &self.upper,
+            entry: self.entry,
+            position: &self.position,
+        }
+    }
+
+    /// The vectors in search order.
+    fn rows(&self) -> impl Iterator<Item = &[f32]> {
+        self.position
+            .iter()
+            .map(|&p| self.points[p as usize].get_v())
+    }
+}
+
+impl Links {
+    /// `None` if the graph does not hold exactly the points 0..n (then hnsw_rs searches).
+    fn from_graph(graph: &Hnsw<'static, f32, DistDot>, n: usize) -> Option<Self> {
+        let r = Renumbered::from_graph(graph, n)?;
+        let mut data = Vectors::zeros(n * r.dim);
+        let rows = data.as_mut_slice();
+        if rows.len() != n * r.dim {
+            return None;
+        }
+        for (row, v) in rows.chunks_exact_mut(r.dim.max(1)).zip(r.rows()) {
+            row.copy_from_slice(v);
+        }
+        let Renumbered {
+            dim,
+            offsets,
+            level0,
+            upper,
+            entry,
+            position,
+            ..
+        } = r;
+        Some(Self {
+            data,
+            dim,
+            offsets,
+            level0,
+            upper,
+            entry,
+            position,
+        })
+    }
+
+    fn parts(&self) -> search_file::Parts<'_> {
+        search_file::Parts {
+            dim: self.dim,
+            offsets: &self.offsets,
+            level0: &self.level0,
+            upper: &self.upper,
+            entry: self.entry,
+            position: &self.position,
+        }
+    }
+
+    /// The vectors in search order.
+    fn rows(&self) -> impl Iterator<Item = &[f32]> {
+        self.data.as_slice().chunks_exact(self.dim.max(1))
     }
 
     /// The `ef` nearest points found (distance, position in the index), nearest first.
