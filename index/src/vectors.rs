@@ -50,13 +50,17 @@ fn parse_npy(path: &Path) -> Result<Npy> {
             ));
         }
     };
-    let expected = npy.shape.iter().product::<usize>() * item;
-    if npy.data.len() != expected {
+    let expected = npy
+        .shape
+        .iter()
+        .try_fold(item, |bytes: usize, &d| bytes.checked_mul(d));
+    if expected != Some(npy.data.len()) {
         return Err(bad(
             path,
             format!(
-                "truncated or padded: shape {:?} needs {expected} bytes of data, the file has {}",
+                "truncated or padded: shape {:?} needs {} bytes of data, the file has {}",
                 npy.shape,
+                expected.map_or("more than 2^64".to_string(), |b| b.to_string()),
                 npy.data.len()
             ),
         ));
@@ -388,5 +392,11 @@ mod tests {
         fs::write(&p, &full[..full.len() - 2]).expect("write");
         let e = read_vectors(&p).expect_err("truncated").to_string();
         assert!(e.contains("truncated"), "{e}");
+        // A shape whose size overflows: refused, not a panic.
+        let mut ids = cm3_embed::npy::header(cm3_embed::npy::Dtype::U64, &[usize::MAX / 4]);
+        ids.extend_from_slice(&[0; 8]);
+        fs::write(&p, &ids).expect("write");
+        let e = read_ids(&p).expect_err("overflow").to_string();
+        assert!(e.contains("more than 2^64"), "{e}");
     }
 }

@@ -445,15 +445,16 @@ fn hnsw_search_copy_round_trips() {
         after
     );
 
-    // A damaged copy: another file's bytes, a truncated one, a link outside the points.
+    // A damaged copy: another file's bytes, a truncated or padded one, a link outside the points.
     let search = saved.join("search.bin");
     let good = fs::read(&search).expect("read");
-    let cases: [(&str, Vec<u8>); 3] = [
+    let cases: [(&str, Vec<u8>); 4] = [
         (
             "not a cm3 HNSW search file",
             b"something else entirely".to_vec(),
         ),
         ("truncated", good[..good.len() - 5].to_vec()),
+        ("padded", [&good[..], &[0u8; 4][..]].concat()),
         ("entry point", {
             let mut b = good.clone();
             // The entry point (after magic, version, n and dim) set past the last point.

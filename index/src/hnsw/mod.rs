@@ -233,6 +233,10 @@ impl MipsIndex for HnswIndex {
 
     fn add(&mut self, ids: &[u64], vectors: &[f32]) -> Result<()> {
         check_add("vectors added to the HNSW index", ids, vectors, self.dim)?;
+        if ids.is_empty() {
+            // Nothing to add: no reason to load the graph or drop the search copy.
+            return Ok(());
+        }
         let base = self.ids.len();
         let data: Vec<(&[f32], usize)> = vectors
             .chunks_exact(self.dim)

@@ -168,11 +168,20 @@ pub(super) fn read(path: &Path, count: usize, dim: usize) -> Result<Option<Links
         }
         upper.push(layer);
     }
-    let mut data = Vectors::zeros(count * dim);
-    input.f32s_into(data.as_mut_slice(), count * dim)?;
-    if input.left != 0 {
-        return Err(input.corrupt(format!("{} bytes after the vectors", input.left)));
-    }
+    // What is left is exactly the vectors, checked before allocating them (`dim` comes from the
+    // index's metadata, which the file's header only has to repeat).
+    let floats = count
+        .checked_mul(dim)
+        .filter(|f| f.checked_mul(4) == usize::try_from(input.left).ok());
+    let Some(floats) = floats else {
+        return Err(input.corrupt(format!(
+            "{} bytes left for {count} vectors of dimension {dim} (truncated or padded; rebuild \
+             with --rebuild)",
+            input.left
+        )));
+    };
+    let mut data = Vectors::zeros(floats);
+    input.f32s_into(data.as_mut_slice(), floats)?;
     Ok(Some(Links {
         data,
         dim,
