@@ -18,7 +18,7 @@ use crate::files::{read_json, write_file, write_ids, write_json};
 use crate::product::{self, PackedQueries, Scratch};
 use crate::spec::{IndexSpec, Storage};
 use crate::topk::TopK;
-use crate::vectors::read_ids;
+use crate::vectors::{NpyStream, read_ids};
 use crate::{Hit, MipsIndex, SearchParams, check_add, check_rows};
 
 /// Fewest stored vectors per parallel task. Tasks are otherwise a quarter of a thread's share:
@@ -110,11 +110,7 @@ impl FlatIndex {
             let (ids_f, vec_f) = segment_files(i);
             let ids = read_ids(&dir.join(&ids_f))?;
             let vpath = dir.join(&vec_f);
-            let bytes = fs::read(&vpath).map_err(|e| IndexError::io("reading", &vpath, e))?;
-            let parsed = npy::Npy::parse(&bytes).map_err(|reason| IndexError::Corrupt {
-                path: vpath.clone(),
-                reason,
-            })?;
+            let npy = NpyStream::open(&vpath)?;
             let item = match meta.storage {
                 Storage::F32 => 4,
                 Storage::F16 => 2,
@@ -123,10 +119,14 @@ impl FlatIndex {
                 Storage::F32 => "<f4",
                 Storage::F16 => "<f2",
             };
-            if parsed.shape != [rows, meta.dim]
+            if npy.shape != [rows, meta.dim]
                 || ids.len() != rows
-                || parsed.descr != want_descr
-                || parsed.data.len() != rows * meta.dim * item
+                || npy.descr != want_descr
+                || rows
+                    .checked_mul(meta.dim)
+                    .and_then(|f| f.checked_mul(item))
+                    .map(|b| b as u64)
+                    != Some(npy.data_len)
             {
                 return Err(IndexError::Corrupt {
                     path: vpath,
@@ -135,26 +135,30 @@ impl FlatIndex {
                          {rows} ids; found shape {:?} ({}), {} data bytes, {} ids (truncated or \
                          replaced file)",
                         meta.dim,
-                        parsed.shape,
-                        parsed.descr,
-                        parsed.data.len(),
+                        npy.shape,
+                        npy.descr,
+                        npy.data_len,
                         ids.len()
                     ),
                 });
             }
+            // Read a megabyte at a time: the segment is never held twice.
             match &mut index.data {
-                Data::F32(v) => v.extend(
-                    parsed
-                        .data
-                        .chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-                ),
-                Data::F16(v) => v.extend(
-                    parsed
-                        .data
-                        .chunks_exact(2)
-                        .map(|c| f16::from_le_bytes([c[0], c[1]])),
-                ),
+                Data::F32(v) => {
+                    v.reserve(rows * meta.dim);
+                    npy.for_each_chunk(|c| {
+                        v.extend(
+                            c.chunks_exact(4)
+                                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                        )
+                    })?
+                }
+                Data::F16(v) => {
+                    v.reserve(rows * meta.dim);
+                    npy.for_each_chunk(|c| {
+                        v.extend(c.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])))
+                    })?
+                }
             }
             index.ids.extend(ids);
             index.segments.push(rows);

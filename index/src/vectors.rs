@@ -2,7 +2,7 @@
 //! dimension, finite values, unit norm.
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use cm3_embed::npy::Npy;
 
@@ -77,24 +77,61 @@ pub fn read_vectors(path: &Path) -> Result<Vectors> {
     read_npy_vectors(path)
 }
 
-/// A float `.npy` [n, dim], converted to f32 a megabyte at a time: the file is never held whole
-/// (1M × 512 float32 is 2 GiB; reading it whole, then its data, then the floats held it three
-/// times over).
-fn read_npy_vectors(path: &Path) -> Result<Vectors> {
-    let io = |e| IndexError::io("reading", path, e);
-    let mut file = File::open(path).map_err(io)?;
-    let file_len = file.metadata().map_err(io)?.len();
-    let mut prefix = Vec::with_capacity(12);
-    (&mut file).take(12).read_to_end(&mut prefix).map_err(io)?;
-    let header_len = Npy::header_len(&prefix).map_err(|r| bad(path, r))?;
-    if header_len as u64 > file_len {
-        return Err(bad(path, "truncated .npy header"));
+/// A `.npy` file opened to read its data a megabyte at a time, never whole (1M × 512 float32 is
+/// 2 GiB; reading the file, then its data, then the floats held it three times over).
+pub(crate) struct NpyStream {
+    file: File,
+    path: PathBuf,
+    pub shape: Vec<usize>,
+    pub descr: String,
+    /// Bytes after the header.
+    pub data_len: u64,
+}
+
+impl NpyStream {
+    pub(crate) fn open(path: &Path) -> Result<Self> {
+        let io = |e| IndexError::io("reading", path, e);
+        let mut file = File::open(path).map_err(io)?;
+        let file_len = file.metadata().map_err(io)?.len();
+        let mut prefix = Vec::with_capacity(12);
+        (&mut file).take(12).read_to_end(&mut prefix).map_err(io)?;
+        let header_len = Npy::header_len(&prefix).map_err(|r| bad(path, r))?;
+        if header_len as u64 > file_len {
+            return Err(bad(path, "truncated .npy header"));
+        }
+        let mut header = vec![0; header_len];
+        file.seek(SeekFrom::Start(0)).map_err(io)?;
+        file.read_exact(&mut header).map_err(io)?;
+        let (shape, descr, start) = Npy::parse_header(&header).map_err(|r| bad(path, r))?;
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            shape,
+            descr,
+            data_len: file_len - start as u64,
+        })
     }
-    let mut header = vec![0; header_len];
-    file.seek(SeekFrom::Start(0)).map_err(io)?;
-    file.read_exact(&mut header).map_err(io)?;
-    let (shape, descr, start) = Npy::parse_header(&header).map_err(|r| bad(path, r))?;
-    let item = match descr.as_str() {
+
+    /// The data, in chunks of whole 8-, 4- or 2-byte items.
+    pub(crate) fn for_each_chunk(mut self, mut each: impl FnMut(&[u8])) -> Result<()> {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut left = self.data_len;
+        while left > 0 {
+            let chunk = &mut buf[..left.min(1 << 20) as usize];
+            self.file
+                .read_exact(chunk)
+                .map_err(|e| IndexError::io("reading", &self.path, e))?;
+            each(chunk);
+            left -= chunk.len() as u64;
+        }
+        Ok(())
+    }
+}
+
+/// A float `.npy` [n, dim] as f32, read a megabyte at a time.
+fn read_npy_vectors(path: &Path) -> Result<Vectors> {
+    let npy = NpyStream::open(path)?;
+    let item = match npy.descr.as_str() {
         "<f2" => 2,
         "<f4" => 4,
         "<f8" => 8,
@@ -105,52 +142,48 @@ fn read_npy_vectors(path: &Path) -> Result<Vectors> {
             ));
         }
     };
-    let [n, dim] = shape[..] else {
+    let [n, dim] = npy.shape[..] else {
         return Err(bad(
             path,
-            format!("expected a 2-d array [n, dim], found shape {shape:?}"),
+            format!("expected a 2-d array [n, dim], found shape {:?}", npy.shape),
         ));
     };
     if dim == 0 {
         return Err(bad(path, "vectors of dimension 0"));
     }
-    let found = file_len - start as u64;
     let expected = n
         .checked_mul(dim)
         .and_then(|v| v.checked_mul(item))
         .map(|b| b as u64);
-    if expected != Some(found) {
+    if expected != Some(npy.data_len) {
         return Err(bad(
             path,
             format!(
-                "truncated or padded: shape {shape:?} needs {} bytes of data, the file has {found}",
-                expected.map_or("more than 2^64".to_string(), |b| b.to_string())
+                "truncated or padded: shape {:?} needs {} bytes of data, the file has {}",
+                npy.shape,
+                expected.map_or("more than 2^64".to_string(), |b| b.to_string()),
+                npy.data_len
             ),
         ));
     }
     let mut data = Vec::with_capacity(n * dim);
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = found as usize;
-    while left > 0 {
-        let chunk = &mut buf[..left.min(1 << 20)];
-        file.read_exact(chunk).map_err(io)?;
-        match item {
-            2 => data.extend(
-                chunk
-                    .chunks_exact(2)
-                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
-            ),
-            4 => data.extend(
-                chunk
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-            ),
-            _ => data.extend(chunk.chunks_exact(8).map(|c| {
+    npy.for_each_chunk(|chunk| match item {
+        2 => data.extend(
+            chunk
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
+        4 => data.extend(
+            chunk
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        ),
+        _ => {
+            data.extend(chunk.chunks_exact(8).map(|c| {
                 f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
-            })),
+            }))
         }
-        left -= chunk.len();
-    }
+    })?;
     Ok(Vectors { dim, data })
 }
 
