@@ -1,7 +1,8 @@
 """Benchmark driver: `cm3 index` against FAISS (faiss-cpu) on the same vectors, machine and threads.
 
 For each vector set: build time, queries/s (1,000 queries in one batch, k = 10), recall@10 against
-exact search, and peak memory (max RSS of the process that builds, and of the one that searches).
+exact search, and peak memory: for FAISS the max RSS of its one process (it builds and searches),
+for cm3 the max RSS of the process that builds and of the one that searches (a saved index).
 FAISS runs in child Python processes so that its memory is measured the same way as cm3's.
 """
 import argparse
@@ -97,7 +98,7 @@ def main():
         r, mib, found = faiss("flat")
         truth = found["0"]
         np.save(truth_path, truth)
-        rows.append((name, "faiss IndexFlatIP", r["build_s"], r["qps"]["0"], 1.0, mib))
+        rows.append((name, "faiss IndexFlatIP", r["build_s"], r["qps"]["0"], 1.0, f"{mib:.0f}"))
 
         for storage in ["f32", "f16"]:
             idx = os.path.join(work, f"{name}-cm3-flat-{storage}")
@@ -105,13 +106,13 @@ def main():
             nout = os.path.join(work, f"{name}-cm3-flat-{storage}-n.npy")
             _, smib, _, err = timed_rss([a.cm3, "index", "search", idx, "--queries", qpath, "-k", "10", "--out", nout])
             qps = float([l for l in err.splitlines() if "queries/s" in l][-1].split("(")[1].split(" queries/s")[0])
-            rows.append((name, f"cm3 flat ({storage})", bsecs, qps, recall(np.load(nout), truth), max(bmib, smib)))
+            rows.append((name, f"cm3 flat ({storage})", bsecs, qps, recall(np.load(nout), truth), f"{bmib:.0f} / {smib:.0f}"))
 
         if name in a.no_hnsw_for.split(","):
             continue
         r, mib, found = faiss("hnsw", a.ef_search)
         for ef in a.ef_search.split(","):
-            rows.append((name, f"faiss IndexHNSWFlat M={a.m} ef={ef}", r["build_s"], r["qps"][ef], recall(found[ef], truth), mib))
+            rows.append((name, f"faiss IndexHNSWFlat M={a.m} ef={ef}", r["build_s"], r["qps"][ef], recall(found[ef], truth), f"{mib:.0f}"))
         idx = os.path.join(work, f"{name}-cm3-hnsw")
         bsecs, bmib, _, _ = timed_rss([a.cm3, "-q", "index", "build", "--vectors", bpath, "--kind", "hnsw", "--m", str(a.m),
                                         "--ef-construction", str(a.ef_construction), "--out", idx, "--rebuild"])
@@ -119,11 +120,11 @@ def main():
             nout = os.path.join(work, f"{name}-cm3-hnsw-{ef}-n.npy")
             _, smib, _, err = timed_rss([a.cm3, "index", "search", idx, "--queries", qpath, "-k", "10", "--ef-search", str(ef), "--out", nout])
             qps = float([l for l in err.splitlines() if "queries/s" in l][-1].split("(")[1].split(" queries/s")[0])
-            rows.append((name, f"cm3 hnsw M={a.m} ef={ef}", bsecs, qps, recall(np.load(nout), truth), max(bmib, smib)))
+            rows.append((name, f"cm3 hnsw M={a.m} ef={ef}", bsecs, qps, recall(np.load(nout), truth), f"{bmib:.0f} / {smib:.0f}"))
     print()
-    print(f"{'set':6} {'index':34} {'build s':>9} {'queries/s':>10} {'recall@10':>9} {'max RSS MiB':>11}")
+    print(f"{'set':6} {'index':34} {'build s':>9} {'queries/s':>10} {'recall@10':>9} {'max RSS MiB (build / search)':>29}")
     for r in rows:
-        print(f"{r[0]:6} {r[1]:34} {r[2]:9.2f} {r[3]:10.1f} {r[4]:9.4f} {r[5]:11.0f}")
+        print(f"{r[0]:6} {r[1]:34} {r[2]:9.2f} {r[3]:10.1f} {r[4]:9.4f} {r[5]:>29}")
     print()
     for name in dict.fromkeys(r[0] for r in rows):
         f = {r[1]: r for r in rows if r[0] == name}
