@@ -28,6 +28,22 @@ fn ingest(ds: &Path) {
     ]);
 }
 
+/// `cm3 tokenizer train-text` on the dataset's captions (every word counted, however rare).
+fn train_text(ds: &Path, vocab_size: &str, extra: &[&str]) {
+    let ds = p(ds);
+    let mut args = vec![
+        "tokenizer",
+        "train-text",
+        &ds,
+        "--vocab-size",
+        vocab_size,
+        "--min-frequency",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    run_ok(&args);
+}
+
 #[test]
 fn tokenizes_the_sample_into_one_vocabulary() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -38,15 +54,7 @@ fn tokenizes_the_sample_into_one_vocabulary() {
     let err = run_err(&["tokenize", &p(&ds), "--image-tokenizer", &p(&vq_ckpt())]);
     assert!(err.contains("cm3 tokenizer train-text"), "{err}");
 
-    run_ok(&[
-        "tokenizer",
-        "train-text",
-        &p(&ds),
-        "--vocab-size",
-        "600",
-        "--min-frequency",
-        "1",
-    ]);
+    train_text(&ds, "600", &[]);
     let err = run_err(&["tokenizer", "train-text", &p(&ds)]);
     assert!(err.contains("--overwrite"), "{err}");
     let text = TextTokenizer::load(&ds.join("tokenizer/text/tokenizer.json")).expect("text");
@@ -117,16 +125,7 @@ fn tokenizes_the_sample_into_one_vocabulary() {
     );
 
     // Another text tokenizer: refused, the tokens would mix two vocabularies.
-    run_ok(&[
-        "tokenizer",
-        "train-text",
-        &p(&ds),
-        "--vocab-size",
-        "500",
-        "--min-frequency",
-        "1",
-        "--overwrite",
-    ]);
+    train_text(&ds, "500", &["--overwrite"]);
     let err = run_err(&["tokenize", &p(&ds), "--image-tokenizer", &p(&vq_ckpt())]);
     assert!(
         err.contains("different configuration") && err.contains("--rebuild"),
@@ -211,15 +210,7 @@ fn images_of_the_wrong_size_are_refused_before_anything_is_written() {
         &p(&ds),
         "--no-progress",
     ]);
-    run_ok(&[
-        "tokenizer",
-        "train-text",
-        &p(&ds),
-        "--vocab-size",
-        "400",
-        "--min-frequency",
-        "1",
-    ]);
+    train_text(&ds, "400", &[]);
     let err = run_err(&["tokenize", &p(&ds), "--image-tokenizer", &p(&vq_ckpt())]);
     assert!(
         err.contains("ingested at 256") && err.contains("--image-size 32"),
@@ -277,15 +268,7 @@ fn trains_its_own_image_tokenizer_and_tokenizes_with_it() {
     assert!(err.contains("--overwrite"), "{err}");
 
     // `cm3 tokenize` finds the dataset's own tokenizers: 64² images → 8 × 8 codes of 64.
-    run_ok(&[
-        "tokenizer",
-        "train-text",
-        &p(&ds),
-        "--vocab-size",
-        "400",
-        "--min-frequency",
-        "1",
-    ]);
+    train_text(&ds, "400", &[]);
     let out = run_ok(&["tokenize", &p(&ds), "--no-progress", "--json"]);
     let t: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report");
     assert_eq!(t["rows"], 32);
@@ -310,15 +293,7 @@ fn the_layout_records_where_the_image_tokenizer_is_from_any_directory() {
     let tmp = tempfile::tempdir().expect("tmp");
     let ds = tmp.path().join("ds");
     ingest(&ds);
-    run_ok(&[
-        "tokenizer",
-        "train-text",
-        &p(&ds),
-        "--vocab-size",
-        "600",
-        "--min-frequency",
-        "1",
-    ]);
+    train_text(&ds, "600", &[]);
     let vq = tmp.path().join("vq");
     fs::create_dir(&vq).expect("vq dir");
     let fixture = vq_ckpt();
@@ -366,15 +341,7 @@ fn two_workers_and_a_merge_give_the_single_process_tokens() {
     let tmp = tempfile::tempdir().expect("tmp");
     let single = tmp.path().join("single");
     ingest(&single);
-    run_ok(&[
-        "tokenizer",
-        "train-text",
-        &p(&single),
-        "--vocab-size",
-        "500",
-        "--min-frequency",
-        "1",
-    ]);
+    train_text(&single, "500", &[]);
     let split = tmp.path().join("split");
     ingest(&split);
     // The same text tokenizer for both (training is deterministic, but share the file anyway).

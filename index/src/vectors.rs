@@ -36,38 +36,6 @@ fn bad(path: &Path, reason: impl Into<String>) -> IndexError {
     }
 }
 
-fn parse_npy(path: &Path) -> Result<Npy> {
-    let bytes = fs::read(path).map_err(|e| IndexError::io("reading", path, e))?;
-    let npy = Npy::parse(&bytes).map_err(|r| bad(path, r))?;
-    let item = match npy.descr.as_str() {
-        "<f2" => 2,
-        "<f4" | "<u4" | "<i4" => 4,
-        "<f8" | "<i8" | "<u8" => 8,
-        other => {
-            return Err(bad(
-                path,
-                format!("dtype {other} is not supported (use float32, float16 or int64)"),
-            ));
-        }
-    };
-    let expected = npy
-        .shape
-        .iter()
-        .try_fold(item, |bytes: usize, &d| bytes.checked_mul(d));
-    if expected != Some(npy.data.len()) {
-        return Err(bad(
-            path,
-            format!(
-                "truncated or padded: shape {:?} needs {} bytes of data, the file has {}",
-                npy.shape,
-                expected.map_or("more than 2^64".to_string(), |b| b.to_string()),
-                npy.data.len()
-            ),
-        ));
-    }
-    Ok(npy)
-}
-
 /// Read a matrix of vectors: `.npy` (float32 or float16, shape [n, d]) or `.fvecs` (each row a
 /// little-endian i32 dimension then d float32 values).
 pub fn read_vectors(path: &Path) -> Result<Vectors> {
@@ -112,6 +80,27 @@ impl NpyStream {
         })
     }
 
+    /// Refuses data that is not exactly the shape's items of `item` bytes.
+    pub(crate) fn check_size(&self, item: usize) -> Result<()> {
+        let expected = self
+            .shape
+            .iter()
+            .try_fold(item, |bytes: usize, &d| bytes.checked_mul(d))
+            .map(|b| b as u64);
+        if expected != Some(self.data_len) {
+            return Err(bad(
+                &self.path,
+                format!(
+                    "truncated or padded: shape {:?} needs {} bytes of data, the file has {}",
+                    self.shape,
+                    expected.map_or("more than 2^64".to_string(), |b| b.to_string()),
+                    self.data_len
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The data, in chunks of whole 8-, 4- or 2-byte items.
     pub(crate) fn for_each_chunk(mut self, mut each: impl FnMut(&[u8])) -> Result<()> {
         let mut buf = vec![0u8; 1 << 20];
@@ -151,21 +140,7 @@ fn read_npy_vectors(path: &Path) -> Result<Vectors> {
     if dim == 0 {
         return Err(bad(path, "vectors of dimension 0"));
     }
-    let expected = n
-        .checked_mul(dim)
-        .and_then(|v| v.checked_mul(item))
-        .map(|b| b as u64);
-    if expected != Some(npy.data_len) {
-        return Err(bad(
-            path,
-            format!(
-                "truncated or padded: shape {:?} needs {} bytes of data, the file has {}",
-                npy.shape,
-                expected.map_or("more than 2^64".to_string(), |b| b.to_string()),
-                npy.data_len
-            ),
-        ));
-    }
+    npy.check_size(item)?;
     let mut data = Vec::with_capacity(n * dim);
     npy.for_each_chunk(|chunk| match item {
         2 => data.extend(
@@ -227,40 +202,49 @@ fn read_fvecs(path: &Path) -> Result<Vectors> {
 
 /// Read ids: a 1-d `.npy` of int64 / uint64 / uint32 values.
 pub fn read_ids(path: &Path) -> Result<Vec<u64>> {
-    let npy = parse_npy(path)?;
-    if npy.shape.len() != 1 {
+    let npy = NpyStream::open(path)?;
+    let (item, signed) = match npy.descr.as_str() {
+        "<u8" => (8, false),
+        "<i8" => (8, true),
+        "<u4" => (4, false),
+        "<i4" => (4, true),
+        other => {
+            return Err(bad(
+                path,
+                format!("dtype {other} is not an integer id type"),
+            ));
+        }
+    };
+    let [n] = npy.shape[..] else {
         return Err(bad(
             path,
             format!("expected a 1-d array of ids, found shape {:?}", npy.shape),
         ));
-    }
-    match npy.descr.as_str() {
-        "<u8" => Ok(npy
-            .data
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-            .collect()),
-        "<i8" | "<u4" | "<i4" => {
-            let vals: Vec<i64> = if npy.descr == "<i4" {
-                npy.data
-                    .chunks_exact(4)
-                    .map(|c| i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-                    .collect()
-            } else {
-                npy.to_i64().map_err(|r| bad(path, r))?
+    };
+    npy.check_size(item)?;
+    let mut ids = Vec::with_capacity(n);
+    let mut negative = None;
+    npy.for_each_chunk(|chunk| {
+        for c in chunk.chunks_exact(item) {
+            let id = match (item, signed) {
+                (8, false) => i128::from(u64::from_le_bytes([
+                    c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
+                ])),
+                (8, true) => i128::from(i64::from_le_bytes([
+                    c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
+                ])),
+                (_, false) => i128::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+                (_, true) => i128::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])),
             };
-            vals.iter()
-                .enumerate()
-                .map(|(i, &v)| {
-                    u64::try_from(v)
-                        .map_err(|_| bad(path, format!("id {v} at row {i} is negative")))
-                })
-                .collect()
+            if id < 0 {
+                negative.get_or_insert((ids.len(), id));
+            }
+            ids.push(id as u64);
         }
-        other => Err(bad(
-            path,
-            format!("dtype {other} is not an integer id type"),
-        )),
+    })?;
+    match negative {
+        Some((row, id)) => Err(bad(path, format!("id {id} at row {row} is negative"))),
+        None => Ok(ids),
     }
 }
 
@@ -415,6 +399,64 @@ mod tests {
         let mut padded = f32_file.clone();
         padded.extend_from_slice(&[0; 4]);
         refused(&padded, "truncated or padded");
+    }
+
+    /// Ids as u64, i64, u32 and i32 `.npy`; negative ids, other shapes and float ids refused.
+    #[test]
+    fn ids_of_every_integer_type() {
+        use cm3_embed::npy::{Dtype, header};
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("ids.npy");
+        // `dtype`'s header with its descr replaced by `descr` (same length), then the values.
+        let file = |dtype: Dtype, descr: &[u8; 3], shape: &[usize], data: Vec<u8>| {
+            let mut f = header(dtype, shape);
+            let at = f.windows(3).position(|w| w[0] == b'<').expect("descr");
+            f[at..at + 3].copy_from_slice(descr);
+            f.extend(data);
+            fs::write(&p, f).expect("write");
+            read_ids(&p)
+        };
+        let want = vec![0u64, 7, 1 << 31, 42];
+        let u64s = want.iter().flat_map(|x| x.to_le_bytes()).collect();
+        assert_eq!(file(Dtype::U64, b"<u8", &[4], u64s).expect("u8"), want);
+        let i64s = want
+            .iter()
+            .flat_map(|&x| (x as i64).to_le_bytes())
+            .collect();
+        assert_eq!(file(Dtype::I64, b"<i8", &[4], i64s).expect("i8"), want);
+        let u32s = want
+            .iter()
+            .flat_map(|&x| (x as u32).to_le_bytes())
+            .collect();
+        assert_eq!(file(Dtype::U32, b"<u4", &[4], u32s).expect("u4"), want);
+        let small = [0i32, 7, 9, 42];
+        let i32s = small.iter().flat_map(|x| x.to_le_bytes()).collect();
+        assert_eq!(
+            file(Dtype::U32, b"<i4", &[4], i32s).expect("i4"),
+            vec![0, 7, 9, 42]
+        );
+
+        let refused = |r: Result<Vec<u64>>, want: &str| {
+            let e = r.expect_err(want).to_string();
+            assert!(e.contains(want) && e.contains("ids.npy"), "{want}: {e}");
+        };
+        let with_negative = [3i64, -2, 5].iter().flat_map(|x| x.to_le_bytes()).collect();
+        refused(
+            file(Dtype::I64, b"<i8", &[3], with_negative),
+            "id -2 at row 1 is negative",
+        );
+        refused(
+            file(Dtype::U64, b"<u8", &[2, 1], vec![0; 16]),
+            "1-d array of ids",
+        );
+        refused(
+            file(Dtype::F32, b"<f4", &[2], vec![0; 8]),
+            "not an integer id type",
+        );
+        refused(
+            file(Dtype::U64, b"<u8", &[3], vec![0; 16]),
+            "truncated or padded",
+        );
     }
 
     #[test]

@@ -292,10 +292,10 @@ impl MipsIndex for HnswIndex {
         // searched, and a second copy of the vectors would double its memory).
         let search = dir.join(SEARCH);
         match self.links.get() {
-            Some(Some(links)) => search_file::write(&search, &links.parts(), links.rows())?,
+            Some(Some(links)) => search_file::write(&search, &links.graph, links.rows())?,
             _ => {
                 if let Some(r) = Renumbered::from_graph(graph, self.ids.len()) {
-                    search_file::write(&search, &r.parts(), r.rows())?;
+                    search_file::write(&search, &r.graph, r.rows())?;
                 }
             }
         }
@@ -318,6 +318,12 @@ impl MipsIndex for HnswIndex {
 /// vector from anywhere in hundreds of MiB, and with 4 KiB pages nearly every read missed the TLB.
 struct Links {
     data: Vectors,
+    graph: Adjacency,
+}
+
+/// The graph's links over points renumbered breadth-first: [`Links`] without its vectors, what
+/// the search file stores before them.
+struct Adjacency {
     dim: usize,
     /// Layer 0: the neighbours of point `i` are `level0[offsets[i]..offsets[i + 1]]`.
     offsets: Vec<usize>,
@@ -482,15 +488,10 @@ thread_local! {
 }
 
 /// The graph's links renumbered breadth-first, and hnsw_rs's points by position (for their
-/// vectors): [`Links`] without its copy of the vectors.
+/// vectors): what [`Links`] and the search file are made from.
 struct Renumbered {
     points: Vec<Arc<Point<'static, f32>>>,
-    dim: usize,
-    offsets: Vec<usize>,
-    level0: Vec<u32>,
-    upper: Vec<HashMap<u32, Vec<u32>>>,
-    entry: u32,
-    position: Vec<u32>,
+    graph: Adjacency,
 }
 
 impl Renumbered {
@@ -559,29 +560,21 @@ impl Renumbered {
             .collect();
         Some(Self {
             points,
-            dim,
-            offsets,
-            level0,
-            upper,
-            entry: ours[entry as usize],
-            position,
+            graph: Adjacency {
+                dim,
+                offsets,
+                level0,
+                upper,
+                entry: ours[entry as usize],
+                position,
+            },
         })
-    }
-
-    fn parts(&self) -> search_file::Parts<'_> {
-        search_file::Parts {
-            dim: self.dim,
-            offsets: &self.offsets,
-            level0: &self.level0,
-            upper: &self.upper,
-            entry: self.entry,
-            position: &self.position,
-        }
     }
 
     /// The vectors in search order.
     fn rows(&self) -> impl Iterator<Item = &[f32]> {
-        self.position
+        self.graph
+            .position
             .iter()
             .map(|&p| self.points[p as usize].get_v())
     }
@@ -591,57 +584,41 @@ impl Links {
     /// `None` if the graph does not hold exactly the points 0..n (then hnsw_rs searches).
     fn from_graph(graph: &Hnsw<'static, f32, DistDot>, n: usize) -> Option<Self> {
         let r = Renumbered::from_graph(graph, n)?;
-        let mut data = Vectors::zeros(n * r.dim);
+        let dim = r.graph.dim;
+        let mut data = Vectors::zeros(n * dim);
         let rows = data.as_mut_slice();
-        if rows.len() != n * r.dim {
+        if rows.len() != n * dim {
             return None;
         }
-        for (row, v) in rows.chunks_exact_mut(r.dim.max(1)).zip(r.rows()) {
+        for (row, v) in rows.chunks_exact_mut(dim.max(1)).zip(r.rows()) {
             row.copy_from_slice(v);
         }
-        let Renumbered {
-            dim,
-            offsets,
-            level0,
-            upper,
-            entry,
-            position,
-            ..
-        } = r;
         Some(Self {
             data,
-            dim,
-            offsets,
-            level0,
-            upper,
-            entry,
-            position,
+            graph: r.graph,
         })
-    }
-
-    fn parts(&self) -> search_file::Parts<'_> {
-        search_file::Parts {
-            dim: self.dim,
-            offsets: &self.offsets,
-            level0: &self.level0,
-            upper: &self.upper,
-            entry: self.entry,
-            position: &self.position,
-        }
     }
 
     /// The vectors in search order.
     fn rows(&self) -> impl Iterator<Item = &[f32]> {
-        self.data.as_slice().chunks_exact(self.dim.max(1))
+        self.data.as_slice().chunks_exact(self.graph.dim.max(1))
     }
 
     /// The `ef` nearest points found (distance, position in the index), nearest first.
     fn search(&self, q: &[f32], ef: usize) -> Vec<(f32, u32)> {
-        let n = self.offsets.len() - 1;
+        let Adjacency {
+            dim,
+            offsets,
+            level0,
+            upper,
+            entry,
+            position,
+        } = &self.graph;
+        let n = offsets.len() - 1;
         if n == 0 {
             return Vec::new();
         }
-        let (data, dim) = (self.data.as_slice(), self.dim);
+        let (data, dim) = (self.data.as_slice(), *dim);
         let row = |i: u32| &data[i as usize * dim..(i as usize + 1) * dim];
         let dist = |i: u32| 1.0 - dot(q, row(i));
         // Distances to up to four points (unused slots repeat the first).
@@ -650,9 +627,9 @@ impl Links {
             dot4(q, [at(0), at(1), at(2), at(3)]).map(|d| 1.0 - d)
         };
         // Greedy descent through the upper layers.
-        let mut ep = self.entry;
+        let mut ep = *entry;
         let mut d_ep = dist(ep);
-        for layer in self.upper.iter().rev() {
+        for layer in upper.iter().rev() {
             loop {
                 let mut moved = false;
                 if let Some(nbs) = layer.get(&ep) {
@@ -683,10 +660,10 @@ impl Links {
                 if results.len() >= ef && results.peek().is_some_and(|w| dc > w.0.0) {
                     break;
                 }
-                let (a, b) = (self.offsets[c as usize], self.offsets[c as usize + 1]);
+                let (a, b) = (offsets[c as usize], offsets[c as usize + 1]);
                 fresh.clear();
                 fresh.extend(
-                    self.level0[a..b]
+                    level0[a..b]
                         .iter()
                         .copied()
                         .filter(|&nb| visited.insert(nb)),
@@ -709,7 +686,7 @@ impl Links {
             results
                 .into_sorted_vec()
                 .into_iter()
-                .map(|(d, i)| (d.0, self.position[i as usize]))
+                .map(|(d, i)| (d.0, position[i as usize]))
                 .collect()
         })
     }

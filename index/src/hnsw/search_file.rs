@@ -14,48 +14,38 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::{Links, Vectors};
+use super::{Adjacency, Links, Vectors};
 use crate::error::{IndexError, Result};
 
 const MAGIC: &[u8; 8] = b"CM3HNSWL";
 const VERSION: u32 = 1;
 
-/// Everything of [`Links`] but the vectors.
-pub(super) struct Parts<'a> {
-    pub dim: usize,
-    pub offsets: &'a [usize],
-    pub level0: &'a [u32],
-    pub upper: &'a [HashMap<u32, Vec<u32>>],
-    pub entry: u32,
-    pub position: &'a [u32],
-}
-
-/// Write `parts` and the vectors `rows` (in search order, `dim` each) to `path`.
+/// Write `graph` and the vectors `rows` (in search order, `graph.dim` each) to `path`.
 pub(super) fn write<'r>(
     path: &Path,
-    parts: &Parts<'_>,
+    graph: &Adjacency,
     rows: impl Iterator<Item = &'r [f32]>,
 ) -> Result<()> {
     let io = |e| IndexError::io("writing the HNSW search file", path, e);
     let file = File::create(path).map_err(io)?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
-    let n = parts.position.len();
+    let n = graph.position.len();
     let mut put = |bytes: &[u8]| w.write_all(bytes).map_err(io);
     put(MAGIC)?;
     put(&VERSION.to_le_bytes())?;
     put(&(n as u64).to_le_bytes())?;
-    put(&(parts.dim as u64).to_le_bytes())?;
-    put(&parts.entry.to_le_bytes())?;
-    put(&(parts.upper.len() as u32).to_le_bytes())?;
-    put(&u32_bytes(parts.position))?;
-    let offsets: Vec<u8> = parts
+    put(&(graph.dim as u64).to_le_bytes())?;
+    put(&graph.entry.to_le_bytes())?;
+    put(&(graph.upper.len() as u32).to_le_bytes())?;
+    put(&u32_bytes(&graph.position))?;
+    let offsets: Vec<u8> = graph
         .offsets
         .iter()
         .flat_map(|&o| (o as u64).to_le_bytes())
         .collect();
     put(&offsets)?;
-    put(&u32_bytes(parts.level0))?;
-    for layer in parts.upper {
+    put(&u32_bytes(&graph.level0))?;
+    for layer in &graph.upper {
         put(&(layer.len() as u64).to_le_bytes())?;
         // Ascending, so that the same graph always gives the same bytes.
         let mut points: Vec<(&u32, &Vec<u32>)> = layer.iter().collect();
@@ -66,27 +56,11 @@ pub(super) fn write<'r>(
             put(&u32_bytes(nbs))?;
         }
     }
-    let mut written = 0;
-    let mut buf = Vec::with_capacity(parts.dim * 4);
+    let mut buf = Vec::with_capacity(graph.dim * 4);
     for row in rows {
-        if row.len() != parts.dim {
-            return Err(IndexError::Invalid(format!(
-                "HNSW search file {}: a vector of dimension {}, the index has {}",
-                path.display(),
-                row.len(),
-                parts.dim
-            )));
-        }
         buf.clear();
         buf.extend(row.iter().flat_map(|x| x.to_le_bytes()));
         put(&buf)?;
-        written += 1;
-    }
-    if written != n {
-        return Err(IndexError::Invalid(format!(
-            "HNSW search file {}: {written} vectors for {n} points",
-            path.display()
-        )));
     }
     let file = w.into_inner().map_err(|e| io(e.into_error()))?;
     file.sync_all().map_err(io)
@@ -181,15 +155,17 @@ pub(super) fn read(path: &Path, count: usize, dim: usize) -> Result<Option<Links
         )));
     };
     let mut data = Vectors::zeros(floats);
-    input.f32s_into(data.as_mut_slice(), floats)?;
+    input.f32s_into(data.as_mut_slice())?;
     Ok(Some(Links {
         data,
-        dim,
-        offsets,
-        level0,
-        upper,
-        entry,
-        position,
+        graph: Adjacency {
+            dim,
+            offsets,
+            level0,
+            upper,
+            entry,
+            position,
+        },
     }))
 }
 
@@ -274,14 +250,8 @@ impl Input {
             .collect())
     }
 
-    /// `len` f32 into `out`, a megabyte at a time (no second copy of the vectors).
-    fn f32s_into(&mut self, out: &mut [f32], len: usize) -> Result<()> {
-        if out.len() != len {
-            return Err(IndexError::Invalid(format!(
-                "could not allocate {len} floats for {}",
-                self.path.display()
-            )));
-        }
+    /// Fills `out` with f32, a megabyte at a time (no second copy of the vectors).
+    fn f32s_into(&mut self, out: &mut [f32]) -> Result<()> {
         let mut buf = vec![0u8; 1 << 20];
         for chunk in out.chunks_mut(buf.len() / 4) {
             let bytes = &mut buf[..chunk.len() * 4];
