@@ -119,29 +119,21 @@ impl FlatIndex {
                 Storage::F32 => "<f4",
                 Storage::F16 => "<f2",
             };
-            if npy.shape != [rows, meta.dim]
-                || ids.len() != rows
-                || npy.descr != want_descr
-                || rows
-                    .checked_mul(meta.dim)
-                    .and_then(|f| f.checked_mul(item))
-                    .map(|b| b as u64)
-                    != Some(npy.data_len)
-            {
+            if npy.shape != [rows, meta.dim] || ids.len() != rows || npy.descr != want_descr {
                 return Err(IndexError::Corrupt {
                     path: vpath,
                     reason: format!(
                         "segment {i} should hold {rows} {want_descr} vectors of dimension {} with \
-                         {rows} ids; found shape {:?} ({}), {} data bytes, {} ids (truncated or \
-                         replaced file)",
+                         {rows} ids; found shape {:?} ({}), {} ids (replaced file)",
                         meta.dim,
                         npy.shape,
                         npy.descr,
-                        npy.data_len,
                         ids.len()
                     ),
                 });
             }
+            // The shape is the index's: the data must be exactly its vectors.
+            npy.check_size(item)?;
             // Read a megabyte at a time: the segment is never held twice.
             match &mut index.data {
                 Data::F32(v) => {
