@@ -189,6 +189,26 @@ fn build_then_train_resumes_exactly_and_overfits() {
     fs::write(&meta, [&original[..], b" "].concat()).expect("touch meta");
     let err = run_err(&["train", "--resume", &p(&split)]);
     assert!(err.contains("changed since the run started"), "{err}");
+    // Sequences packed by an older cm3 (no objective_version: the v1 objective) are refused,
+    // with the command that re-packs them.
+    let mut old: serde_json::Value = serde_json::from_slice(&original).expect("meta json");
+    old.as_object_mut()
+        .expect("object")
+        .remove("objective_version");
+    fs::write(&meta, serde_json::to_vec(&old).expect("json")).expect("old meta");
+    let err = run_err(&[
+        "train",
+        "--data",
+        &p(&ds),
+        "--out",
+        &p(&tmp.path().join("old")),
+        "--steps",
+        "1",
+    ]);
+    assert!(
+        err.contains("version 1") && err.contains("--rebuild"),
+        "{err}"
+    );
     fs::write(&meta, original).expect("restore");
     // A truncated .bin.
     let bin = ds.join("packed/train.bin");

@@ -129,7 +129,39 @@ pub fn parse_exclusions(values: &[String]) -> Result<Vec<Exclusion>> {
         .collect()
 }
 
-fn read_id_lines(path: &Path) -> Result<Vec<u64>> {
+/// Where the ids of an `--exclude` file (recorded as `ids:<sha256>`) are kept in the dataset, so
+/// that `cm3 pack` leaves the same pairs out of training without the user's file.
+pub fn excluded_ids_file(sha256: &str) -> String {
+    format!(
+        "neighbors/excluded-{}.ids",
+        sha256.get(..16).unwrap_or(sha256)
+    )
+}
+
+/// Keep each ids exclusion's ids in the dataset (one 16-hex-digit id per line).
+fn save_excluded_ids(ds: &DatasetDir, exclusions: &[Exclusion]) -> Result<()> {
+    for e in exclusions {
+        let Exclusion::Ids { sha256, ids, path } = e else {
+            continue;
+        };
+        let file = ds.path(&excluded_ids_file(sha256));
+        if file.is_file() {
+            continue;
+        }
+        if let Some(dir) = file.parent() {
+            fs::create_dir_all(dir).map_err(|e| AugmentError::io("creating", dir, e))?;
+        }
+        let mut text = format!("# pair ids excluded by --exclude {}\n", path.display());
+        for id in ids {
+            text.push_str(&format!("{id:016x}\n"));
+        }
+        cm3_core::fsio::write_atomic(&file, text.as_bytes(), STAGE)?;
+    }
+    Ok(())
+}
+
+/// The ids of an ids file as [`excluded_ids_file`] keeps them (or as a user writes them).
+pub fn read_id_lines(path: &Path) -> Result<Vec<u64>> {
     let text = fs::read_to_string(path).map_err(|e| AugmentError::io("reading", path, e))?;
     let mut ids = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -283,6 +315,9 @@ pub fn run(opts: &AugmentOptions) -> Result<AugmentReport> {
     let record_json =
         serde_json::to_value(&record).map_err(|e| AugmentError::Invalid(e.to_string()))?;
     ds.stage_record(&mut manifest, STAGE, &record_json)?;
+    if bank_is_self {
+        save_excluded_ids(&ds, bank.exclusions())?;
+    }
 
     let todo = manifest.pending_shards(&embed, STAGE, &opts.worker);
     let mut report = AugmentReport {

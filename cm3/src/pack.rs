@@ -17,24 +17,34 @@ pub(crate) enum PolicyArg {
 pub(crate) struct PackArgs {
     /// The dataset whose tokens to pack (writes <dataset>/packed/).
     pub dataset: PathBuf,
-    /// Settings file (TOML or JSON: seq_len, policy, spans_mean, image_first, val_fraction,
-    /// retrieval, seed); flags override it.
+    /// Settings file (TOML or JSON: seq_len, policy, spans_mean, spans_min, spans_max,
+    /// text_rate, whole_caption_rate, image_first, val_fraction, retrieval, seed); flags
+    /// override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Tokens per sequence [default: 4096].
     #[arg(long)]
     pub seq_len: Option<usize>,
-    /// stream: cut the concatenated examples into blocks; whole: never split an example
-    /// [default: whole].
+    /// stream: cut the concatenated examples into blocks (every retrieved document kept, almost
+    /// no padding); whole: never split an example (documents dropped to fit, the rest padded)
+    /// [default: stream].
     #[arg(long)]
     pub policy: Option<PolicyArg>,
-    /// Mean of the Poisson number of masked spans per example [default: 1].
+    /// Mean of the Poisson number of masked spans per example, before clamping to
+    /// [spans_min, spans_max] [default: 1, clamped to [1, 16] as in CM3].
     #[arg(long)]
     pub spans_mean: Option<f64>,
+    /// Probability that a span is placed in a caption rather than an image [default: 0.5].
+    #[arg(long)]
+    pub text_rate: Option<f64>,
+    /// Probability that a caption span masks the whole caption [default: 0.5].
+    #[arg(long)]
+    pub whole_caption_rate: Option<f64>,
     /// Probability of writing a document image first [default: 0].
     #[arg(long)]
     pub image_first: Option<f64>,
-    /// Share of pairs in the validation split [default: 0.01].
+    /// Share of images in the validation split (all captions of an image on one side)
+    /// [default: 0.01].
     #[arg(long)]
     pub val_fraction: Option<f64>,
     /// Plain pairs, without their retrieved documents.
@@ -60,6 +70,8 @@ pub(crate) fn run(a: PackArgs) -> Result<()> {
         };
     }
     cfg.spans_mean = a.spans_mean.unwrap_or(cfg.spans_mean);
+    cfg.text_rate = a.text_rate.unwrap_or(cfg.text_rate);
+    cfg.whole_caption_rate = a.whole_caption_rate.unwrap_or(cfg.whole_caption_rate);
     cfg.image_first = a.image_first.unwrap_or(cfg.image_first);
     cfg.val_fraction = a.val_fraction.unwrap_or(cfg.val_fraction);
     cfg.seed = a.seed.unwrap_or(cfg.seed);
@@ -85,7 +97,9 @@ pub(crate) fn run(a: PackArgs) -> Result<()> {
     for (name, c) in [("train", &r.train), ("val", &r.val)] {
         println!(
             "  {name}: {} examples -> {} sequences ({} tokens, {} padding); {} retrieved documents \
-             kept, {} dropped to fit; {} masked spans; {} pairs too long",
+             kept, {} dropped to fit; {} masked spans ({} in captions, {} of them whole \
+             captions; {} in images); query caption masked whole in {} examples; {} pairs too \
+             long; {} excluded (augment --exclude)",
             c.examples,
             c.sequences,
             c.tokens,
@@ -93,7 +107,12 @@ pub(crate) fn run(a: PackArgs) -> Result<()> {
             c.retrieved,
             c.dropped_documents,
             c.masked_spans,
-            c.skipped_too_long
+            c.text_spans,
+            c.whole_caption_spans,
+            c.image_spans,
+            c.query_caption_masked,
+            c.skipped_too_long,
+            c.excluded
         );
     }
     Ok(())

@@ -3,8 +3,9 @@
 //! A document is one caption-image pair: `<eos>`, then its text tokens, `<break>`, its image
 //! tokens (or image first, then text, when the document is drawn as image→text). `<eos>` opens
 //! every document, so the paper's zero-shot prompt `<eos> text <break>` is exactly how a
-//! generation starts. An example is the sampled retrieved documents, best first, followed by the
-//! query pair's document. The query pair carries no extra weight.
+//! generation starts. An example is the sampled retrieved documents, in the order the caller
+//! gives (the pack stage shuffles them per pair), followed by the query pair's document. The query
+//! pair carries no extra weight.
 
 use crate::masking::Specials;
 
@@ -49,26 +50,38 @@ pub struct Example {
     /// Retrieved documents kept, and dropped to fit.
     pub retrieved: usize,
     pub dropped: usize,
+    /// Where the query's document starts in `tokens` (at its `<eos>`).
+    pub query_start: usize,
 }
 
-/// The example of `query` with its `retrieved` documents (best first). The lowest-ranked
-/// documents are dropped until the example fits in `budget` tokens; the query is never cut, so
-/// `None` if the query alone does not fit. `image_first[i]` orders document `i` (the query is
-/// last).
+/// How many tokens an example may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// The query's document alone must fit in this (else there is no example).
+    pub query: usize,
+    /// Retrieved documents are kept, in order, while the whole example fits in this.
+    pub total: usize,
+}
+
+/// The example of `query` with its `retrieved` documents. Documents at the end of `retrieved`
+/// are dropped until the example fits in `budget.total` tokens; the query is never cut, so
+/// `None` if the query alone does not fit in `budget.query`. `image_first[i]` orders document `i`
+/// (the query is last).
 pub fn build(
     retrieved: &[Doc<'_>],
     query: Doc<'_>,
     image_first: &[bool],
-    budget: usize,
+    budget: Budget,
     sp: &Specials,
 ) -> Option<Example> {
-    if query.token_count() > budget {
+    let budget_total = budget.total;
+    if query.token_count() > budget.query.min(budget.total) {
         return None;
     }
     let mut used = query.token_count();
     let mut keep = 0;
     for d in retrieved {
-        if used + d.token_count() > budget {
+        if used + d.token_count() > budget_total {
             break;
         }
         used += d.token_count();
@@ -79,11 +92,13 @@ pub fn build(
     for (i, d) in retrieved[..keep].iter().enumerate() {
         d.write(&mut tokens, order(i), sp);
     }
+    let query_start = tokens.len();
     query.write(&mut tokens, order(retrieved.len()), sp);
     Some(Example {
         tokens,
         retrieved: keep,
         dropped: retrieved.len() - keep,
+        query_start,
     })
 }
 
@@ -98,11 +113,12 @@ mod tests {
             brk: 2,
             infill: 4,
             sentinels: vec![5, 6],
+            image_offset: 100,
         }
     }
 
     #[test]
-    fn retrieved_documents_come_first_and_the_lowest_ranked_are_dropped() {
+    fn retrieved_documents_come_first_and_the_last_given_are_dropped() {
         let (t1, i1) = ([10, 11], [100, 101, 102]);
         let (t2, i2) = ([12], [103, 104, 105]);
         let (tq, iq) = ([13, 14], [106, 107, 108]);
@@ -120,22 +136,23 @@ mod tests {
             text: &tq,
             image: &iq,
         };
-        let all = build(&docs, q, &[], 100, &sp()).expect("fits");
+        let b = |n| Budget { query: n, total: n };
+        let all = build(&docs, q, &[], b(100), &sp()).expect("fits");
         assert_eq!(
             all.tokens,
             vec![
                 1, 10, 11, 2, 100, 101, 102, 1, 12, 2, 103, 104, 105, 1, 13, 14, 2, 106, 107, 108
             ]
         );
-        assert_eq!((all.retrieved, all.dropped), (2, 0));
-        // Room for the query and one document: the second-ranked is dropped.
-        let one = build(&docs, q, &[], 15, &sp()).expect("fits");
+        assert_eq!((all.retrieved, all.dropped, all.query_start), (2, 0, 13));
+        // Room for the query and one document: the last given is dropped.
+        let one = build(&docs, q, &[], b(15), &sp()).expect("fits");
         assert_eq!((one.retrieved, one.dropped), (1, 1));
         assert_eq!(one.tokens.len(), 14);
         // The query alone does not fit: no example, never a cut query.
-        assert_eq!(build(&docs, q, &[], 6, &sp()), None);
+        assert_eq!(build(&docs, q, &[], b(6), &sp()), None);
         // Image first for the query.
-        let flipped = build(&[], q, &[true], 100, &sp()).expect("fits");
+        let flipped = build(&[], q, &[true], b(100), &sp()).expect("fits");
         assert_eq!(flipped.tokens, vec![1, 106, 107, 108, 2, 13, 14]);
     }
 }

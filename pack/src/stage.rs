@@ -7,20 +7,23 @@
 //! many sequences and bytes each split held after each shard, so a crash is undone on the next
 //! run by cutting the files back to the last recorded length.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use arrow_array::{StringArray, UInt64Array};
+use cm3_augment::bank::image_key;
 use cm3_core::rng::SplitMix64;
+use cm3_core::schema::{column, read_columns};
 use cm3_core::vocab::VocabLayout;
 use cm3_core::{DatasetDir, ShardRecord, WorkerSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{PackError, Result};
-use crate::example::{Doc, build};
-use crate::masking::{MaskPlan, Specials, causal_mask};
+use crate::example::{Budget, Doc, build};
+use crate::masking::{MaskPlan, Modality, Specials, causal_mask, growth};
 use crate::megatron::IndexedWriter;
 use crate::packing::{Packer, Policy};
 
@@ -28,18 +31,32 @@ pub const STAGE: &str = "pack";
 const STREAM_SPLIT: u64 = 0x7370_6c69_7400_0003; // "split"
 const STREAM_EXAMPLE: u64 = 0x6578_616d_706c_0004; // "exampl"
 
-/// How examples are made and packed. Defaults are the paper's.
+/// How examples are made and packed. Defaults are the paper's (CM3's span count; the masking
+/// rates and the packing policy are ours: see [`MaskPlan`] and the README).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PackConfig {
     /// Tokens per sequence (4,096 in CM3Leon).
     pub seq_len: usize,
+    /// `stream` (the default): examples are concatenated and cut into sequences, as metaseq
+    /// does, so that a query and all three of its retrieved documents (about 4,300 tokens at the
+    /// paper's shapes, more than one 4,096-token sequence) are kept and almost nothing is
+    /// padding. `whole`: an example never crosses a sequence boundary; retrieved documents are
+    /// dropped to fit and the rest of a sequence is padding.
     pub policy: Policy,
     /// Mean of the Poisson number of masked spans per example (CM3: 1).
     pub spans_mean: f64,
+    /// The span count is clamped to [spans_min, spans_max] (CM3: [1, 16]).
+    pub spans_min: u32,
+    pub spans_max: u32,
+    /// Probability that a span is placed in a text segment (caption) rather than an image.
+    pub text_rate: f64,
+    /// Probability that a text span masks the whole caption.
+    pub whole_caption_rate: f64,
     /// Probability that a document is written image first (image `<break>` text).
     pub image_first: f64,
-    /// Share of pairs in the validation split (by a hash of the pair id).
+    /// Share of images in the validation split (by a hash of the image's content, so that the
+    /// captions of one image are never on both sides).
     pub val_fraction: f64,
     /// Put the sampled retrieved documents in front of each pair (false: plain pairs).
     pub retrieval: bool,
@@ -48,10 +65,15 @@ pub struct PackConfig {
 
 impl Default for PackConfig {
     fn default() -> Self {
+        let m = MaskPlan::default();
         Self {
             seq_len: 4_096,
-            policy: Policy::Whole,
-            spans_mean: 1.0,
+            policy: Policy::Stream,
+            spans_mean: m.spans_mean,
+            spans_min: m.spans_min,
+            spans_max: m.spans_max,
+            text_rate: m.text_rate,
+            whole_caption_rate: m.whole_caption_rate,
             image_first: 0.0,
             val_fraction: 0.01,
             retrieval: true,
@@ -69,10 +91,19 @@ impl PackConfig {
         if !(0.0..=1.0).contains(&self.image_first) || !(0.0..1.0).contains(&self.val_fraction) {
             return bad("image_first must be in [0, 1] and val_fraction in [0, 1)".into());
         }
-        if !(0.0..=16.0).contains(&self.spans_mean) {
-            return bad(format!("spans_mean {} is outside [0, 16]", self.spans_mean));
+        self.mask_plan().validate()
+    }
+
+    /// The masking settings.
+    pub fn mask_plan(&self) -> MaskPlan {
+        MaskPlan {
+            spans_mean: self.spans_mean,
+            spans_min: self.spans_min,
+            spans_max: self.spans_max,
+            text_rate: self.text_rate,
+            whole_caption_rate: self.whole_caption_rate,
+            ..MaskPlan::default()
         }
-        Ok(())
     }
 }
 
@@ -93,19 +124,63 @@ pub struct SplitCounts {
     pub retrieved: u64,
     pub dropped_documents: u64,
     pub masked_spans: u64,
+    /// Spans in captions, of which `whole_caption_spans` masked a whole caption.
+    pub text_spans: u64,
+    pub whole_caption_spans: u64,
+    pub image_spans: u64,
+    /// Examples whose query caption (not a retrieved document's) is masked whole.
+    pub query_caption_masked: u64,
     pub skipped_too_long: u64,
+    /// Pairs left out because `cm3 augment --exclude` removed them from the memory bank (an
+    /// evaluation split is never trained on).
+    pub excluded: u64,
 }
 
 impl SplitCounts {
+    /// Every counter, by the name the manifest records it under.
+    fn fields(&self) -> [(&'static str, u64); 13] {
+        [
+            ("sequences", self.sequences),
+            ("examples", self.examples),
+            ("tokens", self.tokens),
+            ("padding", self.padding),
+            ("retrieved", self.retrieved),
+            ("dropped_documents", self.dropped_documents),
+            ("masked_spans", self.masked_spans),
+            ("text_spans", self.text_spans),
+            ("whole_caption_spans", self.whole_caption_spans),
+            ("image_spans", self.image_spans),
+            ("query_caption_masked", self.query_caption_masked),
+            ("skipped_too_long", self.skipped_too_long),
+            ("excluded", self.excluded),
+        ]
+    }
+
+    fn field_mut(&mut self, name: &str) -> Option<&mut u64> {
+        Some(match name {
+            "sequences" => &mut self.sequences,
+            "examples" => &mut self.examples,
+            "tokens" => &mut self.tokens,
+            "padding" => &mut self.padding,
+            "retrieved" => &mut self.retrieved,
+            "dropped_documents" => &mut self.dropped_documents,
+            "masked_spans" => &mut self.masked_spans,
+            "text_spans" => &mut self.text_spans,
+            "whole_caption_spans" => &mut self.whole_caption_spans,
+            "image_spans" => &mut self.image_spans,
+            "query_caption_masked" => &mut self.query_caption_masked,
+            "skipped_too_long" => &mut self.skipped_too_long,
+            "excluded" => &mut self.excluded,
+            _ => return None,
+        })
+    }
+
     fn add(&mut self, o: &SplitCounts) {
-        self.sequences += o.sequences;
-        self.examples += o.examples;
-        self.tokens += o.tokens;
-        self.padding += o.padding;
-        self.retrieved += o.retrieved;
-        self.dropped_documents += o.dropped_documents;
-        self.masked_spans += o.masked_spans;
-        self.skipped_too_long += o.skipped_too_long;
+        for (name, v) in o.fields() {
+            if let Some(f) = self.field_mut(name) {
+                *f += v;
+            }
+        }
     }
 }
 
@@ -120,9 +195,19 @@ pub struct PackReport {
 }
 
 /// `meta.json`: everything training needs to read the sequences, and how they were made.
+/// The version of the training objective the sequences follow. `cm3 train` refuses sequences of
+/// another version: v1 (no `objective_version` in meta.json) masked almost no caption, had no
+/// scored end and split the captions of one image across train and validation.
+pub const OBJECTIVE_VERSION: u32 = 2;
+pub const OBJECTIVE: &str = "CM3 causal masking: span count Poisson clamped, segment chosen \
+    first (captions and images at set rates, whole captions included), no span across <eos> or \
+    <break>, a scored <eos> closing every example; split by image";
+
 #[derive(Debug, Clone, Serialize)]
 struct Meta<'a> {
     format: &'static str,
+    objective_version: u32,
+    objective: &'static str,
     seq_len: usize,
     token_dtype: &'static str,
     vocab: &'a VocabLayout,
@@ -198,11 +283,15 @@ pub fn run(opts: &PackOptions) -> Result<PackReport> {
     // shard's pairs in order; nothing is read when every shard is packed already.
     let mut tokens: HashMap<u64, (Vec<u32>, Vec<u32>)> = HashMap::new();
     let mut shard_pairs: HashMap<&str, Vec<u64>> = HashMap::new();
+    let mut pairs_info = HashMap::new();
+    let mut excluded = HashSet::new();
     if tokens_stage
         .shards
         .keys()
         .any(|name| !done.contains_key(name))
     {
+        pairs_info = read_pairs_info(&ds, &manifest)?;
+        excluded = excluded_pairs(&ds, &manifest, &pairs_info)?;
         for (name, rec) in &tokens_stage.shards {
             let rows = cm3_core::tokens::read_shard(&ds.path(&rec.file))
                 .map_err(|e| PackError::Invalid(format!("reading tokens: {e}")))?;
@@ -223,12 +312,17 @@ pub fn run(opts: &PackOptions) -> Result<PackReport> {
 
     let mut report = PackReport::default();
     let started = Instant::now();
-    let plan = MaskPlan {
-        spans_mean: cfg.spans_mean,
-        attempts: 64,
+    let plan = cfg.mask_plan();
+    // Room kept for masking: with every sentinel used an example grows by `growth(n)`.
+    let reserve = growth(sp.sentinels.len()).min(cfg.seq_len / 4);
+    let budget = Budget {
+        query: cfg.seq_len - reserve,
+        total: match cfg.policy {
+            Policy::Whole => cfg.seq_len - reserve,
+            // Every sampled document is kept: the example continues in the next sequence.
+            Policy::Stream => usize::MAX,
+        },
     };
-    // Room kept for masking: with all sentinels used an example grows by 2n + 1.
-    let reserve = (2 * sp.sentinels.len() + 1).min(cfg.seq_len / 4);
     for (slot, name) in tokens_stage.shards.keys().enumerate() {
         if done.contains_key(name) {
             report.shards_skipped += 1;
@@ -237,20 +331,18 @@ pub fn run(opts: &PackOptions) -> Result<PackReport> {
         let pairs = shard_pairs
             .get(name.as_str())
             .map_or(&[][..], Vec::as_slice);
-        let neighbours: HashMap<u64, Vec<(u64, f32)>> = match &neighbours_stage {
+        let neighbours: HashMap<u64, Vec<u64>> = match &neighbours_stage {
             Some(n) => match n.shards.get(name) {
                 Some(nrec) => cm3_augment::output::read_shard(&ds.path(&nrec.file))
                     .map_err(|e| PackError::Invalid(format!("reading neighbours: {e}")))?
                     .into_iter()
                     .map(|r| {
-                        let mut sampled: Vec<(u64, f32)> = r
+                        let sampled = r
                             .neighbours
                             .iter()
                             .filter(|n| n.sampled)
-                            .map(|n| (n.id, n.score))
+                            .map(|n| n.id)
                             .collect();
-                        // Rank by relevance: the lowest-ranked are dropped first.
-                        sampled.sort_by(|a, b| b.1.total_cmp(&a.1));
                         (r.id, sampled)
                     })
                     .collect(),
@@ -264,39 +356,71 @@ pub fn run(opts: &PackOptions) -> Result<PackReport> {
         };
         let mut shard_counts = [SplitCounts::default(); 2];
         for &pair in pairs {
-            let mut rng = SplitMix64::for_pair(cfg.seed, STREAM_SPLIT, pair);
+            let info = pairs_info.get(&pair).ok_or_else(|| {
+                PackError::Invalid(format!(
+                    "shard {name}: pair {pair:016x} has tokens but no row in pairs/; the dataset \
+                     is inconsistent (re-run `cm3 tokenize --rebuild`)"
+                ))
+            })?;
+            // By image, so that the captions of one image are never on both sides.
+            let mut rng = SplitMix64::for_pair(cfg.seed, STREAM_SPLIT, info.image);
             let split = usize::from(rng.next_f64() < cfg.val_fraction);
+            let c = &mut shard_counts[split];
+            if excluded.contains(&pair) {
+                c.excluded += 1;
+                continue;
+            }
             let mut rng = SplitMix64::for_pair(cfg.seed, STREAM_EXAMPLE, pair);
-            let docs: Vec<Doc> = neighbours
+            let mut docs: Vec<Doc> = neighbours
                 .get(&pair)
                 .map(|ns| {
                     ns.iter()
-                        .filter_map(|(id, _)| tokens.get(id))
+                        .filter_map(|id| tokens.get(id))
                         .map(|(t, i)| Doc { text: t, image: i })
                         .collect()
                 })
                 .unwrap_or_default();
+            // A random order: what `whole` packing drops (the last) is then a random sampled
+            // document, never one chosen by comparing image-query and text-query scores.
+            shuffle(&mut docs, &mut rng);
             let flips: Vec<bool> = (0..=docs.len())
                 .map(|_| rng.next_f64() < cfg.image_first)
                 .collect();
             let (text, image) = &tokens[&pair];
             let query = Doc { text, image };
-            let c = &mut shard_counts[split];
-            let Some(ex) = build(&docs, query, &flips, cfg.seq_len - reserve, &sp) else {
+            let Some(ex) = build(&docs, query, &flips, budget, &sp) else {
                 c.skipped_too_long += 1;
                 continue;
             };
-            let m = causal_mask(
-                &ex.tokens,
-                &sp,
-                &plan,
-                cfg.seq_len - ex.tokens.len(),
-                &mut rng,
-            );
+            let max_extra = match cfg.policy {
+                Policy::Whole => cfg.seq_len - ex.tokens.len(),
+                Policy::Stream => growth(sp.sentinels.len()),
+            };
+            let m = causal_mask(&ex.tokens, &sp, &plan, max_extra, &mut rng);
+            // The query's caption: after its `<eos>`, or after its image and `<break>`.
+            let caption_start = ex.query_start
+                + 1
+                + if flips.get(docs.len()).copied().unwrap_or(false) {
+                    image.len() + 1
+                } else {
+                    0
+                };
+            let caption = caption_start..caption_start + text.len();
             c.examples += 1;
             c.retrieved += ex.retrieved as u64;
             c.dropped_documents += ex.dropped as u64;
             c.masked_spans += m.spans.len() as u64;
+            for span in &m.spans {
+                match span.modality {
+                    Modality::Text => {
+                        c.text_spans += 1;
+                        c.whole_caption_spans += u64::from(span.whole);
+                    }
+                    Modality::Image => c.image_spans += 1,
+                }
+            }
+            c.query_caption_masked +=
+                u64::from(!caption.is_empty() && m.spans.iter().any(|s| s.range == caption));
             writers[split].push(&m.tokens, pair, c)?;
         }
         for (k, w) in writers.iter_mut().enumerate() {
@@ -342,32 +466,124 @@ pub fn run(opts: &PackOptions) -> Result<PackReport> {
     Ok(report)
 }
 
-fn counts_from(c: &BTreeMap<String, u64>, split: &str) -> SplitCounts {
-    let g = |k: &str| c.get(&format!("{split}_{k}")).copied().unwrap_or(0);
-    SplitCounts {
-        sequences: g("sequences"),
-        examples: g("examples"),
-        tokens: g("tokens"),
-        padding: g("padding"),
-        retrieved: g("retrieved"),
-        dropped_documents: g("dropped_documents"),
-        masked_spans: g("masked_spans"),
-        skipped_too_long: g("skipped_too_long"),
+/// What packing needs to know of a pair besides its tokens.
+#[derive(Debug, Clone)]
+struct PairInfo {
+    /// The image's content key (first 64 bits of its SHA-256): the unit of the split.
+    image: u64,
+    /// The pair's `split` column (what `cm3 augment --exclude <split>` names).
+    split: String,
+}
+
+/// Every ingested pair's image key and split, from the `pairs/` shards.
+fn read_pairs_info(
+    ds: &DatasetDir,
+    manifest: &cm3_core::Manifest,
+) -> Result<HashMap<u64, PairInfo>> {
+    let mut out = HashMap::new();
+    let Some(ingest) = manifest.stages.get("ingest") else {
+        return Ok(out);
+    };
+    for rec in ingest.shards.values() {
+        let path = ds.path(&rec.file);
+        for b in read_columns(&path, &["id", "sha256", "split"])? {
+            let (Some(id), Some(sha), Some(split)) = (
+                column::<UInt64Array>(&b, "id"),
+                column::<StringArray>(&b, "sha256"),
+                column::<StringArray>(&b, "split"),
+            ) else {
+                return Err(PackError::Invalid(format!(
+                    "{}: columns id/sha256/split have unexpected types",
+                    path.display()
+                )));
+            };
+            for i in 0..b.num_rows() {
+                out.insert(
+                    id.value(i),
+                    PairInfo {
+                        image: image_key(sha.value(i)),
+                        split: split.value(i).to_string(),
+                    },
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The pairs `cm3 augment --exclude` removed from this dataset's memory bank: an evaluation
+/// split must not be trained on either.
+fn excluded_pairs(
+    ds: &DatasetDir,
+    manifest: &cm3_core::Manifest,
+    pairs: &HashMap<u64, PairInfo>,
+) -> Result<HashSet<u64>> {
+    let mut out = HashSet::new();
+    let Some(rec) = manifest.stages.get(cm3_augment::stage::STAGE) else {
+        return Ok(out);
+    };
+    // Another dataset's bank: its exclusions name that dataset's pairs, not ours.
+    if rec.config.get("bank").and_then(|b| b.as_str()) != Some("self") {
+        return Ok(out);
+    }
+    let labels = rec
+        .config
+        .get("exclude")
+        .and_then(|e| e.as_array())
+        .cloned()
+        .unwrap_or_default();
+    for label in labels.iter().filter_map(|l| l.as_str()) {
+        if let Some(name) = label.strip_prefix("split:") {
+            out.extend(
+                pairs
+                    .iter()
+                    .filter(|(_, p)| p.split == name)
+                    .map(|(&id, _)| id),
+            );
+        } else if let Some(sha) = label.strip_prefix("ids:") {
+            let file = ds.path(&cm3_augment::stage::excluded_ids_file(sha));
+            if !file.is_file() {
+                return Err(PackError::Invalid(format!(
+                    "{}: the memory bank excludes the pairs of an ids file (sha256 {sha}), but \
+                     their list {} is missing (augmented by an older cm3?); re-run `cm3 augment \
+                     --rebuild --exclude <that file>` so that pack can leave them out",
+                    ds.root().display(),
+                    file.display()
+                )));
+            }
+            let ids = cm3_augment::stage::read_id_lines(&file)
+                .map_err(|e| PackError::Invalid(format!("reading excluded ids: {e}")))?;
+            out.extend(ids);
+        } else {
+            return Err(PackError::Invalid(format!(
+                "the augment record excludes `{label}`, which this cm3 does not know"
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// Fisher-Yates, seeded.
+fn shuffle<T>(items: &mut [T], rng: &mut SplitMix64) {
+    for i in (1..items.len()).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        items.swap(i, j);
     }
 }
 
+fn counts_from(c: &BTreeMap<String, u64>, split: &str) -> SplitCounts {
+    let mut out = SplitCounts::default();
+    for (name, _) in SplitCounts::default().fields() {
+        if let (Some(v), Some(f)) = (c.get(&format!("{split}_{name}")), out.field_mut(name)) {
+            *f = *v;
+        }
+    }
+    out
+}
+
 fn put_counts(c: &mut BTreeMap<String, u64>, split: &str, s: &SplitCounts) {
-    for (k, v) in [
-        ("sequences", s.sequences),
-        ("examples", s.examples),
-        ("tokens", s.tokens),
-        ("padding", s.padding),
-        ("retrieved", s.retrieved),
-        ("dropped_documents", s.dropped_documents),
-        ("masked_spans", s.masked_spans),
-        ("skipped_too_long", s.skipped_too_long),
-    ] {
-        c.insert(format!("{split}_{k}"), v);
+    for (name, v) in s.fields() {
+        c.insert(format!("{split}_{name}"), v);
     }
 }
 
@@ -380,6 +596,8 @@ fn write_meta(
 ) -> Result<()> {
     let meta = Meta {
         format: "Megatron-LM MMIDIDX indexed dataset, one packed sequence per entry",
+        objective_version: OBJECTIVE_VERSION,
+        objective: OBJECTIVE,
         seq_len: cfg.seq_len,
         token_dtype: "int32",
         vocab: layout,

@@ -118,6 +118,16 @@ impl PreparedData {
         })?;
         let meta: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let version = meta["objective_version"].as_u64().unwrap_or(1);
+        if version != u64::from(cm3_pack::stage::OBJECTIVE_VERSION) {
+            return Err(bad(format!(
+                "packed with version {version} of the training objective; this cm3 trains on \
+                 version {} ({}). Re-pack the dataset: `cm3 pack {} --rebuild`",
+                cm3_pack::stage::OBJECTIVE_VERSION,
+                cm3_pack::stage::OBJECTIVE,
+                root.display()
+            )));
+        }
         let seq_len = meta["seq_len"]
             .as_u64()
             .ok_or_else(|| bad("no seq_len".into()))? as usize;
