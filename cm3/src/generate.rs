@@ -258,8 +258,9 @@ pub(crate) enum Task {
         #[arg(long, value_delimiter = ',', required = true)]
         r#box: Vec<usize>,
     },
-    /// Text infilling: the text holds one `<mask>` where the span goes, optionally with the
-    /// document's image.
+    /// Text infilling: the text holds exactly one `<mask>`, the marker of where the span goes
+    /// (the model is given the span sentinel `<mask:0>` there), optionally with the document's
+    /// image.
     Infill {
         #[arg(long)]
         text: String,

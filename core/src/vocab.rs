@@ -23,7 +23,8 @@ pub const PAD: &str = "<pad>";
 pub const EOS: &str = "<eos>";
 /// The transition between modalities inside a document (paper §2.1).
 pub const BREAK: &str = "<break>";
-/// CM3's mask token: the unconditional stream of classifier-free guidance replaces text by it.
+/// The marker users type in `cm3 generate infill` text where the span goes. It is in no training
+/// sequence and is never given to the model: masked text becomes the sentinel `<mask:k>`.
 pub const MASK: &str = "<mask>";
 /// Marks where the masked spans are appended at the end of a causal-masked example.
 pub const INFILL: &str = "<infill>";

@@ -76,7 +76,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let steps = if quick { 32 } else { 128 };
     let prompt: Vec<Vec<u32>> = vec![(0..16).map(|i| token(i) as u32).collect()];
-    let uncond: Vec<Vec<u32>> = vec![vec![1, 3, 2]];
+    // `<eos> <mask:0> <break>` in the standard layout: t2i's unconditional stream.
+    let uncond: Vec<Vec<u32>> = vec![vec![1, 5, 2]];
     let time = |guidance: Guidance, cond: &[Vec<u32>], uncond: &[Vec<u32>], seeds: &[u64]| {
         let t = Instant::now();
         generate(

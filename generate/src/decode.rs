@@ -44,13 +44,17 @@ pub enum Target {
         allowed: std::ops::Range<usize>,
     },
     /// Image spans, each from `allowed`: `lengths[0]` ids, then `separators[0]` (forced, not
-    /// returned), `lengths[1]` ids, … (CM3 infilling of several masked spans).
+    /// returned), `lengths[1]` ids, … (CM3 infilling of several masked spans). The
+    /// unconditional stream is forced `uncond_separators` instead (its sentinels are numbered
+    /// after its masked caption's); the image-only stream takes `separators`.
     Spans {
         lengths: Vec<usize>,
         separators: Vec<u32>,
+        uncond_separators: Vec<u32>,
         allowed: std::ops::Range<usize>,
     },
-    /// Ids from `allowed` until one of `stop` (not included) or `max` ids.
+    /// Ids from `allowed` until one of `stop` (not included: a span that ends at `<eos>`
+    /// returns the ids before it) or `max` ids.
     UntilStop {
         max: usize,
         allowed: Vec<std::ops::Range<usize>>,
@@ -95,18 +99,7 @@ pub fn generate(
 ) -> Result<Vec<Vec<u32>>> {
     let n = req.cond.len();
     let streams = req.guidance.streams();
-    if n == 0
-        || req.seeds.len() != n
-        || (streams >= 2 && req.uncond.len() != n)
-        || (streams == 3 && req.image_only.len() != n)
-    {
-        return Err(GenerateError::Invalid(format!(
-            "{n} prompts, {} unconditional prompts, {} image-only prompts and {} seeds",
-            req.uncond.len(),
-            req.image_only.len(),
-            req.seeds.len()
-        )));
-    }
+    check_counts(req, streams)?;
     // Rows: the conditional streams, then the unconditional ones, then (editing) image-only.
     let mut rows: Vec<&Vec<u32>> = req.cond.iter().collect();
     if streams >= 2 {
@@ -151,18 +144,19 @@ pub fn generate(
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); n];
     let mut done = vec![false; n];
     let v = cfg.vocab_size;
-    // Steps at which a separator is forced (Spans).
-    let forced: Vec<Option<u32>> = match &req.target {
+    // Steps at which a separator is forced (Spans): the conditional and unconditional streams'.
+    let forced: Vec<Option<(u32, u32)>> = match &req.target {
         Target::Spans {
             lengths,
             separators,
+            uncond_separators,
             ..
         } => {
             let mut f = Vec::new();
             for (i, &len) in lengths.iter().enumerate() {
                 f.extend(std::iter::repeat_n(None, len));
                 if let Some(&s) = separators.get(i) {
-                    f.push(Some(s));
+                    f.push(Some((s, uncond_separators.get(i).copied().unwrap_or(s))));
                 }
             }
             f
@@ -194,7 +188,7 @@ pub fn generate(
             };
             let token = if done[i] {
                 0
-            } else if let Some(Some(sep)) = forced.get(step) {
+            } else if let Some(Some((sep, _))) = forced.get(step) {
                 *sep
             } else {
                 match &req.target {
@@ -223,13 +217,58 @@ pub fn generate(
         if done.iter().all(|&d| d) || step + 1 == req.target.max() {
             break;
         }
-        for _ in 1..streams {
-            next.extend_from_within(..n);
-        }
+        let uncond_sep = forced.get(step).copied().flatten().map(|(_, u)| u);
+        let next = stream_ids(next, streams, uncond_sep);
         let ids = Tensor::<2, Int>::from_data(TensorData::new(next, [rows.len(), 1]), device);
         logits = last_logits(model.forward_cached(cfg, ids, &mut cache)?, v)?;
     }
     Ok(out)
+}
+
+/// The ids fed to every row after one step, from each sample's chosen id (`chosen`, the
+/// conditional rows): the same id in its other streams, except a forced separator, which the
+/// unconditional stream (stream 1) takes as `uncond_sep`.
+fn stream_ids(mut chosen: Vec<i64>, streams: usize, uncond_sep: Option<u32>) -> Vec<i64> {
+    let n = chosen.len();
+    for stream in 1..streams {
+        match uncond_sep {
+            Some(u) if stream == 1 => chosen.extend(std::iter::repeat_n(i64::from(u), n)),
+            _ => chosen.extend_from_within(..n),
+        }
+    }
+    chosen
+}
+
+/// The request has a prompt of each stream and a seed per sample, and separators per stream.
+fn check_counts(req: &Request<'_>, streams: usize) -> Result<()> {
+    let n = req.cond.len();
+    if n == 0
+        || req.seeds.len() != n
+        || (streams >= 2 && req.uncond.len() != n)
+        || (streams == 3 && req.image_only.len() != n)
+    {
+        return Err(GenerateError::Invalid(format!(
+            "{n} prompts, {} unconditional prompts, {} image-only prompts and {} seeds",
+            req.uncond.len(),
+            req.image_only.len(),
+            req.seeds.len()
+        )));
+    }
+    if let Target::Spans {
+        separators,
+        uncond_separators,
+        ..
+    } = &req.target
+        && streams >= 2
+        && uncond_separators.len() != separators.len()
+    {
+        return Err(GenerateError::Invalid(format!(
+            "{} separators for the conditional stream, {} for the unconditional one",
+            separators.len(),
+            uncond_separators.len()
+        )));
+    }
+    Ok(())
 }
 
 /// The last position's logits of every row, `[rows × vocab]` on the host.
@@ -248,10 +287,7 @@ mod tests {
     use super::*;
     use cm3_model::decoder::ZeroInit;
 
-    /// With unit scales every guidance reduces to the conditional stream, so greedy decoding
-    /// gives the same ids: the streams are wired to the right rows.
-    #[test]
-    fn unit_guidance_equals_the_conditional_stream() -> Result<()> {
+    fn tiny() -> Result<(Cm3Decoder, DecoderConfig, Device)> {
         let device = Device::flex();
         let cfg = DecoderConfig {
             vocab_size: 60,
@@ -265,6 +301,62 @@ mod tests {
             ..DecoderConfig::default()
         };
         let model = Cm3Decoder::init(&cfg, 4, &device)?;
+        Ok((model, cfg, device))
+    }
+
+    /// A span stops at a stop id (the scored `<eos>`, say) and returns the ids before it: greedy
+    /// decoding with one of its own ids turned into a stop gives its ids up to that one.
+    #[test]
+    fn a_span_ends_before_its_stop() -> Result<()> {
+        let (model, cfg, device) = tiny()?;
+        let cond = vec![vec![1, 9, 17, 2]];
+        let run = |allowed: Vec<std::ops::Range<usize>>, stop: Vec<u32>| {
+            generate(
+                &model,
+                &cfg,
+                &Request {
+                    cond: &cond,
+                    uncond: &[],
+                    image_only: &[],
+                    target: Target::UntilStop {
+                        max: 16,
+                        allowed,
+                        stop,
+                    },
+                    guidance: Guidance::None,
+                    sampling: Sampling {
+                        temperature: 0.0,
+                        ..Sampling::default()
+                    },
+                    seeds: &[3],
+                },
+                &device,
+            )
+        };
+        let free = run(std::iter::once(20..60).collect(), Vec::new())?.remove(0);
+        assert_eq!(free.len(), 16);
+        let end = free[free.len() / 2];
+        let cut = free.iter().position(|&t| t == end).unwrap_or(free.len());
+        let allowed = vec![20..end as usize, end as usize + 1..60];
+        assert_eq!(run(allowed, vec![end])?.remove(0), free[..cut].to_vec());
+        // Only the stop allowed: an empty span.
+        assert_eq!(run(Vec::new(), vec![end])?.remove(0), Vec::<u32>::new());
+        Ok(())
+    }
+
+    /// The unconditional stream is fed its own separators; the others the conditional ones.
+    #[test]
+    fn forced_separators_are_per_stream() {
+        assert_eq!(stream_ids(vec![7, 8], 1, None), vec![7, 8]);
+        assert_eq!(stream_ids(vec![7, 8], 3, None), vec![7, 8, 7, 8, 7, 8]);
+        assert_eq!(stream_ids(vec![6, 6], 3, Some(9)), vec![6, 6, 9, 9, 6, 6]);
+    }
+
+    /// With unit scales every guidance reduces to the conditional stream, so greedy decoding
+    /// gives the same ids: the streams are wired to the right rows.
+    #[test]
+    fn unit_guidance_equals_the_conditional_stream() -> Result<()> {
+        let (model, cfg, device) = tiny()?;
         let cond = vec![vec![1, 9, 17, 2], vec![1, 30, 2]];
         let uncond = vec![vec![1, 3, 2], vec![1, 3, 2]];
         let image_only = vec![vec![1, 3, 2, 40, 41], vec![1, 3, 2, 42]];
@@ -326,6 +418,36 @@ mod tests {
             &device,
         );
         assert!(err.is_err_and(|e| e.to_string().contains("context")));
+        // Spans: CFG at scale 1 follows the conditional stream whatever the unconditional
+        // stream's separators; separators of unequal counts are refused.
+        let spans = |uncond_separators: Vec<u32>, guidance: Guidance| {
+            generate(
+                &model,
+                &cfg,
+                &Request {
+                    cond: &cond,
+                    uncond: &uncond,
+                    image_only: &[],
+                    target: Target::Spans {
+                        lengths: vec![3, 2],
+                        separators: vec![6],
+                        uncond_separators,
+                        allowed: 20..60,
+                    },
+                    guidance,
+                    sampling: Sampling {
+                        temperature: 0.0,
+                        ..Sampling::default()
+                    },
+                    seeds: &[1, 2],
+                },
+                &device,
+            )
+        };
+        let plain = spans(vec![7], Guidance::None)?;
+        assert!(plain.iter().all(|s| s.len() == 5));
+        assert_eq!(spans(vec![7], Guidance::Cfg { cfg_scale: 1.0 })?, plain);
+        assert!(spans(Vec::new(), Guidance::Cfg { cfg_scale: 3.0 }).is_err());
         Ok(())
     }
 }

@@ -1,5 +1,6 @@
 //! The tasks of `cm3 generate` on a trained run: text → image, image → text (captioning through
-//! the CM3 infill form), and text infilling; the prompts are built in the training format.
+//! the CM3 infill form), text and image infilling, and editing. The prompts are built by
+//! [`crate::prompts`] in the training format; no stream holds `<mask>`.
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
@@ -12,6 +13,7 @@ use cm3_train::run::{RUN_CONFIG, RunRecord, latest_checkpoint};
 
 use crate::decode::{Guidance, Request, Target, generate};
 use crate::error::{GenerateError, Result};
+use crate::prompts::{self, Prompts, Specials};
 use crate::sampling::Sampling;
 
 /// A trained model with its dataset's vocabulary and tokenizers.
@@ -137,8 +139,38 @@ impl Generator {
         })
     }
 
-    fn special(&self, name: &str) -> Result<u32> {
-        Ok(self.layout.special(name)?)
+    fn specials(&self) -> Result<Specials> {
+        Specials::from_layout(&self.layout)
+    }
+
+    /// The image's codes as ids of the layout.
+    fn image_ids(&self, tok: &ImageTokenizer, rgb: &[u8]) -> Result<Vec<u32>> {
+        let codes = tok
+            .encode_rgb(&[rgb])?
+            .pop()
+            .ok_or_else(|| bad("the image tokenizer returned no codes"))?;
+        Ok(codes
+            .iter()
+            .map(|&c| c + self.layout.image.offset)
+            .collect())
+    }
+
+    /// Image ids (whole images) as 0-based codes.
+    fn codes(&self, samples: Vec<Vec<u32>>) -> Vec<Vec<u32>> {
+        let offset = self.layout.image.offset;
+        samples
+            .into_iter()
+            .map(|c| c.into_iter().map(|t| t - offset).collect())
+            .collect()
+    }
+
+    /// A target of `count` image ids.
+    fn image_target(&self, count: usize) -> Target {
+        let offset = self.layout.image.offset as usize;
+        Target::Fixed {
+            count,
+            allowed: offset..offset + self.layout.image.codes as usize,
+        }
     }
 
     fn image_tokenizer(&self, task: &str) -> Result<&ImageTokenizer> {
@@ -150,31 +182,14 @@ impl Generator {
         })
     }
 
-    fn run(
-        &self,
-        cond: Vec<u32>,
-        uncond: Vec<u32>,
-        target: Target,
-        s: &Settings,
-    ) -> Result<Vec<Vec<u32>>> {
-        self.run3(cond, uncond, Vec::new(), target, s)
-    }
-
-    /// Every sample from the same prompts (three streams when editing).
-    fn run3(
-        &self,
-        cond: Vec<u32>,
-        uncond: Vec<u32>,
-        image_only: Vec<u32>,
-        target: Target,
-        s: &Settings,
-    ) -> Result<Vec<Vec<u32>>> {
-        let conds = vec![cond; s.samples];
-        let unconds = vec![uncond; s.samples];
-        let image_only = if image_only.is_empty() {
+    /// Every sample from the same prompts (the image-only stream only when editing).
+    fn run(&self, p: Prompts, target: Target, s: &Settings) -> Result<Vec<Vec<u32>>> {
+        let conds = vec![p.cond; s.samples];
+        let unconds = vec![p.uncond; s.samples];
+        let image_only = if p.image_only.is_empty() {
             Vec::new()
         } else {
-            vec![image_only; s.samples]
+            vec![p.image_only; s.samples]
         };
         generate(
             &self.model,
@@ -192,9 +207,10 @@ impl Generator {
         )
     }
 
-    /// Text → image: `<eos> text <break>` then exactly grid² image codes; the unconditional
-    /// stream replaces the text by `<mask>` (§3.1). `context` (retrieved documents, already in
-    /// the training format) goes in front of both. Returns each sample's codes (0-based).
+    /// Text → image: `context <eos> text <break>` then exactly grid² image codes; the
+    /// unconditional stream masks the caption as training does, `context <eos> <mask:0>
+    /// <break>` ([`prompts::text_to_image`]). `context` (retrieved documents, in the training
+    /// format) goes in front of both. Returns each sample's codes (0-based).
     pub fn text_to_image(
         &self,
         prompt: &str,
@@ -202,65 +218,24 @@ impl Generator {
         s: &Settings,
     ) -> Result<Vec<Vec<u32>>> {
         let tok = self.image_tokenizer("text-to-image")?;
-        let (eos, brk, mask) = (
-            self.special(vocab::EOS)?,
-            self.special(vocab::BREAK)?,
-            self.special(vocab::MASK)?,
-        );
         let text = self.text.encode(prompt)?;
-        let cond: Vec<u32> = context
-            .iter()
-            .copied()
-            .chain([eos])
-            .chain(text)
-            .chain([brk])
-            .collect();
-        let uncond: Vec<u32> = context.iter().copied().chain([eos, mask, brk]).collect();
+        let p = prompts::text_to_image(&self.specials()?, context, &text)?;
         let per = (tok.grid() * tok.grid()) as usize;
-        let offset = self.layout.image.offset as usize;
-        let codes = self.run(
-            cond,
-            uncond,
-            Target::Fixed {
-                count: per,
-                allowed: offset..offset + self.layout.image.codes as usize,
-            },
-            s,
-        )?;
-        Ok(codes
-            .into_iter()
-            .map(|c| c.into_iter().map(|t| t - offset as u32).collect())
-            .collect())
+        let out = self.run(p, self.image_target(per), s)?;
+        Ok(self.codes(out))
     }
 
-    /// Stop tokens of a generated text span: anything that ends a span in the training format.
-    fn text_target(&self, max: usize) -> Result<Target> {
-        let mut stop = vec![
-            self.special(vocab::EOS)?,
-            self.special(vocab::PAD)?,
-            self.special(vocab::BREAK)?,
-            self.special(vocab::INFILL)?,
-        ];
-        stop.extend(self.layout.sentinels());
-        let specials: Vec<u32> = self.layout.text.specials.values().copied().collect();
-        // Ordinary text ids: below the image offset and not special.
-        let mut allowed = Vec::new();
-        let mut start = 0usize;
-        let mut sorted = specials;
-        sorted.sort_unstable();
-        for s in sorted {
-            if s as usize > start {
-                allowed.push(start..s as usize);
-            }
-            start = s as usize + 1;
-        }
-        allowed.push(start..self.layout.image.offset as usize);
-        Ok(Target::UntilStop { max, allowed, stop })
+    /// Generated text spans, decoded.
+    fn texts(&self, out: &[Vec<u32>]) -> Result<Vec<String>> {
+        out.iter()
+            .map(|ids| Ok(self.text.decode(ids)?.trim().to_string()))
+            .collect()
     }
 
     /// Image → text through the CM3 infill form: `<eos> <mask:0> <break> image <infill>
-    /// <mask:0>`, then the caption until the span ends. With guidance, the unconditional stream
-    /// has the image replaced by `<mask>`.
+    /// <mask:0>`, then the caption until the span ends (at `<eos>`, the scored end of a training
+    /// example). With guidance, the unconditional stream is `<eos>`, the caption prior
+    /// ([`prompts::image_to_text`] says why).
     pub fn image_to_text(
         &self,
         rgb: &[u8],
@@ -268,36 +243,15 @@ impl Generator {
         s: &Settings,
     ) -> Result<Vec<String>> {
         let tok = self.image_tokenizer("image-to-text")?;
-        let codes = tok
-            .encode_rgb(&[rgb])?
-            .pop()
-            .ok_or_else(|| bad("the image tokenizer returned no codes"))?;
-        let offset = self.layout.image.offset;
-        let sentinel = *self
-            .layout
-            .sentinels()
-            .first()
-            .ok_or_else(|| bad("the vocabulary has no <mask:0> sentinel"))?;
-        let (eos, brk, infill, mask) = (
-            self.special(vocab::EOS)?,
-            self.special(vocab::BREAK)?,
-            self.special(vocab::INFILL)?,
-            self.special(vocab::MASK)?,
-        );
-        let cond: Vec<u32> = [eos, sentinel, brk]
-            .into_iter()
-            .chain(codes.iter().map(|&c| c + offset))
-            .chain([infill, sentinel])
-            .collect();
-        let uncond = vec![eos, sentinel, brk, mask, infill, sentinel];
-        let out = self.run(cond, uncond, self.text_target(max_tokens)?, s)?;
-        out.iter()
-            .map(|ids| Ok(self.text.decode(ids)?.trim().to_string()))
-            .collect()
+        let image = self.image_ids(tok, rgb)?;
+        let p = prompts::image_to_text(&self.specials()?, &image)?;
+        let out = self.run(p, prompts::text_target(&self.layout, max_tokens)?, s)?;
+        self.texts(&out)
     }
 
-    /// Text infilling: `text` holds one `<mask>` where the span goes; the document is
-    /// `<eos> before <mask:0> after [<break> image] <infill> <mask:0>` and the span is generated.
+    /// Text infilling: `text` holds one `<mask>`, the marker users type where the span goes (the
+    /// model never sees it); the document is `<eos> before <mask:0> after [<break> image]
+    /// <infill> <mask:0>` and the span is generated until it ends (at `<eos>`). No guidance.
     pub fn infill_text(
         &self,
         text: &str,
@@ -305,53 +259,35 @@ impl Generator {
         max_tokens: usize,
         s: &Settings,
     ) -> Result<Vec<String>> {
-        let Some((before, after)) = text.split_once(vocab::MASK) else {
-            return Err(bad(format!(
-                "the text has no {} where the span goes",
-                vocab::MASK
-            )));
+        let (before, after) = prompts::split_at_mask(text)?;
+        let image = match rgb {
+            Some(rgb) => {
+                Some(self.image_ids(self.image_tokenizer("infilling with an image")?, rgb)?)
+            }
+            None => None,
         };
-        let sentinel = *self
-            .layout
-            .sentinels()
-            .first()
-            .ok_or_else(|| bad("the vocabulary has no <mask:0> sentinel"))?;
-        let (eos, brk, infill) = (
-            self.special(vocab::EOS)?,
-            self.special(vocab::BREAK)?,
-            self.special(vocab::INFILL)?,
-        );
-        let mut cond = vec![eos];
-        cond.extend(self.text.encode(before.trim_end())?);
-        cond.push(sentinel);
-        cond.extend(self.text.encode(after)?);
-        if let Some(rgb) = rgb {
-            let tok = self.image_tokenizer("infilling with an image")?;
-            let codes = tok
-                .encode_rgb(&[rgb])?
-                .pop()
-                .ok_or_else(|| bad("the image tokenizer returned no codes"))?;
-            cond.push(brk);
-            cond.extend(codes.iter().map(|&c| c + self.layout.image.offset));
-        }
-        cond.extend([infill, sentinel]);
+        let p = prompts::infill_text(
+            &self.specials()?,
+            &self.text.encode(before.trim_end())?,
+            &self.text.encode(after)?,
+            image.as_deref(),
+        )?;
         let s = Settings {
             guidance: Guidance::None,
             ..s.clone()
         };
-        let out = self.run(cond.clone(), cond, self.text_target(max_tokens)?, &s)?;
-        out.iter()
-            .map(|ids| Ok(self.text.decode(ids)?.trim().to_string()))
-            .collect()
+        let out = self.run(p, prompts::text_target(&self.layout, max_tokens)?, &s)?;
+        self.texts(&out)
     }
 }
 
 impl Generator {
     /// Image infilling by a box of the code grid (`x0..x1` × `y0..y1`, half-open, in codes): the
-    /// box's rows become CM3 spans (`<mask:0>` …, at most one per sentinel), the document
+    /// box's rows become CM3 spans (`<mask:0>` …, one per sentinel), the document
     /// `<eos> caption <break> image-with-spans <infill>` is followed by each span regenerated
-    /// after its sentinel. With guidance, the unconditional stream has the caption replaced by
-    /// `<mask>`. Returns each sample's full code grid (0-based), the box filled in.
+    /// after its sentinel. With guidance, the unconditional stream has the caption masked as
+    /// `<mask:0>` and the rows renumbered after it ([`prompts::infill_image`]). Returns each
+    /// sample's full code grid (0-based), the box filled in.
     pub fn infill_image(
         &self,
         rgb: &[u8],
@@ -361,125 +297,45 @@ impl Generator {
     ) -> Result<Vec<Vec<u32>>> {
         let tok = self.image_tokenizer("image infilling")?;
         let g = tok.grid() as usize;
+        let image = self.image_ids(tok, rgb)?;
+        let caption = self.text.encode(caption)?;
+        let p = prompts::infill_image(&self.specials()?, &caption, &image, g, bbox)?;
         let [x0, y0, x1, y1] = bbox;
-        let sentinels = self.layout.sentinels();
-        if !(x0 < x1 && y0 < y1 && x1 <= g && y1 <= g) {
-            return Err(bad(format!(
-                "box {x0},{y0},{x1},{y1} is not inside the {g} × {g} code grid (x0,y0,x1,y1,                  half-open)"
-            )));
-        }
-        if y1 - y0 > sentinels.len() {
-            return Err(bad(format!(
-                "a box {} rows high needs {} span sentinels; the vocabulary has {}",
-                y1 - y0,
-                y1 - y0,
-                sentinels.len()
-            )));
-        }
-        let codes = tok
-            .encode_rgb(&[rgb])?
-            .pop()
-            .ok_or_else(|| bad("the image tokenizer returned no codes"))?;
-        let offset = self.layout.image.offset;
-        let (eos, brk, infill, mask) = (
-            self.special(vocab::EOS)?,
-            self.special(vocab::BREAK)?,
-            self.special(vocab::INFILL)?,
-            self.special(vocab::MASK)?,
-        );
-        // The image with each box row replaced by its sentinel.
-        let mut image = Vec::with_capacity(codes.len());
-        for y in 0..g {
-            for x in 0..g {
-                if (y0..y1).contains(&y) && (x0..x1).contains(&x) {
-                    if x == x0 {
-                        image.push(sentinels[y - y0]);
-                    }
-                } else {
-                    image.push(codes[y * g + x] + offset);
-                }
+        let offset = self.layout.image.offset as usize;
+        let target = Target::Spans {
+            lengths: vec![x1 - x0; y1 - y0],
+            separators: p.separators,
+            uncond_separators: p.uncond_separators,
+            allowed: offset..offset + self.layout.image.codes as usize,
+        };
+        let spans = self.run(p.prompts, target, s)?;
+        let mut grids = self.codes(vec![image; spans.len()]);
+        for (grid, generated) in grids.iter_mut().zip(spans) {
+            for (k, t) in generated.into_iter().enumerate() {
+                let (row, col) = (k / (x1 - x0), k % (x1 - x0));
+                grid[(y0 + row) * g + x0 + col] = t - offset as u32;
             }
         }
-        let rows = y1 - y0;
-        let tail = [infill, sentinels[0]];
-        let cond: Vec<u32> = [eos]
-            .into_iter()
-            .chain(self.text.encode(caption)?)
-            .chain([brk])
-            .chain(image.iter().copied())
-            .chain(tail)
-            .collect();
-        let uncond: Vec<u32> = [eos, mask, brk]
-            .into_iter()
-            .chain(image.iter().copied())
-            .chain(tail)
-            .collect();
-        let target = Target::Spans {
-            lengths: vec![x1 - x0; rows],
-            separators: sentinels[1..rows].to_vec(),
-            allowed: offset as usize..(offset + self.layout.image.codes) as usize,
-        };
-        let spans = self.run(cond, uncond, target, s)?;
-        Ok(spans
-            .into_iter()
-            .map(|generated| {
-                let mut grid = codes.clone();
-                for (k, &t) in generated.iter().enumerate() {
-                    let (row, col) = (k / (x1 - x0), k % (x1 - x0));
-                    grid[(y0 + row) * g + x0 + col] = t - offset;
-                }
-                grid
-            })
-            .collect())
+        Ok(grids)
     }
-}
 
-impl Generator {
     /// Image editing (§4's instruction-guided editing, with its two guidance scales): the
     /// document `<eos> instruction <break> source image <break>` followed by the edited image.
     /// This template is cm3's (the paper does not print one) and needs a model fine-tuned on
     /// edits in it; a base model continues it as an image conditioned on both. Streams: full,
-    /// image only (instruction → `<mask>`) and neither (image codes → one `<mask>` too), combined
-    /// as `uncond + image_scale·(image − uncond) + text_scale·(full − image)` when
-    /// `s.guidance` is [`Guidance::Edit`]. Returns each sample's codes (0-based).
+    /// image only (the instruction masked as `<mask:0>`) and neither (`<eos> <mask:0> <break>`,
+    /// the unconditional image; [`prompts::edit_image`]), combined as
+    /// `uncond + image_scale·(image − uncond) + text_scale·(full − image)` when `s.guidance` is
+    /// [`Guidance::Edit`]. Returns each sample's codes (0-based).
     pub fn edit_image(&self, rgb: &[u8], instruction: &str, s: &Settings) -> Result<Vec<Vec<u32>>> {
         let tok = self.image_tokenizer("image editing")?;
-        let codes = tok
-            .encode_rgb(&[rgb])?
-            .pop()
-            .ok_or_else(|| bad("the image tokenizer returned no codes"))?;
-        let offset = self.layout.image.offset;
-        let (eos, brk, mask) = (
-            self.special(vocab::EOS)?,
-            self.special(vocab::BREAK)?,
-            self.special(vocab::MASK)?,
-        );
-        let image: Vec<u32> = codes.iter().map(|&c| c + offset).collect();
-        let full: Vec<u32> = [eos]
-            .into_iter()
-            .chain(self.text.encode(instruction)?)
-            .chain([brk])
-            .chain(image.iter().copied())
-            .chain([brk])
-            .collect();
-        let image_only: Vec<u32> = [eos, mask, brk]
-            .into_iter()
-            .chain(image.iter().copied())
-            .chain([brk])
-            .collect();
-        let uncond = vec![eos, mask, brk, mask, brk];
-        let per = codes.len();
-        let target = Target::Fixed {
-            count: per,
-            allowed: offset as usize..(offset + self.layout.image.codes) as usize,
-        };
-        let out = match s.guidance {
-            Guidance::Edit { .. } => self.run3(full, uncond, image_only, target, s)?,
-            _ => self.run(full, uncond, target, s)?,
-        };
-        Ok(out
-            .into_iter()
-            .map(|c| c.into_iter().map(|t| t - offset).collect())
-            .collect())
+        let image = self.image_ids(tok, rgb)?;
+        let mut p =
+            prompts::edit_image(&self.specials()?, &self.text.encode(instruction)?, &image)?;
+        if !matches!(s.guidance, Guidance::Edit { .. }) {
+            p.image_only.clear();
+        }
+        let out = self.run(p, self.image_target(image.len()), s)?;
+        Ok(self.codes(out))
     }
 }
