@@ -449,8 +449,10 @@ fn the_captions_of_one_image_are_never_on_both_sides_of_the_split() {
     assert_eq!(n("train") + n("val"), 24, "{r}");
     // With a quarter of the images held out, both sides have some.
     assert!(n("train") > 0 && n("val") > 0, "{r}");
-    let image_of: HashMap<u64, Vec<u32>> =
-        read_tokens(&ds).into_iter().map(|t| (t.id, t.image)).collect();
+    let image_of: HashMap<u64, Vec<u32>> = read_tokens(&ds)
+        .into_iter()
+        .map(|t| (t.id, t.image))
+        .collect();
     let side = |split: &str| -> HashSet<Vec<u32>> {
         boundaries(&ds, split)
             .into_iter()
