@@ -316,6 +316,14 @@ fn packs_retrieval_augmented_masked_examples_incrementally() {
         "1.5",
     ]);
     assert!(err.contains("--rebuild"), "{err}");
+    // What the refusal (and `cm3 train`, for an old objective) asks for: re-packing without any
+    // setting keeps the dataset's recorded ones (256-token sequences here, not the paper's 4,096).
+    run_ok(&["pack", &p(&ds), "--rebuild", "--json"]);
+    let meta: serde_json::Value =
+        serde_json::from_slice(&fs::read(ds.join("packed/meta.json")).expect("meta"))
+            .expect("json");
+    assert_eq!(meta["seq_len"], 256);
+    assert_eq!(meta["config"]["val_fraction"], 0.25);
 }
 
 #[test]

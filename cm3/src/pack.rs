@@ -19,7 +19,8 @@ pub(crate) struct PackArgs {
     pub dataset: PathBuf,
     /// Settings file (TOML or JSON: seq_len, policy, spans_mean, spans_min, spans_max,
     /// text_rate, whole_caption_rate, image_first, val_fraction, retrieval, seed); flags
-    /// override it.
+    /// override it. Without it, the settings the dataset was last packed with (if any), else
+    /// the paper's.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Tokens per sequence [default: 4096].
@@ -61,7 +62,18 @@ pub(crate) struct PackArgs {
 }
 
 pub(crate) fn run(a: PackArgs) -> Result<()> {
-    let mut cfg: PackConfig = crate::load_config(a.config.as_deref())?;
+    let mut cfg: PackConfig = match (&a.config, cm3_pack::stage::recorded_config(&a.dataset)?) {
+        (None, Some(recorded)) => {
+            tracing::info!(
+                "starting from the settings the dataset was last packed with (seq_len {}, \
+                 policy {:?}); --config starts from a file instead",
+                recorded.seq_len,
+                recorded.policy
+            );
+            recorded
+        }
+        _ => crate::load_config(a.config.as_deref())?,
+    };
     cfg.seq_len = a.seq_len.unwrap_or(cfg.seq_len);
     if let Some(p) = a.policy {
         cfg.policy = match p {

@@ -107,6 +107,30 @@ impl PackConfig {
     }
 }
 
+/// The settings the dataset was last packed with (`None` if it never was), so that re-packing
+/// (`cm3 pack --rebuild`, what `cm3 train` asks for after an objective change) keeps the
+/// sequence length and the other choices instead of falling back to the paper's defaults.
+/// Settings an older cm3 did not record take today's defaults.
+pub fn recorded_config(dataset: &Path) -> Result<Option<PackConfig>> {
+    let ds = DatasetDir::open(dataset)?;
+    let manifest = ds.load_manifest()?;
+    let Some(settings) = manifest
+        .stages
+        .get(STAGE)
+        .and_then(|rec| rec.config.get("settings"))
+    else {
+        return Ok(None);
+    };
+    serde_json::from_value(settings.clone())
+        .map(Some)
+        .map_err(|e| {
+            PackError::Invalid(format!(
+                "{}: the recorded pack settings are not readable ({e}); give --config",
+                ds.manifest_path().display()
+            ))
+        })
+}
+
 #[derive(Debug, Clone)]
 pub struct PackOptions {
     pub dataset: PathBuf,
