@@ -3,7 +3,7 @@
 //! deterministic), and bad saved files are refused with reasons.
 
 use burn::tensor::Device;
-use cm3_model::vq::{VqConfig, VqTokenizer, VqTrainConfig, VqTrainer};
+use cm3_model::vq::{Norm, VqConfig, VqTokenizer, VqTrainConfig, VqTrainer};
 
 fn config() -> VqTrainConfig {
     VqTrainConfig {
@@ -18,6 +18,7 @@ fn config() -> VqTrainConfig {
             z_channels: 8,
             embed_dim: 8,
             n_embed: 16,
+            norm: Norm::Layer,
         },
         steps: 4,
         batch_size: 2,

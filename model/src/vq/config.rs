@@ -26,7 +26,34 @@ pub struct VqConfig {
     pub embed_dim: usize,
     /// Number of codes.
     pub n_embed: usize,
+    /// What every normalisation layer averages over. A config without the field (taming's, and
+    /// every tokenizer saved before it existed) means taming's GroupNorm.
+    #[serde(default)]
+    pub norm: Norm,
 }
+
+/// What a normalisation layer (taming's `Normalize`) takes its mean and variance over. Both
+/// have a scale and a shift per channel (`gamma`, `beta`; `weight`, `bias` in checkpoints).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Norm {
+    /// taming's: GroupNorm with 32 groups, over a group's channels and the whole image. With 32
+    /// channels that is one channel a group: each channel's mean and scale over the image are
+    /// removed, so the level a flat region has in every channel, which is its colour, does not
+    /// pass the encoder's last normalisation, and the decoder cannot make it after its own.
+    /// Statistics over the whole image also make a region's features depend on the rest of the
+    /// image, and on its size: a model trained on crops sees other statistics on whole images.
+    #[default]
+    Group,
+    /// Over the channels at each position (a LayerNorm of every pixel's feature vector, as
+    /// ConvNeXt has): a feature depends only on its receptive field, the same on a crop as on
+    /// the whole image, and a colour is the direction of the vector, which survives. What cm3
+    /// trains.
+    Layer,
+}
+
+/// taming-transformers' `Normalize`: `GroupNorm(num_groups=32, ...)`.
+pub const TAMING_NORM_GROUPS: usize = 32;
 
 impl VqConfig {
     /// `vqgan_gumbel_f8`: 8,192 codes of 256, 256² → 32 × 32 (the paper's image tokenizer shape).
@@ -42,6 +69,7 @@ impl VqConfig {
             z_channels: 256,
             embed_dim: 256,
             n_embed: 8192,
+            norm: Norm::Group,
         }
     }
 
@@ -71,11 +99,14 @@ impl VqConfig {
                 "ch, n_embed, embed_dim and num_res_blocks must be positive".into(),
             ));
         }
-        for c in std::iter::once(self.ch).chain(self.ch_mult.iter().map(|m| m * self.ch)) {
-            if c % 32 != 0 {
-                return Err(bad(format!(
-                    "{c} channels cannot be split into GroupNorm's 32 groups"
-                )));
+        if self.norm == Norm::Group {
+            for c in std::iter::once(self.ch).chain(self.ch_mult.iter().map(|m| m * self.ch)) {
+                if !c.is_multiple_of(TAMING_NORM_GROUPS) {
+                    return Err(bad(format!(
+                        "{c} channels cannot be split into GroupNorm's {TAMING_NORM_GROUPS} \
+                         groups (norm = \"layer\" has no such limit)"
+                    )));
+                }
             }
         }
         // GumbelQuantize.proj is built for z_channels inputs but applied to quant_conv's
@@ -134,6 +165,7 @@ impl VqConfig {
             z_channels: d.z_channels,
             embed_dim: p.embed_dim,
             n_embed: p.n_embed,
+            norm: Norm::Group,
         };
         cfg.validate(&origin)?;
         Ok(cfg)

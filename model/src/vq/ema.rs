@@ -1,20 +1,27 @@
 //! A VQ tokenizer of our own: the same VQGAN encoder and decoder, with a nearest-neighbour
 //! codebook learned by exponential moving averages (VQ-VAE-2 / "Neural Discrete Representation
 //! Learning" appendix) and dead-code restarts (codes that stop being used are moved onto
-//! encoder outputs of the current batch, as Jukebox and SoundStream do), trained on reconstruction
-//! (mean squared error) plus the commitment loss with a straight-through gradient. No adversarial
-//! or perceptual loss: they need a discriminator and a pretrained VGG, and are GPU work.
+//! encoder outputs of the current batch, as Jukebox and SoundStream do, drawn where the codebook
+//! fits the batch worst), trained on reconstruction (mean squared error) plus the commitment loss
+//! with a straight-through gradient. No adversarial or perceptual loss: they need a
+//! discriminator and a pretrained VGG, and are GPU work.
+//!
+//! It is trained for a few hundred steps on a CPU, which decides three settings that taming's
+//! 100k-step GPU training does not care about: weights drawn so that the untrained network
+//! already passes the image through ([`Init::Train`]), a codebook average that follows the
+//! encoder within a few steps (`ema_decay` 0.9), and no restarts in the last quarter of the
+//! steps, so that the decoder learns the codebook it is saved with.
 
 use burn::module::{Module, Param};
-use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::conv::Conv2d;
 use burn::nn::{Embedding, EmbeddingConfig};
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use cm3_core::rng::SplitMix64;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
-use super::config::VqConfig;
-use super::modules::{Decoder, Encoder};
+use super::config::{Norm, VqConfig};
+use super::modules::{Decoder, Encoder, Init, conv};
 use crate::error::{ModelError, Result};
 
 /// The inference model: encoder, decoder and the learned codebook (`codebook.weight` [K, D]).
@@ -28,11 +35,12 @@ pub struct EmaVq {
 }
 
 impl EmaVq {
+    /// A model to train from scratch ([`Init::Train`]); loading saved weights replaces them all.
     pub fn new(cfg: &VqConfig, device: &Device) -> Self {
-        let conv1 = |cin, cout| Conv2dConfig::new([cin, cout], [1, 1]).init(device);
+        let conv1 = |cin, cout| conv(cin, cout, 1, 1, 0, Init::Train, device);
         Self {
-            encoder: Encoder::new(cfg, device),
-            decoder: Decoder::new(cfg, device),
+            encoder: Encoder::new(cfg, Init::Train, device),
+            decoder: Decoder::new(cfg, Init::Train, device),
             quant_conv: conv1(cfg.z_channels, cfg.embed_dim),
             post_quant_conv: conv1(cfg.embed_dim, cfg.z_channels),
             codebook: EmbeddingConfig::new(cfg.n_embed, cfg.embed_dim).init(device),
@@ -56,21 +64,26 @@ pub(crate) fn flatten(z: Tensor<4>) -> Tensor<2> {
     z.permute([0, 2, 3, 1]).reshape([b * h * w, d])
 }
 
-/// How a VQ tokenizer is trained. The defaults are a small model (32 channels, f8, 256 codes,
-/// 32 × 32 crops) that trains on a CPU in minutes; the full f8-8192 shape (`VqConfig::gumbel_f8`
-/// sizes on 256² crops) is GPU work. `model.resolution` is the crop size.
+/// How a VQ tokenizer is trained. The defaults are a small model (16, 32, 64 and 64 channels at
+/// the four levels, per-position normalisation, f8, 256 codes of 32, 32 × 32 crops) that trains
+/// on a CPU in minutes; the full f8-8192 shape (`VqConfig::gumbel_f8` sizes on 256² crops) is
+/// GPU work. `model.resolution` is the crop size. A `model` table without `norm` gets
+/// [`Norm::Layer`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VqTrainConfig {
+    #[serde(deserialize_with = "train_model")]
     pub model: VqConfig,
     pub steps: usize,
     pub batch_size: usize,
     pub learning_rate: f64,
     /// Weight of the commitment loss ||z_e − sg(z_q)||².
     pub commitment: f64,
-    /// EMA decay of the codebook statistics.
+    /// EMA decay of the codebook statistics (0.9: the codebook follows the encoder within about
+    /// ten steps; 0.99 lags a hundred steps behind it, a whole short training).
     pub ema_decay: f64,
-    /// Every this many steps, codes whose EMA usage fell below `dead_code_usage` are restarted.
+    /// Every this many steps, codes whose EMA usage (per step) fell below `dead_code_usage` are
+    /// restarted, until three quarters of the steps are done.
     pub restart_every: usize,
     pub dead_code_usage: f64,
     /// Images held out (by a hash of the pair id) to report reconstruction and code usage on.
@@ -82,8 +95,8 @@ impl Default for VqTrainConfig {
     fn default() -> Self {
         Self {
             model: VqConfig {
-                ch: 32,
-                ch_mult: vec![1, 1, 2, 2],
+                ch: 16,
+                ch_mult: vec![1, 2, 4, 4],
                 num_res_blocks: 1,
                 attn_resolutions: vec![],
                 resolution: 32,
@@ -92,18 +105,29 @@ impl Default for VqTrainConfig {
                 z_channels: 32,
                 embed_dim: 32,
                 n_embed: 256,
+                norm: Norm::Layer,
             },
             steps: 300,
             batch_size: 8,
             learning_rate: 1e-3,
             commitment: 0.25,
-            ema_decay: 0.99,
+            ema_decay: 0.9,
             restart_every: 20,
             dead_code_usage: 0.25,
             held_out: 16,
             seed: 0,
         }
     }
+}
+
+/// A training config's `model` table: without `norm`, [`Norm::Layer`] (a saved tokenizer's
+/// `config.json` without it means taming's GroupNorm, as it was trained).
+fn train_model<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<VqConfig, D::Error> {
+    let mut v = serde_json::Value::deserialize(d)?;
+    if let Some(table) = v.as_object_mut() {
+        table.entry("norm").or_insert_with(|| "layer".into());
+    }
+    serde_json::from_value(v).map_err(serde::de::Error::custom)
 }
 
 impl VqTrainConfig {
@@ -229,6 +253,7 @@ impl VqTrainer {
             self.initialised = true;
         }
         let codebook = self.codebook_tensor();
+        let old_codebook = self.codebook.clone();
         let idx = nearest(flat.clone().detach(), codebook.clone());
         let idx_host = read_i64(idx.clone(), "codes")?;
         let zq = codebook.select(0, idx);
@@ -274,11 +299,42 @@ impl VqTrainer {
         }
         self.step += 1;
         let mut restarted = 0;
-        if self.step.is_multiple_of(self.cfg.restart_every.max(1)) {
+        // No restarts in the last quarter: a restarted code is new to the decoder, and the
+        // tokenizer must be saved with codes the decoder has learned.
+        if self.step.is_multiple_of(self.cfg.restart_every.max(1))
+            && 4 * self.step <= 3 * self.cfg.steps
+        {
             let n = idx_host.len();
+            // The squared distance of every encoder output to the code it was given: restarted
+            // codes go where the codebook fits the batch worst (k-means++ seeding), not where
+            // the batch is densest (a flat background would take them all).
+            let err: Vec<f64> = idx_host
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| {
+                    let c = c as usize;
+                    (0..d)
+                        .map(|j| {
+                            let e = f64::from(flat_host[i * d + j] - old_codebook[c * d + j]);
+                            e * e
+                        })
+                        .sum()
+                })
+                .collect();
+            let total_err: f64 = err.iter().sum();
             for c in 0..k {
                 if self.ema_count[c] < self.cfg.dead_code_usage {
-                    let i = (self.rng.next_u64() % n as u64) as usize;
+                    let i = if total_err <= 0.0 {
+                        (self.rng.next_u64() % n as u64) as usize
+                    } else {
+                        let mut t = self.rng.next_f64() * total_err;
+                        err.iter()
+                            .position(|&e| {
+                                t -= e;
+                                t < 0.0
+                            })
+                            .unwrap_or(n - 1)
+                    };
                     let v = &flat_host[i * d..(i + 1) * d];
                     self.codebook[c * d..(c + 1) * d].copy_from_slice(v);
                     for (s, &x) in self.ema_sum[c * d..(c + 1) * d].iter_mut().zip(v) {

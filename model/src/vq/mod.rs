@@ -17,10 +17,10 @@ use burn::nn::conv::Conv2d;
 use burn::store::{ModuleSnapshot, PytorchStore, SafetensorsStore};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-pub use config::VqConfig;
+pub use config::{Norm, VqConfig};
 use ema::EmaVq;
 pub use ema::{StepStats, VqTrainConfig, VqTrainer};
-use modules::{Decoder, Encoder, GumbelQuantize};
+use modules::{Decoder, Encoder, GumbelQuantize, Init};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
@@ -38,10 +38,10 @@ pub struct GumbelVq {
 
 impl GumbelVq {
     pub fn new(cfg: &VqConfig, device: &Device) -> Self {
-        let conv1 = |cin, cout| burn::nn::conv::Conv2dConfig::new([cin, cout], [1, 1]).init(device);
+        let conv1 = |cin, cout| modules::conv(cin, cout, 1, 1, 0, Init::Torch, device);
         Self {
-            encoder: Encoder::new(cfg, device),
-            decoder: Decoder::new(cfg, device),
+            encoder: Encoder::new(cfg, Init::Torch, device),
+            decoder: Decoder::new(cfg, Init::Torch, device),
             quantize: GumbelQuantize::new(cfg, device),
             quant_conv: conv1(cfg.z_channels, cfg.embed_dim),
             post_quant_conv: conv1(cfg.embed_dim, cfg.z_channels),
@@ -420,3 +420,6 @@ fn list(items: impl Iterator<Item = String>) -> String {
         )
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -3,26 +3,108 @@
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{Embedding, EmbeddingConfig, GroupNorm, GroupNormConfig, PaddingConfig2d};
+use burn::nn::{
+    Embedding, EmbeddingConfig, GroupNorm, GroupNormConfig, Initializer, PaddingConfig2d,
+};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions, PadMode};
 use burn::tensor::{Device, Tensor};
 
-use super::config::VqConfig;
+use super::config::{Norm, TAMING_NORM_GROUPS, VqConfig};
 
-/// taming's `Normalize`: GroupNorm with 32 groups, eps 1e-6, affine.
-fn normalize(channels: usize, device: &Device) -> GroupNorm {
-    GroupNormConfig::new(32, channels)
+/// taming's `Normalize` (eps 1e-6, affine) for `channels` channels: a GroupNorm module, whose
+/// `gamma`/`beta` are the checkpoint's `weight`/`bias`. Under [`Norm::Layer`] it has one group
+/// and only its scale and shift are used ([`norm`]).
+fn normalize(kind: Norm, channels: usize, device: &Device) -> GroupNorm {
+    let groups = match kind {
+        Norm::Group => TAMING_NORM_GROUPS,
+        Norm::Layer => 1,
+    };
+    GroupNormConfig::new(groups, channels)
         .with_epsilon(1e-6)
         .init(device)
 }
 
-fn conv(cin: usize, cout: usize, k: usize, stride: usize, pad: usize, device: &Device) -> Conv2d {
-    Conv2dConfig::new([cin, cout], [k, k])
+/// Apply a normalisation made by [`normalize`].
+fn norm(n: &GroupNorm, kind: Norm, x: Tensor<4>) -> Tensor<4> {
+    match kind {
+        Norm::Group => n.forward(x),
+        Norm::Layer => {
+            let [_, c, _, _] = x.dims();
+            let mean = x.clone().mean_dim(1);
+            let centred = x - mean;
+            let var = centred.clone().powf_scalar(2.0).mean_dim(1);
+            let y = centred / var.add_scalar(n.epsilon).sqrt();
+            match (&n.gamma, &n.beta) {
+                (Some(g), Some(b)) => {
+                    y * g.val().reshape([1, c, 1, 1]) + b.val().reshape([1, c, 1, 1])
+                }
+                _ => y,
+            }
+        }
+    }
+}
+
+/// How a fresh model's weights are drawn (a loaded checkpoint replaces them all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Init {
+    /// PyTorch's defaults, as taming's modules start: Kaiming-uniform with a = √5, so a
+    /// convolution's weights have variance 1/(3·fan_in) and each plain convolution divides the
+    /// signal's variance by about 3. Between the pixels in and the pixels out the VQGAN has a
+    /// dozen plain convolutions (`conv_in`, the down- and upsamplers, `conv_out`, `quant_conv`,
+    /// `post_quant_conv`), so at the start the output hardly depends on the input. taming trains
+    /// for 100k+ steps on GPUs; a CPU tokenizer trained for a few hundred steps spends them
+    /// opening that path.
+    Torch,
+    /// For training from scratch in few steps: variance-preserving weights (1/fan_in, uniform),
+    /// zero biases, and the last convolution of every residual branch (`conv2` of a ResnetBlock,
+    /// `proj_out` of an AttnBlock) zero, so that every block starts as the identity and the
+    /// trunk carries the image from the first step.
+    Train,
+}
+
+pub(crate) fn conv(
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    init: Init,
+    device: &Device,
+) -> Conv2d {
+    let c = Conv2dConfig::new([cin, cout], [k, k])
         .with_stride([stride, stride])
-        .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
-        .init(device)
+        .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad));
+    match init {
+        Init::Torch => c.init(device),
+        Init::Train => {
+            let mut m = c
+                .with_initializer(Initializer::KaimingUniform {
+                    gain: 1.0,
+                    fan_out_only: false,
+                })
+                .init(device);
+            m.bias = m.bias.map(|b| b.map(|t| t.zeros_like()));
+            m
+        }
+    }
+}
+
+/// The last convolution of a residual branch: zero under [`Init::Train`].
+fn branch_out(
+    cin: usize,
+    cout: usize,
+    k: usize,
+    pad: usize,
+    init: Init,
+    device: &Device,
+) -> Conv2d {
+    let mut m = conv(cin, cout, k, 1, pad, init, device);
+    if init == Init::Train {
+        m.weight = m.weight.map(|t| t.zeros_like());
+    }
+    m
 }
 
 #[derive(Module, Debug)]
@@ -33,23 +115,28 @@ pub struct ResnetBlock {
     conv2: Conv2d,
     /// 1 × 1 projection of the input when the channel count changes.
     nin_shortcut: Option<Conv2d>,
+    #[module(skip)]
+    stats: Norm,
 }
 
 impl ResnetBlock {
-    fn new(cin: usize, cout: usize, device: &Device) -> Self {
+    fn new(cin: usize, cout: usize, stats: Norm, init: Init, device: &Device) -> Self {
         Self {
-            norm1: normalize(cin, device),
-            conv1: conv(cin, cout, 3, 1, 1, device),
-            norm2: normalize(cout, device),
-            conv2: conv(cout, cout, 3, 1, 1, device),
-            nin_shortcut: (cin != cout).then(|| conv(cin, cout, 1, 1, 0, device)),
+            norm1: normalize(stats, cin, device),
+            conv1: conv(cin, cout, 3, 1, 1, init, device),
+            norm2: normalize(stats, cout, device),
+            conv2: branch_out(cout, cout, 3, 1, init, device),
+            nin_shortcut: (cin != cout).then(|| conv(cin, cout, 1, 1, 0, init, device)),
+            stats,
         }
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let h = self
+            .conv1
+            .forward(silu(norm(&self.norm1, self.stats, x.clone())));
         // Dropout is 0 in every released VQGAN, so there is none.
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let h = self.conv2.forward(silu(norm(&self.norm2, self.stats, h)));
         let x = match &self.nin_shortcut {
             Some(c) => c.forward(x),
             None => x,
@@ -66,22 +153,25 @@ pub struct AttnBlock {
     k: Conv2d,
     v: Conv2d,
     proj_out: Conv2d,
+    #[module(skip)]
+    stats: Norm,
 }
 
 impl AttnBlock {
-    fn new(c: usize, device: &Device) -> Self {
+    fn new(c: usize, stats: Norm, init: Init, device: &Device) -> Self {
         Self {
-            norm: normalize(c, device),
-            q: conv(c, c, 1, 1, 0, device),
-            k: conv(c, c, 1, 1, 0, device),
-            v: conv(c, c, 1, 1, 0, device),
-            proj_out: conv(c, c, 1, 1, 0, device),
+            norm: normalize(stats, c, device),
+            q: conv(c, c, 1, 1, 0, init, device),
+            k: conv(c, c, 1, 1, 0, init, device),
+            v: conv(c, c, 1, 1, 0, init, device),
+            proj_out: branch_out(c, c, 1, 0, init, device),
+            stats,
         }
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
-        let n = self.norm.forward(x.clone());
+        let n = norm(&self.norm, self.stats, x.clone());
         let q = self
             .q
             .forward(n.clone())
@@ -147,11 +237,11 @@ pub struct Mid {
 }
 
 impl Mid {
-    fn new(c: usize, device: &Device) -> Self {
+    fn new(c: usize, stats: Norm, init: Init, device: &Device) -> Self {
         Self {
-            block_1: ResnetBlock::new(c, c, device),
-            attn_1: AttnBlock::new(c, device),
-            block_2: ResnetBlock::new(c, c, device),
+            block_1: ResnetBlock::new(c, c, stats, init, device),
+            attn_1: AttnBlock::new(c, stats, init, device),
+            block_2: ResnetBlock::new(c, c, stats, init, device),
         }
     }
 
@@ -178,11 +268,14 @@ pub struct Encoder {
     mid: Mid,
     norm_out: GroupNorm,
     conv_out: Conv2d,
+    #[module(skip)]
+    stats: Norm,
 }
 
 impl Encoder {
-    pub fn new(cfg: &VqConfig, device: &Device) -> Self {
+    pub fn new(cfg: &VqConfig, init: Init, device: &Device) -> Self {
         let levels = cfg.ch_mult.len();
+        let g = cfg.norm;
         let mut curr_res = cfg.resolution;
         let mut block_in = cfg.ch;
         let mut down = Vec::with_capacity(levels);
@@ -191,14 +284,14 @@ impl Encoder {
             let mut block = Vec::new();
             let mut attn = Vec::new();
             for _ in 0..cfg.num_res_blocks {
-                block.push(ResnetBlock::new(block_in, block_out, device));
+                block.push(ResnetBlock::new(block_in, block_out, g, init, device));
                 block_in = block_out;
                 if cfg.attn_resolutions.contains(&curr_res) {
-                    attn.push(AttnBlock::new(block_in, device));
+                    attn.push(AttnBlock::new(block_in, g, init, device));
                 }
             }
             let downsample = (i + 1 != levels).then(|| Downsample {
-                conv: conv(block_in, block_in, 3, 2, 0, device),
+                conv: conv(block_in, block_in, 3, 2, 0, init, device),
             });
             if downsample.is_some() {
                 curr_res /= 2;
@@ -210,11 +303,12 @@ impl Encoder {
             });
         }
         Self {
-            conv_in: conv(cfg.in_channels, cfg.ch, 3, 1, 1, device),
+            conv_in: conv(cfg.in_channels, cfg.ch, 3, 1, 1, init, device),
             down,
-            mid: Mid::new(block_in, device),
-            norm_out: normalize(block_in, device),
-            conv_out: conv(block_in, cfg.z_channels, 3, 1, 1, device),
+            mid: Mid::new(block_in, g, init, device),
+            norm_out: normalize(g, block_in, device),
+            conv_out: conv(block_in, cfg.z_channels, 3, 1, 1, init, device),
+            stats: g,
         }
     }
 
@@ -227,7 +321,8 @@ impl Encoder {
             }
         }
         let h = self.mid.forward(h);
-        self.conv_out.forward(silu(self.norm_out.forward(h)))
+        self.conv_out
+            .forward(silu(norm(&self.norm_out, self.stats, h)))
     }
 }
 
@@ -239,29 +334,32 @@ pub struct Decoder {
     up: Vec<UpLevel>,
     norm_out: GroupNorm,
     conv_out: Conv2d,
+    #[module(skip)]
+    stats: Norm,
 }
 
 impl Decoder {
-    pub fn new(cfg: &VqConfig, device: &Device) -> Self {
+    pub fn new(cfg: &VqConfig, init: Init, device: &Device) -> Self {
         let levels = cfg.ch_mult.len();
+        let g = cfg.norm;
         let mut block_in = cfg.ch * cfg.ch_mult[levels - 1];
         let mut curr_res = cfg.resolution / cfg.factor();
-        let conv_in = conv(cfg.z_channels, block_in, 3, 1, 1, device);
-        let mid = Mid::new(block_in, device);
+        let conv_in = conv(cfg.z_channels, block_in, 3, 1, 1, init, device);
+        let mid = Mid::new(block_in, g, init, device);
         let mut up: Vec<UpLevel> = Vec::with_capacity(levels);
         for i in (0..levels).rev() {
             let block_out = cfg.ch * cfg.ch_mult[i];
             let mut block = Vec::new();
             let mut attn = Vec::new();
             for _ in 0..=cfg.num_res_blocks {
-                block.push(ResnetBlock::new(block_in, block_out, device));
+                block.push(ResnetBlock::new(block_in, block_out, g, init, device));
                 block_in = block_out;
                 if cfg.attn_resolutions.contains(&curr_res) {
-                    attn.push(AttnBlock::new(block_in, device));
+                    attn.push(AttnBlock::new(block_in, g, init, device));
                 }
             }
             let upsample = (i != 0).then(|| Upsample {
-                conv: conv(block_in, block_in, 3, 1, 1, device),
+                conv: conv(block_in, block_in, 3, 1, 1, init, device),
             });
             if upsample.is_some() {
                 curr_res *= 2;
@@ -279,8 +377,9 @@ impl Decoder {
             conv_in,
             mid,
             up,
-            norm_out: normalize(block_in, device),
-            conv_out: conv(block_in, cfg.out_ch, 3, 1, 1, device),
+            norm_out: normalize(g, block_in, device),
+            conv_out: conv(block_in, cfg.out_ch, 3, 1, 1, init, device),
+            stats: g,
         }
     }
 
@@ -292,7 +391,8 @@ impl Decoder {
                 h = u.forward(h);
             }
         }
-        self.conv_out.forward(silu(self.norm_out.forward(h)))
+        self.conv_out
+            .forward(silu(norm(&self.norm_out, self.stats, h)))
     }
 }
 
@@ -306,7 +406,7 @@ pub struct GumbelQuantize {
 impl GumbelQuantize {
     pub fn new(cfg: &VqConfig, device: &Device) -> Self {
         Self {
-            proj: conv(cfg.z_channels, cfg.n_embed, 1, 1, 0, device),
+            proj: conv(cfg.z_channels, cfg.n_embed, 1, 1, 0, Init::Torch, device),
             embed: EmbeddingConfig::new(cfg.n_embed, cfg.embed_dim).init(device),
         }
     }
