@@ -73,7 +73,7 @@ fn demo_build_then_more_pairs_packs_only_the_new_ones() {
     );
     assert_eq!(stage(&r1, "ingest")["report"]["rows"], 20);
     assert_eq!(stage(&r1, "tokenize")["report"]["rows"], 20);
-    assert!(stage(&r1, "train-image")["report"]["steps"] == 100);
+    assert!(stage(&r1, "train-image")["report"]["steps"] == 400);
     // The settings were saved beside the outputs; the demo's short sequences are in meta.json.
     let saved: serde_json::Value =
         serde_json::from_slice(&fs::read(ds.join("build.json")).expect("build.json"))

@@ -47,7 +47,7 @@ pub(crate) enum Preset {
     /// 256-pixel images, 4,096-token sequences.
     Paper,
     /// Small offline models built into cm3 (a random-weight CLIP-shaped encoder pair), a
-    /// 2,048-entry text BPE, a small image tokenizer trained on the spot (100 steps), 128-pixel
+    /// 2,048-entry text BPE, a small image tokenizer trained on the spot (400 steps), 128-pixel
     /// images (256 image tokens) and 1,024-token sequences: the whole pipeline in a few minutes
     /// on a laptop, without downloads. Its retrieval ranks by random projections, not by CLIP's
     /// judgement.
@@ -72,7 +72,7 @@ impl BuildConfig {
             c.embed.image_model = models.join("vision").display().to_string();
             c.embed.text_model = models.join("text").display().to_string();
             c.train_text.vocab_size = 2048;
-            c.train_image.steps = 100;
+            c.train_image.steps = 400;
             c.train_image.held_out = 8;
             c.pack.seq_len = 1024;
         }

@@ -1,5 +1,6 @@
 //! `cm3 tokenizer train-image <dataset>`: train a VQ image tokenizer of our own on the dataset's
-//! images (random crops of the stored squares), report reconstruction PSNR and codebook usage on
+//! images (random crops of the stored squares, each the most varied of a few: see
+//! `VqTrainConfig::crop_candidates`), report reconstruction PSNR and codebook usage on
 //! held-out images, and save it into the dataset (`tokenizer/image/`), where `cm3 tokenize`
 //! finds it.
 
@@ -172,7 +173,9 @@ pub fn train_image(
         let mut batch = Vec::with_capacity(cfg.batch_size * 3 * crop * crop);
         for _ in 0..cfg.batch_size {
             let p = &train[(rng.next_u64() % train.len() as u64) as usize];
-            batch.extend(crop_pixels(&p.rgb, side, crop, &mut rng));
+            let candidates =
+                (0..cfg.crop_candidates).map(|_| crop_pixels(&p.rgb, side, crop, &mut rng));
+            batch.extend(most_varied(candidates));
         }
         let stats = trainer.step(batch, cfg.batch_size)?;
         if step == 0 {
@@ -247,4 +250,47 @@ fn crop_pixels(rgb: &[u8], side: usize, crop: usize, rng: &mut SplitMix64) -> Ve
         }
     }
     out
+}
+
+/// The crop whose pixels vary most (summed per-channel variance); the first of equals.
+fn most_varied(crops: impl Iterator<Item = Vec<f32>>) -> Vec<f32> {
+    let variance = |px: &[f32]| -> f64 {
+        px.chunks(px.len() / 3)
+            .map(|ch| {
+                let n = ch.len() as f64;
+                let mean = ch.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+                ch.iter()
+                    .map(|&v| (f64::from(v) - mean).powi(2))
+                    .sum::<f64>()
+                    / n
+            })
+            .sum()
+    };
+    let mut best: Option<(f64, Vec<f32>)> = None;
+    for px in crops {
+        let v = variance(&px);
+        if best.as_ref().is_none_or(|(b, _)| v > *b) {
+            best = Some((v, px));
+        }
+    }
+    best.map(|(_, px)| px).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_most_varied_crop_is_kept() {
+        let flat = vec![0.5f32; 12];
+        let edge: Vec<f32> = (0..12)
+            .map(|i| if i % 4 < 2 { -1.0 } else { 1.0 })
+            .collect();
+        let faint: Vec<f32> = (0..12).map(|i| if i % 4 < 2 { 0.4 } else { 0.6 }).collect();
+        let crops = [flat.clone(), faint.clone(), edge.clone(), flat.clone()];
+        assert_eq!(most_varied(crops.into_iter()), edge);
+        assert_eq!(most_varied([flat.clone(), flat.clone()].into_iter()), flat);
+        // One candidate: that crop, whatever it is.
+        assert_eq!(most_varied(std::iter::once(faint.clone())), faint);
+    }
 }

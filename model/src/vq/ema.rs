@@ -86,6 +86,10 @@ pub struct VqTrainConfig {
     /// restarted, until three quarters of the steps are done.
     pub restart_every: usize,
     pub dead_code_usage: f64,
+    /// Of this many random crops of a training image, the one whose pixels vary most is trained
+    /// on (1: any crop). A crop of a flat background teaches little; on flat shapes most random
+    /// crops are one.
+    pub crop_candidates: usize,
     /// Images held out (by a hash of the pair id) to report reconstruction and code usage on.
     pub held_out: usize,
     pub seed: u64,
@@ -114,6 +118,7 @@ impl Default for VqTrainConfig {
             ema_decay: 0.9,
             restart_every: 20,
             dead_code_usage: 0.25,
+            crop_candidates: 4,
             held_out: 16,
             seed: 0,
         }
@@ -137,8 +142,10 @@ impl VqTrainConfig {
             origin: "train config".into(),
             reason: reason.into(),
         };
-        if self.steps == 0 || self.batch_size == 0 {
-            return Err(bad("steps and batch_size must be positive"));
+        if self.steps == 0 || self.batch_size == 0 || self.crop_candidates == 0 {
+            return Err(bad(
+                "steps, batch_size and crop_candidates must be positive",
+            ));
         }
         if !(0.0..1.0).contains(&self.ema_decay) {
             return Err(bad("ema_decay must be in [0, 1)"));
