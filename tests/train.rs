@@ -4,20 +4,9 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
-
-/// A prepared dataset of the first `pairs` sample pairs: 32-pixel images through the taming VQ
-/// fixture (16 codes each), 128-token sequences; built by `cm3 build`.
-fn prepared(dir: &Path, pairs: usize) -> PathBuf {
-    let input = dir.join("input");
-    sample_part(&input, 0..pairs);
-    let cfg = reproducible_build_config(dir, "");
-    let ds = dir.join("ds");
-    build_demo(&ds, &input, &cfg);
-    ds
-}
 
 fn metrics(run: &Path) -> Vec<serde_json::Value> {
     fs::read_to_string(run.join("metrics.jsonl"))

@@ -10,18 +10,11 @@ use serde_json::json;
 use std::path::Path;
 
 use cm3_core::fsio::write_atomic;
-use cm3_embed::clip_tokenizer::ClipTokenizer;
-use cm3_embed::onnx::{TextEncoder, VisionEncoder, normalize_rows};
-use cm3_embed::preprocess::preprocess;
-use cm3_generate::{Generator, Guidance, Sampling, Settings};
-use cm3_index::{SearchParams, VectorSet};
-use cm3_pack::example::Doc;
-use cm3_pack::masking::Specials;
+use cm3_generate::{
+    ClipScorer, Generator, Guidance, ImageInput, Retrieved, Retriever, Sampling, Settings,
+};
 use cm3_tokenize::ImageTokenizer;
 use cm3_tokenize::image::{load_image, save_png};
-
-/// CLIP's input side (ViT-B/32).
-const CLIP_SIZE: u32 = 224;
 
 #[derive(Args, Debug)]
 pub(crate) struct GenerateArgs {
@@ -62,117 +55,6 @@ pub(crate) struct GenerateArgs {
     pub image_tokenizer: Option<PathBuf>,
 }
 
-/// The CLIP encoders `cm3 embed` used for the run's dataset (recorded in its manifest).
-fn clip_models(dataset: &Path) -> Result<(PathBuf, PathBuf)> {
-    let m = cm3_core::DatasetDir::open(dataset)?.load_manifest()?;
-    let inputs = &m
-        .stages
-        .get(cm3_embed::stage::STAGE)
-        .with_context(|| format!("{} has no embeddings: CLIP is unknown", dataset.display()))?
-        .inputs;
-    let get = |k: &str| {
-        inputs
-            .get(k)
-            .map(|r| PathBuf::from(&r.path))
-            .with_context(|| {
-                format!(
-                    "{}: the manifest does not name the CLIP {k}",
-                    dataset.display()
-                )
-            })
-    };
-    Ok((get("image_model")?, get("text_model")?))
-}
-
-/// The L2-normalised CLIP text embedding of `text`.
-fn clip_text(model: &Path, text: &str) -> Result<Vec<f32>> {
-    let mut enc = TextEncoder::load(model, 0)?;
-    let (ids, _) = ClipTokenizer::openai().tokenize_77(text);
-    let mut v = enc.embed(&ids, 1)?;
-    let dim = v.len();
-    normalize_rows(&mut v, dim);
-    Ok(v)
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-/// Retrieved documents as tokens (best first), and their (pair id, relevance score).
-type Retrieved = (Vec<u32>, Vec<(u64, f32)>);
-
-/// Retrieval at inference (§2.1): the prompt's CLIP text vector searched in the dataset's memory
-/// bank with the training rules (relevance ≤ 0.9, no duplicate, diversity: no document scoring
-/// above 0.9 against one already chosen); the `k` documents, best first, as `<eos> text <break>
-/// image` tokens. Returns the tokens and the chosen (id, score).
-fn retrieve(
-    dataset: &Path,
-    prompt: &str,
-    k: usize,
-    layout: &cm3_core::VocabLayout,
-) -> Result<Retrieved> {
-    const RELEVANCE: f32 = 0.9;
-    let (_, text_model) = clip_models(dataset)?;
-    let q = clip_text(&text_model, prompt)?;
-    let (_, index) = cm3_index::stage::open_dataset_index(dataset, VectorSet::Doc)?;
-    let hits = index.search_with(
-        &q,
-        &SearchParams {
-            max_score: Some(RELEVANCE),
-            ..SearchParams::top(4 * k + 8)
-        },
-    )?;
-    // Every candidate's vector in one pass over the embedding shards (for the diversity rule).
-    let wanted: std::collections::HashSet<u64> = hits.iter().map(|h| h.id).collect();
-    let vectors = cm3_index::stage::lookup_vectors(dataset, VectorSet::Doc, &wanted)?;
-    let mut chosen: Vec<(u64, f32, Vec<f32>)> = Vec::new();
-    for h in hits {
-        if chosen.len() == k {
-            break;
-        }
-        if chosen.iter().any(|c| c.0 == h.id) {
-            continue;
-        }
-        let v = vectors
-            .get(&h.id)
-            .cloned()
-            .with_context(|| format!("retrieved pair {:016x} has no stored vector", h.id))?;
-        if chosen.iter().any(|c| dot(&c.2, &v) > RELEVANCE) {
-            continue;
-        }
-        chosen.push((h.id, h.score, v));
-    }
-    let ids: Vec<u64> = chosen.iter().map(|c| c.0).collect();
-    let mut rows = std::collections::HashMap::new();
-    let dir = dataset.join("tokens");
-    for e in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
-        let path = e?.path();
-        if path.extension().is_some_and(|x| x == "parquet") {
-            for r in cm3_core::tokens::read_shard(&path)? {
-                if ids.contains(&r.id) {
-                    rows.insert(r.id, r);
-                }
-            }
-        }
-    }
-    let sp = Specials::from_layout(layout)?;
-    let mut tokens = Vec::new();
-    for id in &ids {
-        let r = rows.get(id).with_context(|| {
-            format!(
-                "retrieved pair {id:016x} has no tokens in {}",
-                dir.display()
-            )
-        })?;
-        Doc {
-            text: &r.text,
-            image: &r.image,
-        }
-        .write(&mut tokens, false, &sp);
-    }
-    Ok((tokens, chosen.iter().map(|c| (c.0, c.1)).collect()))
-}
-
 /// Each code grid decoded to `out/sample-NN.png`: the images, and their records for
 /// generation.json.
 fn write_images(
@@ -190,23 +72,6 @@ fn write_images(
         records.push(json!({ "file": name, "codes": codes[i] }));
     }
     Ok((images, records))
-}
-
-/// CLIP similarity of each image (8-bit RGB, `side` pixels square) to `prompt`.
-fn clip_scores(dataset: &Path, prompt: &str, images: &[Vec<u8>], side: u32) -> Result<Vec<f32>> {
-    let (image_model, text_model) = clip_models(dataset)?;
-    let q = clip_text(&text_model, prompt)?;
-    let mut enc = VisionEncoder::load(&image_model, 0)?;
-    let mut pixels = Vec::new();
-    for rgb in images {
-        let img = image::RgbImage::from_raw(side, side, rgb.clone())
-            .context("a decoded image of the wrong size")?;
-        pixels.extend(preprocess(&image::DynamicImage::ImageRgb8(img), CLIP_SIZE)?);
-    }
-    let mut v = enc.embed(pixels, images.len())?;
-    let dim = v.len() / images.len().max(1);
-    normalize_rows(&mut v, dim);
-    Ok(v.chunks(dim).map(|e| dot(e, &q)).collect())
 }
 
 #[derive(Subcommand, Debug)]
@@ -333,10 +198,13 @@ pub(crate) fn run(a: GenerateArgs) -> Result<()> {
             cd_share,
         } => {
             let tok = g.image.as_ref().context("no image tokenizer")?;
-            let (context, retrieved) = if *k > 0 {
-                retrieve(&g.dataset, prompt, *k, &g.layout)?
+            let Retrieved {
+                tokens: context,
+                docs: retrieved,
+            } = if *k > 0 {
+                Retriever::open(&g.dataset, &g.layout, 0)?.retrieve(prompt, *k)?
             } else {
-                (Vec::new(), Vec::new())
+                Retrieved::default()
             };
             // Samples [0, n_cd) by CD-K, the rest by the guidance chosen above.
             let n_cd = match cd_share {
@@ -369,7 +237,16 @@ pub(crate) fn run(a: GenerateArgs) -> Result<()> {
             }
             let (images, mut files) = write_images(&out, tok, &codes)?;
             let scores = if *rerank {
-                Some(clip_scores(&g.dataset, prompt, &images, tok.resolution())?)
+                let side = tok.resolution();
+                let inputs: Vec<ImageInput<'_>> = images
+                    .iter()
+                    .map(|px| ImageInput::Rgb {
+                        pixels: px,
+                        width: side,
+                        height: side,
+                    })
+                    .collect();
+                Some(ClipScorer::for_dataset(&g.dataset, 0)?.similarities(prompt, &inputs)?)
             } else {
                 None
             };

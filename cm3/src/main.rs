@@ -13,6 +13,7 @@ use cm3_ingest::{IngestConfig, IngestOptions, InputFormat};
 mod augment;
 mod build;
 mod embed;
+mod eval;
 mod generate;
 mod index;
 mod inspect;
@@ -79,6 +80,12 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// Generate with a trained run: text → image, image → text, infilling (CFG, CD-K, top-p).
     Generate(Box<generate::GenerateArgs>),
+    /// The paper's evaluation: caption metrics, VQA accuracy, FID on files, and the zero-shot
+    /// protocols (t2i, i2t, VQA) that produce the samples from a trained run.
+    Eval {
+        #[command(subcommand)]
+        command: eval::EvalCommand,
+    },
     /// The decoder: parameter counts and memory; scoring token sequences with a checkpoint.
     Model {
         #[command(subcommand)]
@@ -527,7 +534,7 @@ fn reexec_with_malloc_settings() -> Option<String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let reexec_failed = match cli.command {
-        Command::Train(_) | Command::Generate(_) | Command::Model { .. } => {
+        Command::Train(_) | Command::Generate(_) | Command::Model { .. } | Command::Eval { .. } => {
             reexec_with_malloc_settings()
         }
         _ => None,
@@ -573,6 +580,7 @@ fn main() -> ExitCode {
         Command::Tokenizer { command } => tokenizer::run(command),
         Command::Train(a) => train::train(*a),
         Command::Generate(a) => generate::run(*a),
+        Command::Eval { command } => eval::run(command),
         Command::Model { command } => train::model(command),
     };
     match result {

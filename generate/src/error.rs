@@ -12,6 +12,12 @@ pub enum GenerateError {
     Train(#[from] cm3_train::TrainError),
     #[error(transparent)]
     Core(#[from] cm3_core::CoreError),
+    #[error(transparent)]
+    Embed(#[from] cm3_embed::EmbedError),
+    #[error(transparent)]
+    Index(#[from] cm3_index::IndexError),
+    #[error(transparent)]
+    Pack(#[from] cm3_pack::PackError),
 }
 
 pub type Result<T> = std::result::Result<T, GenerateError>;

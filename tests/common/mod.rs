@@ -353,3 +353,14 @@ pub fn build_demo(ds: &Path, input: &Path, cfg: &Path) {
 pub fn vq_ckpt() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/vqgan/tiny_gumbel_f8.ckpt")
 }
+
+/// A prepared dataset of the first `pairs` sample pairs: 32-pixel images through the taming VQ
+/// fixture (16 codes each), 128-token sequences; built by `cm3 build`.
+pub fn prepared(dir: &Path, pairs: usize) -> PathBuf {
+    let input = dir.join("input");
+    sample_part(&input, 0..pairs);
+    let cfg = reproducible_build_config(dir, "");
+    let ds = dir.join("ds");
+    build_demo(&ds, &input, &cfg);
+    ds
+}

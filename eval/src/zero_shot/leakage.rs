@@ -1,0 +1,177 @@
+//! The leakage guard: evaluation images must be neither training pairs nor in the memory bank
+//! retrieval draws from at inference. cm3 stores each pair's image normalised (resized,
+//! centre-cropped, re-encoded by `cm3 ingest`) with the SHA-256 of those bytes; an evaluation
+//! image is normalised with the dataset's own recorded ingest settings and its hash looked up.
+//! An exact match is what this catches: the same picture re-encoded elsewhere (another size,
+//! another JPEG quality) is not.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use arrow_array::{StringArray, UInt64Array};
+use cm3_core::DatasetDir;
+use cm3_core::schema::{column, read_columns};
+use cm3_ingest::IngestConfig;
+use cm3_ingest::normalize::normalize_image;
+use serde::Serialize;
+
+use crate::error::{EvalError, Result};
+
+/// Largest evaluation image read (bytes): larger files are refused, not allocated.
+pub const MAX_IMAGE_BYTES: u64 = 64 << 20;
+
+/// An evaluation image found among the dataset's pairs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Overlap {
+    /// The evaluation image's id (as the evaluation names it) and file.
+    pub eval_id: String,
+    pub file: PathBuf,
+    /// The dataset pair holding the same normalised image.
+    pub pair_id: String,
+}
+
+/// What the guard found, as the report records it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LeakageReport {
+    pub checked: usize,
+    pub overlaps: Vec<Overlap>,
+    /// True when the user accepted overlaps (`--allow-overlap`).
+    pub accepted: bool,
+}
+
+/// The normalised-image hashes of a dataset's pairs, with the settings that produced them.
+#[derive(Debug)]
+pub struct LeakageGuard {
+    dataset: PathBuf,
+    ingest: IngestConfig,
+    by_hash: HashMap<String, u64>,
+}
+
+impl LeakageGuard {
+    pub fn for_dataset(dataset: &Path) -> Result<Self> {
+        let ds = DatasetDir::open(dataset).map_err(|e| {
+            EvalError::input(dataset.display().to_string(), format!("not a dataset: {e}"))
+        })?;
+        let manifest = ds
+            .load_manifest()
+            .map_err(|e| EvalError::input(dataset.display().to_string(), e.to_string()))?;
+        let rec = manifest.stages.get(cm3_ingest::STAGE).ok_or_else(|| {
+            EvalError::input(
+                dataset.display().to_string(),
+                "has no ingested pairs to check evaluation images against",
+            )
+        })?;
+        let ingest: IngestConfig = serde_json::from_value(rec.config.clone()).map_err(|e| {
+            EvalError::input(
+                format!("{}/manifest.json", dataset.display()),
+                format!("the recorded ingest settings do not parse: {e}"),
+            )
+        })?;
+        let mut by_hash = HashMap::new();
+        for shard in rec.shards.values() {
+            let path = ds.path(&shard.file);
+            let batches = read_columns(&path, &["id", "sha256"])
+                .map_err(|e| EvalError::input(path.display().to_string(), e.to_string()))?;
+            for b in batches {
+                let (Some(id), Some(sha)) = (
+                    column::<UInt64Array>(&b, "id"),
+                    column::<StringArray>(&b, "sha256"),
+                ) else {
+                    return Err(EvalError::input(
+                        path.display().to_string(),
+                        "columns id/sha256 have unexpected types",
+                    ));
+                };
+                for i in 0..b.num_rows() {
+                    by_hash.insert(sha.value(i).to_string(), id.value(i));
+                }
+            }
+        }
+        Ok(Self {
+            dataset: dataset.to_path_buf(),
+            ingest,
+            by_hash,
+        })
+    }
+
+    /// Number of distinct pair images known.
+    pub fn len(&self) -> usize {
+        self.by_hash.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_hash.is_empty()
+    }
+
+    /// The dataset pair holding this image file, if any. An image the ingest settings reject
+    /// (corrupt, too small) cannot be a pair: `None`.
+    pub fn find(&self, file: &Path) -> Result<Option<u64>> {
+        let bytes = read_bounded(file)?;
+        Ok(match normalize_image(&bytes, &self.ingest) {
+            Ok(img) => self.by_hash.get(&img.sha256).copied(),
+            Err(_) => None,
+        })
+    }
+
+    /// Check every (id, file); with `accept` false any overlap is an error listing them.
+    pub fn check(&self, images: &[(String, PathBuf)], accept: bool) -> Result<LeakageReport> {
+        let mut overlaps = Vec::new();
+        for (id, file) in images {
+            if let Some(pair) = self.find(file)? {
+                overlaps.push(Overlap {
+                    eval_id: id.clone(),
+                    file: file.clone(),
+                    pair_id: format!("{pair:016x}"),
+                });
+            }
+        }
+        if !overlaps.is_empty() && !accept {
+            let shown: Vec<String> = overlaps
+                .iter()
+                .take(20)
+                .map(|o| format!("{} (pair {})", o.eval_id, o.pair_id))
+                .collect();
+            return Err(EvalError::input(
+                self.dataset.display().to_string(),
+                format!(
+                    "{} of the {} evaluation images are pairs of this dataset (trained on and in \
+                     its memory bank): {}{}; evaluate on held-out images, or pass \
+                     --allow-overlap to accept it (recorded in the report)",
+                    overlaps.len(),
+                    images.len(),
+                    shown.join(", "),
+                    if overlaps.len() > 20 { ", ..." } else { "" }
+                ),
+            ));
+        }
+        Ok(LeakageReport {
+            checked: images.len(),
+            overlaps,
+            accepted: accept,
+        })
+    }
+}
+
+/// A regular file's bytes, refusing anything else and anything over [`MAX_IMAGE_BYTES`].
+pub fn read_bounded(file: &Path) -> Result<Vec<u8>> {
+    let io = |source| EvalError::Io {
+        path: file.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(file).map_err(io)?;
+    if !meta.is_file() {
+        return Err(EvalError::input(
+            file.display().to_string(),
+            "not a regular file",
+        ));
+    }
+    if meta.len() > MAX_IMAGE_BYTES {
+        return Err(EvalError::input(
+            file.display().to_string(),
+            format!(
+                "{} bytes, over the {MAX_IMAGE_BYTES}-byte limit",
+                meta.len()
+            ),
+        ));
+    }
+    std::fs::read(file).map_err(io)
+}

@@ -1,0 +1,286 @@
+//! The zero-shot protocols that produce what the metrics score (paper §3, Tables 1 and 2):
+//! text → image on COCO captions (N samples a prompt, CD-K and CFG mixed, CLIP re-ranking,
+//! retrieved documents from the run's memory bank, then FID and CLIP score), image → text through
+//! the CM3 infill prompt (then the caption metrics), and VQA in Table 5's prompt form (then VQA
+//! accuracy). Each writes its samples, a JSON report recording every setting, the checkpoint, the
+//! bank and the leakage check, and continues where an interrupted run stopped.
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{EvalError, Result};
+
+pub mod i2t;
+pub mod leakage;
+pub mod t2i;
+pub mod vqa;
+
+/// Most records read from an evaluation's own progress log.
+const MAX_PROGRESS_BYTES: u64 = 1 << 30;
+/// Largest annotation file read whole.
+pub const MAX_JSON_BYTES: u64 = 2 << 30;
+
+/// Image file extensions an evaluation folder is read for.
+const IMAGE_EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "webp", "bmp", "gif"];
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EvalError + '_ {
+    move |source| EvalError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A JSON file, bounded in size, parsed into `T`.
+pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let meta = std::fs::metadata(path).map_err(io_err(path))?;
+    if !meta.is_file() || meta.len() > MAX_JSON_BYTES {
+        return Err(EvalError::input(
+            path.display().to_string(),
+            format!("not a regular file of at most {MAX_JSON_BYTES} bytes"),
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    serde_json::from_slice(&bytes).map_err(|source| EvalError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The numeric id an image file name carries (`COCO_val2014_000000391895.jpg`,
+/// `000000391895.jpg`, `391895.png`): its last run of digits, when it has one.
+pub fn numeric_id(file: &Path) -> Option<u64> {
+    let stem = file.file_stem()?.to_str()?;
+    let digits: String = stem
+        .chars()
+        .rev()
+        .take_while(char::is_ascii_digit)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    digits.parse().ok()
+}
+
+/// The images of a folder (not recursive), sorted by file name: (id, path), the id being the
+/// number the file name carries, else its stem.
+pub fn images_in(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let path = e.map_err(io_err(dir))?.path();
+        let ext = path
+            .extension()
+            .and_then(|x| x.to_str())
+            .map(str::to_ascii_lowercase);
+        if !ext.is_some_and(|x| IMAGE_EXTENSIONS.contains(&x.as_str())) || !path.is_file() {
+            continue;
+        }
+        let id = match numeric_id(&path) {
+            Some(n) => n.to_string(),
+            None => path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_string(),
+        };
+        out.push((id, path));
+    }
+    out.sort_by(|a, b| a.1.cmp(&b.1));
+    if out.is_empty() {
+        return Err(EvalError::input(
+            dir.display().to_string(),
+            format!("no images ({}) in this folder", IMAGE_EXTENSIONS.join(", ")),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (id, path) in &out {
+        if !seen.insert(id.clone()) {
+            return Err(EvalError::input(
+                path.display().to_string(),
+                format!("a second image with id {id} in the folder"),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Deserialize)]
+struct CocoImage {
+    id: serde_json::Value,
+    #[serde(default)]
+    file_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CocoCaption {
+    image_id: serde_json::Value,
+    caption: String,
+    #[serde(default)]
+    id: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CocoCaptions {
+    #[serde(default)]
+    images: Vec<CocoImage>,
+    annotations: Vec<CocoCaption>,
+}
+
+/// An image id as text: COCO ids are numbers, other sets use strings.
+pub(crate) fn id_text(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::String(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// A COCO captions annotation file: each image's captions (in annotation-id order) and, when the
+/// file lists them, its file name.
+#[derive(Debug, Clone, Default)]
+pub struct CocoCaptionFile {
+    pub captions: BTreeMap<String, Vec<String>>,
+    pub file_names: BTreeMap<String, String>,
+}
+
+impl CocoCaptionFile {
+    pub fn read(path: &Path) -> Result<Self> {
+        let raw: CocoCaptions = read_json(path)?;
+        let mut by_image: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
+        for (i, a) in raw.annotations.into_iter().enumerate() {
+            let id = id_text(&a.image_id).ok_or_else(|| {
+                EvalError::input(
+                    path.display().to_string(),
+                    format!("annotation {i}: image_id is neither a number nor a string"),
+                )
+            })?;
+            by_image
+                .entry(id)
+                .or_default()
+                .push((a.id.unwrap_or(i as u64), a.caption));
+        }
+        let captions = by_image
+            .into_iter()
+            .map(|(k, mut v)| {
+                v.sort_by_key(|(id, _)| *id);
+                (k, v.into_iter().map(|(_, c)| c).collect())
+            })
+            .collect();
+        let file_names = raw
+            .images
+            .into_iter()
+            .filter_map(|im| Some((id_text(&im.id)?, im.file_name?)))
+            .collect();
+        Ok(Self {
+            captions,
+            file_names,
+        })
+    }
+}
+
+/// An append-only log of finished items (one JSON object a line), so that an interrupted
+/// evaluation continues where it stopped. A torn last line (the process killed mid-write) is
+/// dropped when read.
+#[derive(Debug)]
+pub(crate) struct Progress {
+    path: PathBuf,
+}
+
+impl Progress {
+    pub fn new(path: PathBuf) -> Self {
+        Self { path }
+    }
+
+    /// The records written so far, rewriting the file without a torn last line.
+    pub fn load<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
+        let meta = match std::fs::metadata(&self.path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(&self.path)(e)),
+        };
+        if meta.len() > MAX_PROGRESS_BYTES {
+            return Err(EvalError::input(
+                self.path.display().to_string(),
+                "progress log over 1 GiB",
+            ));
+        }
+        let text = std::fs::read_to_string(&self.path).map_err(io_err(&self.path))?;
+        let mut out = Vec::new();
+        let mut good = 0;
+        for line in text.split_inclusive('\n') {
+            if !line.ends_with('\n') {
+                break;
+            }
+            match serde_json::from_str(line.trim_end()) {
+                Ok(r) => out.push(r),
+                Err(_) => break,
+            }
+            good += line.len();
+        }
+        if good < text.len() {
+            tracing::warn!(
+                path = %self.path.display(),
+                "dropping a torn last record of an interrupted evaluation"
+            );
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&self.path)
+                .map_err(io_err(&self.path))?;
+            f.set_len(good as u64).map_err(io_err(&self.path))?;
+        }
+        Ok(out)
+    }
+
+    pub fn append(&self, record: &serde_json::Value) -> Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(io_err(&self.path))?;
+        let line = serde_json::to_string(record).map_err(|source| EvalError::Json {
+            path: self.path.clone(),
+            source,
+        })? + "\n";
+        f.write_all(line.as_bytes()).map_err(io_err(&self.path))?;
+        f.sync_data().map_err(io_err(&self.path))
+    }
+}
+
+/// The settings an output folder was started with (`settings.json`): a resumed evaluation must
+/// use the same ones, or its samples would mix two protocols.
+pub(crate) fn pin_settings(out: &Path, settings: &serde_json::Value) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(io_err(out))?;
+    let path = out.join("settings.json");
+    if path.exists() {
+        let before: serde_json::Value = read_json(&path)?;
+        if &before != settings {
+            return Err(EvalError::input(
+                out.display().to_string(),
+                format!(
+                    "holds an evaluation with other settings ({}); use another --out, or \
+                     delete it to start over",
+                    path.display()
+                ),
+            ));
+        }
+        return Ok(());
+    }
+    let text = serde_json::to_string_pretty(settings).map_err(|source| EvalError::Json {
+        path: path.clone(),
+        source,
+    })? + "\n";
+    cm3_core::fsio::write_atomic(&path, text.as_bytes(), "eval")?;
+    Ok(())
+}
+
+/// Write `value` as pretty JSON, atomically.
+pub(crate) fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|source| EvalError::Json {
+        path: path.to_path_buf(),
+        source,
+    })? + "\n";
+    cm3_core::fsio::write_atomic(path, text.as_bytes(), "eval")?;
+    Ok(())
+}

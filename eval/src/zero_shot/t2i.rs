@@ -1,0 +1,389 @@
+//! Zero-shot text → image on COCO captions (Table 1's protocol): for each prompt, `samples`
+//! images, a share of them decoded with CD-K and the rest with CFG and top-p (the two are
+//! complementary before re-ranking, Figure 4), `retrieve` documents from the run's memory bank in
+//! front of the prompt, the best sample by CLIP similarity to the prompt; then FID of the chosen
+//! samples against the reference images and the CLIP score of each chosen sample with its prompt.
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use cm3_generate::{ClipScorer, Generator, Guidance, ImageInput, Retriever, Sampling, Settings};
+use cm3_tokenize::image::save_png;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::leakage::{LeakageGuard, LeakageReport};
+use super::{CocoCaptionFile, Progress, images_in, io_err, pin_settings, write_json};
+use crate::clip_score::ClipScoring;
+use crate::error::{EvalError, Result};
+
+/// Images a batch through Inception (pytorch-fid's default batch size).
+const FID_BATCH: usize = 50;
+
+/// The protocol's settings (defaults: the paper's Table 1 protocol, 8 samples a prompt re-ranked
+/// by CLIP, half CD-K; two retrieved documents; 30K prompts).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct T2iConfig {
+    /// Prompts evaluated: the first caption (lowest annotation id) of each of the first `count`
+    /// images of the captions file, by image id.
+    pub count: usize,
+    pub samples: usize,
+    /// Share of each prompt's samples decoded with CD-K; the rest with CFG and top-p.
+    pub cd_share: f64,
+    pub cfg_scale: f32,
+    pub top_p: f64,
+    pub temperature: f64,
+    pub cd_alpha: f64,
+    pub cd_k: usize,
+    /// Keep the sample most similar to the prompt by CLIP (else the first sample).
+    pub rerank: bool,
+    /// Documents retrieved from the run's memory bank for each prompt (0: none).
+    pub retrieve: usize,
+    pub seed: u64,
+    /// Chosen samples shown in grid.png.
+    pub grid: usize,
+}
+
+impl Default for T2iConfig {
+    fn default() -> Self {
+        Self {
+            count: 30_000,
+            samples: 8,
+            cd_share: 0.5,
+            cfg_scale: 3.0,
+            top_p: 0.9,
+            temperature: 1.0,
+            cd_alpha: 0.1,
+            cd_k: 5,
+            rerank: true,
+            retrieve: 2,
+            seed: 0,
+            grid: 16,
+        }
+    }
+}
+
+impl T2iConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |r: &str| Err(EvalError::input("t2i settings", r));
+        if self.count == 0 || self.samples == 0 {
+            return bad("count and samples must be at least 1");
+        }
+        if self.samples > 512 || self.retrieve > 16 {
+            return bad("at most 512 samples a prompt and 16 retrieved documents");
+        }
+        if !(0.0..=1.0).contains(&self.cd_share) {
+            return bad("cd_share must be in [0, 1]");
+        }
+        let unit = |v: f64| v > 0.0 && v <= 1.0;
+        if !unit(self.top_p) || !unit(self.cd_alpha) {
+            return bad("top_p and cd_alpha must be in (0, 1]");
+        }
+        Ok(())
+    }
+}
+
+/// What to evaluate.
+#[derive(Debug, Clone)]
+pub struct T2iOptions {
+    pub run: PathBuf,
+    /// COCO captions annotation file of the evaluation images.
+    pub prompts: PathBuf,
+    /// The evaluation images themselves (FID's reference set, and the leakage check).
+    pub reference_images: PathBuf,
+    /// pytorch-fid's Inception exported to ONNX (`scripts/export-inception-onnx.py`); without
+    /// it the report says FID was not computed.
+    pub inception: Option<PathBuf>,
+    pub out: PathBuf,
+    pub config: T2iConfig,
+    /// Accept evaluation images that are pairs of the run's dataset (recorded).
+    pub allow_overlap: bool,
+    pub threads: usize,
+}
+
+/// One finished prompt, as logged in `samples.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct T2iRecord {
+    pub index: usize,
+    pub image_id: String,
+    pub prompt: String,
+    /// The chosen sample's file (under the output folder).
+    pub file: String,
+    pub chosen: usize,
+    /// Cosine similarity to the prompt of every sample (empty without re-ranking).
+    pub similarities: Vec<f32>,
+    pub guidance: Vec<Guidance>,
+    /// Retrieved documents (pair id, relevance).
+    pub retrieved: Vec<(String, f32)>,
+}
+
+/// The protocol's outcome (`report.json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct T2iReport {
+    pub prompts: usize,
+    pub generated_now: usize,
+    /// FID of the chosen samples against the reference images, when computed.
+    #[serde(rename = "FID")]
+    pub fid: Option<f64>,
+    /// torchmetrics' CLIP score of each chosen sample with its prompt, averaged.
+    pub clip_score: f64,
+    pub leakage: LeakageReport,
+    pub report: PathBuf,
+}
+
+/// The prompts: the first caption of each of the first `count` images, by image id.
+pub fn choose_prompts(file: &CocoCaptionFile, count: usize) -> Vec<(String, String)> {
+    let mut ids: Vec<&String> = file.captions.keys().collect();
+    // Numeric ids in numeric order, as COCO lists them.
+    ids.sort_by_key(|id| (id.parse::<u64>().unwrap_or(u64::MAX), (*id).clone()));
+    ids.into_iter()
+        .filter_map(|id| Some((id.clone(), file.captions.get(id)?.first()?.clone())))
+        .take(count)
+        .collect()
+}
+
+fn settings(c: &T2iConfig, guidance: Guidance, samples: usize, seed: u64) -> Settings {
+    Settings {
+        samples,
+        guidance,
+        sampling: Sampling {
+            temperature: c.temperature,
+            top_k: 0,
+            top_p: c.top_p,
+        },
+        seed,
+    }
+}
+
+/// Run the protocol (continuing a previous run in `out`), then score it.
+pub fn run(o: &T2iOptions) -> Result<T2iReport> {
+    o.config.validate()?;
+    let c = &o.config;
+    let prompts = choose_prompts(&CocoCaptionFile::read(&o.prompts)?, c.count);
+    if prompts.is_empty() {
+        return Err(EvalError::input(
+            o.prompts.display().to_string(),
+            "no captions to use as prompts",
+        ));
+    }
+    let device = Device::flex();
+    let g = Generator::open(&o.run, None, &device)?;
+    let tok = g
+        .image
+        .as_ref()
+        .ok_or_else(|| EvalError::input(o.run.display().to_string(), "no image tokenizer"))?;
+    let references = images_in(&o.reference_images)?;
+    let guard = LeakageGuard::for_dataset(&g.dataset)?;
+    let leakage = guard.check(&references, o.allow_overlap)?;
+    pin_settings(
+        &o.out,
+        &json!({
+            "protocol": "t2i",
+            "run": o.run,
+            "checkpoint": g.checkpoint,
+            "prompts": o.prompts,
+            "reference_images": o.reference_images,
+            "config": c,
+        }),
+    )?;
+    let samples_dir = o.out.join("samples");
+    std::fs::create_dir_all(&samples_dir).map_err(io_err(&samples_dir))?;
+    let progress = Progress::new(o.out.join("samples.jsonl"));
+    let mut done: Vec<T2iRecord> = progress.load()?;
+    let finished: BTreeSet<usize> = done.iter().map(|r| r.index).collect();
+    let mut retriever = if c.retrieve > 0 {
+        let mut r = Retriever::open(&g.dataset, &g.layout, o.threads)?;
+        let overlapping: Vec<u64> = leakage
+            .overlaps
+            .iter()
+            .filter_map(|ov| u64::from_str_radix(&ov.pair_id, 16).ok())
+            .collect();
+        r.exclude(overlapping);
+        Some(r)
+    } else {
+        None
+    };
+    let mut clip = ClipScorer::for_dataset(&g.dataset, o.threads)?;
+    let n_cd = (c.cd_share * c.samples as f64).round() as usize;
+    let started = std::time::Instant::now();
+    let mut generated_now = 0;
+    for (index, (image_id, prompt)) in prompts.iter().enumerate() {
+        if finished.contains(&index) {
+            continue;
+        }
+        let retrieved = match retriever.as_mut() {
+            Some(r) => r.retrieve(prompt, c.retrieve)?,
+            None => Default::default(),
+        };
+        let seed = c.seed.wrapping_add(index as u64);
+        let mut codes = Vec::new();
+        let mut guidance = Vec::new();
+        if n_cd > 0 {
+            let cd = Guidance::CdK {
+                cd_alpha: c.cd_alpha,
+                cd_k: c.cd_k.max(1),
+            };
+            let s = settings(c, cd, n_cd, seed ^ 0xC0DE);
+            codes.extend(g.text_to_image(prompt, &retrieved.tokens, &s)?);
+            guidance.extend(std::iter::repeat_n(cd, n_cd));
+        }
+        if n_cd < c.samples {
+            let cfg = match c.cfg_scale {
+                1.0 => Guidance::None,
+                s => Guidance::Cfg { cfg_scale: s },
+            };
+            let s = settings(c, cfg, c.samples - n_cd, seed);
+            codes.extend(g.text_to_image(prompt, &retrieved.tokens, &s)?);
+            guidance.extend(std::iter::repeat_n(cfg, c.samples - n_cd));
+        }
+        let flat: Vec<u32> = codes.iter().flatten().copied().collect();
+        let images = tok.decode_rgb(&flat, codes.len())?;
+        let similarities = if c.rerank {
+            clip.similarities(prompt, &as_inputs(&images, tok.resolution()))?
+        } else {
+            Vec::new()
+        };
+        let chosen = (0..similarities.len())
+            .max_by(|&a, &b| similarities[a].total_cmp(&similarities[b]))
+            .unwrap_or(0);
+        let file = format!("samples/{index:06}.png");
+        save_png(&o.out.join(&file), &images[chosen], tok.resolution())?;
+        let record = T2iRecord {
+            index,
+            image_id: image_id.clone(),
+            prompt: prompt.clone(),
+            file,
+            chosen,
+            similarities,
+            guidance,
+            retrieved: retrieved
+                .docs
+                .iter()
+                .map(|(id, s)| (format!("{id:016x}"), *s))
+                .collect(),
+        };
+        progress.append(
+            &serde_json::to_value(&record).map_err(|source| EvalError::Json {
+                path: o.out.join("samples.jsonl"),
+                source,
+            })?,
+        )?;
+        done.push(record);
+        generated_now += 1;
+        tracing::info!(
+            index,
+            of = prompts.len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "t2i prompt done"
+        );
+    }
+    done.sort_by_key(|r| r.index);
+    done.truncate(prompts.len());
+    score(o, &g, &mut clip, done, generated_now, leakage)
+}
+
+/// FID, CLIP score, the grid and the report over the finished samples.
+fn score(
+    o: &T2iOptions,
+    g: &Generator,
+    clip: &mut ClipScorer,
+    done: Vec<T2iRecord>,
+    generated_now: usize,
+    leakage: LeakageReport,
+) -> Result<T2iReport> {
+    let side = g.image.as_ref().map_or(0, |t| t.resolution());
+    let mut images = Vec::with_capacity(done.len());
+    for r in &done {
+        images.push(cm3_tokenize::image::load_image(&o.out.join(&r.file), side)?);
+    }
+    // The CLIP score, torchmetrics' definition, with the dataset's encoders.
+    let texts: Vec<&str> = done.iter().map(|r| r.prompt.as_str()).collect();
+    let clip_score = clip.score_pairs(&as_inputs(&images, side), &texts)?.mean;
+    let fid = match &o.inception {
+        Some(model) => {
+            // pytorch-fid's protocol on two folders: the chosen samples (only they are in
+            // samples/) against the evaluation images.
+            let fid = crate::fid::fid_of_dirs(
+                model,
+                &o.out.join("samples"),
+                &o.reference_images,
+                FID_BATCH,
+                o.threads,
+            )?;
+            Some(fid.fid)
+        }
+        None => None,
+    };
+    write_grid(&o.out.join("grid.png"), &images, side, o.config.grid)?;
+    let report_path = o.out.join("report.json");
+    let report = T2iReport {
+        prompts: done.len(),
+        generated_now,
+        fid,
+        clip_score,
+        leakage,
+        report: report_path.clone(),
+    };
+    write_json(
+        &report_path,
+        &json!({
+            "protocol": "t2i",
+            "metrics": { "FID": fid, "CLIPScore": clip_score },
+            "fid_note": if fid.is_none() { Some("not computed: no --inception model given") } else { None },
+            "prompts": done.len(),
+            "run": o.run,
+            "checkpoint": g.checkpoint,
+            "memory_bank": g.dataset,
+            "config": o.config,
+            "leakage": report.leakage,
+            "excluded_from_retrieval": report.leakage.overlaps.iter().map(|ov| &ov.pair_id).collect::<Vec<_>>(),
+            "samples": "samples.jsonl",
+            "grid": "grid.png",
+            "tool_version": env!("CARGO_PKG_VERSION"),
+        }),
+    )?;
+    Ok(report)
+}
+
+/// The first `n` images tiled four a row into one PNG (the prompts are in samples.jsonl, in the
+/// same order).
+pub fn write_grid(path: &Path, images: &[Vec<u8>], side: u32, n: usize) -> Result<()> {
+    let n = n.min(images.len());
+    if n == 0 || side == 0 {
+        return Ok(());
+    }
+    let cols = n.min(4);
+    let rows = n.div_ceil(cols);
+    let s = side as usize;
+    let (w, h) = (cols * s, rows * s);
+    let mut canvas = vec![255u8; w * h * 3];
+    for (i, img) in images.iter().take(n).enumerate() {
+        let (x0, y0) = ((i % cols) * s, (i / cols) * s);
+        for y in 0..s {
+            let src = &img[y * s * 3..(y + 1) * s * 3];
+            let at = ((y0 + y) * w + x0) * 3;
+            canvas[at..at + s * 3].copy_from_slice(src);
+        }
+    }
+    image::save_buffer(
+        path,
+        &canvas,
+        w as u32,
+        h as u32,
+        image::ExtendedColorType::Rgb8,
+    )
+    .map_err(|e| EvalError::input(path.display().to_string(), e.to_string()))
+}
+
+/// Square RGB images as CLIP inputs.
+fn as_inputs(images: &[Vec<u8>], side: u32) -> Vec<ImageInput<'_>> {
+    images
+        .iter()
+        .map(|px| ImageInput::Rgb {
+            pixels: px,
+            width: side,
+            height: side,
+        })
+        .collect()
+}
