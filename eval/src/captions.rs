@@ -19,7 +19,6 @@ mod bleu;
 mod cider;
 mod formats;
 mod ngrams;
-mod ptb;
 mod rouge;
 
 use std::collections::{HashMap, HashSet};
@@ -27,11 +26,12 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
+#[cfg(feature = "ptb")]
+pub use cm3_ptb::{PUNCTUATIONS, ptb_tokenize, ptb_tokenize_batch};
 pub use formats::{
     ImageId, MAX_CAPTION_BYTES, MAX_FILE_BYTES, Prediction, Predictions, References,
     read_predictions, read_references,
 };
-pub use ptb::{PUNCTUATIONS, ptb_tokenize, ptb_tokenize_batch};
 
 use crate::error::{EvalError, Result};
 use ngrams::{Counts, Grams, Vocab};
@@ -170,9 +170,8 @@ fn evaluate_checked(
         .iter()
         .flat_map(|&(i, _)| references.images[i].1.iter().map(String::as_str))
         .collect();
-    let ref_tok = ptb_tokenize_batch(&ref_raw);
     let hyp_raw: Vec<&str> = chosen.iter().map(|&(_, c)| c).collect();
-    let hyp_tok = ptb_tokenize_batch(&hyp_raw);
+    let (ref_tok, hyp_tok) = tokenize_sides(&ref_raw, &hyp_raw, &predictions.source)?;
     let mut ref_tok = ref_tok.into_iter();
     let images: Vec<TokenizedImage> = chosen
         .iter()
@@ -187,6 +186,23 @@ fn evaluate_checked(
         })
         .collect();
     score_tokenized(&images)
+}
+
+/// Both sides through pycocoevalcap's PTB tokenisation.
+#[cfg(feature = "ptb")]
+fn tokenize_sides(refs: &[&str], hyps: &[&str], _: &str) -> Result<(Vec<String>, Vec<String>)> {
+    Ok((ptb_tokenize_batch(refs), ptb_tokenize_batch(hyps)))
+}
+
+/// Built without the PTB tokeniser: raw captions cannot be scored as pycocoevalcap scores them.
+#[cfg(not(feature = "ptb"))]
+fn tokenize_sides(_: &[&str], _: &[&str], source: &str) -> Result<(Vec<String>, Vec<String>)> {
+    Err(EvalError::input(
+        source,
+        "this cm3 was built without the PTB tokeniser pycocoevalcap uses (feature `ptb` of \
+         cm3-eval, GPL-2.0-or-later): rebuild with it, or score already tokenised captions \
+         with `captions::score_tokenized`",
+    ))
 }
 
 /// BLEU, ROUGE-L and CIDEr-D of already tokenised captions (pycocoevalcap's scorers on its

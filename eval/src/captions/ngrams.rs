@@ -3,8 +3,6 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use super::ptb::python_isspace;
-
 /// The marker for "no word / no prefix".
 pub(crate) const NONE: u32 = u32::MAX;
 /// BLEU-4 and CIDEr-D both use 1..4-grams.
@@ -125,4 +123,10 @@ impl Grams {
 pub(crate) struct Counts {
     pub(crate) grams: Vec<(u32, u32)>,
     pub(crate) words: usize,
+}
+
+/// Python's `str.isspace` (what `split()` splits on): Unicode White_Space plus the four
+/// separators U+001C..U+001F, which Python counts and Rust does not.
+pub(crate) fn python_isspace(c: char) -> bool {
+    c.is_whitespace() || ('\x1C'..='\x1F').contains(&c)
 }
