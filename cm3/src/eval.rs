@@ -58,7 +58,7 @@ pub(crate) struct VqaArgs {
     #[arg(long)]
     annotations: PathBuf,
     /// VQA v2 questions; checked against the annotations (and, with --run, answered).
-    #[arg(long, required_if_eq("run", "true"))]
+    #[arg(long)]
     questions: Option<PathBuf>,
     /// Answer the questions with this run first.
     #[arg(long, requires_all = ["questions", "images", "out"])]
