@@ -417,6 +417,9 @@ def report(out):
             "val_loss": val[-1][1] if val else None,
             "unigram": uni,
             "shared_scores": shared_scores(out, name),
+            # `cm3 eval i2t` on the held-out images (pycocoevalcap's caption metrics).
+            "caption_metrics": load_json(
+                os.path.join(out, "eval", name, "caption-metrics", "report.json"), {}).get("metrics"),
             "judged": judged,
             "items": per_item,
         }
@@ -457,6 +460,8 @@ def report(out):
     row("i2t: right colour named", lambda r: fmt_share(r["judged"]["i2t"].get("colour")))
     row("i2t: right shape named", lambda r: fmt_share(r["judged"]["i2t"].get("shape")))
     row("i2t: empty captions", lambda r: str(r["judged"]["i2t"].get("empty_captions", "n/a")))
+    row("i2t, cm3 eval: CIDEr / BLEU-4 / ROUGE-L", lambda r: " / ".join(
+        fmt((r["caption_metrics"] or {}).get(m)) for m in ("CIDEr", "Bleu_4", "ROUGE_L")))
     for k, label in T2I:
         row(f"{label}: right colour drawn", lambda r, k=k: fmt_share(r["judged"][k].get("colour")))
         row(f"{label}: right shape drawn", lambda r, k=k: fmt_share(r["judged"][k].get("shape")))

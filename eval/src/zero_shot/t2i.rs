@@ -17,6 +17,8 @@ use super::{CocoCaptionFile, Progress, images_in, io_err, pin_settings, write_js
 use crate::clip_score::ClipScoring;
 use crate::error::{EvalError, Result};
 
+/// Samples scored by CLIP at a time.
+const CLIP_CHUNK: usize = 256;
 /// Images a batch through Inception (pytorch-fid's default batch size).
 const FID_BATCH: usize = 50;
 
@@ -293,13 +295,25 @@ fn score(
     leakage: LeakageReport,
 ) -> Result<T2iReport> {
     let side = g.image.as_ref().map_or(0, |t| t.resolution());
-    let mut images = Vec::with_capacity(done.len());
-    for r in &done {
-        images.push(cm3_tokenize::image::load_image(&o.out.join(&r.file), side)?);
+    // The CLIP score, torchmetrics' definition (the mean of 100·cos, clamped at 0), with the
+    // dataset's encoders; a chunk of samples in memory at a time (30K samples would not fit).
+    let (mut cos_sum, mut grid) = (0f64, Vec::new());
+    for chunk in done.chunks(CLIP_CHUNK) {
+        let mut images = Vec::with_capacity(chunk.len());
+        for r in chunk {
+            images.push(cm3_tokenize::image::load_image(&o.out.join(&r.file), side)?);
+        }
+        let texts: Vec<&str> = chunk.iter().map(|r| r.prompt.as_str()).collect();
+        cos_sum += clip
+            .score_pairs(&as_inputs(&images, side), &texts)?
+            .cosine
+            .iter()
+            .sum::<f64>();
+        if grid.len() < o.config.grid {
+            grid.extend(images.into_iter().take(o.config.grid - grid.len()));
+        }
     }
-    // The CLIP score, torchmetrics' definition, with the dataset's encoders.
-    let texts: Vec<&str> = done.iter().map(|r| r.prompt.as_str()).collect();
-    let clip_score = clip.score_pairs(&as_inputs(&images, side), &texts)?.mean;
+    let clip_score = (100.0 * cos_sum / done.len().max(1) as f64).max(0.0);
     let fid = match &o.inception {
         Some(model) => {
             // pytorch-fid's protocol on two folders: the chosen samples (only they are in
@@ -315,7 +329,7 @@ fn score(
         }
         None => None,
     };
-    write_grid(&o.out.join("grid.png"), &images, side, o.config.grid)?;
+    write_grid(&o.out.join("grid.png"), &grid, side, o.config.grid)?;
     let report_path = o.out.join("report.json");
     let report = T2iReport {
         prompts: done.len(),
