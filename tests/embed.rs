@@ -437,3 +437,36 @@ fn missing_onnx_runtime_says_what_to_run() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// ONNX Runtime is never taken from the directory cm3 runs in: a planted `onnxruntime/` package
+/// there is neither imported by the Python fallback (importing runs its code) nor loaded.
+#[test]
+fn a_planted_onnxruntime_in_the_working_directory_is_not_loaded() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pkg = tmp.path().join("onnxruntime");
+    fs::create_dir_all(pkg.join("capi")).expect("mkdir");
+    let marker = tmp.path().join("imported");
+    fs::write(
+        pkg.join("__init__.py"),
+        format!("open({:?}, 'w').write('planted code ran')\n", p(&marker)),
+    )
+    .expect("write");
+    fs::write(pkg.join("capi/libonnxruntime.so.1.31.1"), b"not a library").expect("write");
+    // No project install and no ORT_DYLIB_PATH: the Python fallback is what finds a runtime.
+    let out = cm3()
+        .current_dir(tmp.path())
+        .env("CM3_ORT_DIR", tmp.path().join("no-install"))
+        .env_remove("ORT_DYLIB_PATH")
+        .args([
+            "embed",
+            "text",
+            "a cat",
+            "--text-model",
+            &p(&tiny_model("text")),
+        ])
+        .output()
+        .expect("spawn cm3");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!marker.exists(), "the planted package was imported: {err}");
+    assert!(!err.contains(&p(&pkg)), "{err}");
+}

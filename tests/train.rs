@@ -223,6 +223,75 @@ fn build_then_train_resumes_exactly_and_overfits() {
     );
 }
 
+/// Two processes on one run (a `cm3 train --resume` started while another still trains it): the
+/// second is refused, naming the run and the holder, and leaves the holder's checkpoints alone.
+#[test]
+fn a_second_process_on_a_run_is_refused() {
+    runtime();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ds = prepared(tmp.path(), 4);
+    let cfg = tmp.path().join("tiny.toml");
+    fs::write(
+        &cfg,
+        "preset = \"tiny\"\nbatch_size = 2\nbatch_tokens = 256\nsave_every = 1\n\
+         keep_checkpoints = 1\neval_every = 0\n",
+    )
+    .expect("config");
+    let run = tmp.path().join("run");
+    train(&[
+        "--data",
+        &p(&ds),
+        "--config",
+        &p(&cfg),
+        "--out",
+        &p(&run),
+        "--steps",
+        "3",
+        "--stop-after",
+        "1",
+    ]);
+    let checkpoints = || -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(run.join("checkpoints"))
+            .expect("checkpoints")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = checkpoints();
+    assert_eq!(before, ["latest", "step-0000001"]);
+
+    // This test process holds the run, as a training process does; and a new run's folder,
+    // as a `cm3 train --out` that started a moment before would.
+    let held = cm3_core::lock_dir(&run, "training run").expect("lock the run");
+    let fresh = tmp.path().join("fresh");
+    fs::create_dir_all(&fresh).expect("mkdir");
+    let held_fresh = cm3_core::lock_dir(&fresh, "training run").expect("lock");
+    for (dir, args) in [
+        (&run, vec!["train", "--resume", &p(&run)]),
+        (
+            &fresh,
+            vec!["train", "--data", &p(&ds), "--out", &p(&fresh)],
+        ),
+    ] {
+        let err = run_err(&args);
+        assert!(
+            err.contains(&p(dir)) && err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+    }
+    assert!(!fresh.join("config.json").exists());
+    drop(held_fresh);
+    assert_eq!(checkpoints(), before);
+    drop(held);
+    let r = train(&["--resume", &p(&run)]);
+    assert_eq!(
+        (r["first_step"].as_u64(), r["last_step"].as_u64()),
+        (Some(1), Some(3))
+    );
+    assert_eq!(checkpoints(), ["latest", "step-0000003"]);
+}
+
 #[test]
 fn the_tiny_model_overfits_a_few_sequences_and_stops_on_nan() {
     runtime();

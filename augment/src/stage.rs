@@ -351,6 +351,8 @@ pub fn run(opts: &AugmentOptions) -> Result<AugmentReport> {
             batch_size: opts.batch_size.max(1),
         };
         let shard = augment_shard(&ctx, encoder.as_mut(), &bar)?;
+        // The name comes from the manifest: it must stay one file inside the output folder.
+        cm3_core::names::plain_name(name, "embed shard name")?;
         let rel = format!("neighbors/{name}.parquet");
         let w_started = Instant::now();
         let written = write_shard(&ds.path(&rel), &shard.rows, &opts.worker.tag())?;

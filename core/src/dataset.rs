@@ -80,12 +80,30 @@ pub struct DatasetLock {
 }
 
 impl DatasetDir {
-    /// Create the directory if needed.
+    /// Create the directory if needed. An existing directory without a manifest becomes a
+    /// dataset only if it holds none of the folders ingest writes into (`pairs/`, `rejects/`):
+    /// cm3 replaces files there, so they must be its own.
     pub fn create(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
         fs::create_dir_all(&root)
             .map_err(|e| CoreError::io("creating dataset directory", &root, e))?;
-        Ok(Self { root })
+        let d = Self { root };
+        if !d.manifest_path().exists() && d.worker_manifests()?.is_empty() {
+            for sub in ["pairs", "rejects"] {
+                let p = d.root.join(sub);
+                if fs::symlink_metadata(&p).is_ok() {
+                    return Err(CoreError::NotOurs {
+                        path: d.root.clone(),
+                        reason: format!(
+                            "holds `{sub}` but no manifest.json, so it is not a cm3 dataset and \
+                             cm3 will not write into (or delete) {}; choose a new or empty directory",
+                            p.display()
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(d)
     }
 
     /// Open an existing dataset (one with a manifest).
@@ -266,9 +284,11 @@ impl DatasetDir {
         Ok(report)
     }
 
-    /// Forget a stage and delete its output folder (what `--rebuild` does, once every check of
-    /// the new run has passed): the manifest is saved without the stage first, so a crash in
-    /// between leaves stale files the stage no longer claims, never claimed files that are gone.
+    /// Forget a stage and delete the files its record names (what `--rebuild` does, once every
+    /// check of the new run has passed), then this writer's temporaries and the folders left
+    /// empty in its output folder. Files the record does not name stay: cm3 deletes only what it
+    /// recorded writing. The manifest is saved without the stage first, so a crash in between
+    /// leaves stale files the stage no longer claims, never claimed files that are gone.
     pub fn discard_stage(
         &self,
         manifest: &mut Manifest,
@@ -276,12 +296,36 @@ impl DatasetDir {
         output: &str,
         tag: &str,
     ) -> Result<()> {
-        if manifest.stages.remove(stage).is_some() {
+        if let Some(rec) = manifest.stages.remove(stage) {
             manifest.save(&self.manifest_path(), tag)?;
+            self.remove_recorded(&rec)?;
         }
         let dir = self.path(output);
-        if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(|e| CoreError::io("removing", &dir, e))?;
+        crate::fsio::remove_stale_tmp(&dir, tag)?;
+        remove_empty_dirs(&dir)?;
+        Ok(())
+    }
+
+    /// Remove every file (or folder, as a stage may record one) that `rec`'s shards name.
+    pub fn remove_recorded(&self, rec: &StageRecord) -> Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        for (name, shard) in &rec.shards {
+            let files = std::iter::once(&shard.file).chain(shard.rejects_file.as_ref());
+            for rel in files {
+                let what = format!("file recorded for shard {name}");
+                let rel = crate::names::relative_path(rel, &what)?;
+                if !seen.insert(rel) {
+                    continue;
+                }
+                let p = self.root.join(rel);
+                let r = match fs::symlink_metadata(&p) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(CoreError::io("inspecting", &p, e)),
+                    Ok(md) if md.is_dir() => fs::remove_dir_all(&p),
+                    Ok(_) => fs::remove_file(&p),
+                };
+                r.map_err(|e| CoreError::io("removing", &p, e))?;
+            }
         }
         Ok(())
     }
@@ -312,6 +356,70 @@ impl DatasetDir {
 pub struct MergeReport {
     pub files: usize,
     pub new_shards: usize,
+}
+
+/// Lock a directory that is not a dataset (a training run) for one process, with the flock a
+/// dataset uses (`<dir>/.cm3.lock`). The holder writes who it is into the lock file, so that a
+/// refused process can name it (`pid 123 on host h`); the lock is released on drop, or when the
+/// holder dies.
+pub fn lock_dir(dir: &Path, what: &str) -> Result<DatasetLock> {
+    use std::io::Write;
+    let path = dir.join(".cm3.lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| CoreError::io("opening lock file", &path, e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            // Written by the holder just after it locked; empty only in that instant.
+            let holder = fs::read_to_string(&path).unwrap_or_default();
+            let holder = match holder.trim() {
+                "" => "holder unknown".to_string(),
+                h => format!("held by {h}"),
+            };
+            return Err(CoreError::Locked {
+                path: dir.to_path_buf(),
+                what: format!("{what}, {holder}"),
+            });
+        }
+        Err(TryLockError::Error(e)) => return Err(CoreError::io("locking", &path, e)),
+    }
+    let host = fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| format!(" on host {}", h.trim()))
+        .unwrap_or_default();
+    let holder = format!("pid {}{host}\n", std::process::id());
+    // Who holds it is only for the refusal message: a failure to record it is not an error.
+    let _ = file.set_len(0);
+    let _ = (&file).write_all(holder.as_bytes());
+    Ok(DatasetLock { _files: vec![file] })
+}
+
+/// Remove `dir` and the folders below it that are empty (bottom-up); folders holding anything
+/// stay. Links are not followed.
+pub fn remove_empty_dirs(dir: &Path) -> Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(CoreError::io("listing", dir, e)),
+    };
+    for e in entries {
+        let e = e.map_err(|e| CoreError::io("listing", dir, e))?;
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_empty_dirs(&e.path())?;
+        }
+    }
+    match fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        // Not empty (the error kind varies by platform): it holds something that stays.
+        Err(_) if fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) => Ok(()),
+        Err(e) => Err(CoreError::io("removing", dir, e)),
+    }
 }
 
 fn try_lock(file: &File, shared: bool, path: &Path, what: String) -> Result<()> {
@@ -349,6 +457,64 @@ mod tests {
     }
 
     #[test]
+    fn a_folder_with_pairs_but_no_manifest_is_not_adopted() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| CoreError::io("tempdir", "/tmp", e))?;
+        let pairs = dir.path().join("pairs");
+        fs::create_dir(&pairs).map_err(|e| CoreError::io("mkdir", &pairs, e))?;
+        let err = DatasetDir::create(dir.path()).expect_err("not a dataset");
+        assert!(matches!(err, CoreError::NotOurs { .. }), "{err}");
+        assert!(err.to_string().contains("manifest.json"), "{err}");
+        // An empty folder, or one with unrelated files, may become a dataset.
+        let other = tempfile::tempdir().map_err(|e| CoreError::io("tempdir", "/tmp", e))?;
+        let cfg = other.path().join("build.toml");
+        fs::write(&cfg, b"").map_err(|e| CoreError::io("w", &cfg, e))?;
+        DatasetDir::create(other.path())?;
+        Ok(())
+    }
+
+    #[test]
+    fn discard_removes_only_recorded_files() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| CoreError::io("tempdir", "/tmp", e))?;
+        let d = DatasetDir::create(dir.path())?;
+        let out = dir.path().join("tokens");
+        fs::create_dir_all(out.join("rejects")).map_err(|e| CoreError::io("mkdir", &out, e))?;
+        for f in [
+            "tokens/a.parquet",
+            "tokens/rejects/a.jsonl",
+            "tokens/mine.txt",
+        ] {
+            let p = dir.path().join(f);
+            fs::write(&p, b"x").map_err(|e| CoreError::io("w", &p, e))?;
+        }
+        let mut m = Manifest::default();
+        let mut rec = StageRecord::new(json!({}));
+        rec.shards.insert(
+            "a".into(),
+            crate::ShardRecord {
+                file: "tokens/a.parquet".into(),
+                input: "a".into(),
+                chunk: 0,
+                rows: 1,
+                bytes: 1,
+                sha256: "h".into(),
+                rejects: 1,
+                rejects_file: Some("tokens/rejects/a.jsonl".into()),
+                rejects_by_reason: Default::default(),
+                counters: Default::default(),
+            },
+        );
+        m.stages.insert("tokenize".into(), rec);
+        d.discard_stage(&mut m, "tokenize", "tokens", "w0of1")?;
+        assert!(!out.join("a.parquet").exists() && !out.join("rejects").exists());
+        assert!(
+            out.join("mine.txt").is_file(),
+            "a file cm3 did not record stays"
+        );
+        assert!(d.load_manifest()?.stages.is_empty());
+        Ok(())
+    }
+
+    #[test]
     fn exclusive_lock_refuses_second_run() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| CoreError::io("tempdir", "/tmp", e))?;
         let d = DatasetDir::create(dir.path())?;
@@ -359,6 +525,23 @@ mod tests {
         assert!(matches!(err, CoreError::Locked { .. }), "{err}");
         // Workers are excluded too while a single-process run holds the dataset.
         assert!(d.lock("ingest", &WorkerSpec::new(2, 0)?).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn a_locked_directory_names_its_holder_and_is_released_on_drop() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| CoreError::io("tempdir", "/tmp", e))?;
+        let held = lock_dir(dir.path(), "training run")?;
+        let err = lock_dir(dir.path(), "training run").expect_err("second lock");
+        let msg = err.to_string();
+        assert!(matches!(err, CoreError::Locked { .. }), "{msg}");
+        assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
+        assert!(
+            msg.contains(&format!("held by pid {}", std::process::id())),
+            "{msg}"
+        );
+        drop(held);
+        lock_dir(dir.path(), "training run")?;
         Ok(())
     }
 

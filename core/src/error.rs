@@ -68,6 +68,19 @@ pub enum CoreError {
     Workers(String),
     #[error("{path}: not a cm3 dataset directory (no manifest.json)")]
     NotADataset { path: PathBuf },
+    /// A name read from a file or the network that would not stay one path component.
+    #[error(
+        "{what} {name:?} is refused: {reason}; a name read from a file must be one plain path \
+         component"
+    )]
+    UnsafeName {
+        what: String,
+        name: String,
+        reason: &'static str,
+    },
+    /// cm3 deletes or replaces only what it wrote, in a directory it can prove is its own.
+    #[error("{path}: {reason}")]
+    NotOurs { path: PathBuf, reason: String },
 }
 
 pub type Result<T, E = CoreError> = std::result::Result<T, E>;

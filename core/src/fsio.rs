@@ -80,7 +80,7 @@ impl AtomicFile {
                 .map_err(|e| CoreError::io("creating directory", parent, e))?;
         }
         let tmp = tmp_name(&dst, tag);
-        let file = File::create(&tmp).map_err(|e| CoreError::io("creating", &tmp, e))?;
+        let file = create_tmp(&tmp)?;
         Ok(Self {
             dst,
             tmp,
@@ -123,6 +123,88 @@ impl Drop for AtomicFile {
         if self.writer.is_some() {
             let _ = fs::remove_file(&self.tmp);
         }
+    }
+}
+
+/// Create the temporary file `tmp` exclusively (`O_CREAT|O_EXCL`, which never follows a symbolic
+/// link). A regular file left there by a crashed writer with the same tag is removed and the
+/// creation retried; anything else at the name (a planted link, a folder) is refused, so that
+/// writing never reaches a file outside the output.
+fn create_tmp(tmp: &Path) -> Result<File> {
+    let create = || File::options().write(true).create_new(true).open(tmp);
+    match create() {
+        Ok(f) => return Ok(f),
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+            return Err(CoreError::io("creating", tmp, e));
+        }
+        Err(_) => {}
+    }
+    let md = fs::symlink_metadata(tmp).map_err(|e| CoreError::io("inspecting", tmp, e))?;
+    if !md.file_type().is_file() {
+        return Err(CoreError::NotOurs {
+            path: tmp.to_path_buf(),
+            reason: format!(
+                "a {} is in the way of cm3's temporary file; cm3 does not write through or remove \
+                 it: remove it yourself if it is not needed",
+                kind_name(&md.file_type())
+            ),
+        });
+    }
+    fs::remove_file(tmp).map_err(|e| CoreError::io("removing stale temporary file", tmp, e))?;
+    create().map_err(|e| CoreError::io("creating", tmp, e))
+}
+
+fn kind_name(t: &fs::FileType) -> &'static str {
+    if t.is_symlink() {
+        "symbolic link"
+    } else if t.is_dir() {
+        "directory"
+    } else {
+        "special file"
+    }
+}
+
+/// Open `path` for reading and writing, creating it if absent, without following a symbolic
+/// link at its name (`O_NOFOLLOW`): for files that are appended to in place, where a planted
+/// link would make cm3 truncate and overwrite whatever it points at.
+pub fn open_in_place(path: &Path) -> Result<File> {
+    let mut opts = File::options();
+    opts.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(libc::O_NOFOLLOW);
+    }
+    #[cfg(not(unix))]
+    if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(link_refused(path));
+    }
+    let f = opts.open(path).map_err(|e| {
+        if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+            link_refused(path)
+        } else {
+            CoreError::io("opening", path, e)
+        }
+    })?;
+    if !f
+        .metadata()
+        .map_err(|e| CoreError::io("inspecting", path, e))?
+        .is_file()
+    {
+        return Err(CoreError::NotOurs {
+            path: path.to_path_buf(),
+            reason: "not a regular file; cm3 writes its output only into files".into(),
+        });
+    }
+    Ok(f)
+}
+
+fn link_refused(path: &Path) -> CoreError {
+    CoreError::NotOurs {
+        path: path.to_path_buf(),
+        reason: "a symbolic link where cm3 keeps its own file; cm3 does not write through links: \
+                 remove it (or rebuild the output)"
+            .into(),
     }
 }
 
@@ -217,6 +299,53 @@ mod tests {
         }
         assert!(!dst.exists());
         assert_eq!(fs::read_dir(dir.path()).map(|d| d.count()).ok(), Some(0));
+        Ok(())
+    }
+
+    /// A link planted at the temporary name is neither followed nor removed; a regular file left
+    /// by a crash is replaced.
+    #[cfg(unix)]
+    #[test]
+    fn temporary_files_never_follow_a_planted_link() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| CoreError::io("tempdir", "/tmp", e))?;
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"precious").map_err(|e| CoreError::io("w", &victim, e))?;
+        let dst = dir.path().join("a.bin");
+        let tmp = dir.path().join(".a.bin.tmp-t0");
+        std::os::unix::fs::symlink(&victim, &tmp).map_err(|e| CoreError::io("ln", &tmp, e))?;
+        let err = write_atomic(&dst, b"new", "t0").expect_err("a link is in the way");
+        assert!(matches!(err, CoreError::NotOurs { .. }), "{err}");
+        assert!(err.to_string().contains(".a.bin.tmp-t0"), "{err}");
+        assert_eq!(fs::read(&victim).ok().as_deref(), Some(&b"precious"[..]));
+        assert!(!dst.exists());
+        // A dangling link is not followed into creating its target either.
+        fs::remove_file(&tmp).map_err(|e| CoreError::io("rm", &tmp, e))?;
+        let target = dir.path().join("made-through-link");
+        std::os::unix::fs::symlink(&target, &tmp).map_err(|e| CoreError::io("ln", &tmp, e))?;
+        assert!(write_atomic(&dst, b"new", "t0").is_err());
+        assert!(!target.exists());
+        // A crash leftover (a regular file) is replaced.
+        fs::remove_file(&tmp).map_err(|e| CoreError::io("rm", &tmp, e))?;
+        fs::write(&tmp, b"half").map_err(|e| CoreError::io("w", &tmp, e))?;
+        write_atomic(&dst, b"new", "t0")?;
+        assert_eq!(fs::read(&dst).ok().as_deref(), Some(&b"new"[..]));
+        Ok(())
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn in_place_files_never_follow_a_planted_link() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| CoreError::io("tempdir", "/tmp", e))?;
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"precious").map_err(|e| CoreError::io("w", &victim, e))?;
+        let bin = dir.path().join("train.bin");
+        std::os::unix::fs::symlink(&victim, &bin).map_err(|e| CoreError::io("ln", &bin, e))?;
+        let err = open_in_place(&bin).expect_err("a link");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(fs::read(&victim).ok().as_deref(), Some(&b"precious"[..]));
+        let plain = dir.path().join("val.bin");
+        open_in_place(&plain)?;
+        assert!(plain.is_file());
         Ok(())
     }
 

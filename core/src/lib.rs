@@ -10,13 +10,14 @@ pub mod error;
 pub mod fsio;
 pub mod id;
 pub mod manifest;
+pub mod names;
 pub mod progress;
 pub mod rng;
 pub mod schema;
 pub mod tokens;
 pub mod vocab;
 
-pub use dataset::{DatasetDir, DatasetLock, WorkerSpec};
+pub use dataset::{DatasetDir, DatasetLock, WorkerSpec, lock_dir};
 pub use error::{CoreError, Result};
 pub use id::pair_id;
 pub use manifest::{InputRecord, Manifest, ShardRecord, StageRecord, Totals};

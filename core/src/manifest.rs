@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::error::{CoreError, Result};
 use crate::fsio::write_atomic;
+use crate::names::{plain_name, relative_path};
 
 /// Version of the manifest layout this tool writes and understands.
 pub const MANIFEST_VERSION: u32 = 1;
@@ -229,11 +230,28 @@ impl Manifest {
                 supported: MANIFEST_VERSION,
             });
         }
-        let m = serde_json::from_value(raw).map_err(|source| CoreError::Json {
+        let m: Self = serde_json::from_value(raw).map_err(|source| CoreError::Json {
             path: path.to_path_buf(),
             source,
         })?;
+        m.check_names(path)?;
         Ok(Some(m))
+    }
+
+    /// Shard names become output paths (`embeddings/<name>`, `tokens/<name>.parquet`) and
+    /// recorded files are read and removed: refuse any that would leave the dataset.
+    fn check_names(&self, path: &Path) -> Result<()> {
+        for (stage, rec) in &self.stages {
+            for (name, shard) in &rec.shards {
+                let at = |what: &str| format!("{}: stage `{stage}`: {what}", path.display());
+                plain_name(name, &at("shard name"))?;
+                relative_path(&shard.file, &at(&format!("file of shard {name}")))?;
+                if let Some(r) = &shard.rejects_file {
+                    relative_path(r, &at(&format!("rejects file of shard {name}")))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Save atomically (temporary file, fsync, rename), recomputing totals first.
@@ -384,6 +402,34 @@ mod tests {
         d.stages
             .insert("ingest".into(), StageRecord::new(json!({"k": 2})));
         assert!(a.merge_from(&d, Path::new("w3")).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn names_that_leave_the_dataset_are_refused_on_load() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| CoreError::io("tempdir", "/tmp", e))?;
+        let path = dir.path().join("manifest.json");
+        for (name, file) in [
+            ("../../x", "pairs/x.parquet"),
+            ("a/b", "pairs/x.parquet"),
+            ("ok", "/etc/passwd"),
+            ("ok", "pairs/../../x"),
+        ] {
+            let mut m = Manifest::default();
+            let mut st = StageRecord::new(json!({}));
+            let mut rec = shard(1, "s");
+            rec.file = file.into();
+            st.shards.insert(name.into(), rec);
+            m.stages.insert("ingest".into(), st);
+            m.save(&path, "t")?;
+            let err = Manifest::load(&path).expect_err("unsafe name");
+            let msg = err.to_string();
+            assert!(matches!(err, CoreError::UnsafeName { .. }), "{msg}");
+            assert!(
+                msg.contains("manifest.json") && msg.contains("ingest"),
+                "{msg}"
+            );
+        }
         Ok(())
     }
 

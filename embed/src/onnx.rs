@@ -43,6 +43,28 @@ fn library_in(package: &Path) -> Option<PathBuf> {
     found.pop()
 }
 
+/// The folder of `python3`'s `onnxruntime` package, if it has one. Importing a package runs its
+/// code, so the current directory (where cm3 was started: a dataset, a download folder) must not
+/// be on `sys.path`: Python runs from `/`, with `PYTHONSAFEPATH` (3.11+) and, for older Pythons,
+/// the script's own removal of the `''` entry. `-I` is not used: it would also drop `PYTHONPATH`
+/// and user site-packages, where a user may have installed onnxruntime on purpose.
+fn python_onnxruntime() -> Option<PathBuf> {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; \
+             import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))",
+        ])
+        .env("PYTHONSAFEPATH", "1")
+        .current_dir("/")
+        .output()
+        .ok()
+        .filter(|out| out.status.success())?;
+    let pkg = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    // A relative answer could only be relative to a directory we chose not to trust.
+    pkg.is_absolute().then_some(pkg)
+}
+
 /// Where `libonnxruntime.so` is, or an error that says what to run.
 pub fn find_onnxruntime() -> Result<PathBuf> {
     let mut tried = Vec::new();
@@ -58,22 +80,14 @@ pub fn find_onnxruntime() -> Result<PathBuf> {
         return Ok(p);
     }
     tried.push(format!("{}/onnxruntime/capi", dir.display()));
-    let python = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))",
-        ])
-        .output();
-    if let Ok(out) = python
-        && out.status.success()
-    {
-        let pkg = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if let Some(p) = library_in(&pkg) {
-            return Ok(p);
+    match python_onnxruntime() {
+        Some(pkg) => {
+            if let Some(p) = library_in(&pkg) {
+                return Ok(p);
+            }
+            tried.push(format!("{}/capi", pkg.display()));
         }
-        tried.push(format!("{}/capi", pkg.display()));
-    } else {
-        tried.push("python3 -c 'import onnxruntime' (not installed)".into());
+        None => tried.push("python3 -c 'import onnxruntime' (not installed)".into()),
     }
     Err(EmbedError::Runtime(format!(
         "ONNX Runtime (libonnxruntime.so) not found; looked at: {}.\nInstall it with `scripts/setup-onnxruntime.sh` \

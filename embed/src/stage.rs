@@ -161,18 +161,14 @@ pub fn run(opts: &EmbedOptions) -> Result<EmbedReport> {
                 "--rebuild cannot be combined with --num-workers".into(),
             ));
         }
+        // Only what the stage recorded is removed; the record goes first (see `discard_stage`).
         let mut m = dataset.load_stage_state(STAGE, &opts.worker)?;
-        m.stages.remove(STAGE);
-        m.save(&dataset.manifest_path(), &opts.worker.tag())?;
+        if let Some(rec) = m.stages.remove(STAGE) {
+            m.save(&dataset.manifest_path(), &opts.worker.tag())?;
+            dataset.remove_recorded(&rec)?;
+        }
         for d in ["embeddings", "rejects/embed"] {
-            let p = dataset.path(d);
-            if p.exists() {
-                fs::remove_dir_all(&p).map_err(|e| EmbedError::Io {
-                    op: "removing",
-                    path: p.clone(),
-                    source: e,
-                })?;
-            }
+            cm3_core::dataset::remove_empty_dirs(&dataset.path(d))?;
         }
     }
     let mut manifest = dataset.load_stage_state(STAGE, &opts.worker)?;
@@ -341,6 +337,8 @@ fn embed_shard(
         .collect();
     normalize_rows(&mut doc, EMBED_DIM);
     let n = ids.len();
+    // The name comes from the manifest: it must stay one folder inside `embeddings/`.
+    let name = cm3_core::names::plain_name(name, "ingest shard name")?;
     let rel = format!("embeddings/{name}");
     let files: [(&str, Vec<u8>); 4] = [
         ("ids.npy", npy::encode_u64(&ids)),

@@ -35,6 +35,9 @@ pub enum IndexError {
     Mismatch { path: PathBuf, reason: String },
     #[error("{0}")]
     Invalid(String),
+    /// cm3 deletes or replaces only what its index records say it wrote.
+    #[error("{path}: {reason}")]
+    NotOurs { path: PathBuf, reason: String },
     #[error(
         "index kind `{0}` needs cm3 built with the `faiss` cargo feature \
          (cargo build --release -p cm3 --features faiss; see the README)"

@@ -65,6 +65,76 @@ fn gen_name(g: u64) -> String {
     format!("gen-{g:06}")
 }
 
+/// The generation a folder name stands for, if it is exactly a name `gen_name` writes.
+fn gen_number(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("gen-")?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let g = digits.parse().ok()?;
+    (gen_name(g) == name).then_some(g)
+}
+
+/// A temporary of an index update: `.gen-NNNNNN.tmp-<tag>` or `.INDEX.json.tmp-<tag>`.
+fn is_index_tmp(name: &str) -> bool {
+    let gen_tmp = name
+        .strip_prefix('.')
+        .and_then(|n| n.split_once(".tmp-"))
+        .is_some_and(|(g, tag)| gen_number(g).is_some() && !tag.is_empty());
+    gen_tmp || name.starts_with(".INDEX.json.tmp-")
+}
+
+fn not_ours(path: &Path, reason: impl Into<String>) -> IndexError {
+    IndexError::NotOurs {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// Names in `dir` (none when it does not exist).
+fn entry_names(dir: &Path) -> Result<Vec<String>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(IndexError::io("listing", dir, e)),
+    };
+    let mut names = Vec::new();
+    for e in entries {
+        let e = e.map_err(|e| IndexError::io("listing", dir, e))?;
+        names.push(e.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Does `dir` hold an index cm3 wrote (an `INDEX.json` of format `cm3-index`, any version)?
+/// Only such a directory's generation folders are cm3's to remove.
+pub fn is_index_dir(dir: &Path) -> Result<bool> {
+    let path = dir.join(INDEX_FILE);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(IndexError::io("reading", &path, e)),
+    };
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        not_ours(
+            &path,
+            format!("not valid JSON ({e}), so cm3 cannot tell the directory is its index"),
+        )
+    })?;
+    Ok(value.get("format").and_then(|f| f.as_str()) == Some(FORMAT))
+}
+
+/// Remove one entry cm3 wrote (a generation folder or a temporary); links are not followed.
+fn remove_entry(path: &Path) -> std::io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(md) if md.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Read `INDEX.json` of `dir`; `None` if there is no index there yet.
 pub fn read_meta(dir: &Path) -> Result<Option<IndexMeta>> {
     let path = dir.join(INDEX_FILE);
@@ -156,11 +226,24 @@ pub fn commit(
     let name = gen_name(generation);
     let tmp = dir.join(format!(".{name}.tmp-{tag}"));
     let final_dir = dir.join(&name);
-    for stale in [&tmp, &final_dir] {
-        // Left by a crash before the commit point: not part of any committed generation.
-        if stale.exists() {
-            fs::remove_dir_all(stale).map_err(|e| IndexError::io("removing", stale, e))?;
+    if !is_index_dir(dir)? {
+        // A new index: the directory may hold other things, which stay untouched, but no
+        // generation folder that no INDEX.json of cm3's records.
+        if let Some(g) = entry_names(dir)?.iter().find(|n| gen_number(n).is_some()) {
+            return Err(not_ours(
+                &dir.join(g),
+                format!(
+                    "a generation folder that no {INDEX_FILE} records, so cm3 cannot tell it is \
+                     its own and will not replace it; remove it if it is left from an \
+                     interrupted build, or choose another directory"
+                ),
+            ));
         }
+    }
+    // Left by a crash before the commit point: not part of any committed generation (and the
+    // directory is cm3's index, or `final_dir` was refused above).
+    for stale in [&tmp, &final_dir] {
+        remove_entry(stale).map_err(|e| IndexError::io("removing", stale, e))?;
     }
     fs::create_dir(&tmp).map_err(|e| IndexError::io("creating", &tmp, e))?;
     let prev_dir = previous.map(|p| p.generation_dir(dir));
@@ -202,36 +285,77 @@ pub fn commit(
     Ok(meta)
 }
 
-/// Remove every generation but `keep`, and temporary directories of interrupted updates. Best
-/// effort: a reader may still have an old generation open (its files stay valid until closed).
+/// Remove every generation but `keep`, and temporaries of interrupted updates: only entries
+/// named as cm3 names them, in a directory that holds cm3's `INDEX.json`. Best effort: a reader
+/// may still have an old generation open (its files stay valid until closed).
 pub fn remove_old_generations(dir: &Path, keep: u64) {
-    let Ok(entries) = fs::read_dir(dir) else {
+    if !is_index_dir(dir).unwrap_or(false) {
+        return;
+    }
+    let Ok(names) = entry_names(dir) else {
         return;
     };
-    let keep = gen_name(keep);
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let old_gen = name.starts_with("gen-") && name != keep;
-        let tmp = name.starts_with(".gen-") && name.contains(".tmp-");
-        if (old_gen || tmp)
-            && let Err(err) = fs::remove_dir_all(e.path())
+    for name in names {
+        let old_gen = gen_number(&name).is_some_and(|g| g != keep);
+        let path = dir.join(&name);
+        if (old_gen || is_index_tmp(&name))
+            && let Err(err) = remove_entry(&path)
         {
-            tracing::warn!(path = %e.path().display(), %err, "could not remove an old index generation");
+            tracing::warn!(path = %path.display(), %err, "could not remove an old index generation");
         }
     }
 }
 
-/// Remove a whole index directory (for `--rebuild`): INDEX.json first, so that a crash midway
-/// leaves no index rather than a broken one.
+/// Remove the index of `dir` (for `--rebuild`): its generation folders and temporaries, then
+/// `INDEX.json` last, so that a crash midway leaves a directory still provably cm3's (the next
+/// `--rebuild` finishes the job). Anything else in `dir` stays; a directory without cm3's
+/// `INDEX.json` is refused unless it holds nothing of an index.
 pub fn remove(dir: &Path) -> Result<()> {
+    let names = entry_names(dir)?;
+    if !is_index_dir(dir)? {
+        if let Some(n) = names.iter().find(|n| !is_index_tmp(n)) {
+            return Err(not_ours(
+                dir,
+                format!(
+                    "holds no cm3 {INDEX_FILE} (but `{n}`), so it is not an index cm3 wrote; \
+                     --rebuild deletes nothing in it. Choose a new or empty directory"
+                ),
+            ));
+        }
+        return Ok(());
+    }
+    for name in names
+        .iter()
+        .filter(|n| gen_number(n).is_some() || is_index_tmp(n))
+    {
+        let path = dir.join(name);
+        remove_entry(&path).map_err(|e| IndexError::io("removing", &path, e))?;
+    }
     let idx = dir.join(INDEX_FILE);
-    match fs::remove_file(&idx) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(IndexError::io("removing", &idx, e)),
-    }
-    if dir.exists() {
-        fs::remove_dir_all(dir).map_err(|e| IndexError::io("removing", dir, e))?;
-    }
+    fs::remove_file(&idx).map_err(|e| IndexError::io("removing", &idx, e))?;
+    sync_dir(dir)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_names_cm3_writes_are_generations() {
+        assert_eq!(gen_number("gen-000003"), Some(3));
+        assert_eq!(gen_number("gen-1234567"), Some(1_234_567));
+        for other in [
+            "gen-2019",
+            "gen-",
+            "gen-00000x",
+            "gen-+00001",
+            "xgen-000001",
+        ] {
+            assert_eq!(gen_number(other), None, "{other}");
+        }
+        assert!(is_index_tmp(".gen-000002.tmp-index"));
+        assert!(is_index_tmp(".INDEX.json.tmp-index"));
+        assert!(!is_index_tmp(".gen-2019.tmp-x") && !is_index_tmp(".bashrc"));
+    }
 }

@@ -256,26 +256,29 @@ pub fn run(opts: &IngestOptions, cfg: &IngestConfig) -> Result<IngestReport> {
     let worker = opts.worker;
     let dataset = DatasetDir::create(&opts.out)?;
     let _lock = dataset.lock(STAGE, &worker)?;
-    if opts.rebuild {
-        rebuild(&dataset, &worker)?;
-    }
     let sources = source::resolve(&opts.inputs, opts.format, opts.image_root.as_deref())?;
+    let mut inputs = Vec::with_capacity(sources.len());
     for s in &sources {
         s.check(cfg)?;
-    }
-    let mut manifest = dataset.load_stage_state(STAGE, &worker)?;
-    let config_json = serde_json::to_value(cfg)
-        .map_err(|e| IngestError::Config(format!("serialising the configuration: {e}")))?;
-    let rec = dataset.stage_record(&mut manifest, STAGE, &config_json)?;
-    // Refuse changed inputs before doing any work.
-    for s in &sources {
         let input = InputRecord {
             path: s.path.to_string_lossy().into_owned(),
             format: s.format.name().to_string(),
             fingerprint: s.fingerprint()?,
             records: None,
         };
-        rec.check_input(STAGE, &s.id, input)?;
+        inputs.push((s.id.clone(), input));
+    }
+    // Every input is readable: only now may --rebuild discard the earlier output.
+    if opts.rebuild {
+        rebuild(&dataset, &worker)?;
+    }
+    let mut manifest = dataset.load_stage_state(STAGE, &worker)?;
+    let config_json = serde_json::to_value(cfg)
+        .map_err(|e| IngestError::Config(format!("serialising the configuration: {e}")))?;
+    let rec = dataset.stage_record(&mut manifest, STAGE, &config_json)?;
+    // Refuse changed inputs before doing any work.
+    for (id, input) in inputs {
+        rec.check_input(STAGE, &id, input)?;
     }
     dataset.save_stage(&mut manifest, STAGE, &worker)?;
     let tag = worker.tag();
@@ -362,15 +365,16 @@ fn rebuild(dataset: &DatasetDir, worker: &WorkerSpec) -> Result<()> {
             "rebuilding ingest: later stages {downstream:?} are now stale and must be rebuilt too"
         );
     }
-    m.stages.remove(STAGE);
+    // Only the files the stage recorded are removed (the record is dropped first, so a crash
+    // leaves unclaimed files, never claims to missing ones); others in `pairs/` stay.
+    let Some(rec) = m.stages.remove(STAGE) else {
+        return Ok(());
+    };
     m.save(&dataset.manifest_path(), &worker.tag())?;
+    dataset.remove_recorded(&rec)?;
     for d in ["pairs", "rejects"] {
-        let p = dataset.path(d);
-        match fs::remove_dir_all(&p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(IngestError::io("removing", p, e)),
-        }
+        remove_stale_tmp(&dataset.path(d), &worker.tag())?;
+        cm3_core::dataset::remove_empty_dirs(&dataset.path(d))?;
     }
     Ok(())
 }

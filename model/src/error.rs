@@ -22,6 +22,9 @@ pub enum ModelError {
     /// Reading a tensor back from the backend failed.
     #[error("{op}: {reason}")]
     Tensor { op: &'static str, reason: String },
+    /// Writing a file durably (atomic rename, fsync).
+    #[error(transparent)]
+    Core(#[from] cm3_core::CoreError),
 }
 
 pub type Result<T> = std::result::Result<T, ModelError>;

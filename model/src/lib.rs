@@ -11,3 +11,17 @@ pub mod error;
 pub mod vq;
 
 pub use error::{ModelError, Result};
+
+/// fsync a file that Burn wrote, so that it is on disk before a rename or a pointer (`latest`, a
+/// `config.json`) makes it visible, whatever the version of Burn's writers does.
+pub fn sync_file(path: &std::path::Path) -> Result<()> {
+    let io = |op, e| ModelError::Io {
+        op,
+        path: path.to_path_buf(),
+        source: e,
+    };
+    std::fs::File::open(path)
+        .map_err(|e| io("opening", e))?
+        .sync_all()
+        .map_err(|e| io("fsync", e))
+}

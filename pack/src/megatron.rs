@@ -15,7 +15,6 @@
 //! All little-endian. Each packed sequence is one "document" here.
 
 use std::fs::File;
-use std::fs::OpenOptions;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
@@ -74,12 +73,8 @@ impl IndexedWriter {
         lengths.truncate(keep);
         pointers.truncate(keep);
         let offset = lengths.iter().map(|&l| i64::from(l) * 4).sum::<i64>();
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&bin_path)
-            .map_err(io("opening", &bin_path))?;
+        // Never through a link planted at the name: it would truncate whatever it points at.
+        let f = cm3_core::fsio::open_in_place(&bin_path)?;
         let have = f.metadata().map_err(io("reading", &bin_path))?.len();
         if have < offset as u64 {
             return Err(PackError::Format {
@@ -275,6 +270,23 @@ impl IndexedDataset {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A link planted at `train.bin` is refused, not followed: before, `create` truncated the
+    /// file it pointed at and wrote the sequences into it.
+    #[cfg(unix)]
+    #[test]
+    fn a_link_at_the_bin_is_not_followed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").expect("w");
+        std::os::unix::fs::symlink(&victim, dir.path().join("train.bin")).expect("ln");
+        let err = IndexedWriter::create(&dir.path().join("train")).expect_err("a link");
+        assert!(
+            err.to_string().contains("train.bin") && err.to_string().contains("symbolic link"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&victim).expect("r"), b"precious");
+    }
 
     #[test]
     fn writes_what_it_reads() {

@@ -8,7 +8,7 @@
 //! run by cutting the files back to the last recorded length.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -669,16 +669,7 @@ impl SplitWriter {
         let writer = IndexedWriter::append(&prefix, before.sequences as usize)?;
         let boundaries_path = dir.join(format!("{split}.boundaries.bin"));
         let keep = before.examples * 24;
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&boundaries_path)
-            .map_err(|e| PackError::Io {
-                op: "opening",
-                path: boundaries_path.clone(),
-                source: e,
-            })?;
+        let f = cm3_core::fsio::open_in_place(&boundaries_path)?;
         f.set_len(keep).map_err(|e| PackError::Io {
             op: "truncating",
             path: boundaries_path.clone(),

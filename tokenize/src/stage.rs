@@ -182,6 +182,8 @@ pub fn run(opts: &TokenizeOptions, device: &Device) -> Result<TokenizeReport> {
     for (slot, name, rec) in &todo {
         let pairs = ds.path(&rec.file);
         let shard = tokenize_shard(&pairs, &text, &image, &layout, opts.batch_size.max(1), &bar)?;
+        // The name comes from the manifest: it must stay one file inside the output folder.
+        cm3_core::names::plain_name(name, "ingest shard name")?;
         let rel = format!("tokens/{name}.parquet");
         let written = write_shard(&ds.path(&rel), &shard.rows, &opts.worker.tag())?;
         let rejects_file = if shard.rejects.is_empty() {

@@ -11,7 +11,8 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use cm3_core::fsio::write_atomic;
+use cm3_core::DatasetLock;
+use cm3_core::fsio::{sync_dir, write_atomic};
 use cm3_model::decoder::{Cm3Decoder, DecoderConfig, HfOptConfig};
 
 use crate::config::TrainConfig;
@@ -197,6 +198,13 @@ struct Run {
     dir: PathBuf,
     record: RunRecord,
     data: PreparedData,
+    /// One process per run: a second one would prune and overwrite this one's checkpoints.
+    _lock: DatasetLock,
+}
+
+/// Lock the run directory `dir` for this process (a clear error naming the holder otherwise).
+fn lock_run(dir: &Path) -> Result<DatasetLock> {
+    Ok(cm3_core::lock_dir(dir, "training run")?)
 }
 
 fn checkpoint_name(step: u64) -> String {
@@ -208,7 +216,11 @@ pub fn latest_checkpoint(run: &Path) -> Result<Option<PathBuf>> {
     let latest = run.join(CHECKPOINTS).join("latest");
     match std::fs::read_to_string(&latest) {
         Ok(name) => {
-            let dir = run.join(CHECKPOINTS).join(name.trim());
+            // A name read from a file: it must stay one folder inside `checkpoints/`.
+            let what = format!("checkpoint named in {}", latest.display());
+            let dir = run
+                .join(CHECKPOINTS)
+                .join(cm3_core::names::plain_name(name.trim(), &what)?);
             if !dir.join("state.json").is_file() {
                 return Err(run_error(
                     &latest,
@@ -238,6 +250,17 @@ impl Run {
                          --out",
                     ));
                 }
+                // Old checkpoints are pruned by name: a folder of them without our record
+                // is someone else's.
+                if dir.join(CHECKPOINTS).exists() {
+                    return Err(run_error(
+                        dir,
+                        format!(
+                            "holds {CHECKPOINTS}/ but no {RUN_CONFIG}, so it is not a cm3 run; \
+                             cm3 would prune checkpoints there: choose another --out"
+                        ),
+                    ));
+                }
                 cfg.validate()?;
                 let data = PreparedData::open(dataset)?;
                 let mut cfg = cfg.clone();
@@ -262,6 +285,21 @@ impl Run {
                 }
                 cfg.model.validate("training config")?;
                 std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+                let lock = lock_run(dir)?;
+                // Checked again under the lock: another process may have started it meanwhile.
+                if config_path.exists() {
+                    return Err(run_error(
+                        dir,
+                        "already holds a run: pass --resume to continue it, or choose another \
+                         --out",
+                    ));
+                }
+                if let Some(parent) = std::fs::canonicalize(dir)
+                    .map_err(io("resolving", dir))?
+                    .parent()
+                {
+                    sync_dir(parent)?;
+                }
                 let record = RunRecord {
                     format: RUN_FORMAT.into(),
                     dataset: std::fs::canonicalize(dataset).map_err(io("resolving", dataset))?,
@@ -275,12 +313,14 @@ impl Run {
                     dir: dir.clone(),
                     record,
                     data,
+                    _lock: lock,
                 })
             }
             None => {
                 if !config_path.is_file() {
                     return Err(run_error(dir, "no run to resume here (no config.json)"));
                 }
+                let lock = lock_run(dir)?;
                 let record: RunRecord = read_json(&config_path)?;
                 if record.format != RUN_FORMAT {
                     return Err(run_error(
@@ -302,6 +342,7 @@ impl Run {
                     dir: dir.clone(),
                     record,
                     data,
+                    _lock: lock,
                 })
             }
         }
@@ -330,34 +371,68 @@ impl Run {
         optim
             .save(tmp.join("optim.bpk"))
             .map_err(|e| record_err("optim.bpk", format!("{e:?}")))?;
+        // `latest` must never name a checkpoint whose files a power cut could leave empty: synced
+        // here rather than trusting the library's writer to do it (Burn 0.22 does; earlier
+        // versions did not).
+        for f in ["model.bpk", "optim.bpk"] {
+            cm3_model::sync_file(&tmp.join(f))?;
+        }
         // The same weights as a Hugging Face OPT checkpoint, for `cm3 model score`, generation
-        // and `transformers`.
+        // and `transformers`. (These three are written synced, with their directory.)
         model.valid().save(&tmp.join("model.safetensors"))?;
         write_json(&tmp.join("config.json"), &HfOptConfig::json(&cfg.model))?;
         write_json(&tmp.join("state.json"), state)?;
+        sync_dir(&tmp)?;
         if fin.exists() {
             std::fs::remove_dir_all(&fin).map_err(io("removing", &fin))?;
         }
         std::fs::rename(&tmp, &fin).map_err(io("renaming", &tmp))?;
-        write_atomic(&root.join("latest"), name.as_bytes(), "train")?;
-        // Keep the newest `keep_checkpoints`.
-        let mut steps: Vec<PathBuf> = std::fs::read_dir(&root)
-            .map_err(io("listing", &root))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.is_dir()
-                    && p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("step-"))
-            })
-            .collect();
-        steps.sort();
-        let excess = steps.len().saturating_sub(cfg.keep_checkpoints);
-        for old in &steps[..excess] {
-            std::fs::remove_dir_all(old).map_err(io("removing", old))?;
-        }
+        sync_dir(&root)?;
+        sync_dir(&self.dir)?;
+        write_atomic(
+            &root.join("latest"),
+            name.as_bytes(),
+            &format!("train-{}", std::process::id()),
+        )?;
+        prune_checkpoints(&root, &name, cfg.keep_checkpoints)?;
         Ok(fin)
     }
+}
+
+/// The step of a checkpoint folder's name (`step-0000042`), if it is one.
+fn checkpoint_step(name: &str) -> Option<u64> {
+    name.strip_prefix("step-")?.parse().ok()
+}
+
+/// Keep `current` (what `latest` names) and the newest `keep - 1` checkpoints before it, by step
+/// number: past 9,999,999 steps the names outgrow their padding and sort wrongly as strings.
+/// Checkpoints after `current` are from a session that stopped before moving `latest`: this one
+/// redoes their steps. Unfinished `.step-*.tmp` folders are leftovers too (the run is locked).
+fn prune_checkpoints(root: &Path, current: &str, keep: usize) -> Result<()> {
+    let current_step = checkpoint_step(current)
+        .ok_or_else(|| run_error(root, format!("{current} is not a checkpoint name")))?;
+    let mut older: Vec<(u64, PathBuf)> = Vec::new();
+    let mut stale: Vec<PathBuf> = Vec::new();
+    for entry in std::fs::read_dir(root).map_err(io("listing", root))? {
+        let entry = entry.map_err(io("listing", root))?;
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !path.is_dir() || name == current {
+            continue;
+        }
+        match checkpoint_step(&name) {
+            Some(step) if step < current_step => older.push((step, path)),
+            Some(_) => stale.push(path),
+            None if name.starts_with(".step-") && name.ends_with(".tmp") => stale.push(path),
+            None => {}
+        }
+    }
+    older.sort();
+    let excess = older.len().saturating_sub(keep.saturating_sub(1));
+    for path in older.drain(..excess).map(|(_, p)| p).chain(stale) {
+        std::fs::remove_dir_all(&path).map_err(io("removing", &path))?;
+    }
+    Ok(())
 }
 
 /// Keep the metrics up to `step` (a resumed run redoes the steps after its checkpoint).
@@ -425,7 +500,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
         .append(true)
         .open(&metrics_path)
         .map_err(io("opening", &metrics_path))?;
-    let mut log = |m: &Metrics| -> Result<()> {
+    let log = |metrics: &mut std::fs::File, m: &Metrics| -> Result<()> {
         let line = serde_json::to_string(m).map_err(|e| run_error(&metrics_path, e.to_string()))?;
         writeln!(metrics, "{line}").map_err(io("writing", &metrics_path))
     };
@@ -513,16 +588,19 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
         state.position = sampler.position();
         state.loss = loss_sum;
         let tokens_per_s = tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9);
-        log(&Metrics {
-            step: state.step,
-            tokens: state.tokens_seen,
-            loss: Some(loss_sum),
-            lr: Some(lr),
-            grad_norm: Some(grad_norm),
-            tokens_per_s: Some(tokens_per_s),
-            val_loss: None,
-            val_perplexity: None,
-        })?;
+        log(
+            &mut metrics,
+            &Metrics {
+                step: state.step,
+                tokens: state.tokens_seen,
+                loss: Some(loss_sum),
+                lr: Some(lr),
+                grad_norm: Some(grad_norm),
+                tokens_per_s: Some(tokens_per_s),
+                val_loss: None,
+                val_perplexity: None,
+            },
+        )?;
         bar.set_position(state.step);
         bar.set_message(format!(
             "loss {loss_sum:.4} lr {lr:.2e} {tokens_per_s:.0} tok/s"
@@ -542,16 +620,19 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
                 &eval_device,
             )?;
             last_val = Some(v);
-            log(&Metrics {
-                step: state.step,
-                tokens: state.tokens_seen,
-                loss: None,
-                lr: None,
-                grad_norm: None,
-                tokens_per_s: None,
-                val_loss: Some(v),
-                val_perplexity: Some(v.exp()),
-            })?;
+            log(
+                &mut metrics,
+                &Metrics {
+                    step: state.step,
+                    tokens: state.tokens_seen,
+                    loss: None,
+                    lr: None,
+                    grad_norm: None,
+                    tokens_per_s: None,
+                    val_loss: Some(v),
+                    val_perplexity: Some(v.exp()),
+                },
+            )?;
             bar.println(format!(
                 "step {}: validation loss {v:.4}, perplexity {:.2}",
                 state.step,
@@ -559,6 +640,8 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
             ));
         }
         if state.step.is_multiple_of(cfg.save_every) || end {
+            // The metrics up to the checkpoint survive with it (a resume trims those after it).
+            metrics.sync_data().map_err(io("fsync", &metrics_path))?;
             checkpoint = run.save(&model, &optim, &state)?;
         }
     }
@@ -579,4 +662,39 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
         checkpoint,
         finished: state.step >= cfg.steps,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checkpoint_dirs(root: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(root)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Past step 9,999,999 the names outgrow their zero padding: the order is the steps', not the
+    /// names'.
+    #[test]
+    fn pruning_keeps_the_numerically_newest_checkpoints() -> Result<()> {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path();
+        for step in [9_999_998, 9_999_999, 10_000_000] {
+            std::fs::create_dir_all(root.join(checkpoint_name(step))).expect("mkdir");
+        }
+        prune_checkpoints(root, &checkpoint_name(10_000_000), 2)?;
+        assert_eq!(checkpoint_dirs(root), ["step-10000000", "step-9999999"]);
+        // What `latest` names is kept even when a later checkpoint is left over from a session
+        // that stopped before moving `latest` (that and unfinished folders go).
+        for left in ["step-10000002", ".step-10000001.tmp"] {
+            std::fs::create_dir_all(root.join(left)).expect("mkdir");
+        }
+        prune_checkpoints(root, &checkpoint_name(10_000_000), 1)?;
+        assert_eq!(checkpoint_dirs(root), ["step-10000000"]);
+        Ok(())
+    }
 }

@@ -396,20 +396,29 @@ impl Cm3Decoder {
         Ok((model, cfg))
     }
 
-    /// Save as `model.safetensors` (Hugging Face OPT names), atomically.
+    /// Save as `model.safetensors` (Hugging Face OPT names), atomically and durably: synced
+    /// before the rename, the directory after it.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let tmp = path.with_extension("safetensors.tmp");
+        // A name of this process's own: two writers never share a temporary file.
+        let tmp = path.with_extension(format!("safetensors.tmp-{}", std::process::id()));
         let mut store = SafetensorsStore::from_file(&tmp).overwrite(true);
-        self.save_into(&mut store)
+        let written = self
+            .save_into(&mut store)
             .map_err(|e| ModelError::Checkpoint {
                 path: path.to_path_buf(),
                 reason: format!("writing: {e}"),
-            })?;
+            });
+        if let Err(e) = written.and_then(|()| crate::sync_file(&tmp)) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
         std::fs::rename(&tmp, path).map_err(|e| ModelError::Io {
             op: "renaming",
             path: tmp.clone(),
             source: e,
-        })
+        })?;
+        cm3_core::fsio::sync_dir(path.parent().unwrap_or(Path::new("")))?;
+        Ok(())
     }
 }
 

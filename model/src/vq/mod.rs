@@ -139,26 +139,45 @@ impl VqTokenizer {
         };
         std::fs::create_dir_all(dir).map_err(|e| io("creating", dir, e))?;
         let weights = dir.join("model.safetensors");
-        let tmp = dir.join("model.safetensors.tmp");
-        let mut store = SafetensorsStore::from_file(&tmp).overwrite(true);
-        model
-            .save_into(&mut store)
-            .map_err(|e| ModelError::Checkpoint {
-                path: weights.clone(),
-                reason: format!("writing: {e}"),
-            })?;
-        std::fs::rename(&tmp, &weights).map_err(|e| io("renaming", &tmp, e))?;
+        let config = dir.join("config.json");
         let saved = SavedVq {
             kind: "ema".into(),
             model: self.cfg.clone(),
             image_size: self.image_size,
         };
-        let config = dir.join("config.json");
         let json = serde_json::to_string_pretty(&saved).map_err(|e| ModelError::Config {
             origin: config.display().to_string(),
             reason: e.to_string(),
         })?;
-        std::fs::write(&config, json + "\n").map_err(|e| io("writing", &config, e))?;
+        // The config names the weights: a reader must never find it beside weights of another
+        // model, or before its own weights are on disk. So the old config goes first, the new
+        // weights are made durable, and only then does the new config appear, atomically.
+        match std::fs::remove_file(&config) {
+            Ok(()) => cm3_core::fsio::sync_dir(dir)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("removing", &config, e)),
+        }
+        // A name of this process's own: two writers never share a temporary file.
+        let tmp = dir.join(format!(".model.safetensors.tmp-{}", std::process::id()));
+        let mut store = SafetensorsStore::from_file(&tmp).overwrite(true);
+        let written = model
+            .save_into(&mut store)
+            .map_err(|e| ModelError::Checkpoint {
+                path: weights.clone(),
+                reason: format!("writing: {e}"),
+            });
+        let durable = written.and_then(|()| crate::sync_file(&tmp));
+        if let Err(e) = durable {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        std::fs::rename(&tmp, &weights).map_err(|e| io("renaming", &tmp, e))?;
+        cm3_core::fsio::sync_dir(dir)?;
+        cm3_core::fsio::write_atomic(
+            &config,
+            (json + "\n").as_bytes(),
+            &format!("vq-{}", std::process::id()),
+        )?;
         Ok(())
     }
 

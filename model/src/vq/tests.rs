@@ -193,3 +193,53 @@ fn a_saved_tokenizer_without_norm_decodes_as_before() {
     let other = VqTokenizer::load_saved(dir.path(), &device).expect("load");
     assert_ne!(decode(&other), before);
 }
+
+/// Saving over a tokenizer replaces each file whole: a reader that opened the old `config.json`
+/// reads the old one complete (not a file truncated and rewritten under it), the new pair loads,
+/// and no temporary file is left behind.
+#[test]
+fn saving_over_a_tokenizer_replaces_its_files_whole() {
+    use std::io::Read;
+    let cfg = |n_embed| VqConfig {
+        ch: 32,
+        ch_mult: vec![1, 2],
+        num_res_blocks: 1,
+        attn_resolutions: vec![],
+        resolution: 16,
+        in_channels: 3,
+        out_ch: 3,
+        z_channels: 8,
+        embed_dim: 8,
+        n_embed,
+        norm: Norm::Group,
+    };
+    let device = Device::flex();
+    let save = |n_embed, dir: &std::path::Path| {
+        VqTokenizer::from_ema(
+            EmaVq::new(&cfg(n_embed), &device),
+            cfg(n_embed),
+            16,
+            &device,
+        )
+        .expect("tok")
+        .save(dir)
+        .expect("save");
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    save(16, dir.path());
+    let config = dir.path().join("config.json");
+    let old_text = std::fs::read_to_string(&config).expect("read");
+    let mut reader = std::fs::File::open(&config).expect("open");
+    save(32, dir.path());
+    let mut seen = String::new();
+    reader.read_to_string(&mut seen).expect("read");
+    assert_eq!(seen, old_text, "config.json was rewritten in place");
+    let loaded = VqTokenizer::load_saved(dir.path(), &device).expect("load");
+    assert_eq!(loaded.config().n_embed, 32);
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["config.json", "model.safetensors"]);
+}

@@ -1,0 +1,267 @@
+//! End-to-end tests of what cm3 may delete, overwrite and trust: it removes only what its own
+//! records say it wrote, in a directory it can prove is its own, and a name read from a file never
+//! leaves the directory it is meant for.
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::*;
+
+/// A float32 .npy of `n` unit-ish vectors.
+fn vectors(path: &Path, n: usize, dim: usize) {
+    let v: Vec<f32> = (0..n * dim)
+        .map(|i| ((i * 7919) % 13) as f32 - 6.0)
+        .collect();
+    fs::write(path, cm3_embed::npy::encode_f32(&[n, dim], &v)).expect("write npy");
+}
+
+/// A folder of someone else's: a file and a `gen-*` folder, which an index update used to take
+/// for its own generations.
+fn foreign_dir(dir: &Path) {
+    fs::create_dir_all(dir.join("gen-2019")).expect("mkdir");
+    fs::write(dir.join("gen-2019/photo.jpg"), b"precious").expect("w");
+    fs::write(dir.join("notes.txt"), b"mine").expect("w");
+}
+
+fn assert_foreign_intact(dir: &Path) {
+    assert_eq!(
+        fs::read(dir.join("gen-2019/photo.jpg")).ok().as_deref(),
+        Some(&b"precious"[..]),
+        "{} lost gen-2019/photo.jpg",
+        dir.display()
+    );
+    assert_eq!(
+        fs::read(dir.join("notes.txt")).ok().as_deref(),
+        Some(&b"mine"[..])
+    );
+}
+
+#[test]
+fn index_rebuild_refuses_a_directory_that_is_no_index() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (v, out) = (tmp.path().join("v.npy"), tmp.path().join("photos"));
+    vectors(&v, 20, 8);
+    foreign_dir(&out);
+    let build = |extra: &[&str]| {
+        let (v, out) = (p(&v), p(&out));
+        let mut args = vec![
+            "index",
+            "build",
+            "--vectors",
+            &v,
+            "--kind",
+            "flat",
+            "--out",
+            &out,
+        ];
+        args.extend_from_slice(extra);
+        cm3().args(&args).output().expect("spawn cm3")
+    };
+    // Before: the whole folder was removed.
+    let res = build(&["--rebuild"]);
+    let err = stderr(&res);
+    assert!(!res.status.success());
+    assert!(
+        err.contains(&p(&out)) && err.contains("INDEX.json"),
+        "the refusal names the directory and why: {err}"
+    );
+    assert_foreign_intact(&out);
+    assert!(!out.join("INDEX.json").exists());
+    // Without --rebuild the index is written beside the folder's own things, which stay (before:
+    // `gen-2019` went with the old generations).
+    assert!(build(&[]).status.success());
+    assert_foreign_intact(&out);
+    assert!(out.join("INDEX.json").is_file() && out.join("gen-000001").is_dir());
+    // Now it is an index: --rebuild replaces the index, and only the index.
+    assert!(build(&["--rebuild"]).status.success());
+    assert_foreign_intact(&out);
+    assert!(out.join("INDEX.json").is_file());
+    // A generation folder that no INDEX.json records is not taken for cm3's own.
+    let other = tmp.path().join("other");
+    fs::create_dir_all(other.join("gen-000001")).expect("mkdir");
+    fs::write(other.join("gen-000001/data"), b"theirs").expect("w");
+    let err = run_err(&["index", "build", "--vectors", &p(&v), "--out", &p(&other)]);
+    assert!(err.contains(&p(&other.join("gen-000001"))), "{err}");
+    assert_eq!(
+        fs::read(other.join("gen-000001/data")).ok().as_deref(),
+        Some(&b"theirs"[..])
+    );
+}
+
+#[test]
+fn index_updates_and_rebuilds_remove_only_their_own_generations() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (v, out) = (tmp.path().join("v.npy"), tmp.path().join("idx"));
+    vectors(&v, 20, 8);
+    let build = |extra: &[&str]| {
+        let mut args = vec![
+            "index".to_string(),
+            "build".into(),
+            "--vectors".into(),
+            p(&v),
+            "--kind".into(),
+            "flat".into(),
+            "--ids".into(),
+        ];
+        let ids = tmp.path().join(format!("ids{}.npy", extra.len()));
+        let base = if extra.contains(&"--append") { 100 } else { 0 };
+        fs::write(
+            &ids,
+            cm3_embed::npy::encode_u64(&(base..base + 20).collect::<Vec<_>>()),
+        )
+        .expect("w");
+        args.push(p(&ids));
+        args.extend(["--out".into(), p(&out)]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_ok(&args);
+    };
+    build(&[]);
+    // Someone puts their own things into the index folder.
+    foreign_dir(&out);
+    build(&["--append"]);
+    assert_foreign_intact(&out);
+    assert!(out.join("gen-000002").is_dir() && !out.join("gen-000001").exists());
+    build(&["--rebuild"]);
+    assert_foreign_intact(&out);
+    assert!(out.join("INDEX.json").is_file());
+}
+
+#[test]
+fn ingest_rebuild_deletes_nothing_of_a_directory_that_is_no_dataset() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (a, out) = (tmp.path().join("a"), tmp.path().join("project"));
+    sample_part(&a, 0..4);
+    fs::create_dir_all(out.join("pairs")).expect("mkdir");
+    fs::write(out.join("pairs/thesis.parquet"), b"years of work").expect("w");
+    let (input, out_s) = (p(&a), p(&out));
+    for extra in [&["--rebuild"][..], &[]] {
+        let mut args = vec!["ingest", "--input", &input, "--out", &out_s];
+        args.extend_from_slice(extra);
+        let err = run_err(&args);
+        assert!(
+            err.contains(&out_s) && err.contains("manifest.json"),
+            "the refusal names the directory and why: {err}"
+        );
+        assert_eq!(
+            fs::read(out.join("pairs/thesis.parquet")).ok().as_deref(),
+            Some(&b"years of work"[..])
+        );
+    }
+}
+
+#[test]
+fn ingest_rebuild_checks_its_inputs_before_discarding_anything() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (a, ds) = (tmp.path().join("a"), tmp.path().join("ds"));
+    sample_part(&a, 0..4);
+    run_ok(&[
+        "ingest",
+        "--input",
+        &p(&a),
+        "--out",
+        &p(&ds),
+        "--no-progress",
+    ]);
+    let before = output_bytes(&ds);
+    let manifest_before = manifest(&ds);
+    assert!(!before.is_empty());
+    // A typo in the input: the run fails, and the dataset is as it was.
+    let missing = tmp.path().join("no-such-input");
+    let err = run_err(&[
+        "ingest",
+        "--input",
+        &p(&missing),
+        "--out",
+        &p(&ds),
+        "--rebuild",
+    ]);
+    assert!(err.contains("no-such-input"), "{err}");
+    assert_eq!(output_bytes(&ds), before);
+    assert_eq!(manifest(&ds), manifest_before);
+    // A real rebuild removes exactly the recorded files; a file of the user's stays.
+    fs::write(ds.join("pairs/README"), b"notes").expect("w");
+    run_ok(&[
+        "ingest",
+        "--input",
+        &p(&a),
+        "--out",
+        &p(&ds),
+        "--rebuild",
+        "--no-progress",
+    ]);
+    assert_eq!(
+        fs::read(ds.join("pairs/README")).ok().as_deref(),
+        Some(&b"notes"[..])
+    );
+    assert_eq!(manifest(&ds)["stages"]["ingest"]["totals"]["rows"], 4);
+}
+
+#[test]
+fn shard_names_from_a_manifest_cannot_leave_the_dataset() {
+    runtime();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (a, ds) = (tmp.path().join("a"), tmp.path().join("ds"));
+    sample_part(&a, 0..4);
+    run_ok(&[
+        "ingest",
+        "--input",
+        &p(&a),
+        "--out",
+        &p(&ds),
+        "--no-progress",
+    ]);
+    // A hostile manifest renames the shard so that `embeddings/{name}` is `<tmp>/victim`, which
+    // the embed stage would replace (remove, then rename onto).
+    let victim = tmp.path().join("victim");
+    fs::create_dir_all(&victim).expect("mkdir");
+    fs::write(victim.join("keep.txt"), b"keep").expect("w");
+    let mut m = manifest(&ds);
+    let shards = m["stages"]["ingest"]["shards"]
+        .as_object_mut()
+        .expect("shards");
+    let (name, rec) = shards
+        .iter()
+        .next()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .expect("a shard");
+    shards.remove(&name);
+    shards.insert("../../victim".into(), rec);
+    fs::write(
+        ds.join("manifest.json"),
+        serde_json::to_vec_pretty(&m).expect("json"),
+    )
+    .expect("w");
+    let err = run_err(&[
+        "embed",
+        &p(&ds),
+        "--image-model",
+        &p(&tiny_model("vision")),
+        "--text-model",
+        &p(&tiny_model("text")),
+    ]);
+    assert!(
+        err.contains("../../victim") && err.contains("manifest.json"),
+        "the error names the name and the file it came from: {err}"
+    );
+    assert_eq!(
+        fs::read(victim.join("keep.txt")).ok().as_deref(),
+        Some(&b"keep"[..])
+    );
+    // A recorded file outside the dataset is refused the same way.
+    let mut m = manifest(&ds);
+    let shards = m["stages"]["ingest"]["shards"]
+        .as_object_mut()
+        .expect("shards");
+    let mut rec = shards.remove("../../victim").expect("the renamed shard");
+    rec["file"] = "../victim/keep.txt".into();
+    shards.insert(name, rec);
+    fs::write(
+        ds.join("manifest.json"),
+        serde_json::to_vec_pretty(&m).expect("json"),
+    )
+    .expect("w");
+    let err = run_err(&["inspect", &p(&ds)]);
+    assert!(err.contains("../victim/keep.txt"), "{err}");
+}
