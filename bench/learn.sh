@@ -15,7 +15,7 @@
 # (`cm3 tokenizer encode-image` + `decode-image`): what it reads there bounds what t2i can reach.
 #
 # Usage (from anywhere):
-#   bash bench/learn.sh                 # about 20 min on 2 cores with the release build
+#   bash bench/learn.sh                 # about 30 min on 2 cores with the release build
 #   CM3=/path/to/cm3 bash bench/learn.sh   # any binary, an old one included
 # Knobs (environment): LEARN_OUT (target/learn), LEARN_PAIRS (2400), LEARN_HELDOUT (18: each
 # colour × shape once), LEARN_STEPS (training steps of each run), LEARN_SAMPLES (t2i samples per
@@ -45,20 +45,20 @@ command -v python3 >/dev/null || { echo "learn.sh: needs python3 (standard libra
 cd "$root"
 PAIRS="${LEARN_PAIRS:-2400}"
 HELDOUT="${LEARN_HELDOUT:-18}"
-STEPS="${LEARN_STEPS:-400}"
+STEPS="${LEARN_STEPS:-1200}"
 SAMPLES="${LEARN_SAMPLES:-2}"
 SEED="${LEARN_SEED:-0}"
 VQ_STEPS="${LEARN_VQ_STEPS:-}"
 # 64 px: 8 x 8 = 64 image tokens per image, so that the fixed token budget covers the pairs
 # several times (at the demo's 128 px an example of four documents is a whole 1,024-token
-# sequence and 400 steps see each pair less than once).
+# sequence and the budget would see each pair less than once).
 IMAGE_SIZE="${LEARN_IMAGE_SIZE:-64}"
 VAL_FRACTION="${LEARN_VAL_FRACTION:-0.05}"
 D_MODEL="${LEARN_D_MODEL:-128}"
 LAYERS="${LEARN_LAYERS:-4}"
 HEADS="${LEARN_HEADS:-4}"
 BATCH="${LEARN_BATCH:-4}"
-LR="${LEARN_LR:-1e-3}"
+LR="${LEARN_LR:-3e-3}"
 WARMUP="${LEARN_WARMUP:-50}"
 EVAL_BATCHES="${LEARN_EVAL_BATCHES:-8}"
 SCORE_SEQS="${LEARN_SCORE_SEQS:-32}"
@@ -82,6 +82,7 @@ T2I_SETTINGS=(                       # name|guidance flags
   "t2i-cfg3|--cfg 3"
   "t2i-cdk|--cd-alpha 0.1 --cd-k 5"
 )
+cm3_eval_i2t()   { "$CM3" eval i2t --run "$1" --images "$2" --references "$3" --out "$4" --max-tokens 24 --json; }  # run images refs out
 cm3_score()      { "$CM3" model score --weights "$1" --tokens "$2" --ignore-id "$3" --json; }          # run tokens.npy pad
 # ---------------------------------------------------------------------------------------------
 
@@ -125,6 +126,9 @@ echo "── [1/6] data: $PAIRS training pairs, $HELDOUT held out"
 t=$(now)
 "${py[@]}" bench/learn/shapes.py "$OUT/data" --pairs "$PAIRS" --heldout "$HELDOUT" --seed "$SEED" --size "$IMAGE_SIZE"
 "${py[@]}" bench/learn/judge.py selftest "$OUT/data/heldout.json"
+# The held-out captions as references for `cm3 eval i2t` (ids: the number in each file name).
+"${py[@]}" -c 'import json, sys; h = json.load(open(sys.argv[1])); json.dump({str(int(x["key"].rsplit("-", 1)[1])): [x["caption"]] for x in h}, open(sys.argv[2], "w"))' \
+  "$OUT/data/heldout.json" "$OUT/data/heldout-refs.json"
 stage data "$t"
 
 echo "── [2/6] cm3 build --preset demo"
@@ -214,6 +218,8 @@ for name in "${trained[@]}"; do
     printf '\r   %s: %d/%d held-out pairs' "$name" "$n" "$HELDOUT"
   done < "$OUT/data/heldout.tsv"
   echo
+  # The same images captioned by `cm3 eval i2t` and scored with pycocoevalcap's metrics.
+  try "$name/caption-metrics" cm3_eval_i2t "$run" "$OUT/data/heldout" "$OUT/data/heldout-refs.json" "$OUT/eval/$name/caption-metrics" || true
   stage "generate-$name" "$t"
 done
 
