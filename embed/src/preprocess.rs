@@ -168,7 +168,7 @@ pub fn preprocess(img: &DynamicImage, size: u32) -> Result<Vec<f32>> {
 /// Decode image bytes (any format the `image` crate reads) and preprocess them.
 pub fn preprocess_bytes(data: &[u8], size: u32) -> Result<Vec<f32>> {
     #[cfg(feature = "turbojpeg")]
-    if let Some(img) = decode_jpeg_like_pil(data) {
+    if let Some(img) = decode_jpeg_like_pil(data, MAX_TURBOJPEG_SIDE) {
         return preprocess(&img, size);
     }
     let img =
@@ -176,10 +176,16 @@ pub fn preprocess_bytes(data: &[u8], size: u32) -> Result<Vec<f32>> {
     preprocess(&img, size)
 }
 
-/// JPEG through libjpeg-turbo, the decoder PIL uses: the same pixels, bit for bit. `None` for
-/// other formats and for what libjpeg-turbo cannot decode to RGB (CMYK), left to `image`.
+/// Largest side [`preprocess_bytes`] lets libjpeg-turbo decode (larger JPEGs go to the `image`
+/// crate, whose limits then apply).
 #[cfg(feature = "turbojpeg")]
-fn decode_jpeg_like_pil(data: &[u8]) -> Option<DynamicImage> {
+const MAX_TURBOJPEG_SIDE: u32 = 16_384;
+
+/// JPEG through libjpeg-turbo, the decoder PIL uses: the same pixels, bit for bit. `None` for
+/// other formats, for what libjpeg-turbo cannot decode to RGB (CMYK), and for a side over
+/// `max_side` (checked on the header, before anything is allocated): left to `image`.
+#[cfg(feature = "turbojpeg")]
+pub fn decode_jpeg_like_pil(data: &[u8], max_side: u32) -> Option<DynamicImage> {
     if image::guess_format(data).ok()? != image::ImageFormat::Jpeg {
         return None;
     }
@@ -187,7 +193,9 @@ fn decode_jpeg_like_pil(data: &[u8]) -> Option<DynamicImage> {
     if matches!(
         header.colorspace,
         turbojpeg::Colorspace::CMYK | turbojpeg::Colorspace::YCCK
-    ) {
+    ) || header.width > max_side as usize
+        || header.height > max_side as usize
+    {
         return None;
     }
     let img = turbojpeg::decompress(data, turbojpeg::PixelFormat::RGB).ok()?;

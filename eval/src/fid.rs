@@ -129,6 +129,15 @@ pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Decode an image to 8-bit RGB, refusing sides above [`MAX_SIDE`] before allocating.
 pub fn load_rgb(path: &Path) -> Result<image::RgbImage> {
     let bad = |reason: String| EvalError::input(path.display().to_string(), reason);
+    // With the `turbojpeg` feature, JPEG through libjpeg-turbo as PIL decodes it: the same
+    // pixels, so features match pytorch-fid's to float rounding on JPEG too.
+    #[cfg(feature = "turbojpeg")]
+    {
+        let bytes = crate::zero_shot::leakage::read_bounded(path)?;
+        if let Some(img) = cm3_embed::preprocess::decode_jpeg_like_pil(&bytes, MAX_SIDE) {
+            return Ok(img.to_rgb8());
+        }
+    }
     let mut reader = image::ImageReader::open(path)
         .map_err(|source| EvalError::Io {
             path: path.to_path_buf(),
