@@ -4,13 +4,14 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::Device;
-use cm3_generate::{Generator, Guidance, Sampling, Settings};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::leakage::{LeakageGuard, LeakageReport};
-use super::{CocoCaptionFile, Progress, images_in, pin_settings, write_json};
+use super::leakage::LeakageReport;
+use super::{
+    CocoCaptionFile, Progress, image_tokenizer, images_in, one_sample, open_run, pin_settings,
+    write_json,
+};
 use crate::error::{EvalError, Result};
 
 /// The protocol's settings.
@@ -119,13 +120,8 @@ pub fn run(o: &I2tOptions) -> Result<I2tReport> {
     if c.count > 0 {
         images.truncate(c.count);
     }
-    let device = Device::flex();
-    let g = Generator::open(&o.run, None, &device)?;
-    let tok = g
-        .image
-        .as_ref()
-        .ok_or_else(|| EvalError::input(o.run.display().to_string(), "no image tokenizer"))?;
-    let leakage = LeakageGuard::for_dataset(&g.dataset)?.check(&images, o.allow_overlap)?;
+    let (g, leakage) = open_run(&o.run, &images, o.allow_overlap)?;
+    let tok = image_tokenizer(&g, &o.run)?;
     pin_settings(
         &o.out,
         &json!({
@@ -136,16 +132,7 @@ pub fn run(o: &I2tOptions) -> Result<I2tReport> {
     let progress = Progress::new(o.out.join("captions.jsonl"));
     let mut done: Vec<I2tRecord> = progress.load()?;
     let finished: BTreeSet<String> = done.iter().map(|r| r.image_id.clone()).collect();
-    let settings = Settings {
-        samples: 1,
-        guidance: Guidance::None,
-        sampling: Sampling {
-            temperature: c.temperature,
-            top_k: 0,
-            top_p: 1.0,
-        },
-        seed: c.seed,
-    };
+    let settings = one_sample(c.temperature, c.seed);
     let mut captioned_now = 0;
     for (id, file) in &images {
         if finished.contains(id) {

@@ -8,8 +8,13 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use burn::tensor::Device;
+use cm3_generate::{Generator, Guidance, Sampling, Settings};
+use cm3_tokenize::ImageTokenizer;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+
+use leakage::{LeakageGuard, LeakageReport};
 
 use crate::error::{EvalError, Result};
 
@@ -283,4 +288,38 @@ pub(crate) fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     })? + "\n";
     cm3_core::fsio::write_atomic(path, text.as_bytes(), "eval")?;
     Ok(())
+}
+
+/// The run's generator (on the CPU backend), and the leakage check of the evaluation images
+/// against its dataset, which is also its memory bank.
+pub(crate) fn open_run(
+    run: &Path,
+    images: &[(String, PathBuf)],
+    allow_overlap: bool,
+) -> Result<(Generator, LeakageReport)> {
+    let g = Generator::open(run, None, &Device::flex())?;
+    image_tokenizer(&g, run)?;
+    let leakage = LeakageGuard::for_dataset(&g.dataset)?.check(images, allow_overlap)?;
+    Ok((g, leakage))
+}
+
+/// The run's image tokenizer, or an error naming the run.
+pub(crate) fn image_tokenizer<'a>(g: &'a Generator, run: &Path) -> Result<&'a ImageTokenizer> {
+    g.image
+        .as_ref()
+        .ok_or_else(|| EvalError::input(run.display().to_string(), "no image tokenizer"))
+}
+
+/// One sample without guidance, at `temperature` (0: greedy).
+pub(crate) fn one_sample(temperature: f64, seed: u64) -> Settings {
+    Settings {
+        samples: 1,
+        guidance: Guidance::None,
+        sampling: Sampling {
+            temperature,
+            top_k: 0,
+            top_p: 1.0,
+        },
+        seed,
+    }
 }

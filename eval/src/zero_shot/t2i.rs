@@ -6,14 +6,16 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::Device;
 use cm3_generate::{ClipScorer, Generator, Guidance, ImageInput, Retriever, Sampling, Settings};
 use cm3_tokenize::image::save_png;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::leakage::{LeakageGuard, LeakageReport};
-use super::{CocoCaptionFile, Progress, images_in, io_err, pin_settings, write_json};
+use super::leakage::LeakageReport;
+use super::{
+    CocoCaptionFile, Progress, image_tokenizer, images_in, io_err, open_run, pin_settings,
+    write_json,
+};
 use crate::clip_score::ClipScoring;
 use crate::error::{EvalError, Result};
 
@@ -169,15 +171,9 @@ pub fn run(o: &T2iOptions) -> Result<T2iReport> {
             "no captions to use as prompts",
         ));
     }
-    let device = Device::flex();
-    let g = Generator::open(&o.run, None, &device)?;
-    let tok = g
-        .image
-        .as_ref()
-        .ok_or_else(|| EvalError::input(o.run.display().to_string(), "no image tokenizer"))?;
     let references = images_in(&o.reference_images)?;
-    let guard = LeakageGuard::for_dataset(&g.dataset)?;
-    let leakage = guard.check(&references, o.allow_overlap)?;
+    let (g, leakage) = open_run(&o.run, &references, o.allow_overlap)?;
+    let tok = image_tokenizer(&g, &o.run)?;
     pin_settings(
         &o.out,
         &json!({

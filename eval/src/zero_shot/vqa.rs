@@ -4,13 +4,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use burn::tensor::Device;
-use cm3_generate::{Generator, Guidance, Sampling, Settings};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::leakage::{LeakageGuard, LeakageReport};
-use super::{Progress, id_text, images_in, pin_settings, read_json, write_json};
+use super::leakage::LeakageReport;
+use super::{
+    Progress, id_text, image_tokenizer, images_in, one_sample, open_run, pin_settings, read_json,
+    write_json,
+};
 use crate::error::{EvalError, Result};
 
 /// Table 5's first VQA template, with `<mask>` where the answer goes.
@@ -119,13 +120,8 @@ pub fn run(o: &VqaOptions) -> Result<VqaReport> {
     }
     needed.sort();
     needed.dedup();
-    let device = Device::flex();
-    let g = Generator::open(&o.run, None, &device)?;
-    let tok = g
-        .image
-        .as_ref()
-        .ok_or_else(|| EvalError::input(o.run.display().to_string(), "no image tokenizer"))?;
-    let leakage = LeakageGuard::for_dataset(&g.dataset)?.check(&needed, o.allow_overlap)?;
+    let (g, leakage) = open_run(&o.run, &needed, o.allow_overlap)?;
+    let tok = image_tokenizer(&g, &o.run)?;
     pin_settings(
         &o.out,
         &json!({
@@ -136,16 +132,7 @@ pub fn run(o: &VqaOptions) -> Result<VqaReport> {
     let progress = Progress::new(o.out.join("answers.jsonl"));
     let mut done: Vec<VqaRecord> = progress.load()?;
     let finished: BTreeSet<String> = done.iter().map(|r| r.question_id.clone()).collect();
-    let greedy = Settings {
-        samples: 1,
-        guidance: Guidance::None,
-        sampling: Sampling {
-            temperature: 0.0,
-            top_k: 0,
-            top_p: 1.0,
-        },
-        seed: 0,
-    };
+    let greedy = one_sample(0.0, 0);
     let mut answered_now = 0;
     let mut last_image: Option<(String, Vec<u8>)> = None;
     for (qid, img, question) in &questions {
