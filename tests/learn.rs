@@ -84,6 +84,7 @@ fn the_learning_benchmark_runs_every_path() {
         "loss on shared plain-pair val sequences",
         "i2t: right colour named",
         "i2t: right shape named",
+        "i2t, cm3 eval: CIDEr / BLEU-4 / ROUGE-L",
         "t2i CFG 1: right colour drawn",
         "t2i CFG 3: right colour drawn",
         "t2i CD-K: right colour drawn",
