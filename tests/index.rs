@@ -560,3 +560,61 @@ fn killed_builds_leave_the_previous_index_usable() {
     );
     assert_eq!(&ids[..5], &[0, 1, 2, 3, 4]);
 }
+
+/// `-k` and `--ef-search` size allocations: above the bound they are refused with the flag named
+/// (they aborted the process on an allocation failure); below it, a `k` or an `ef` larger than
+/// the index gives every vector, padded with -1 as FAISS does.
+#[test]
+fn search_widths_are_bounded_before_anything_is_allocated() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let t = |n: &str| tmp.path().join(n);
+    random_npy(&t("base.npy"), 40, 8, 3);
+    random_npy(&t("q.npy"), 2, 8, 4);
+    for kind in ["flat", "hnsw"] {
+        let dir = t(&format!("idx-{kind}"));
+        run_ok(&[
+            "index",
+            "build",
+            "--vectors",
+            &p(&t("base.npy")),
+            "--kind",
+            kind,
+            "--out",
+            &p(&dir),
+        ]);
+        for flags in [
+            ["-k", "100000000000", "--ef-search", "64"],
+            ["-k", "5", "--ef-search", "100000000000"],
+        ] {
+            let mut args = vec![
+                "index".to_string(),
+                "search".into(),
+                p(&dir),
+                "--queries".into(),
+                p(&t("q.npy")),
+                "--out".into(),
+                p(&t("n.npy")),
+            ];
+            args.extend(flags.iter().map(|s| s.to_string()));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let err = run_err(&args);
+            assert!(err.contains("at most 1048576"), "{kind}: {err}");
+        }
+        let (shape, ids) = search_ids(
+            &dir,
+            &t("q.npy"),
+            "50",
+            &t("n.npy"),
+            &["--ef-search", "1000"],
+        );
+        assert_eq!(shape, [2, 50]);
+        for row in ids.chunks(50) {
+            assert_eq!(
+                row.iter().filter(|&&i| i >= 0).count(),
+                40,
+                "{kind}: {row:?}"
+            );
+            assert!(row[40..].iter().all(|&i| i == -1));
+        }
+    }
+}

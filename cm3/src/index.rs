@@ -347,7 +347,17 @@ fn check_model(resolved: &Path, recorded: &str, flag: &str) -> Result<()> {
     Ok(())
 }
 
+/// Largest `-k` and `--ef-search` accepted: both size allocations (the output is n × k).
+const MAX_SEARCH_WIDTH: usize = 1 << 20;
+
 fn search(a: SearchArgs) -> Result<()> {
+    if a.k > MAX_SEARCH_WIDTH || a.ef_search.is_some_and(|e| e > MAX_SEARCH_WIDTH) {
+        bail!(
+            "-k {} / --ef-search {}: each is at most {MAX_SEARCH_WIDTH}",
+            a.k,
+            a.ef_search.map_or("unset".to_string(), |e| e.to_string())
+        );
+    }
     let is_dataset = a.target.join("manifest.json").exists();
     let params = SearchParams {
         k: a.k,

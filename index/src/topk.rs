@@ -36,7 +36,9 @@ impl TopK {
     pub fn new(k: usize) -> Self {
         Self {
             k,
-            heap: BinaryHeap::with_capacity(k + 1),
+            // `k` may come from a user's flag: the heap grows as hits arrive, it is not
+            // allocated for `k` up front.
+            heap: BinaryHeap::with_capacity(k.min(4096) + 1),
         }
     }
 
@@ -108,5 +110,9 @@ mod tests {
         b.push(0.1, 2);
         assert_eq!(a.merge(b).into_sorted(), vec![(0.8, 1), (0.2, 0)]);
         assert!(TopK::new(0).into_sorted().is_empty());
+        // A user's k is not an allocation: usize::MAX keeps everything pushed.
+        let mut all = TopK::new(usize::MAX);
+        all.push(0.5, 7);
+        assert_eq!(all.into_sorted(), vec![(0.5, 7)]);
     }
 }

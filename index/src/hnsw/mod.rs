@@ -143,7 +143,8 @@ impl HnswIndex {
         if k == 0 {
             return Vec::new();
         }
-        let ef = params.ef_search.unwrap_or(DEFAULT_EF_SEARCH);
+        // A beam wider than the index finds nothing more (and sizes the beam's heaps).
+        let ef = params.ef_search.unwrap_or(DEFAULT_EF_SEARCH).min(n);
         // Filters are applied to the candidates, so ask for more than k and widen until k pass
         // (or the whole graph has been offered).
         let mut want = if params.is_filtered() { 2 * k } else { k };
