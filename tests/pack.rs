@@ -324,6 +324,14 @@ fn packs_retrieval_augmented_masked_examples_incrementally() {
             .expect("json");
     assert_eq!(meta["seq_len"], 256);
     assert_eq!(meta["config"]["val_fraction"], 0.25);
+    // A sequence length is a buffer size: bounded before anything is allocated (it aborted the
+    // process), and the packed data already written stays.
+    let err = run_err(&["pack", &p(&ds), "--seq-len", "100000000000", "--rebuild"]);
+    assert!(
+        err.contains("100000000000") && err.contains("1048576"),
+        "{err}"
+    );
+    assert!(ds.join("packed/meta.json").is_file());
 }
 
 #[test]

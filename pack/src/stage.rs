@@ -31,6 +31,9 @@ pub const STAGE: &str = "pack";
 const STREAM_SPLIT: u64 = 0x7370_6c69_7400_0003; // "split"
 const STREAM_EXAMPLE: u64 = 0x6578_616d_706c_0004; // "exampl"
 
+/// Longest sequence `cm3 pack` writes (tokens).
+pub const MAX_SEQ_LEN: usize = 1 << 20;
+
 /// How examples are made and packed. Defaults are the paper's (CM3's span count; the masking
 /// rates and the packing policy are ours: see [`MaskPlan`] and the README).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,6 +90,13 @@ impl PackConfig {
         let bad = |r: String| Err(PackError::Invalid(r));
         if self.seq_len < 16 {
             return bad(format!("seq_len {} is too short", self.seq_len));
+        }
+        // Sequences are buffers: bound their length before anything is allocated.
+        if self.seq_len > MAX_SEQ_LEN {
+            return bad(format!(
+                "seq_len {} is over the {MAX_SEQ_LEN} tokens cm3 packs (the paper's is 4,096)",
+                self.seq_len
+            ));
         }
         if !(0.0..=1.0).contains(&self.image_first) || !(0.0..1.0).contains(&self.val_fraction) {
             return bad("image_first must be in [0, 1] and val_fraction in [0, 1)".into());
