@@ -120,6 +120,31 @@ impl DecoderConfig {
         if self.max_seq_len == 0 {
             return bad("max_seq_len must be positive".into());
         }
+        // Every dimension is an allocation size (a config.json is a file anyone can edit): each
+        // within reach of a real model (the paper's 7B: d_model 4,096, 32 layers, ffn 16,384),
+        // and no weight matrix over 2^36 values.
+        let limits = [
+            ("vocab_size", self.vocab_size, 1 << 24),
+            ("d_model", self.d_model, 1 << 16),
+            ("n_layers", self.n_layers, 1 << 10),
+            ("n_heads", self.n_heads, 1 << 10),
+            ("ffn_dim", self.ffn_dim, 1 << 18),
+            ("max_seq_len", self.max_seq_len, 1 << 20),
+        ];
+        for (name, value, max) in limits {
+            if value > max {
+                return bad(format!("{name} {value} is over the {max} cm3 allows"));
+            }
+        }
+        let largest =
+            (self.vocab_size.max(self.ffn_dim).max(self.max_seq_len) as u64) * self.d_model as u64;
+        if largest > 1 << 36 {
+            return bad(format!(
+                "a weight matrix of {largest} values (d_model {} by {}) is over 2^36",
+                self.d_model,
+                self.vocab_size.max(self.ffn_dim).max(self.max_seq_len)
+            ));
+        }
         if self.zero_init == ZeroInit::Vocab && self.tie_embeddings {
             return bad(
                 "zero_init = \"vocab\" zeroes the vocabulary projection, which tied embeddings \
@@ -239,7 +264,7 @@ mod tests {
     }
 
     #[test]
-    fn bad_shapes_are_refused() {
+    fn bad_shapes_are_refused() -> Result<()> {
         let c = DecoderConfig {
             n_heads: 7,
             ..DecoderConfig::default()
@@ -253,5 +278,34 @@ mod tests {
         c.tie_embeddings = false;
         assert!(c.validate("t").is_ok());
         assert!(DecoderConfig::preset("13b").is_err());
+        // Sizes from a config.json are bounded before anything is allocated; the presets pass.
+        for name in PRESETS {
+            DecoderConfig::preset(name)?.validate(name)?;
+        }
+        for huge in [
+            DecoderConfig {
+                d_model: 1 << 30,
+                n_heads: 1,
+                ..DecoderConfig::default()
+            },
+            DecoderConfig {
+                n_layers: 1 << 40,
+                ..DecoderConfig::default()
+            },
+            DecoderConfig {
+                vocab_size: usize::MAX,
+                ..DecoderConfig::default()
+            },
+            DecoderConfig {
+                d_model: 1 << 16,
+                n_heads: 1,
+                vocab_size: 1 << 24,
+                ..DecoderConfig::default()
+            },
+        ] {
+            let e = huge.validate("config.json").expect_err("too large");
+            assert!(e.to_string().contains("config.json"), "{e}");
+        }
+        Ok(())
     }
 }
