@@ -17,6 +17,19 @@ struct Group {
     image: Option<(ImageData, String)>,
     caption: Option<Vec<u8>>,
     json: Option<Vec<u8>>,
+    /// A member over its size limit: the whole group is rejected with this.
+    too_large: Option<Rejection>,
+}
+
+/// Largest image member read (bytes); a tar header may declare any size up to 2^64.
+pub const MAX_IMAGE_MEMBER_BYTES: u64 = 256 << 20;
+/// Largest caption (`.txt`) or sidecar (`.json`) member read (bytes).
+pub const MAX_TEXT_MEMBER_BYTES: u64 = 1 << 20;
+
+/// A member's bytes, or its declared size when that is over `limit` (nothing is read then).
+enum Member {
+    Bytes(Vec<u8>),
+    TooLarge(u64),
 }
 
 /// True for absolute paths and paths with `..`: never trusted, whatever we do with them.
@@ -86,10 +99,13 @@ impl Emitter<'_, '_> {
     }
 }
 
-fn read_member(entry: &mut tar::Entry<'_, impl Read>) -> std::io::Result<Vec<u8>> {
+fn read_member(entry: &mut tar::Entry<'_, impl Read>, limit: u64) -> std::io::Result<Member> {
     let size = entry.size();
+    if size > limit {
+        return Ok(Member::TooLarge(size));
+    }
     let mut buf = Vec::with_capacity(size as usize);
-    entry.read_to_end(&mut buf)?;
+    entry.take(limit).read_to_end(&mut buf)?;
     // The tar reader stops quietly at the end of a cut file; a short member is truncation.
     if buf.len() as u64 != size {
         return Err(std::io::Error::new(
@@ -101,7 +117,15 @@ fn read_member(entry: &mut tar::Entry<'_, impl Read>) -> std::io::Result<Vec<u8>
             ),
         ));
     }
-    Ok(buf)
+    Ok(Member::Bytes(buf))
+}
+
+/// The rejection of a member over its limit.
+fn too_large(path: &str, size: u64, limit: u64) -> Rejection {
+    Rejection::new(
+        RejectReason::MalformedRecord,
+        format!("tar member `{path}` declares {size} bytes, over the {limit}-byte limit"),
+    )
 }
 
 pub fn read(src: &SourceSpec, want: Want<'_>, emit: Emit<'_>) -> Result<()> {
@@ -164,8 +188,12 @@ pub fn read(src: &SourceSpec, want: Want<'_>, emit: Emit<'_>) -> Result<()> {
         if is_image_ext(&ext) {
             if g.image.is_none() {
                 let data = if want(out.next_index) {
-                    match read_member(&mut entry) {
-                        Ok(b) => ImageData::Bytes(b),
+                    match read_member(&mut entry, MAX_IMAGE_MEMBER_BYTES) {
+                        Ok(Member::Bytes(b)) => ImageData::Bytes(b),
+                        Ok(Member::TooLarge(size)) => {
+                            g.too_large = Some(too_large(&path, size, MAX_IMAGE_MEMBER_BYTES));
+                            ImageData::Skipped
+                        }
                         Err(e) => return out.truncated(group, &e.to_string()),
                     }
                 } else {
@@ -174,9 +202,12 @@ pub fn read(src: &SourceSpec, want: Want<'_>, emit: Emit<'_>) -> Result<()> {
                 g.image = Some((data, path));
             }
         } else if ext == "txt" || ext == "json" {
-            match read_member(&mut entry) {
-                Ok(b) if ext == "txt" => g.caption = Some(b),
-                Ok(b) => g.json = Some(b),
+            match read_member(&mut entry, MAX_TEXT_MEMBER_BYTES) {
+                Ok(Member::Bytes(b)) if ext == "txt" => g.caption = Some(b),
+                Ok(Member::Bytes(b)) => g.json = Some(b),
+                Ok(Member::TooLarge(size)) => {
+                    g.too_large = Some(too_large(&path, size, MAX_TEXT_MEMBER_BYTES));
+                }
                 Err(e) => return out.truncated(group, &e.to_string()),
             }
         }
@@ -211,6 +242,10 @@ fn finish_group(g: Group, tar_name: &str) -> RawRecord {
         metadata: meta.as_ref().map(|m| m.to_string()),
         problem: None,
     };
+    if let Some(problem) = g.too_large {
+        rec.problem = Some(problem);
+        return rec;
+    }
     match (g.image, g.caption) {
         (Some((data, _)), Some(text)) => {
             rec.image = data;
@@ -256,5 +291,58 @@ mod tests {
         assert!(unsafe_member(b"a/../../x.jpg"));
         assert!(unsafe_member(b"..\\x.jpg"));
         assert!(!unsafe_member(b"a/b..c.jpg"));
+    }
+
+    /// A tar header may declare any size (PAX allows 2^64): a member over its limit is a reject
+    /// naming it, never an allocation of the declared size (2^40 aborted the process, 2^63
+    /// panicked); the records around it are unaffected.
+    #[test]
+    fn members_over_their_limit_are_rejected_without_being_allocated() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("shard.tar");
+        let mut b = tar::Builder::new(Vec::new());
+        let mut add = |name: &str, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, data).expect("append");
+        };
+        add("a.jpg", b"jpeg bytes");
+        add("a.txt", b"a caption");
+        add("b.txt", &vec![b'x'; (MAX_TEXT_MEMBER_BYTES + 1) as usize]);
+        add("b.jpg", b"jpeg bytes");
+        let mut bytes = b.into_inner().expect("tar");
+        // A last member whose header declares 2^40 bytes (the archive then ends).
+        let mut h = tar::Header::new_gnu();
+        h.set_path("c.jpg").expect("path");
+        h.set_size(1 << 40);
+        h.set_mode(0o644);
+        h.set_cksum();
+        bytes.truncate(bytes.len() - 1024);
+        bytes.extend_from_slice(h.as_bytes());
+        bytes.extend_from_slice(&[0u8; 1024]);
+        std::fs::write(&path, &bytes).expect("write");
+        let src = SourceSpec {
+            path: path.clone(),
+            format: crate::config::InputFormat::Webdataset,
+            id: "t".into(),
+            image_root: None,
+        };
+        let mut got = Vec::new();
+        read(&src, &|_| true, &mut |r| {
+            got.push((r.key.clone(), r.problem.map(|p| p.detail)));
+            true
+        })
+        .expect("read");
+        assert_eq!(got[0], ("a".to_string(), None));
+        let b = got.iter().find(|(k, _)| k == "b").expect("b");
+        assert!(
+            b.1.as_deref()
+                .is_some_and(|d| d.contains("b.txt") && d.contains("limit")),
+            "{got:?}"
+        );
+        let c = got.iter().find(|(k, _)| k.contains('c')).expect("c");
+        assert!(c.1.is_some(), "{got:?}");
     }
 }
