@@ -8,8 +8,10 @@
 #
 # Environment (all optional):
 #   CM3             path to the cm3 binary (default: cargo build --release -p cm3
-#                   --features turbojpeg into $CARGO_TARGET_DIR, default $HOME/.cache/cm3-target)
-#   CM3_INGEST_ARGS extra arguments appended to `cm3 ingest ...`
+#                   --features $CM3_FEATURES into $CARGO_TARGET_DIR, default $HOME/.cache/cm3-target)
+#   CM3_FEATURES    cargo features of that build (default turbojpeg; CM3_FEATURES= builds the
+#                   pure-Rust default, whose JPEG codec is rust)
+#   CM3_INGEST_ARGS extra arguments appended to `cm3 ingest ...` (e.g. --jpeg-codec rust-scaled)
 #   SKIP_CM3=1      run only the img2dataset half
 #   N=2400 P=2 RUNS=3 TARGET=2.0 SEED=0
 #   CM3_BENCH_HOME  venv + image cache (default $HOME/.cache/cm3-bench)
@@ -86,11 +88,12 @@ if [ "${SKIP_CM3:-0}" = "1" ]; then
 fi
 
 # 4. cm3 ingest, RUNS times (wall clock of the whole process, start-up included).
+CM3_FEATURES="${CM3_FEATURES-turbojpeg}"
 if [ -z "${CM3:-}" ]; then
   export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cm3-target}"
   # The `turbojpeg` feature (libjpeg-turbo, DCT-scaled decoding) is what a user who cares about
   # ingest speed builds; it needs cmake and nasm.
-  if ! command -v cmake >/dev/null || ! command -v nasm >/dev/null; then
+  if [ -n "$CM3_FEATURES" ] && { ! command -v cmake >/dev/null || ! command -v nasm >/dev/null; }; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
       log "installing cmake and nasm (apt-get) for the turbojpeg feature"
       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake nasm >/dev/null
@@ -99,8 +102,8 @@ if [ -z "${CM3:-}" ]; then
       exit 1
     fi
   fi
-  log "building cm3 (cargo build --release -p cm3 --features turbojpeg, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-  (cd "$ROOT" && cargo build --release -p cm3 --features turbojpeg)
+  log "building cm3 (cargo build --release -p cm3 --features '$CM3_FEATURES', CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+  (cd "$ROOT" && cargo build --release -p cm3 --features "$CM3_FEATURES")
   CM3="$CARGO_TARGET_DIR/release/cm3"
 fi
 [ -x "$CM3" ] || { log "cm3 binary not found: $CM3"; exit 1; }

@@ -55,12 +55,19 @@ pub enum ResizeFilter {
     Lanczos3,
 }
 
-/// JPEG codec. Both give correct images; the output bytes differ, so a dataset records which.
+/// JPEG codec. All give correct images; the output bytes differ, so a dataset records which.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum JpegCodec {
-    /// Pure Rust (zune-jpeg to decode, jpeg-encoder to encode): no system dependencies.
+    /// Pure Rust (zune-jpeg to decode, jpeg-encoder to encode): no system dependencies. Decodes
+    /// every pixel at full size; what datasets made before `rust-scaled` recorded as `rust`.
     Rust,
+    /// Pure Rust like `rust`, but a JPEG whose shorter side is at least 3 x `image_size` is
+    /// decoded scaled in the DCT (jpeg-decoder; 1/2, 1/4 or 1/8) to the smallest such size whose
+    /// shorter side is still 1.5 x `image_size` or more; smaller and unusual JPEGs (CMYK, 16-bit)
+    /// are decoded as `rust` does, to the same bytes. A value of its own, not a flag, so that
+    /// datasets recorded as `rust` keep their bytes on a re-run.
+    RustScaled,
     /// libjpeg-turbo (cargo feature `turbojpeg`): decodes scaled in the DCT to the smallest
     /// n/8 size not below `image_size`, which skips most of the work on large photos.
     Turbojpeg,
@@ -72,6 +79,9 @@ impl Default for JpegCodec {
         if cfg!(feature = "turbojpeg") {
             JpegCodec::Turbojpeg
         } else {
+            // Not `RustScaled`: a default that changed would refuse every existing pure-Rust
+            // dataset's next incremental run (its recorded codec is `rust`), for a gain measured
+            // only on large photos (README, ingest benchmark).
             JpegCodec::Rust
         }
     }
