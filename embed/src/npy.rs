@@ -3,6 +3,7 @@
 /// Element types we write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dtype {
+    F64,
     F32,
     F16,
     I64,
@@ -13,6 +14,7 @@ pub enum Dtype {
 impl Dtype {
     fn descr(self) -> &'static str {
         match self {
+            Dtype::F64 => "<f8",
             Dtype::F32 => "<f4",
             Dtype::F16 => "<f2",
             Dtype::I64 => "<i8",

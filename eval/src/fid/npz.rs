@@ -163,18 +163,7 @@ pub(super) fn write_zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
 
 /// A `.npy` file of little-endian f64 (`<f8`), C order.
 pub(super) fn npy_f64(shape: &[usize], data: &[f64]) -> Vec<u8> {
-    let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
-    let shape = match dims.len() {
-        1 => format!("({},)", dims[0]),
-        _ => format!("({})", dims.join(", ")),
-    };
-    let mut dict = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': {shape}, }}");
-    let unpadded = 10 + dict.len() + 1;
-    dict.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
-    dict.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
-    out.extend_from_slice(dict.as_bytes());
+    let mut out = cm3_embed::npy::header(cm3_embed::npy::Dtype::F64, shape);
     out.reserve(data.len() * 8);
     data.iter()
         .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
