@@ -233,19 +233,62 @@ fn open(
     Ok(session)
 }
 
+/// The width an output declares (its last axis), when fixed.
+fn declared_width(session: &Session, output: &str) -> Option<usize> {
+    session
+        .outputs()
+        .iter()
+        .find(|o| o.name() == output)
+        .and_then(|o| match o.dtype() {
+            ValueType::Tensor { shape, .. } => shape.last().and_then(|&d| usize::try_from(d).ok()),
+            _ => None,
+        })
+}
+
+/// An output checked against what the model declared and the batch it was given: [n, width],
+/// the same width as declared when the model fixes it, every value present. A model that says
+/// one shape and returns another must not write embeddings whose header disagrees with them.
+fn checked_output(
+    path: &Path,
+    name: &str,
+    shape: &[i64],
+    values: &[f32],
+    n: usize,
+    declared: Option<usize>,
+) -> Result<Vec<f32>> {
+    let width = match shape {
+        [rows, width] if *rows == n as i64 && *width > 0 => *width as usize,
+        _ => 0,
+    };
+    if width == 0 || declared.is_some_and(|d| d != width) || values.len() != n * width {
+        return Err(EmbedError::Model {
+            path: path.to_path_buf(),
+            reason: format!(
+                "output `{name}` is {shape:?} ({} values) for {n} inputs; it declares [N, {}]",
+                values.len(),
+                declared.map_or("?".to_string(), |d| d.to_string())
+            ),
+        });
+    }
+    Ok(values.to_vec())
+}
+
 /// The CLIP image encoder: `pixel_values` [N,3,224,224] -> `image_embeds` [N,512].
 #[derive(Debug)]
 pub struct VisionEncoder {
     session: Session,
     path: PathBuf,
+    width: Option<usize>,
 }
 
 impl VisionEncoder {
     /// Load `model.onnx` (a file, or a folder in the Hugging Face layout) and check its signature.
     pub fn load(model: &Path, threads: usize) -> Result<Self> {
         let path = model_path(model);
+        let session = open(&path, threads, true, VISION_INPUTS, VISION_OUTPUTS)?;
         Ok(Self {
-            session: open(&path, threads, true, VISION_INPUTS, VISION_OUTPUTS)?,
+            width: declared_width(&session, "image_embeds"),
+            session,
             path,
         })
     }
@@ -267,10 +310,10 @@ impl VisionEncoder {
             .session
             .run(ort::inputs!["pixel_values" => input])
             .map_err(err)?;
-        let (_, values) = outputs["image_embeds"]
+        let (shape, values) = outputs["image_embeds"]
             .try_extract_tensor::<f32>()
             .map_err(err)?;
-        Ok(values.to_vec())
+        checked_output(&self.path, "image_embeds", shape, values, n, self.width)
     }
 }
 
@@ -285,6 +328,7 @@ pub struct TextEncoder {
     session: Session,
     path: PathBuf,
     trim: bool,
+    width: Option<usize>,
 }
 
 impl TextEncoder {
@@ -306,6 +350,7 @@ impl TextEncoder {
                 _ => false,
             });
         Ok(Self {
+            width: declared_width(&session, "text_embeds"),
             session,
             path,
             trim,
@@ -356,10 +401,10 @@ impl TextEncoder {
             .session
             .run(ort::inputs!["input_ids" => input_ids, "attention_mask" => mask])
             .map_err(err)?;
-        let (_, values) = outputs["text_embeds"]
+        let (shape, values) = outputs["text_embeds"]
             .try_extract_tensor::<f32>()
             .map_err(err)?;
-        Ok(values.to_vec())
+        checked_output(&self.path, "text_embeds", shape, values, n, self.width)
     }
 }
 
@@ -374,6 +419,36 @@ pub fn normalize_rows(values: &mut [f32], dim: usize) {
         if norm > 0.0 {
             row.iter_mut()
                 .for_each(|v| *v = (f64::from(*v) / norm) as f32);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a model returns is checked against what it declared and the batch it was given,
+    /// before any embedding is written.
+    #[test]
+    fn outputs_that_disagree_with_the_declared_shape_are_refused() {
+        let p = Path::new("m.onnx");
+        let ok = checked_output(p, "image_embeds", &[2, 4], &[0.0; 8], 2, Some(4));
+        assert_eq!(ok.expect("fits").len(), 8);
+        // A dynamic width takes what comes, as long as it is consistent.
+        assert!(checked_output(p, "image_embeds", &[2, 3], &[0.0; 6], 2, None).is_ok());
+        for (shape, values, n, declared) in [
+            (vec![2, 256], 512, 2, Some(512)), // narrower than declared
+            (vec![3, 4], 12, 2, Some(4)),      // other batch size
+            (vec![2, 4], 7, 2, Some(4)),       // values missing
+            (vec![8], 8, 2, None),             // not a matrix
+        ] {
+            let err = checked_output(p, "image_embeds", &shape, &vec![0.0; values], n, declared)
+                .expect_err("refused");
+            let msg = err.to_string();
+            assert!(
+                msg.contains("m.onnx") && msg.contains("image_embeds"),
+                "{msg}"
+            );
         }
     }
 }
