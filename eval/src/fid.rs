@@ -133,7 +133,7 @@ pub fn load_rgb(path: &Path) -> Result<image::RgbImage> {
     // pixels, so features match pytorch-fid's to float rounding on JPEG too.
     #[cfg(feature = "turbojpeg")]
     {
-        let bytes = crate::zero_shot::leakage::read_bounded(path)?;
+        let bytes = crate::files::read_bounded(path, crate::zero_shot::leakage::MAX_IMAGE_BYTES)?;
         if let Some(img) = cm3_embed::preprocess::decode_jpeg_like_pil(&bytes, MAX_SIDE) {
             return Ok(img.to_rgb8());
         }

@@ -12,6 +12,7 @@ pub mod captions;
 pub mod clip_score;
 mod error;
 pub mod fid;
+mod files;
 pub mod vqa;
 pub mod zero_shot;
 

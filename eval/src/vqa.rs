@@ -179,22 +179,7 @@ struct QuestionsFile {
 }
 
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    let io = |source| EvalError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let len = std::fs::metadata(path).map_err(io)?.len();
-    if len > MAX_JSON_BYTES {
-        return Err(EvalError::input(
-            path.display().to_string(),
-            format!("{len} bytes, more than the {MAX_JSON_BYTES} read"),
-        ));
-    }
-    let bytes = std::fs::read(path).map_err(io)?;
-    serde_json::from_slice(&bytes).map_err(|source| EvalError::Json {
-        path: path.to_path_buf(),
-        source,
-    })
+    crate::files::read_json(path, MAX_JSON_BYTES)
 }
 
 /// A VQA v2 annotations file (`{"annotations": [...]}`).

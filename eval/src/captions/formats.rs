@@ -78,18 +78,7 @@ pub struct References {
 
 /// Reads a file of at most [`MAX_FILE_BYTES`].
 fn read_bounded(path: &Path) -> Result<Vec<u8>> {
-    let io = |source| EvalError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let len = std::fs::metadata(path).map_err(io)?.len();
-    if len > MAX_FILE_BYTES {
-        return Err(EvalError::input(
-            path.display().to_string(),
-            format!("{len} bytes, more than the {MAX_FILE_BYTES} accepted"),
-        ));
-    }
-    std::fs::read(path).map_err(io)
+    crate::files::read_bounded(path, MAX_FILE_BYTES)
 }
 
 fn parse<'a, T: Deserialize<'a>>(path: &Path, bytes: &'a [u8]) -> Result<T> {

@@ -105,7 +105,7 @@ impl LeakageGuard {
     /// The dataset pair holding this image file, if any. An image the ingest settings reject
     /// (corrupt, too small) cannot be a pair: `None`.
     pub fn find(&self, file: &Path) -> Result<Option<u64>> {
-        let bytes = read_bounded(file)?;
+        let bytes = crate::files::read_bounded(file, MAX_IMAGE_BYTES)?;
         Ok(match normalize_image(&bytes, &self.ingest) {
             Ok(img) => self.by_hash.get(&img.sha256).copied(),
             Err(_) => None,
@@ -149,29 +149,4 @@ impl LeakageGuard {
             accepted: accept,
         })
     }
-}
-
-/// A regular file's bytes, refusing anything else and anything over [`MAX_IMAGE_BYTES`].
-pub fn read_bounded(file: &Path) -> Result<Vec<u8>> {
-    let io = |source| EvalError::Io {
-        path: file.to_path_buf(),
-        source,
-    };
-    let meta = std::fs::metadata(file).map_err(io)?;
-    if !meta.is_file() {
-        return Err(EvalError::input(
-            file.display().to_string(),
-            "not a regular file",
-        ));
-    }
-    if meta.len() > MAX_IMAGE_BYTES {
-        return Err(EvalError::input(
-            file.display().to_string(),
-            format!(
-                "{} bytes, over the {MAX_IMAGE_BYTES}-byte limit",
-                meta.len()
-            ),
-        ));
-    }
-    std::fs::read(file).map_err(io)
 }

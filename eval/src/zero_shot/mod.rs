@@ -28,9 +28,6 @@ const MAX_PROGRESS_BYTES: u64 = 1 << 30;
 /// Largest annotation file read whole.
 pub const MAX_JSON_BYTES: u64 = 2 << 30;
 
-/// Image file extensions an evaluation folder is read for.
-const IMAGE_EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "webp", "bmp", "gif"];
-
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EvalError + '_ {
     move |source| EvalError::Io {
         path: path.to_path_buf(),
@@ -40,18 +37,7 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EvalError + 
 
 /// A JSON file, bounded in size, parsed into `T`.
 pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    let meta = std::fs::metadata(path).map_err(io_err(path))?;
-    if !meta.is_file() || meta.len() > MAX_JSON_BYTES {
-        return Err(EvalError::input(
-            path.display().to_string(),
-            format!("not a regular file of at most {MAX_JSON_BYTES} bytes"),
-        ));
-    }
-    let bytes = std::fs::read(path).map_err(io_err(path))?;
-    serde_json::from_slice(&bytes).map_err(|source| EvalError::Json {
-        path: path.to_path_buf(),
-        source,
-    })
+    crate::files::read_json(path, MAX_JSON_BYTES)
 }
 
 /// The numeric id an image file name carries (`COCO_val2014_000000391895.jpg`,
@@ -69,34 +55,31 @@ pub fn numeric_id(file: &Path) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// The images of a folder (not recursive), sorted by file name: (id, path), the id being the
-/// number the file name carries, else its stem.
+/// The images of a folder as pytorch-fid lists them (not recursive, sorted by file name):
+/// (id, path), the id being the number the file name carries, else its stem.
 pub fn images_in(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).map_err(io_err(dir))? {
-        let path = e.map_err(io_err(dir))?.path();
-        let ext = path
-            .extension()
-            .and_then(|x| x.to_str())
-            .map(str::to_ascii_lowercase);
-        if !ext.is_some_and(|x| IMAGE_EXTENSIONS.contains(&x.as_str())) || !path.is_file() {
-            continue;
-        }
-        let id = match numeric_id(&path) {
-            Some(n) => n.to_string(),
-            None => path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or_default()
-                .to_string(),
-        };
-        out.push((id, path));
-    }
-    out.sort_by(|a, b| a.1.cmp(&b.1));
+    // pytorch-fid's listing: the leakage check, the protocols and FID see the same files.
+    let out: Vec<(String, PathBuf)> = crate::fid::image_files(dir)?
+        .into_iter()
+        .map(|path| {
+            let id = match numeric_id(&path) {
+                Some(n) => n.to_string(),
+                None => path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or_default()
+                    .to_string(),
+            };
+            (id, path)
+        })
+        .collect();
     if out.is_empty() {
         return Err(EvalError::input(
             dir.display().to_string(),
-            format!("no images ({}) in this folder", IMAGE_EXTENSIONS.join(", ")),
+            format!(
+                "no images ({}) in this folder",
+                crate::fid::IMAGE_EXTENSIONS.join(", ")
+            ),
         ));
     }
     let mut seen = std::collections::HashSet::new();
@@ -272,12 +255,7 @@ pub(crate) fn pin_settings(out: &Path, settings: &serde_json::Value) -> Result<(
         }
         return Ok(());
     }
-    let text = serde_json::to_string_pretty(settings).map_err(|source| EvalError::Json {
-        path: path.clone(),
-        source,
-    })? + "\n";
-    cm3_core::fsio::write_atomic(&path, text.as_bytes(), "eval")?;
-    Ok(())
+    write_json(&path, settings)
 }
 
 /// Write `value` as pretty JSON, atomically.
