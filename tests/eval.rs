@@ -124,6 +124,23 @@ fn every_protocol_runs_resumes_and_refuses_leaked_images() {
         .map(|l| serde_json::from_str(l).expect("line"))
         .collect();
     assert_eq!(records.len(), 3);
+    // The CLIP score is the clamped mean of 100 x the chosen samples' logged cosines, each the
+    // best of its prompt's similarities.
+    let cos: Vec<f64> = records
+        .iter()
+        .map(|r| r["clip_cosine"].as_f64().expect("clip_cosine"))
+        .collect();
+    let mean = (100.0 * cos.iter().sum::<f64>() / 3.0).max(0.0);
+    assert!((clip - mean).abs() < 1e-9, "{clip} vs {mean}");
+    for (r, c) in records.iter().zip(&cos) {
+        let best = r["similarities"]
+            .as_array()
+            .expect("similarities")
+            .iter()
+            .map(|v| v.as_f64().expect("f"))
+            .fold(f64::MIN, f64::max);
+        assert!((best - c).abs() < 1e-6, "{best} vs {c}");
+    }
     for rec in &records {
         assert_eq!(rec["similarities"].as_array().map(Vec::len), Some(2));
         assert_eq!(rec["retrieved"].as_array().map(Vec::len), Some(1));

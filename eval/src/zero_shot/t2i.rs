@@ -117,6 +117,10 @@ pub struct T2iRecord {
     pub chosen: usize,
     /// Cosine similarity to the prompt of every sample (empty without re-ranking).
     pub similarities: Vec<f32>,
+    /// The chosen sample's cosine with its prompt: what the CLIP score averages, computed once,
+    /// when the sample is made (absent in logs of older versions: computed when scoring).
+    #[serde(default)]
+    pub clip_cosine: Option<f64>,
     pub guidance: Vec<Guidance>,
     /// Retrieved documents (pair id, relevance).
     pub retrieved: Vec<(String, f32)>,
@@ -237,14 +241,22 @@ pub fn run(o: &T2iOptions) -> Result<T2iReport> {
         }
         let flat: Vec<u32> = codes.iter().flatten().copied().collect();
         let images = tok.decode_rgb(&flat, codes.len())?;
-        let similarities = if c.rerank {
-            clip.similarities(prompt, &as_inputs(&images, tok.resolution()))?
+        // One CLIP pass a prompt: every sample when re-ranking, else the one kept; its cosine is
+        // also what the CLIP score averages.
+        let side = tok.resolution();
+        let (similarities, chosen, clip_cosine) = if c.rerank {
+            let cos = clip
+                .score_against(&as_inputs(&images, side), prompt)?
+                .cosine;
+            let chosen = (0..cos.len())
+                .max_by(|&a, &b| cos[a].total_cmp(&cos[b]))
+                .unwrap_or(0);
+            let best = cos[chosen];
+            (cos.into_iter().map(|v| v as f32).collect(), chosen, best)
         } else {
-            Vec::new()
+            let cos = clip.score_against(&as_inputs(&images[..1], side), prompt)?;
+            (Vec::new(), 0, cos.cosine[0])
         };
-        let chosen = (0..similarities.len())
-            .max_by(|&a, &b| similarities[a].total_cmp(&similarities[b]))
-            .unwrap_or(0);
         let file = format!("samples/{index:06}.png");
         save_png(&o.out.join(&file), &images[chosen], tok.resolution())?;
         let record = T2iRecord {
@@ -254,6 +266,7 @@ pub fn run(o: &T2iOptions) -> Result<T2iReport> {
             file,
             chosen,
             similarities,
+            clip_cosine: Some(clip_cosine),
             guidance,
             retrieved: retrieved
                 .docs
@@ -291,10 +304,12 @@ fn score(
     leakage: LeakageReport,
 ) -> Result<T2iReport> {
     let side = g.image.as_ref().map_or(0, |t| t.resolution());
-    // The CLIP score, torchmetrics' definition (the mean of 100·cos, clamped at 0), with the
-    // dataset's encoders; a chunk of samples in memory at a time (30K samples would not fit).
-    let (mut cos_sum, mut grid) = (0f64, Vec::new());
-    for chunk in done.chunks(CLIP_CHUNK) {
+    // The CLIP score, torchmetrics' definition (the mean of 100·cos, clamped at 0), from each
+    // sample's cosine logged when it was made; logs of older versions lack it, and those samples
+    // are read back and scored a chunk at a time (30K samples would not fit in memory).
+    let mut cos_sum: f64 = done.iter().filter_map(|r| r.clip_cosine).sum();
+    let missing: Vec<&T2iRecord> = done.iter().filter(|r| r.clip_cosine.is_none()).collect();
+    for chunk in missing.chunks(CLIP_CHUNK) {
         let mut images = Vec::with_capacity(chunk.len());
         for r in chunk {
             images.push(cm3_tokenize::image::load_image(&o.out.join(&r.file), side)?);
@@ -305,9 +320,10 @@ fn score(
             .cosine
             .iter()
             .sum::<f64>();
-        if grid.len() < o.config.grid {
-            grid.extend(images.into_iter().take(o.config.grid - grid.len()));
-        }
+    }
+    let mut grid = Vec::with_capacity(o.config.grid);
+    for r in done.iter().take(o.config.grid) {
+        grid.push(cm3_tokenize::image::load_image(&o.out.join(&r.file), side)?);
     }
     let clip_score = (100.0 * cos_sum / done.len().max(1) as f64).max(0.0);
     let fid = match &o.inception {
