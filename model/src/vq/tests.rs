@@ -97,10 +97,10 @@ fn flat_colour_accuracy(cfg: &VqTrainConfig) -> f64 {
 /// A short training on two-colour images gives the colours back. With taming's GroupNorm on 32
 /// channels (one channel a group) the same training gets about half of them (0.54 measured):
 /// a flat region's colour does not pass the normalisation. The CPU backend's parallel float sums
-/// are not bit-reproducible, so runs differ: measured 2026-12-05, seven runs alone at 0.9 or more,
-/// one beside the crate's other tests at 0.72 (a colour code lost in a restart). The bound is
-/// set between that and GroupNorm's 0.54 (chance is 1/8), so that the test says what it checks,
-/// colour passing the tokenizer, without failing on the scheduling of threads.
+/// are not bit-reproducible, so runs differ: on 2026-12-05 seven runs passed the earlier bound of
+/// 0.9 (four alone, three beside the crate's other tests) and one, beside them, gave 0.72. The
+/// bound is set between that and GroupNorm's 0.54 (chance is 1/8), so that the test says what it
+/// checks, colour passing the tokenizer, without failing on the scheduling of threads.
 #[test]
 fn flat_colours_come_back_after_a_short_training() {
     let mut cfg = VqTrainConfig::default();
