@@ -629,3 +629,188 @@ fn generate_text_to_image_image_to_text_and_infill_with_a_trained_run() {
     ]);
     assert!(err.contains("<mask>"), "{err}");
 }
+
+/// `cm3 train --init-from`, the start of the SFT stage: the new run begins from the pretrained
+/// weights with a fresh optimiser, records where they came from, resumes exactly, accepts a
+/// Hugging Face OPT folder, and refuses a model or vocabulary that does not fit, by name.
+#[test]
+fn fine_tuning_starts_from_the_pretrained_weights() {
+    fn refs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    runtime();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ds = prepared(tmp.path(), 16);
+    let write = |name: &str, text: &str| {
+        let path = tmp.path().join(name);
+        fs::write(&path, text).expect("config");
+        path
+    };
+    let tiny = write(
+        "tiny.toml",
+        "preset = \"tiny\"\nbatch_size = 2\nlr = 1e-2\nwarmup_steps = 1\nsave_every = 4\n\
+         eval_every = 4\neval_batches = 1\n",
+    );
+    let pre = tmp.path().join("pre");
+    let args = |data: &Path, cfg: &Path, out: &Path, steps: &str| {
+        vec![
+            "--data".to_string(),
+            p(data),
+            "--config".into(),
+            p(cfg),
+            "--out".into(),
+            p(out),
+            "--steps".into(),
+            steps.into(),
+        ]
+    };
+    train(&refs(&args(&ds, &tiny, &pre, "4")));
+
+    // One step at a vanishing learning rate keeps the weights: the fine-tuning run scores like
+    // the pretrained model, a fresh run with the same settings does not.
+    let still = write(
+        "still.toml",
+        "preset = \"sft\"\nbatch_size = 2\nbatch_tokens = 0\nlr = 1e-12\nwarmup_steps = 1\n\
+         save_every = 1\neval_batches = 1\n",
+    );
+    let fine = tmp.path().join("fine");
+    let mut a = args(&ds, &still, &fine, "1");
+    a.extend(["--init-from".into(), p(&pre)]);
+    let r = train(&refs(&a));
+    assert_eq!(r["last_step"], 1);
+    let fresh_cfg = write(
+        "fresh.toml",
+        "preset = \"tiny\"\nbatch_size = 2\nlr = 1e-12\nwarmup_steps = 1\nsave_every = 1\n\
+         eval_batches = 1\nseed = 1\n",
+    );
+    let fresh = tmp.path().join("fresh");
+    train(&refs(&args(&ds, &fresh_cfg, &fresh, "1")));
+    let ids = tmp.path().join("ids.npy");
+    let mut npy = cm3_embed::npy::header(cm3_embed::npy::Dtype::I64, &[1, 32]);
+    for i in 0..32i64 {
+        npy.extend_from_slice(&(1 + i * 5).to_le_bytes());
+    }
+    fs::write(&ids, npy).expect("ids");
+    let score = |run: &Path| {
+        let out = run_ok(&[
+            "model",
+            "score",
+            "--weights",
+            &p(run),
+            "--tokens",
+            &p(&ids),
+            "--json",
+        ]);
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).expect("score");
+        s["loss"].as_f64().expect("loss")
+    };
+    let (l_pre, l_fine, l_fresh) = (score(&pre), score(&fine), score(&fresh));
+    eprintln!("loss: pretrained {l_pre}, fine-tuned at lr 1e-12 {l_fine}, fresh {l_fresh}");
+    assert!(
+        (l_pre - l_fine).abs() < 1e-4,
+        "pretrained {l_pre}, fine-tuned {l_fine}"
+    );
+    assert!(
+        (l_pre - l_fresh).abs() > 0.05,
+        "pretrained {l_pre}, fresh {l_fresh}"
+    );
+
+    // The run records the pretrained weights and takes their shape.
+    let record: serde_json::Value =
+        serde_json::from_slice(&fs::read(fine.join("config.json")).expect("run config"))
+            .expect("json");
+    let init = &record["init_from"];
+    assert_eq!(init["kind"], "run", "{record}");
+    assert!(
+        init["weights"]
+            .as_str()
+            .is_some_and(|w| w.ends_with("checkpoints/step-0000004")),
+        "{init}"
+    );
+    let ckpt = pre.join("checkpoints/step-0000004");
+    let sha = cm3_core::fsio::sha256_file(&ckpt.join("model.safetensors")).expect("sha");
+    assert_eq!(init["model_sha256"], sha.sha256);
+    let pre_record: serde_json::Value =
+        serde_json::from_slice(&fs::read(pre.join("config.json")).expect("run config"))
+            .expect("json");
+    assert_eq!(record["config"]["model"], pre_record["config"]["model"]);
+    assert_eq!(record["config"]["lr"], 1e-12);
+
+    // Resume: interrupted after one step and continued, the same losses as straight through.
+    let learn = write(
+        "learn.toml",
+        "preset = \"sft\"\nbatch_size = 2\nbatch_tokens = 0\nlr = 1e-3\nwarmup_steps = 1\n\
+         save_every = 1\neval_batches = 1\n",
+    );
+    let straight = tmp.path().join("straight");
+    let mut a = args(&ds, &learn, &straight, "3");
+    a.extend(["--init-from".into(), p(&pre)]);
+    train(&refs(&a));
+    let split = tmp.path().join("split");
+    let mut a = args(&ds, &learn, &split, "3");
+    a.extend([
+        "--init-from".into(),
+        p(&pre),
+        "--stop-after".into(),
+        "1".into(),
+    ]);
+    train(&refs(&a));
+    train(&["--resume", &p(&split)]);
+    assert_eq!(losses(&split), losses(&straight));
+    assert_eq!(losses(&split).len(), 3);
+
+    // A Hugging Face OPT folder (a checkpoint copied out of its run): only the size is checked.
+    let hf = tmp.path().join("hf");
+    fs::create_dir(&hf).expect("hf");
+    for f in ["model.safetensors", "config.json"] {
+        fs::copy(ckpt.join(f), hf.join(f)).expect("copy");
+    }
+    let from_hf = tmp.path().join("from-hf");
+    let mut a = args(&ds, &still, &from_hf, "1");
+    a.extend(["--init-from".into(), p(&hf)]);
+    train(&refs(&a));
+    let record: serde_json::Value =
+        serde_json::from_slice(&fs::read(from_hf.join("config.json")).expect("run config"))
+            .expect("json");
+    assert_eq!(record["init_from"]["kind"], "hugging-face");
+
+    // Refusals, each naming what differs.
+    let mut hf_config: serde_json::Value =
+        serde_json::from_slice(&fs::read(hf.join("config.json")).expect("config")).expect("json");
+    let vocab = hf_config["vocab_size"].as_u64().expect("vocab");
+    hf_config["vocab_size"] = (vocab + 1).into();
+    fs::write(hf.join("config.json"), hf_config.to_string()).expect("write");
+    let mut a = args(&ds, &still, &tmp.path().join("x1"), "1");
+    a.extend(["--init-from".into(), p(&hf)]);
+    let mut all = vec!["train".to_string()];
+    all.extend(a);
+    let err = run_err(&refs(&all));
+    assert!(err.contains("vocabulary size: pretrained"), "{err}");
+    let wide = write(
+        "wide.toml",
+        "preset = \"sft\"\nbatch_tokens = 0\n[model]\nd_model = 96\nffn_dim = 384\n",
+    );
+    let mut all = vec!["train".to_string()];
+    all.extend(args(&ds, &wide, &tmp.path().join("x2"), "1"));
+    all.extend(["--init-from".into(), p(&pre)]);
+    let err = run_err(&refs(&all));
+    assert!(
+        err.contains("d_model: pretrained") && err.contains("ffn_dim: pretrained"),
+        "{err}"
+    );
+    let mut all = vec!["train".to_string()];
+    all.extend(args(&ds, &still, &tmp.path().join("x3"), "1"));
+    all.extend(["--init-from".into(), p(&ds)]);
+    let err = run_err(&refs(&all));
+    assert!(err.contains("neither a cm3 run"), "{err}");
+    let err = run_err(&[
+        "train",
+        "--data",
+        &p(&ds),
+        "--config",
+        "sft",
+        "--out",
+        &p(&tmp.path().join("x4")),
+    ]);
+    assert!(err.contains("--init-from"), "{err}");
+}

@@ -8,9 +8,9 @@ use clap::{Args, Subcommand};
 
 use cm3_core::fsio::write_atomic;
 use cm3_embed::npy::{Npy, encode_f32};
-use cm3_model::decoder::{Cm3Decoder, config::PRESETS};
+use cm3_model::decoder::Cm3Decoder;
 use cm3_train::run::{RUN_CONFIG, RUN_FORMAT, RunRecord, latest_checkpoint};
-use cm3_train::{Backend, TrainConfig, TrainOptions};
+use cm3_train::{Backend, InitFrom, TRAIN_PRESETS, TrainConfig, TrainOptions};
 
 #[derive(Args, Debug)]
 pub(crate) struct TrainArgs {
@@ -27,6 +27,13 @@ pub(crate) struct TrainArgs {
     /// Continue the run in this directory from its latest checkpoint.
     #[arg(long, value_name = "RUN")]
     pub resume: Option<PathBuf>,
+    /// Start from a pretrained model's weights with a fresh optimiser (fine-tuning, the SFT
+    /// stage): a cm3 run (its latest checkpoint), one of its checkpoints, or a Hugging Face OPT
+    /// folder. The model's shape is the pretrained one unless --config names a model, which
+    /// must then match; the dataset's vocabulary must be the pretrained run's [default
+    /// --config: sft, Table 4].
+    #[arg(long, value_name = "MODEL", conflicts_with = "resume")]
+    pub init_from: Option<PathBuf>,
     /// Optimiser steps in all (overrides the config).
     #[arg(long, conflicts_with = "resume")]
     pub steps: Option<u64>,
@@ -61,27 +68,35 @@ impl From<BackendArg> for Backend {
     }
 }
 
-/// A preset name, or a settings file laid over its `preset` (default tiny).
-fn train_config(spec: Option<&str>) -> Result<TrainConfig> {
-    let spec = spec.unwrap_or("tiny");
-    if PRESETS.contains(&spec) {
-        return Ok(TrainConfig::preset(spec)?);
+/// A preset name, or a settings file laid over its `preset` (default tiny, or sft with
+/// `--init-from`). Also: whether the configuration leaves the model's shape to the pretrained
+/// weights (the `sft` preset, or a file with neither a model preset nor a `[model]` table).
+fn train_config(spec: Option<&str>, init_from: bool) -> Result<(TrainConfig, bool)> {
+    let default = if init_from { "sft" } else { "tiny" };
+    let spec = spec.unwrap_or(default);
+    if TRAIN_PRESETS.contains(&spec) {
+        if spec == "sft" && !init_from {
+            bail!("--config sft fine-tunes a pretrained model: give it with --init-from");
+        }
+        return Ok((TrainConfig::preset(spec)?, spec == "sft"));
     }
     let path = Path::new(spec);
     if !path.is_file() {
         bail!(
             "--config {spec}: neither a preset ({}) nor a file",
-            PRESETS.join(", ")
+            TRAIN_PRESETS.join(", ")
         );
     }
     let mut over = crate::read_settings(path)?;
+    let names_model = over.get("model").is_some();
     let preset = match over.as_object_mut().and_then(|o| o.remove("preset")) {
         Some(serde_json::Value::String(p)) => p,
         Some(other) => bail!("{}: preset must be a name, got {other}", path.display()),
-        None => "tiny".into(),
+        None => default.into(),
     };
     let base = TrainConfig::preset(&preset).with_context(|| format!("{}", path.display()))?;
-    crate::overlay(&base, over, path)
+    let take_shape = init_from && !names_model && preset == "sft";
+    Ok((crate::overlay(&base, over, path)?, take_shape))
 }
 
 pub(crate) fn train(a: TrainArgs) -> Result<()> {
@@ -89,16 +104,21 @@ pub(crate) fn train(a: TrainArgs) -> Result<()> {
         Some(run) => TrainOptions {
             out: run.clone(),
             start: None,
+            init_from: None,
             stop_after: a.stop_after,
             backend: a.backend.into(),
             progress: !a.no_progress && !a.json,
         },
         None => {
-            let mut cfg = train_config(a.config.as_deref())?;
+            let (mut cfg, take_shape) = train_config(a.config.as_deref(), a.init_from.is_some())?;
             cfg.steps = a.steps.unwrap_or(cfg.steps);
             TrainOptions {
                 out: a.out.clone().context("--out is required")?,
                 start: Some((a.data.clone().context("--data is required")?, cfg)),
+                init_from: a
+                    .init_from
+                    .clone()
+                    .map(|path| InitFrom { path, take_shape }),
                 stop_after: a.stop_after,
                 backend: a.backend.into(),
                 progress: !a.no_progress && !a.json,
@@ -198,7 +218,7 @@ fn gib(bytes: u64) -> f64 {
 }
 
 fn info(a: InfoArgs) -> Result<()> {
-    let train = train_config(Some(&a.config))?;
+    let (train, _) = train_config(Some(&a.config), false)?;
     let mut cfg = train.model.clone();
     cfg.vocab_size = match (a.vocab_size, &a.data) {
         (Some(v), _) => v,

@@ -62,6 +62,16 @@ impl Default for TrainConfig {
 /// Table 3: 8M-token batches (2,048 sequences of 4,096), 1,500 warmup steps.
 const PAPER_BATCH_TOKENS: usize = 2048 * 4096;
 
+/// Table 4 (SFT): 2M-token batches (512 sequences of 4,096), peak lr 5e-5, 150 warmup steps,
+/// "approximately 30 billion tokens" (§E.1).
+const SFT_BATCH_TOKENS: usize = 512 * 4096;
+const SFT_TOKENS: u64 = 30_000_000_000;
+
+/// The names [`TrainConfig::preset`] knows. `sft` is Table 4's optimisation for a model whose
+/// shape comes from the pretrained weights (`cm3 train --init-from`); `sft-760m` and `sft-7b`
+/// also name the model, which must then match them.
+pub const TRAIN_PRESETS: [&str; 7] = ["tiny", "350m", "760m", "7b", "sft", "sft-760m", "sft-7b"];
+
 impl TrainConfig {
     fn paper(model: &str, lr: f64, tokens: u64) -> Result<Self> {
         Ok(Self {
@@ -89,7 +99,18 @@ impl TrainConfig {
         })
     }
 
-    /// `tiny` (a 2-layer model for tests and the demo data), or Table 3's `350m`, `760m`, `7b`.
+    /// Fine-tuning a pretrained `model` with Table 4's settings.
+    fn sft(model: &str) -> Result<Self> {
+        Ok(Self {
+            batch_tokens: SFT_BATCH_TOKENS,
+            steps: SFT_TOKENS / SFT_BATCH_TOKENS as u64,
+            warmup_steps: 150,
+            ..Self::paper(model, 5e-5, 0)?
+        })
+    }
+
+    /// `tiny` (a 2-layer model for tests and the demo data), Table 3's `350m`, `760m`, `7b`,
+    /// or Table 4's fine-tuning `sft` (the model from `--init-from`), `sft-760m`, `sft-7b`.
     pub fn preset(name: &str) -> Result<Self> {
         match name {
             "tiny" => Ok(Self {
@@ -106,8 +127,13 @@ impl TrainConfig {
             "350m" => Self::paper("350m", 6e-4, 1_400_000_000_000),
             "760m" => Self::paper("760m", 5e-4, 1_900_000_000_000),
             "7b" => Self::paper("7b", 1.2e-4, 2_400_000_000_000),
+            // The model is a placeholder: `--init-from` replaces its shape.
+            "sft" => Self::sft("tiny"),
+            "sft-760m" => Self::sft("760m"),
+            "sft-7b" => Self::sft("7b"),
             other => Err(TrainError::Config(format!(
-                "unknown preset {other:?}; known: tiny, 350m, 760m, 7b"
+                "unknown preset {other:?}; known: {}",
+                TRAIN_PRESETS.join(", ")
             ))),
         }
     }
@@ -189,6 +215,24 @@ mod tests {
         }
         // 1.4T tokens in 8M-token steps.
         assert_eq!(TrainConfig::preset("350m")?.steps, 166_893);
+        Ok(())
+    }
+
+    #[test]
+    fn sft_presets_carry_table_4() -> Result<()> {
+        for (name, d) in [("sft-760m", 1536), ("sft-7b", 4096)] {
+            let c = TrainConfig::preset(name)?;
+            assert_eq!((c.lr, c.warmup_steps, c.model.d_model), (5e-5, 150, d));
+            // 2M-token batches: 512 sequences of 4,096.
+            assert_eq!(c.batch_tokens, 2_097_152);
+            assert_eq!(c.accumulation(4096), 64);
+            // About 30B tokens: 14,305 steps of 2,097,152.
+            assert_eq!(c.steps, 14_305);
+        }
+        assert_eq!(TrainConfig::preset("sft")?.lr, 5e-5);
+        for name in TRAIN_PRESETS {
+            TrainConfig::preset(name)?.validate()?;
+        }
         Ok(())
     }
 

@@ -16,6 +16,9 @@ pub enum TrainError {
     /// A run directory that does not fit the request.
     #[error("run {path}: {reason}")]
     Run { path: PathBuf, reason: String },
+    /// A pretrained model that cannot start this run (`--init-from`).
+    #[error("pretrained model {path}: {reason}")]
+    Init { path: PathBuf, reason: String },
     #[error("training config: {0}")]
     Config(String),
     /// The loss became NaN or infinite.

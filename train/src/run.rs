@@ -18,6 +18,7 @@ use cm3_model::decoder::{Cm3Decoder, DecoderConfig, HfOptConfig};
 use crate::config::TrainConfig;
 use crate::data::{DataPosition, PackedSplit, PreparedData, Sampler};
 use crate::error::{Result, TrainError, io};
+use crate::init::{InitFrom, InitRecord};
 
 /// `<run>/config.json`: what the run trains, on what.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,6 +33,10 @@ pub struct RunRecord {
     /// The resolved configuration (the vocabulary filled in from the dataset).
     pub config: TrainConfig,
     pub tool_version: String,
+    /// The pretrained weights the run started from (`--init-from`); absent: random
+    /// initialisation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<InitRecord>,
 }
 
 pub const RUN_FORMAT: &str = "cm3-run/1";
@@ -55,6 +60,9 @@ pub struct TrainOptions {
     pub out: PathBuf,
     /// A new run: the dataset and configuration. `None`: resume the run in `out`.
     pub start: Option<(PathBuf, TrainConfig)>,
+    /// Start the new run from a pretrained model's weights, with a fresh optimiser (only with
+    /// `start`).
+    pub init_from: Option<InitFrom>,
     /// Stop (with a checkpoint) after this many steps in this session, e.g. before a scheduler's
     /// time limit; `cm3 train --resume` continues.
     pub stop_after: Option<u64>,
@@ -207,6 +215,24 @@ fn lock_run(dir: &Path) -> Result<DatasetLock> {
     Ok(cm3_core::lock_dir(dir, "training run")?)
 }
 
+/// The pretrained weights a run starts from, checked to be the ones it recorded.
+fn load_pretrained(init: &InitRecord, cfg: &DecoderConfig, device: &Device) -> Result<Cm3Decoder> {
+    let path = init.weights.join("model.safetensors");
+    let sha = cm3_core::fsio::sha256_file(&path)?.sha256;
+    if sha != init.model_sha256 {
+        return Err(TrainError::Init {
+            path,
+            reason: format!(
+                "changed since the run started from it (sha256 {sha}, recorded {}): start a \
+                 new run",
+                init.model_sha256
+            ),
+        });
+    }
+    tracing::info!(weights = %init.weights.display(), "starting from the pretrained model");
+    Ok(Cm3Decoder::load(&path, cfg, device)?)
+}
+
 fn checkpoint_name(step: u64) -> String {
     format!("step-{step:07}")
 }
@@ -265,6 +291,21 @@ impl Run {
                 let data = PreparedData::open(dataset)?;
                 let mut cfg = cfg.clone();
                 let size = data.layout.size as usize;
+                let init = match &opts.init_from {
+                    Some(from) => {
+                        let init = crate::init::resolve(&from.path)?;
+                        cfg.model = crate::init::model_for(
+                            &init,
+                            &cfg.model,
+                            from.take_shape,
+                            &data.layout,
+                            data.seq_len,
+                            dataset,
+                        )?;
+                        Some(init.record)
+                    }
+                    None => None,
+                };
                 if cfg.model.vocab_size == 0 {
                     cfg.model.vocab_size = size;
                 } else if cfg.model.vocab_size != size {
@@ -307,6 +348,7 @@ impl Run {
                     seq_len: data.seq_len,
                     config: cfg,
                     tool_version: env!("CARGO_PKG_VERSION").into(),
+                    init_from: init,
                 };
                 write_json(&config_path, &record)?;
                 Ok(Self {
@@ -317,6 +359,13 @@ impl Run {
                 })
             }
             None => {
+                if opts.init_from.is_some() {
+                    return Err(run_error(
+                        dir,
+                        "--init-from starts a new run; a resumed run continues from its own \
+                         checkpoints",
+                    ));
+                }
                 if !config_path.is_file() {
                     return Err(run_error(dir, "no run to resume here (no config.json)"));
                 }
@@ -460,7 +509,17 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
     let pad = run.data.pad;
 
     let mut optim = optimizer(&cfg)?;
-    let mut model = Cm3Decoder::init(&mcfg, cfg.seed, &device)?;
+    let resume_from = match opts.start {
+        None => latest_checkpoint(&run.dir)?,
+        Some(_) => None,
+    };
+    // A fine-tuning run's first weights are the pretrained model's (also when it is resumed
+    // before its first checkpoint); the optimiser starts fresh (Table 4's warmup). Loaded in
+    // place of the random initialisation, never beside it (a 7B model twice would not fit).
+    let mut model = match (&resume_from, &run.record.init_from) {
+        (None, Some(init)) => load_pretrained(init, &mcfg, &device)?,
+        _ => Cm3Decoder::init(&mcfg, cfg.seed, &device)?,
+    };
     let mut state = TrainState {
         step: 0,
         tokens_seen: 0,
@@ -474,7 +533,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
     // The newest checkpoint (a resumed run's); the NaN stop names it.
     let mut checkpoint = PathBuf::new();
     if opts.start.is_none() {
-        if let Some(ckpt) = latest_checkpoint(&run.dir)? {
+        if let Some(ckpt) = resume_from {
             let load_err = |what: &str, e: String| run_error(&ckpt, format!("{what}: {e}"));
             model = model
                 .try_load_file(ckpt.join("model.bpk"))
