@@ -66,11 +66,15 @@ pub(crate) struct VqaArgs {
     /// The questions' images (file names carrying the COCO image id).
     #[arg(long)]
     images: Option<PathBuf>,
+    /// Where the answers (answers.jsonl), the settings and the report go (required with
+    /// --run).
     #[arg(long)]
     out: Option<PathBuf>,
     /// At most this many questions (0: all).
     #[arg(long, default_value_t = 0)]
     count: usize,
+    /// Evaluate even when images are among the run's training images (recorded in the
+    /// report).
     #[arg(long)]
     allow_overlap: bool,
     #[arg(long)]

@@ -18,6 +18,7 @@ mod generate;
 mod index;
 mod inspect;
 mod pack;
+mod sft;
 mod tokenize;
 mod tokenizer;
 mod train;
@@ -76,8 +77,14 @@ enum Command {
     /// CM3 causal-masked, retrieval-augmented training sequences into <dataset>/packed/
     /// (Megatron-LM indexed datasets + meta.json).
     Pack(Box<pack::PackArgs>),
-    /// Train the CM3Leon decoder from a prepared dataset directory (or resume a run).
+    /// Train the CM3Leon decoder from a prepared dataset directory (or resume a run, or
+    /// fine-tune a pretrained one with --init-from).
     Train(Box<train::TrainArgs>),
+    /// Supervised fine-tuning data: the paper's Table 5 tasks in their templates, mixed.
+    Sft {
+        #[command(subcommand)]
+        command: sft::SftCommand,
+    },
     /// Generate with a trained run: text → image, image → text, infilling (CFG, CD-K, top-p).
     Generate(Box<generate::GenerateArgs>),
     /// The paper's evaluation: caption metrics, VQA accuracy, FID on files, and the zero-shot
@@ -582,6 +589,7 @@ fn main() -> ExitCode {
         Command::Pack(a) => pack::run(*a),
         Command::Tokenizer { command } => tokenizer::run(command),
         Command::Train(a) => train::train(*a),
+        Command::Sft { command } => sft::run(command),
         Command::Generate(a) => generate::run(*a),
         Command::Eval { command } => eval::run(command),
         Command::Model { command } => train::model(command),

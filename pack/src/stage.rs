@@ -172,7 +172,7 @@ pub struct SplitCounts {
 
 impl SplitCounts {
     /// Every counter, by the name the manifest records it under.
-    fn fields(&self) -> [(&'static str, u64); 13] {
+    pub fn fields(&self) -> [(&'static str, u64); 13] {
         [
             ("sequences", self.sequences),
             ("examples", self.examples),
@@ -653,8 +653,10 @@ fn write_meta(
     Ok(())
 }
 
-/// One split's files: the indexed dataset (appended) and the example boundaries.
-struct SplitWriter {
+/// One split's files: the indexed dataset (appended) and the example boundaries. Also what
+/// `cm3 sft build` writes its sequences with.
+#[allow(missing_debug_implementations)] // holds file handles and a packer; nothing to show
+pub struct SplitWriter {
     writer: IndexedWriter,
     packer: Packer,
     boundaries: BufWriter<File>,
@@ -667,7 +669,8 @@ struct SplitWriter {
 }
 
 impl SplitWriter {
-    fn open(
+    /// `dir/{split}.{bin,idx,boundaries.bin}`, keeping the sequences `before` recorded.
+    pub fn open(
         dir: &Path,
         split: &str,
         before: &SplitCounts,
@@ -701,7 +704,8 @@ impl SplitWriter {
         })
     }
 
-    fn push(&mut self, tokens: &[u32], pair: u64, c: &mut SplitCounts) -> Result<()> {
+    /// One example (`pair` is recorded in the boundaries).
+    pub fn push(&mut self, tokens: &[u32], pair: u64, c: &mut SplitCounts) -> Result<()> {
         self.pending.push_back(pair);
         for s in self.packer.push(tokens)? {
             self.emit(&s, c)?;
@@ -732,7 +736,7 @@ impl SplitWriter {
 
     /// Pad the last sequence of the shard and commit the files, so the next shard (or run)
     /// starts a fresh sequence and old sequences never change.
-    fn end_shard(&mut self, c: &mut SplitCounts) -> Result<()> {
+    pub fn end_shard(&mut self, c: &mut SplitCounts) -> Result<()> {
         if let Some(s) = self.packer.finish() {
             self.emit(&s, c)?;
         }

@@ -1,8 +1,36 @@
 //! Errors of the SFT stage. Every variant names the task, template, field or setting involved.
+use std::path::PathBuf;
+
 use crate::templates::{ImageSlot, Task};
 
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum SftError {
+    /// A task source that cannot be read as its format says.
+    #[error("input {path}: {reason}")]
+    Input { path: PathBuf, reason: String },
+    #[error("task {task}: {reason}")]
+    Unsupported { task: Task, reason: String },
+    /// The pretrained run or dataset the SFT data must match.
+    #[error("pretrained {path}: {reason}")]
+    Pretrained { path: PathBuf, reason: String },
+    /// The output directory: not ours, or already built.
+    #[error("{path}: {reason}")]
+    Output { path: PathBuf, reason: String },
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("sft config: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Pack(#[from] cm3_pack::PackError),
+    #[error(transparent)]
+    Tokenize(#[from] cm3_tokenize::TokenizeError),
+    #[error(transparent)]
+    Core(#[from] cm3_core::CoreError),
     #[error("unknown SFT task {name:?}; the tasks are {}", Task::names().join(", "))]
     UnknownTask { name: String },
     #[error("unknown image slot {name:?}; the slots are source, edited, feature, image")]
@@ -68,3 +96,11 @@ pub enum SftError {
 }
 
 pub type Result<T> = std::result::Result<T, SftError>;
+
+pub(crate) fn io(
+    op: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(std::io::Error) -> SftError {
+    let path = path.into();
+    move |source| SftError::Io { op, path, source }
+}

@@ -833,10 +833,10 @@ mod tests {
     #[test]
     fn names_round_trip() {
         for t in Task::ALL {
-            assert_eq!(t.name().parse::<Task>(), Ok(t));
+            assert_eq!(t.name().parse::<Task>().ok(), Some(t));
         }
         for s in ImageSlot::ALL {
-            assert_eq!(ImageSlot::from_name(s.name()), Ok(s));
+            assert_eq!(ImageSlot::from_name(s.name()).ok(), Some(s));
         }
         assert!(matches!(
             Task::from_name("vqa"),
@@ -860,14 +860,14 @@ mod tests {
     fn missing_and_unknown_fields_are_errors_naming_task_template_and_field() {
         let ex = Example::new().field("question", "why?").image(Img);
         let err = render(Task::Vqa2, 2, &ex).expect_err("must fail");
-        assert_eq!(
+        assert!(matches!(
             err,
             SftError::MissingField {
                 task: Task::Vqa2,
                 template: 2,
                 field: "answer"
             }
-        );
+        ));
         assert_eq!(
             err.to_string(),
             "task vqa2, template 2: no value for the field {answer}"
@@ -880,14 +880,14 @@ mod tests {
 
         let ex = Example::new().field("caption", "a cat");
         let err = render(Task::Edge, 0, &ex).expect_err("must fail");
-        assert_eq!(
+        assert!(matches!(
             err,
             SftError::MissingImage {
                 task: Task::Edge,
                 template: 0,
                 slot: Feature
             }
-        );
+        ));
         let err =
             render(Task::Coco, 0, &ex.clone().image(Img).image(Feature)).expect_err("must fail");
         assert!(matches!(err, SftError::UnknownImage { slot: Feature, .. }));

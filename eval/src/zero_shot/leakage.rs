@@ -19,6 +19,14 @@ use crate::error::{EvalError, Result};
 /// Largest evaluation image read (bytes): larger files are refused, not allocated.
 pub const MAX_IMAGE_BYTES: u64 = 64 << 20;
 
+/// An SFT image's id: its key (the first 64 bits of its hash), as `cm3 sft build` records it.
+fn sft_image_key(sha256_hex: &str) -> u64 {
+    sha256_hex
+        .get(..16)
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .unwrap_or(0)
+}
+
 /// An evaluation image found among the dataset's pairs.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Overlap {
@@ -46,8 +54,21 @@ pub struct LeakageGuard {
     by_hash: HashMap<String, u64>,
 }
 
+/// SFT directories built on SFT directories: a bound on the chain followed.
+const MAX_SFT_DEPTH: usize = 8;
+
 impl LeakageGuard {
+    /// The pairs of `dataset`; for an SFT directory (`cm3 sft build`), its images and those of
+    /// the pretrained dataset it was built from (the model has been trained on both).
     pub fn for_dataset(dataset: &Path) -> Result<Self> {
+        Self::for_dataset_at(dataset, 0)
+    }
+
+    fn for_dataset_at(dataset: &Path, depth: usize) -> Result<Self> {
+        let record = dataset.join(cm3_sft::build::SFT_RECORD);
+        if record.is_file() {
+            return Self::for_sft(dataset, &record, depth);
+        }
         let ds = DatasetDir::open(dataset).map_err(|e| {
             EvalError::input(dataset.display().to_string(), format!("not a dataset: {e}"))
         })?;
@@ -91,6 +112,36 @@ impl LeakageGuard {
             ingest,
             by_hash,
         })
+    }
+
+    fn for_sft(dataset: &Path, record: &Path, depth: usize) -> Result<Self> {
+        let bad = |reason: String| EvalError::input(record.display().to_string(), reason);
+        if depth >= MAX_SFT_DEPTH {
+            return Err(bad(format!(
+                "more than {MAX_SFT_DEPTH} SFT directories built on each other"
+            )));
+        }
+        let v: serde_json::Value = crate::files::read_json(record, 64 << 20)?;
+        if v["format"] != cm3_sft::build::SFT_FORMAT {
+            return Err(bad(format!(
+                "format {}, not {}",
+                v["format"],
+                cm3_sft::build::SFT_FORMAT
+            )));
+        }
+        let pretrained = v["pretrained_dataset"]
+            .as_str()
+            .ok_or_else(|| bad("no pretrained_dataset".into()))?;
+        let mut guard = Self::for_dataset_at(Path::new(pretrained), depth + 1)?;
+        let list = dataset.join(cm3_sft::build::SFT_IMAGES);
+        let bytes = crate::files::read_bounded(&list, 4 << 30)?;
+        let text = String::from_utf8_lossy(&bytes);
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            let sha = line.split('\t').next().unwrap_or_default();
+            guard.by_hash.insert(sha.to_string(), sft_image_key(sha));
+        }
+        guard.dataset = dataset.to_path_buf();
+        Ok(guard)
     }
 
     /// Number of distinct pair images known.

@@ -1,0 +1,775 @@
+//! `cm3 sft build`: the paper's SFT task mixture (Table 5 templates, §E.1 up/down sampling) as a
+//! prepared directory `cm3 train --init-from` reads like any other.
+//!
+//! The data must be the pretrained model's: the text and image tokenizers, the vocabulary
+//! layout, the image normalisation (`cm3 ingest`'s settings) and the masking settings all come
+//! from the pretrained run's dataset, never new ones. Each example is one rendered template:
+//! its text and image documents separated by `<break>`, opened by `<eos>` like a pretraining
+//! document, then transformed by "the same CM3 objective" (§4), with one addition of ours:
+//!
+//! - **The output as the masked span** (`output_rate`, default 0.5). Table 5 writes the text
+//!   tasks' output before the image (`Question: {question} Answer: {answer}. <br> image`), so a
+//!   left-to-right loss on the answer never sees the image; CM3 masking moves a span after
+//!   `<infill>`, where it is predicted with the whole document (image included) in view. A
+//!   random span is almost never exactly the answer, and the zero-shot and SFT prompts ask for
+//!   exactly that (`Question: q Answer: <mask:0>. <break> image <infill> <mask:0>`), so this
+//!   share of the examples masks exactly the output; the rest get the pretraining masking.
+//!
+//! The mixture is drawn per epoch (each task's examples repeated or thinned by its multiplier,
+//! seeded by epoch), shuffled across tasks, and written epoch after epoch into
+//! `packed/train` (`packed/val`: the examples whose image falls in `val_fraction`, by its
+//! content hash, so an image's questions are never on both sides). `sft.json` records the
+//! configuration, the sources, the multipliers and what each epoch drew.
+//!
+//! Built into a temporary directory beside the output and moved into place at the end; a
+//! rebuild deletes only the files the previous `sft.json` lists.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::Device;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use cm3_core::rng::SplitMix64;
+use cm3_core::vocab::{self, VocabLayout};
+use cm3_ingest::config::IngestConfig;
+use cm3_ingest::normalize::normalize_image;
+use cm3_pack::masking::{Specials, apply, causal_mask, growth};
+use cm3_pack::packing::Policy;
+use cm3_pack::stage::{OBJECTIVE, OBJECTIVE_VERSION, PackConfig, SplitCounts, SplitWriter};
+use cm3_tokenize::image::{ImageTokenizer, decode_rgb};
+use cm3_tokenize::text::TextTokenizer;
+
+use crate::error::{Result, SftError, io};
+use crate::mixing::{MixConfig, draw_task, plan};
+use crate::sources::{SourceExample, read_task};
+use crate::templates::{Example, ImageSlot, OutputSpan, Rendered, Task, choose_with, render};
+
+/// `sft.json`'s format.
+pub const SFT_FORMAT: &str = "cm3-sft/1";
+pub const SFT_RECORD: &str = "sft.json";
+const STREAM_SPLIT: u64 = 0x7366_745f_7370_6c74; // "sft_splt"
+const STREAM_EXAMPLE: u64 = 0x7366_745f_6578_616d; // "sft_exam"
+const STREAM_ORDER: u64 = 0x7366_745f_6f72_6472; // "sft_ordr"
+/// Largest image file read.
+const MAX_IMAGE_BYTES: u64 = 256 << 20;
+const MAX_EPOCHS: u32 = 1_000;
+
+/// How the SFT data is made. Defaults: one epoch of the mixture, half of the examples with their
+/// output as the masked span.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SftConfig {
+    /// Draws of the mixture written one after the other (each re-drawn, §E.1).
+    pub epochs: u32,
+    pub seed: u64,
+    /// Share of the examples whose text output (answer, caption) is the one masked span.
+    pub output_rate: f64,
+    /// Share of the images whose examples go to validation.
+    pub val_fraction: f64,
+    /// Tokens per sequence; 0: the pretrained dataset's.
+    pub seq_len: usize,
+    pub mix: MixConfig,
+}
+
+impl Default for SftConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 1,
+            seed: 0,
+            output_rate: 0.5,
+            val_fraction: 0.01,
+            seq_len: 0,
+            mix: MixConfig::default(),
+        }
+    }
+}
+
+impl SftConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(SftError::Config(m));
+        if self.epochs == 0 || self.epochs > MAX_EPOCHS {
+            return bad(format!(
+                "epochs must be in 1..={MAX_EPOCHS}, got {}",
+                self.epochs
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.output_rate) {
+            return bad(format!(
+                "output_rate must be in [0, 1], got {}",
+                self.output_rate
+            ));
+        }
+        if !(0.0..1.0).contains(&self.val_fraction) {
+            return bad(format!(
+                "val_fraction must be in [0, 1), got {}",
+                self.val_fraction
+            ));
+        }
+        if self.seq_len > cm3_pack::stage::MAX_SEQ_LEN {
+            return bad(format!("seq_len {} is too long", self.seq_len));
+        }
+        self.mix.validate()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SftBuildOptions {
+    /// The directory to write.
+    pub out: PathBuf,
+    /// The pretrained cm3 run, or its prepared dataset.
+    pub from: PathBuf,
+    /// Table 5 tasks and their sources.
+    pub tasks: Vec<(Task, PathBuf)>,
+    pub config: SftConfig,
+    /// Replace an SFT directory built before (only the files its record lists).
+    pub rebuild: bool,
+    pub progress: bool,
+}
+
+/// One task of the mixture, as `sft.json` records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub task: Task,
+    pub source: PathBuf,
+    /// Examples in the source (its natural size).
+    pub examples: u64,
+    pub multiplier: f64,
+    pub expected_per_epoch: f64,
+    /// Examples drawn in each epoch.
+    pub drawn: Vec<u64>,
+    /// Examples written per template (Table 5's order).
+    pub templates: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SftBuildReport {
+    pub out: PathBuf,
+    pub pretrained_dataset: PathBuf,
+    pub tasks: Vec<TaskRecord>,
+    pub train: SplitCounts,
+    pub val: SplitCounts,
+    /// Distinct images tokenised, and those rejected (their examples are left out).
+    pub images: usize,
+    pub images_rejected: usize,
+    /// Examples whose output was the masked span.
+    pub output_masked: u64,
+    pub seconds: f64,
+}
+
+fn pretrained(path: &Path, reason: impl Into<String>) -> SftError {
+    SftError::Pretrained {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// The prepared dataset of `from`: a cm3 run's (its `config.json` names it) or `from` itself.
+pub fn pretrained_dataset(from: &Path) -> Result<PathBuf> {
+    let from = std::fs::canonicalize(from).map_err(io("resolving --from", from))?;
+    let run_config = from.join("config.json");
+    if let Ok(text) = std::fs::read_to_string(&run_config)
+        && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+        && v["format"] == "cm3-run/1"
+    {
+        let dataset = v["dataset"]
+            .as_str()
+            .ok_or_else(|| pretrained(&run_config, "a run record without its dataset"))?;
+        return Ok(PathBuf::from(dataset));
+    }
+    if from.join("packed/meta.json").is_file() {
+        return Ok(from);
+    }
+    Err(pretrained(
+        &from,
+        "neither a cm3 run (config.json) nor a prepared dataset (packed/meta.json)",
+    ))
+}
+
+/// What the pretrained dataset fixes: vocabulary, sequence length, masking, image settings.
+struct Pretrained {
+    dataset: PathBuf,
+    layout: VocabLayout,
+    pack: PackConfig,
+    ingest: IngestConfig,
+}
+
+fn read_pretrained(dataset: &Path) -> Result<Pretrained> {
+    let meta_path = dataset.join("packed/meta.json");
+    let text = std::fs::read_to_string(&meta_path).map_err(io("reading", &meta_path))?;
+    let meta: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| pretrained(&meta_path, format!("not JSON: {e}")))?;
+    if meta["objective_version"].as_u64() != Some(u64::from(OBJECTIVE_VERSION)) {
+        return Err(pretrained(
+            &meta_path,
+            format!(
+                "packed with another version of the objective; re-pack it (`cm3 pack {} \
+                 --rebuild`) so that its settings are known",
+                dataset.display()
+            ),
+        ));
+    }
+    let field = |name: &str| -> Result<serde_json::Value> {
+        let v = meta.pointer(name).cloned().unwrap_or_default();
+        if v.is_null() {
+            return Err(pretrained(&meta_path, format!("no {name}")));
+        }
+        Ok(v)
+    };
+    let parse = |name: &str, v: serde_json::Value| {
+        pretrained(&meta_path, format!("{name} not readable: {v}"))
+    };
+    let v = field("/vocab")?;
+    let layout: VocabLayout = serde_json::from_value(v.clone()).map_err(|_| parse("vocab", v))?;
+    let v = field("/config")?;
+    let pack: PackConfig = serde_json::from_value(v.clone()).map_err(|_| parse("config", v))?;
+    let v = field("/stages/ingest")?;
+    let ingest: IngestConfig =
+        serde_json::from_value(v.clone()).map_err(|_| parse("stages.ingest", v))?;
+    Ok(Pretrained {
+        dataset: dataset.to_path_buf(),
+        layout,
+        pack,
+        ingest,
+    })
+}
+
+/// A tokenizer file of the layout: recorded relative to the dataset, or absolute.
+fn tokenizer_path(dataset: &Path, recorded: &str, fallback: &str) -> PathBuf {
+    let p = dataset.join(recorded);
+    if p.exists() {
+        p
+    } else {
+        dataset.join(fallback)
+    }
+}
+
+/// The pretrained dataset's tokenizers, checked against its layout by checksum.
+fn open_tokenizers(
+    p: &Pretrained,
+    device: &Device,
+) -> Result<(TextTokenizer, ImageTokenizer, VocabLayout)> {
+    let text_path = tokenizer_path(
+        &p.dataset,
+        &p.layout.text.tokenizer.path,
+        "tokenizer/text/tokenizer.json",
+    );
+    let text = TextTokenizer::load(&text_path)?;
+    if text.sha256() != p.layout.text.tokenizer.sha256 {
+        return Err(pretrained(
+            &text_path,
+            "is not the text tokenizer the dataset was made with (checksum differs)",
+        ));
+    }
+    let mut image_path = tokenizer_path(
+        &p.dataset,
+        &p.layout.image.tokenizer.path,
+        "tokenizer/image",
+    );
+    if image_path
+        .file_name()
+        .is_some_and(|n| n == "model.safetensors")
+        && let Some(parent) = image_path.parent()
+    {
+        image_path = parent.to_path_buf();
+    }
+    let image = ImageTokenizer::open(&image_path, None, device)?;
+    if image.reference().sha256 != p.layout.image.tokenizer.sha256
+        || image.grid() != p.layout.image.grid
+    {
+        return Err(pretrained(
+            &image_path,
+            "is not the image tokenizer the dataset was made with (checksum or grid differs)",
+        ));
+    }
+    // The SFT directory's layout names the pretrained files where they are (same checksums).
+    let mut layout = p.layout.clone();
+    layout.text.tokenizer.path = text_path.display().to_string();
+    layout.image.tokenizer.path = image_path.display().to_string();
+    Ok((text, image, layout))
+}
+
+/// An image's tokens, the SHA-256 of its normalised bytes (what the leakage guard of
+/// `cm3 eval` looks up) and its key (the hash's first 64 bits).
+struct ImageTokens {
+    ids: Vec<u32>,
+    sha256: String,
+    key: u64,
+}
+
+/// Normalise (the pretrained ingest settings) and tokenise every image, in batches. A file that
+/// cannot be read, decoded or normalised is left out (its examples with it) and counted.
+fn tokenise_images(
+    paths: &[PathBuf],
+    ingest: &IngestConfig,
+    tok: &ImageTokenizer,
+    layout: &VocabLayout,
+    progress: bool,
+) -> Result<(HashMap<PathBuf, ImageTokens>, usize)> {
+    let side = tok.resolution();
+    let bar = if progress {
+        let b = ProgressBar::new(paths.len() as u64);
+        b.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} images [{elapsed} < {eta}]")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut out = HashMap::with_capacity(paths.len());
+    let mut rejected = 0;
+    for chunk in paths.chunks(16) {
+        let mut rgb = Vec::with_capacity(chunk.len());
+        for path in chunk {
+            match load_normalised(path, ingest, side) {
+                Ok((pixels, sha)) => rgb.push((path, pixels, sha)),
+                Err(reason) => {
+                    tracing::warn!(image = %path.display(), %reason, "image left out");
+                    rejected += 1;
+                }
+            }
+        }
+        let views: Vec<&[u8]> = rgb.iter().map(|(_, px, _)| px.as_slice()).collect();
+        let codes = if views.is_empty() {
+            Vec::new()
+        } else {
+            tok.encode_rgb(&views)?
+        };
+        for ((path, _, sha256), codes) in rgb.into_iter().zip(codes) {
+            let ids = codes
+                .iter()
+                .map(|&c| layout.image_token(c))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let key = cm3_augment::bank::image_key(&sha256);
+            out.insert(path.clone(), ImageTokens { ids, sha256, key });
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok((out, rejected))
+}
+
+fn load_normalised(
+    path: &Path,
+    ingest: &IngestConfig,
+    side: u32,
+) -> std::result::Result<(Vec<u8>, String), String> {
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() > MAX_IMAGE_BYTES {
+        return Err(format!("{} bytes, over {MAX_IMAGE_BYTES}", meta.len()));
+    }
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let normal = normalize_image(&bytes, ingest)
+        .map_err(|r| format!("{}: {}", r.reason.code(), r.detail))?;
+    let rgb = decode_rgb(&normal.bytes, side)?;
+    Ok((rgb, normal.sha256))
+}
+
+/// A stable 64-bit key of an example draw (FNV-1a: the task, the source id, the epoch and the
+/// repeat).
+fn example_key(task: Task, id: &str, epoch: u32, repeat: u32) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    };
+    eat(task.name().as_bytes());
+    eat(id.as_bytes());
+    eat(&epoch.to_le_bytes());
+    eat(&repeat.to_le_bytes());
+    h
+}
+
+/// The document of a rendered template: `<eos>` then its documents separated by `<break>`, and
+/// the token range of a text output. The text around the output and the output are tokenised
+/// apart, as the prompts that ask for it are (`... Answer: <mask:0>.`).
+fn document(
+    r: &crate::templates::RenderedTemplate,
+    text: &TextTokenizer,
+    image: &[u32],
+    sp: &Specials,
+) -> Result<(Vec<u32>, Option<std::ops::Range<usize>>)> {
+    let mut doc = vec![sp.eos];
+    let mut output = None;
+    for (i, seg) in r.segments.iter().enumerate() {
+        if i > 0 {
+            doc.push(sp.brk);
+        }
+        match seg {
+            Rendered::Image(_) => doc.extend_from_slice(image),
+            Rendered::Text(s) => match &r.output {
+                OutputSpan::Text { segment, range } if *segment == i => {
+                    for (k, part) in [&s[..range.start], &s[range.clone()], &s[range.end..]]
+                        .into_iter()
+                        .enumerate()
+                    {
+                        let start = doc.len();
+                        if !part.is_empty() {
+                            doc.extend(text.encode(part)?);
+                        }
+                        if k == 1 && doc.len() > start {
+                            output = Some(start..doc.len());
+                        }
+                    }
+                }
+                _ => doc.extend(text.encode(s)?),
+            },
+        }
+    }
+    Ok((doc, output))
+}
+
+/// The SFT images: `sha256 <tab> path` per line, sorted (the leakage guard's list).
+pub const SFT_IMAGES: &str = "images.tsv";
+
+/// The files an SFT directory holds, relative to it (what a rebuild may delete).
+const WRITTEN: [&str; 10] = [
+    "packed/train.bin",
+    "packed/train.idx",
+    "packed/train.boundaries.bin",
+    "packed/val.bin",
+    "packed/val.idx",
+    "packed/val.boundaries.bin",
+    "packed/meta.json",
+    vocab::VOCAB,
+    SFT_IMAGES,
+    SFT_RECORD,
+];
+
+/// Refuse an output that is not an SFT directory of ours, or one built before without
+/// `rebuild`. Returns whether it exists.
+fn check_output(out: &Path, rebuild: bool) -> Result<bool> {
+    if !out.exists() {
+        return Ok(false);
+    }
+    let record = out.join(SFT_RECORD);
+    let ours = std::fs::read_to_string(&record)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_some_and(|v| v["format"] == SFT_FORMAT);
+    let output = |reason: &str| SftError::Output {
+        path: out.to_path_buf(),
+        reason: reason.into(),
+    };
+    if !ours {
+        let empty = std::fs::read_dir(out)
+            .map_err(io("reading", out))?
+            .next()
+            .is_none();
+        return if empty {
+            Ok(true)
+        } else {
+            Err(output(
+                "exists and is not an SFT directory cm3 built (no sft.json): choose another \
+                 output",
+            ))
+        };
+    }
+    if !rebuild {
+        return Err(output(
+            "already holds SFT data: pass --rebuild to replace it, or choose another output",
+        ));
+    }
+    Ok(true)
+}
+
+/// Move the finished files from `tmp` into `out`, replacing (only) what an earlier build wrote.
+fn install(tmp: &Path, out: &Path, exists: bool) -> Result<()> {
+    if !exists {
+        return std::fs::rename(tmp, out).map_err(io("renaming", tmp));
+    }
+    for f in WRITTEN {
+        let old = out.join(f);
+        if old.exists() {
+            std::fs::remove_file(&old).map_err(io("removing", &old))?;
+        }
+    }
+    for f in WRITTEN {
+        let new = tmp.join(f);
+        if new.exists() {
+            let dst = out.join(f);
+            if let Some(parent) = dst.parent() {
+                std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
+            }
+            std::fs::rename(&new, &dst).map_err(io("renaming", &new))?;
+        }
+    }
+    std::fs::remove_dir_all(tmp).map_err(io("removing", tmp))?;
+    Ok(())
+}
+
+/// Build the SFT directory.
+pub fn build(opts: &SftBuildOptions, device: &Device) -> Result<SftBuildReport> {
+    let started = Instant::now();
+    let cfg = &opts.config;
+    cfg.validate()?;
+    if opts.tasks.is_empty() {
+        return Err(SftError::Config("no --task given".into()));
+    }
+    let exists = check_output(&opts.out, opts.rebuild)?;
+    let pre = read_pretrained(&pretrained_dataset(&opts.from)?)?;
+    let mut sources: Vec<(Task, PathBuf, Vec<SourceExample>)> = Vec::new();
+    for (task, path) in &opts.tasks {
+        let examples = read_task(*task, path)?;
+        tracing::info!(task = %task, examples = examples.len(), "read");
+        sources.push((*task, path.clone(), examples));
+    }
+    let sizes: Vec<(Task, u64)> = sources
+        .iter()
+        .map(|(t, _, e)| (*t, e.len() as u64))
+        .collect();
+    let mix = plan(&sizes, &cfg.mix)?;
+    // Every epoch's draws, as (task, example, repeat), shuffled across tasks.
+    let mut epochs: Vec<Vec<(usize, usize, u32)>> = Vec::new();
+    let mut drawn = vec![Vec::new(); sources.len()];
+    for epoch in 0..cfg.epochs {
+        let mut picks = Vec::new();
+        for (t, share) in mix.tasks.iter().enumerate() {
+            let before = picks.len();
+            for (i, n) in draw_task(share, u64::from(epoch), cfg.seed) {
+                picks.extend((0..n).map(|r| (t, i as usize, r)));
+            }
+            drawn[t].push((picks.len() - before) as u64);
+        }
+        let mut rng = SplitMix64::for_pair(cfg.seed, STREAM_ORDER, u64::from(epoch));
+        for i in (1..picks.len()).rev() {
+            picks.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        epochs.push(picks);
+    }
+    let mut images: Vec<PathBuf> = epochs
+        .iter()
+        .flatten()
+        .map(|&(t, i, _)| sources[t].2[i].image.clone())
+        .collect();
+    images.sort();
+    images.dedup();
+
+    let (text, image_tok, layout) = open_tokenizers(&pre, device)?;
+    let (image_ids, images_rejected) =
+        tokenise_images(&images, &pre.ingest, &image_tok, &pre.layout, opts.progress)?;
+    let sp = Specials::from_layout(&pre.layout)?;
+    let pack = PackConfig {
+        seq_len: if cfg.seq_len == 0 {
+            pre.pack.seq_len
+        } else {
+            cfg.seq_len
+        },
+        policy: Policy::Stream,
+        retrieval: false,
+        image_first: 0.0,
+        val_fraction: cfg.val_fraction,
+        seed: cfg.seed,
+        ..pre.pack.clone()
+    };
+    pack.validate()?;
+    let mask_plan = pack.mask_plan();
+
+    let name = opts
+        .out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "sft".into());
+    let parent = match opts.out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(io("creating", &parent))?;
+    let tmp = parent.join(format!(".{name}.sft-tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io("removing", &tmp))?;
+    }
+    let packed = tmp.join("packed");
+    std::fs::create_dir_all(&packed).map_err(io("creating", &packed))?;
+    let mut writers = [
+        SplitWriter::open(&packed, "train", &SplitCounts::default(), &pack, sp.pad)?,
+        SplitWriter::open(&packed, "val", &SplitCounts::default(), &pack, sp.pad)?,
+    ];
+    let mut counts = [SplitCounts::default(), SplitCounts::default()];
+    let mut templates: Vec<Vec<u64>> = sources
+        .iter()
+        .map(|(t, _, _)| vec![0; t.templates().len()])
+        .collect();
+    let mut output_masked = 0u64;
+    let max_extra = growth(sp.sentinels.len());
+    for (epoch, picks) in epochs.iter().enumerate() {
+        for &(t, i, r) in picks {
+            let (task, _, examples) = &sources[t];
+            let src = &examples[i];
+            let Some(img) = image_ids.get(&src.image) else {
+                continue;
+            };
+            let key = example_key(*task, &src.id, epoch as u32, r);
+            let mut ex = Example::new().image(ImageSlot::Image);
+            for (k, v) in &src.fields {
+                ex = ex.field(k.clone(), v.clone());
+            }
+            let choice = choose_with(*task, &ex, key, cfg.seed)?;
+            let rendered = render(*task, choice, &ex)?;
+            let (doc, output) = document(&rendered, &text, &img.ids, &sp)?;
+            let split = usize::from(
+                SplitMix64::for_pair(cfg.seed, STREAM_SPLIT, img.key).next_f64() < cfg.val_fraction,
+            );
+            let c = &mut counts[split];
+            if doc.len() + max_extra > pack.seq_len {
+                c.skipped_too_long += 1;
+                continue;
+            }
+            templates[t][choice] += 1;
+            let mut rng = SplitMix64::for_pair(cfg.seed, STREAM_EXAMPLE, key);
+            let tokens = match output {
+                Some(out) if rng.next_f64() < cfg.output_rate => {
+                    output_masked += 1;
+                    c.masked_spans += 1;
+                    c.text_spans += 1;
+                    let mut m = apply(&doc, &[out], &sp);
+                    m.push(sp.eos);
+                    m
+                }
+                _ => {
+                    let m = causal_mask(&doc, &sp, &mask_plan, max_extra, &mut rng);
+                    c.masked_spans += m.spans.len() as u64;
+                    for s in &m.spans {
+                        match s.modality {
+                            cm3_pack::masking::Modality::Text => {
+                                c.text_spans += 1;
+                                c.whole_caption_spans += u64::from(s.whole);
+                            }
+                            cm3_pack::masking::Modality::Image => c.image_spans += 1,
+                        }
+                    }
+                    m.tokens
+                }
+            };
+            c.examples += 1;
+            writers[split].push(&tokens, key, c)?;
+        }
+        for (k, w) in writers.iter_mut().enumerate() {
+            w.end_shard(&mut counts[k])?;
+        }
+    }
+    drop(writers);
+
+    let tasks: Vec<TaskRecord> = sources
+        .iter()
+        .zip(&mix.tasks)
+        .enumerate()
+        .map(|(t, ((task, source, examples), share))| TaskRecord {
+            task: *task,
+            source: source.clone(),
+            examples: examples.len() as u64,
+            multiplier: share.multiplier,
+            expected_per_epoch: share.expected,
+            drawn: drawn[t].clone(),
+            templates: templates[t].clone(),
+        })
+        .collect();
+    let record = serde_json::json!({
+        "format": SFT_FORMAT,
+        "from": std::fs::canonicalize(&opts.from).unwrap_or_else(|_| opts.from.clone()),
+        "pretrained_dataset": pre.dataset,
+        "config": cfg,
+        "pack": pack,
+        "tasks": tasks,
+        "images": image_ids.len(),
+        "images_rejected": images_rejected,
+        "output_masked": output_masked,
+        "files": WRITTEN,
+        "tool_version": env!("CARGO_PKG_VERSION"),
+    });
+    let meta = serde_json::json!({
+        "format": "Megatron-LM MMIDIDX indexed dataset, one packed sequence per entry",
+        "objective_version": OBJECTIVE_VERSION,
+        "objective": OBJECTIVE,
+        "seq_len": pack.seq_len,
+        "token_dtype": "int32",
+        "vocab": layout,
+        "config": pack,
+        "train": counts[0],
+        "val": counts[1],
+        "boundaries": "{split}.boundaries.bin: little-endian int64 triples (sequence, offset in \
+                       the sequence, example key), one per example, in order",
+        "stages": {"sft": record, "ingest": pre.ingest},
+    });
+    let json = |v: &serde_json::Value| {
+        let mut b = serde_json::to_vec_pretty(v).map_err(|e| SftError::Config(e.to_string()))?;
+        b.push(b'\n');
+        Ok::<_, SftError>(b)
+    };
+    cm3_core::fsio::write_atomic(&packed.join("meta.json"), &json(&meta)?, "sft")?;
+    let vocab_path = tmp.join(vocab::VOCAB);
+    if let Some(dir) = vocab_path.parent() {
+        std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+    }
+    layout.save(&vocab_path)?;
+    let mut listed: Vec<(&PathBuf, &ImageTokens)> = image_ids.iter().collect();
+    listed.sort_by(|a, b| a.0.cmp(b.0));
+    let tsv: String = listed
+        .iter()
+        .map(|(p, t)| format!("{}\t{}\n", t.sha256, p.display()))
+        .collect();
+    cm3_core::fsio::write_atomic(&tmp.join(SFT_IMAGES), tsv.as_bytes(), "sft")?;
+    cm3_core::fsio::write_atomic(&tmp.join(SFT_RECORD), &json(&record)?, "sft")?;
+    install(&tmp, &opts.out, exists)?;
+    let out = std::fs::canonicalize(&opts.out).map_err(io("resolving", &opts.out))?;
+    Ok(SftBuildReport {
+        out,
+        pretrained_dataset: pre.dataset,
+        tasks,
+        train: counts[0],
+        val: counts[1],
+        images: image_ids.len(),
+        images_rejected,
+        output_masked,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_keys_differ_by_every_part() {
+        let k = example_key(Task::Vqa2, "7", 0, 0);
+        assert_eq!(k, example_key(Task::Vqa2, "7", 0, 0));
+        for other in [
+            example_key(Task::Okvqa, "7", 0, 0),
+            example_key(Task::Vqa2, "8", 0, 0),
+            example_key(Task::Vqa2, "7", 1, 0),
+            example_key(Task::Vqa2, "7", 0, 1),
+        ] {
+            assert_ne!(k, other);
+        }
+    }
+
+    #[test]
+    fn config_is_validated() {
+        assert!(SftConfig::default().validate().is_ok());
+        for bad in [
+            SftConfig {
+                epochs: 0,
+                ..SftConfig::default()
+            },
+            SftConfig {
+                output_rate: 1.5,
+                ..SftConfig::default()
+            },
+            SftConfig {
+                val_fraction: 1.0,
+                ..SftConfig::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! `cm3 sft build` end to end on the embedded sample: a VQA v2 folder and a COCO-format
+//! captions folder over the sample's images, mixed in Table 5's templates, then
+//! `cm3 train --init-from` the pretrained run, `cm3 generate` and `cm3 eval vqa` with the
+//! fine-tuned run (whose leakage guard knows the SFT images), and the refusals.
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+/// A VQA v2 folder (two questions per image, ids in the file names) and a COCO captions folder
+/// (one caption per image) over the first `n` sample pairs.
+fn task_folders(dir: &Path, n: usize) -> (PathBuf, PathBuf) {
+    let pairs = sample_pairs();
+    let (vqa, coco) = (dir.join("vqa"), dir.join("coco"));
+    fs::create_dir_all(vqa.join("images")).expect("vqa");
+    fs::create_dir_all(coco.join("images")).expect("coco");
+    let (mut questions, mut annotations, mut images, mut captions) =
+        (vec![], vec![], vec![], vec![]);
+    for (i, pair) in pairs[..n].iter().enumerate() {
+        let id = 100 + i;
+        let ext = pair.ext();
+        fs::copy(
+            &pair.image,
+            vqa.join(format!("images/COCO_val2014_{id:012}.{ext}")),
+        )
+        .expect("copy");
+        let name = format!("{}.{ext}", pair.stem);
+        fs::copy(&pair.image, coco.join("images").join(&name)).expect("copy");
+        let last = pair.caption.split_whitespace().last().unwrap_or("thing");
+        let last = last
+            .trim_matches(|c: char| !c.is_alphanumeric())
+            .to_lowercase();
+        for (k, (q, a)) in [
+            ("What is the last word?", last.as_str()),
+            ("Is it a picture?", "yes"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let qid = id * 10 + k;
+            questions.push(serde_json::json!({"question_id": qid, "image_id": id, "question": q}));
+            annotations.push(serde_json::json!({
+                "question_id": qid, "image_id": id, "multiple_choice_answer": a,
+                "question_type": "what", "answer_type": "other",
+                "answers": (1..=10).map(|j| serde_json::json!({"answer": a, "answer_id": j})).collect::<Vec<_>>(),
+            }));
+        }
+        images.push(serde_json::json!({"id": id, "file_name": name}));
+        captions.push(serde_json::json!({"id": i, "image_id": id, "caption": pair.caption}));
+    }
+    let write = |path: PathBuf, v: serde_json::Value| fs::write(path, v.to_string()).expect("json");
+    write(
+        vqa.join("questions.json"),
+        serde_json::json!({"questions": questions}),
+    );
+    write(
+        vqa.join("annotations.json"),
+        serde_json::json!({"annotations": annotations}),
+    );
+    write(
+        coco.join("annotations").join("captions_train.json"),
+        serde_json::json!({"images": images, "annotations": captions}),
+    );
+    (vqa, coco)
+}
+
+fn sft_build(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["sft", "build", "--json"];
+    all.extend_from_slice(args);
+    serde_json::from_slice(&run_ok(&all).stdout).expect("sft report")
+}
+
+#[test]
+fn sft_build_train_generate_and_evaluate() {
+    runtime();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ds = prepared(tmp.path(), 16);
+    let tiny = tmp.path().join("tiny.toml");
+    fs::write(
+        &tiny,
+        "preset = \"tiny\"\nbatch_size = 2\nsave_every = 2\neval_batches = 1\n",
+    )
+    .expect("config");
+    let pre = tmp.path().join("pre");
+    run_ok(&[
+        "train",
+        "--data",
+        &p(&ds),
+        "--config",
+        &p(&tiny),
+        "--out",
+        &p(&pre),
+        "--steps",
+        "2",
+        "--json",
+    ]);
+
+    fs::create_dir_all(tmp.path().join("coco/annotations")).expect("annotations");
+    let (vqa, coco) = task_folders(tmp.path(), 8);
+    let cfg = tmp.path().join("sft.toml");
+    fs::write(&cfg, "epochs = 2\nseed = 3\nval_fraction = 0.25\n").expect("sft config");
+    let out = tmp.path().join("sft");
+    let task_vqa = format!("vqa2={}", p(&vqa));
+    let task_coco = format!("coco={}", p(&coco));
+    let r = sft_build(&[
+        &p(&out),
+        "--from",
+        &p(&pre),
+        "--task",
+        &task_vqa,
+        "--task",
+        &task_coco,
+        "--config",
+        &p(&cfg),
+    ]);
+
+    // §E.1 towards the mean size (12): VQA's 16 examples × 0.75, COCO's 8 × 1.5.
+    let tasks = r["tasks"].as_array().expect("tasks");
+    assert_eq!(tasks[0]["task"], "vqa2");
+    assert_eq!(
+        (tasks[0]["examples"].as_u64(), tasks[1]["examples"].as_u64()),
+        (Some(16), Some(8))
+    );
+    assert!(
+        (tasks[0]["multiplier"].as_f64().expect("m") - 0.75).abs() < 1e-12,
+        "{r}"
+    );
+    assert!(
+        (tasks[1]["multiplier"].as_f64().expect("m") - 1.5).abs() < 1e-12,
+        "{r}"
+    );
+    // COCO: every caption at least once an epoch (1 + a coin for the half).
+    for d in tasks[1]["drawn"].as_array().expect("drawn") {
+        let d = d.as_u64().expect("n");
+        assert!((8..=16).contains(&d), "{r}");
+    }
+    let drawn: u64 = tasks
+        .iter()
+        .flat_map(|t| {
+            t["drawn"]
+                .as_array()
+                .expect("drawn")
+                .iter()
+                .map(|d| d.as_u64().expect("n"))
+        })
+        .sum();
+    let written =
+        r["train"]["examples"].as_u64().expect("n") + r["val"]["examples"].as_u64().expect("n");
+    let skipped = r["train"]["skipped_too_long"].as_u64().expect("n")
+        + r["val"]["skipped_too_long"].as_u64().expect("n");
+    assert_eq!(written + skipped, drawn, "{r}");
+    assert!(written > 20, "{r}");
+    // About half of the examples have their output (answer, caption) as the masked span.
+    let masked = r["output_masked"].as_u64().expect("n");
+    assert!(
+        masked > written / 5 && masked < written * 4 / 5,
+        "{masked} of {written}"
+    );
+    // Both Table 5 templates of COCO and all three of VQA's were drawn.
+    for t in tasks {
+        let used = t["templates"]
+            .as_array()
+            .expect("templates")
+            .iter()
+            .filter(|n| n.as_u64() > Some(0))
+            .count();
+        assert_eq!(used, t["templates"].as_array().expect("t").len(), "{t}");
+    }
+
+    // The sequences hold the templates' words, in the pretrained vocabulary.
+    let pre_layout: serde_json::Value =
+        serde_json::from_slice(&fs::read(ds.join("tokenizer/vocab.json")).expect("vocab"))
+            .expect("json");
+    let layout: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("tokenizer/vocab.json")).expect("vocab"))
+            .expect("json");
+    for key in ["size", "version"] {
+        assert_eq!(layout[key], pre_layout[key]);
+    }
+    assert_eq!(
+        layout["text"]["tokenizer"]["sha256"],
+        pre_layout["text"]["tokenizer"]["sha256"]
+    );
+    let text_size = layout["text"]["size"].as_u64().expect("size") as u32;
+    let tok = cm3_tokenize::text::TextTokenizer::load(Path::new(
+        layout["text"]["tokenizer"]["path"].as_str().expect("path"),
+    ))
+    .expect("tokenizer");
+    let data = cm3_pack::megatron::IndexedDataset::read(&out.join("packed/train")).expect("packed");
+    let mut text = String::new();
+    for i in 0..data.lengths.len() {
+        let ids: Vec<u32> = data
+            .sequence(i)
+            .iter()
+            .map(|&t| t as u32)
+            .filter(|&t| t < text_size)
+            .collect();
+        text.push_str(&tok.decode(&ids).expect("decode"));
+    }
+    assert!(
+        text.contains("Question:") && text.contains("Describe the given picture."),
+        "{text}"
+    );
+    let meta: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("packed/meta.json")).expect("meta"))
+            .expect("json");
+    assert_eq!(meta["objective_version"], 2);
+    assert_eq!(meta["config"]["retrieval"], false);
+
+    // Fine-tune from the pretrained run, then use the result.
+    let ft_cfg = tmp.path().join("ft.toml");
+    fs::write(&ft_cfg, "preset = \"sft\"\nbatch_size = 2\nbatch_tokens = 0\nlr = 1e-3\nwarmup_steps = 1\nsave_every = 2\neval_batches = 1\n").expect("config");
+    let ft = tmp.path().join("ft");
+    run_ok(&[
+        "train",
+        "--init-from",
+        &p(&pre),
+        "--data",
+        &p(&out),
+        "--config",
+        &p(&ft_cfg),
+        "--out",
+        &p(&ft),
+        "--steps",
+        "2",
+        "--json",
+    ]);
+    let first = vqa
+        .join("images/COCO_val2014_000000000100")
+        .with_extension(sample_pairs()[0].ext());
+    run_ok(&[
+        "generate",
+        "--run",
+        &p(&ft),
+        "--out",
+        &p(&tmp.path().join("gen")),
+        "--temperature",
+        "0",
+        "infill",
+        "--text",
+        "Question: Is it a picture? Answer: <mask>.",
+        "--image",
+        &p(&first),
+        "--max-tokens",
+        "4",
+    ]);
+    // The SFT images are training images of the fine-tuned run: evaluating on them is refused...
+    let eval = |out_dir: &str, extra: &[&str]| {
+        let mut a = vec![
+            "eval",
+            "vqa",
+            "--run",
+            &p(&ft),
+            "--questions",
+            &p(&vqa.join("questions.json")),
+            "--annotations",
+            &p(&vqa.join("annotations.json")),
+            "--images",
+            &p(&vqa.join("images")),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        a.extend([
+            "--out".to_string(),
+            p(&tmp.path().join(out_dir)),
+            "--count".into(),
+            "2".into(),
+        ]);
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let a = eval("ev1", &[]);
+    let err = run_err(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.contains("overlap") || err.contains("training"), "{err}");
+    // ... unless accepted, which the report records.
+    let a = eval("ev2", &["--allow-overlap", "--json"]);
+    run_ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+
+    // Rebuild: refused without --rebuild; with it only sft's own files are replaced.
+    let args = [
+        p(&out),
+        "--from".into(),
+        p(&pre),
+        "--task".into(),
+        task_vqa.clone(),
+        "--config".into(),
+        p(&cfg),
+    ];
+    let mut a: Vec<&str> = vec!["sft", "build"];
+    a.extend(args.iter().map(String::as_str));
+    let err = run_err(&a);
+    assert!(err.contains("--rebuild"), "{err}");
+    fs::write(out.join("notes.txt"), "mine").expect("user file");
+    a.push("--rebuild");
+    run_ok(&a);
+    assert_eq!(
+        fs::read_to_string(out.join("notes.txt")).expect("kept"),
+        "mine"
+    );
+    let rec: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("sft.json")).expect("record")).expect("json");
+    assert_eq!(rec["tasks"].as_array().map(Vec::len), Some(1));
+
+    // Refusals: a folder that is not SFT data, a task without a reader, an unknown task.
+    let mine = tmp.path().join("mine");
+    fs::create_dir(&mine).expect("dir");
+    fs::write(mine.join("x"), "x").expect("file");
+    let err = run_err(&[
+        "sft",
+        "build",
+        &p(&mine),
+        "--from",
+        &p(&pre),
+        "--task",
+        &task_vqa,
+    ]);
+    assert!(err.contains("not an SFT directory"), "{err}");
+    assert_eq!(fs::read_to_string(mine.join("x")).expect("kept"), "x");
+    let task_edge = format!("edge={}", p(&vqa));
+    let err = run_err(&[
+        "sft",
+        "build",
+        &p(&tmp.path().join("e")),
+        "--from",
+        &p(&pre),
+        "--task",
+        &task_edge,
+    ]);
+    assert!(err.contains("edge"), "{err}");
+    let err = run_err(&[
+        "sft",
+        "build",
+        &p(&tmp.path().join("e")),
+        "--from",
+        &p(&pre),
+        "--task",
+        "vqa=x",
+    ]);
+    assert!(err.contains("unknown SFT task"), "{err}");
+}
