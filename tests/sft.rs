@@ -246,6 +246,37 @@ fn sft_build_train_generate_and_evaluate() {
         "--max-tokens",
         "4",
     ]);
+    // The task prompts fill Table 5's templates, the output as the span to infill.
+    for (task, extra, prompt) in [
+        (
+            "vqa",
+            vec!["--question", "Is it a picture?"],
+            "Question: Is it a picture? Answer: <mask>.",
+        ),
+        ("caption", vec![], "Describe the given picture. <mask>"),
+    ] {
+        let dir = tmp.path().join(format!("gen-{task}"));
+        let (run, dir_s, img) = (p(&ft), p(&dir), p(&first));
+        let mut a = vec![
+            "generate",
+            "--run",
+            &run,
+            "--out",
+            &dir_s,
+            "--temperature",
+            "0",
+            task,
+        ];
+        a.extend(["--image", img.as_str(), "--max-tokens", "4"]);
+        a.extend(extra.iter().copied());
+        run_ok(&a);
+        let g: serde_json::Value =
+            serde_json::from_slice(&fs::read(dir.join("generation.json")).expect("generation"))
+                .expect("json");
+        assert_eq!(g["task"], task);
+        assert_eq!(g["input"]["prompt"], prompt);
+        assert_eq!(g["outputs"].as_array().map(Vec::len), Some(1));
+    }
     // The SFT images are training images of the fine-tuned run: evaluating on them is refused...
     let eval = |out_dir: &str, extra: &[&str]| {
         let mut a = vec![

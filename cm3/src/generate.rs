@@ -123,6 +123,25 @@ pub(crate) enum Task {
         #[arg(long, value_delimiter = ',', required = true)]
         r#box: Vec<usize>,
     },
+    /// Visual question answering in Table 5's first VQA template, the answer infilled:
+    /// `Question: {question} Answer: <mask>. <break> image` (what SFT on VQA teaches, and the
+    /// zero-shot form).
+    Vqa {
+        #[arg(long)]
+        image: PathBuf,
+        #[arg(long)]
+        question: String,
+        #[arg(long, default_value_t = 8)]
+        max_tokens: usize,
+    },
+    /// Captioning in Table 5's SFT captioning template, the caption infilled:
+    /// `Describe the given picture. <mask> <break> image`.
+    Caption {
+        #[arg(long)]
+        image: PathBuf,
+        #[arg(long, default_value_t = 64)]
+        max_tokens: usize,
+    },
     /// Text infilling: the text holds exactly one `<mask>`, the marker of where the span goes
     /// (the model is given the span sentinel `<mask:0>` there), optionally with the document's
     /// image.
@@ -186,11 +205,48 @@ pub(crate) fn run(a: GenerateArgs) -> Result<()> {
         },
         seed: a.seed,
     };
+    // The SFT tasks are text infilling in a Table 5 template, the output field the `<mask>`.
+    let task_prompt = match &a.task {
+        Task::Vqa {
+            image,
+            question,
+            max_tokens,
+        } => Some((
+            "vqa",
+            sft_prompt(cm3_sft::Task::Vqa2, &[("question", question.as_str())])?,
+            image.clone(),
+            *max_tokens,
+        )),
+        Task::Caption { image, max_tokens } => Some((
+            "caption",
+            sft_prompt(cm3_sft::Task::Coco, &[])?,
+            image.clone(),
+            *max_tokens,
+        )),
+        _ => None,
+    };
     let device = Device::flex();
     let g = Generator::open(&run, a.image_tokenizer.as_deref(), &device)?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let started = std::time::Instant::now();
     let (task, input, outputs) = match &a.task {
+        Task::Vqa { .. } | Task::Caption { .. } => {
+            let Some((name, text, image, max_tokens)) = &task_prompt else {
+                bail!("internal: no prompt for the task");
+            };
+            let tok = g.image.as_ref().context("no image tokenizer")?;
+            let rgb = load_image(image, tok.resolution())
+                .with_context(|| format!("reading {}", image.display()))?;
+            let spans = g.infill_text(text, Some(&rgb), *max_tokens, &settings)?;
+            for s in &spans {
+                println!("{}", s.trim());
+            }
+            (
+                *name,
+                json!({ "prompt": text, "image": image }),
+                spans.into_iter().map(|s| json!({ "text": s })).collect(),
+            )
+        }
         Task::T2i {
             prompt,
             rerank,
@@ -373,4 +429,24 @@ pub(crate) fn run(a: GenerateArgs) -> Result<()> {
         out.join("generation.json").display()
     );
     Ok(())
+}
+
+/// The text document of a Table 5 template with its output field as `<mask>`: VQA's first
+/// ("Question: {question} Answer: {answer}.", the one `cm3 eval vqa` asks) and COCO's second
+/// ("Describe the given picture. {caption}", the one with an instruction).
+fn sft_prompt(task: cm3_sft::Task, fields: &[(&str, &str)]) -> Result<String> {
+    let (template, output) = match task {
+        cm3_sft::Task::Vqa2 => (0, "answer"),
+        _ => (1, "caption"),
+    };
+    let mut ex = cm3_sft::Example::new().image(cm3_sft::ImageSlot::Image);
+    for (k, v) in fields {
+        ex = ex.field(*k, *v);
+    }
+    ex = ex.field(output, cm3_core::vocab::MASK);
+    let r = cm3_sft::render(task, template, &ex)?;
+    match r.segments.first() {
+        Some(cm3_sft::Rendered::Text(t)) => Ok(t.clone()),
+        _ => bail!("internal: the {task} template does not start with text"),
+    }
 }
