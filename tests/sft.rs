@@ -63,7 +63,43 @@ fn task_folders(dir: &Path, n: usize) -> (PathBuf, PathBuf) {
         coco.join("annotations").join("captions_train.json"),
         serde_json::json!({"images": images, "annotations": captions}),
     );
+    // Boxes for grounded generation: one object per image, the middle of the picture.
+    let (mut with_dims, mut boxes) = (vec![], vec![]);
+    for (i, pair) in pairs[..n].iter().enumerate() {
+        let (w, h) = (
+            pair.meta["width"].as_f64().expect("w"),
+            pair.meta["height"].as_f64().expect("h"),
+        );
+        with_dims.push(serde_json::json!({"id": 100 + i, "file_name": format!("{}.{}", pair.stem, pair.ext()), "width": w, "height": h}));
+        boxes.push(
+            serde_json::json!({"id": i, "image_id": 100 + i, "category_id": 1 + i % 2, "iscrowd": 0,
+            "bbox": [w / 4.0, h / 4.0, w / 2.0, h / 2.0]}),
+        );
+    }
+    write(
+        coco.join("annotations").join("instances_train.json"),
+        serde_json::json!({"images": with_dims, "annotations": boxes,
+            "categories": [{"id": 1, "name": "thing"}, {"id": 2, "name": "other thing"}]}),
+    );
     (vqa, coco)
+}
+
+/// InstructPix2Pix-style triplets: each sample image "edited" into the next one.
+fn edits_folder(dir: &Path, n: usize) -> PathBuf {
+    let pairs = sample_pairs();
+    let edits = dir.join("edits");
+    fs::create_dir_all(edits.join("images")).expect("edits");
+    let mut rows = String::new();
+    for (i, pair) in pairs[..n].iter().enumerate() {
+        let name = format!("images/{}.{}", pair.stem, pair.ext());
+        fs::copy(&pair.image, edits.join(&name)).expect("copy");
+        let next = &pairs[(i + 1) % n];
+        let edited = format!("images/{}.{}", next.stem, next.ext());
+        rows.push_str(&serde_json::json!({"input_image": name, "edit_prompt": format!("make it {}", next.caption), "edited_image": edited}).to_string());
+        rows.push('\n');
+    }
+    fs::write(edits.join("metadata.jsonl"), rows).expect("jsonl");
+    edits
 }
 
 fn sft_build(args: &[&str]) -> serde_json::Value {
@@ -310,6 +346,58 @@ fn sft_build_train_generate_and_evaluate() {
     let a = eval("ev2", &["--allow-overlap", "--json"]);
     run_ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
 
+    // The image tasks: editing, Canny edges computed by cm3, grounded generation; each
+    // example's documents in Table 5's words, every image tokenised.
+    let edits = edits_folder(tmp.path(), 8);
+    let images_out = tmp.path().join("sft-images");
+    let r = sft_build(&[
+        &p(&images_out),
+        "--from",
+        &p(&pre),
+        "--task",
+        &format!("instructpix2pix={}", p(&edits)),
+        "--task",
+        &format!("edge={}", p(&coco)),
+        "--task",
+        &format!("detection={}", p(&coco)),
+    ]);
+    let sizes: Vec<u64> = r["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .map(|t| t["examples"].as_u64().expect("n"))
+        .collect();
+    assert_eq!(sizes, [8, 8, 8], "{r}");
+    assert_eq!(r["images_rejected"], 0, "{r}");
+    // The editing folder's 8 files, the COCO folder's 8 and their 8 edge maps.
+    assert_eq!(r["images"], 24, "{r}");
+    let data =
+        cm3_pack::megatron::IndexedDataset::read(&images_out.join("packed/train")).expect("packed");
+    let mut text = String::new();
+    for i in 0..data.lengths.len() {
+        let ids: Vec<u32> = data
+            .sequence(i)
+            .iter()
+            .map(|&t| t as u32)
+            .filter(|&t| t < text_size)
+            .collect();
+        text.push_str(&tok.decode(&ids).expect("decode"));
+    }
+    for words in [
+        "Edit first image following the instruction",
+        "Make high quality image from canny edge features",
+        "Generate high quality image of",
+        "with segmentations thing at",
+    ] {
+        assert!(text.contains(words), "{words}: {text}");
+    }
+    let listed = fs::read_to_string(images_out.join("images.tsv")).expect("images.tsv");
+    assert_eq!(
+        listed.lines().count(),
+        16,
+        "edge maps are not listed as pictures"
+    );
+
     // Rebuild: refused without --rebuild; with it only sft's own files are replaced.
     let args = [
         p(&out),
@@ -350,7 +438,7 @@ fn sft_build_train_generate_and_evaluate() {
     ]);
     assert!(err.contains("not an SFT directory"), "{err}");
     assert_eq!(fs::read_to_string(mine.join("x")).expect("kept"), "x");
-    let task_edge = format!("edge={}", p(&vqa));
+    let task_ocr = format!("ocr={}", p(&vqa));
     let err = run_err(&[
         "sft",
         "build",
@@ -358,9 +446,9 @@ fn sft_build_train_generate_and_evaluate() {
         "--from",
         &p(&pre),
         "--task",
-        &task_edge,
+        &task_ocr,
     ]);
-    assert!(err.contains("edge"), "{err}");
+    assert!(err.contains("ocr"), "{err}");
     let err = run_err(&[
         "sft",
         "build",

@@ -23,7 +23,7 @@
 //!
 //! Built into a temporary directory beside the output and moved into place at the end; a
 //! rebuild deletes only the files the previous `sft.json` lists.
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -41,9 +41,10 @@ use cm3_pack::stage::{OBJECTIVE, OBJECTIVE_VERSION, PackConfig, SplitCounts, Spl
 use cm3_tokenize::image::{ImageTokenizer, decode_rgb};
 use cm3_tokenize::text::TextTokenizer;
 
+use crate::canny;
 use crate::error::{Result, SftError, io};
 use crate::mixing::{MixConfig, draw_task, plan};
-use crate::sources::{SourceExample, read_task};
+use crate::sources::{ImageSource, SourceExample, read_task};
 use crate::templates::{Example, ImageSlot, OutputSpan, Rendered, Task, choose_with, render};
 
 /// `sft.json`'s format.
@@ -291,7 +292,8 @@ fn open_tokenizers(
 }
 
 /// An image's tokens, the SHA-256 of its normalised bytes (what the leakage guard of
-/// `cm3 eval` looks up) and its key (the hash's first 64 bits).
+/// `cm3 eval` looks up; for computed edges, their picture's) and its key (the hash's first 64
+/// bits).
 struct ImageTokens {
     ids: Vec<u32>,
     sha256: String,
@@ -301,12 +303,12 @@ struct ImageTokens {
 /// Normalise (the pretrained ingest settings) and tokenise every image, in batches. A file that
 /// cannot be read, decoded or normalised is left out (its examples with it) and counted.
 fn tokenise_images(
-    paths: &[PathBuf],
+    paths: &[ImageSource],
     ingest: &IngestConfig,
     tok: &ImageTokenizer,
     layout: &VocabLayout,
     progress: bool,
-) -> Result<(HashMap<PathBuf, ImageTokens>, usize)> {
+) -> Result<(HashMap<ImageSource, ImageTokens>, usize)> {
     let side = tok.resolution();
     let bar = if progress {
         let b = ProgressBar::new(paths.len() as u64);
@@ -322,11 +324,24 @@ fn tokenise_images(
     let mut rejected = 0;
     for chunk in paths.chunks(16) {
         let mut rgb = Vec::with_capacity(chunk.len());
-        for path in chunk {
-            match load_normalised(path, ingest, side) {
-                Ok((pixels, sha)) => rgb.push((path, pixels, sha)),
+        for source in chunk {
+            match load_normalised(source.path(), ingest, side) {
+                Ok((pixels, sha)) => {
+                    let pixels = match source {
+                        ImageSource::File(_) => pixels,
+                        // ControlNet's edge maps: white edges on black, in all three channels.
+                        ImageSource::CannyOf(_) => {
+                            let s = side as usize;
+                            canny::canny(&pixels, s, s, 3, canny::LOW, canny::HIGH)
+                                .into_iter()
+                                .flat_map(|v| [v, v, v])
+                                .collect()
+                        }
+                    };
+                    rgb.push((source, pixels, sha));
+                }
                 Err(reason) => {
-                    tracing::warn!(image = %path.display(), %reason, "image left out");
+                    tracing::warn!(image = %source.path().display(), %reason, "image left out");
                     rejected += 1;
                 }
             }
@@ -395,7 +410,7 @@ fn example_key(task: Task, id: &str, epoch: u32, repeat: u32) -> u64 {
 fn document(
     r: &crate::templates::RenderedTemplate,
     text: &TextTokenizer,
-    image: &[u32],
+    images: &BTreeMap<ImageSlot, &ImageTokens>,
     sp: &Specials,
 ) -> Result<(Vec<u32>, Option<std::ops::Range<usize>>)> {
     let mut doc = vec![sp.eos];
@@ -405,7 +420,15 @@ fn document(
             doc.push(sp.brk);
         }
         match seg {
-            Rendered::Image(_) => doc.extend_from_slice(image),
+            Rendered::Image(slot) => match images.get(slot) {
+                Some(t) => doc.extend_from_slice(&t.ids),
+                None => {
+                    return Err(SftError::Config(format!(
+                        "internal: no tokens for the {slot} image of a {} example",
+                        r.task
+                    )));
+                }
+            },
             Rendered::Text(s) => match &r.output {
                 OutputSpan::Text { segment, range } if *segment == i => {
                     for (k, part) in [&s[..range.start], &s[range.clone()], &s[range.end..]]
@@ -519,7 +542,7 @@ pub fn build(opts: &SftBuildOptions, device: &Device) -> Result<SftBuildReport> 
     let pre = read_pretrained(&pretrained_dataset(&opts.from)?)?;
     let mut sources: Vec<(Task, PathBuf, Vec<SourceExample>)> = Vec::new();
     for (task, path) in &opts.tasks {
-        let examples = read_task(*task, path)?;
+        let examples = read_task(*task, path, pre.ingest.image_size)?;
         tracing::info!(task = %task, examples = examples.len(), "read");
         sources.push((*task, path.clone(), examples));
     }
@@ -546,10 +569,10 @@ pub fn build(opts: &SftBuildOptions, device: &Device) -> Result<SftBuildReport> 
         }
         epochs.push(picks);
     }
-    let mut images: Vec<PathBuf> = epochs
+    let mut images: Vec<ImageSource> = epochs
         .iter()
         .flatten()
-        .map(|&(t, i, _)| sources[t].2[i].image.clone())
+        .flat_map(|&(t, i, _)| sources[t].2[i].images.values().cloned())
         .collect();
     images.sort();
     images.dedup();
@@ -605,17 +628,29 @@ pub fn build(opts: &SftBuildOptions, device: &Device) -> Result<SftBuildReport> 
         for &(t, i, r) in picks {
             let (task, _, examples) = &sources[t];
             let src = &examples[i];
-            let Some(img) = image_ids.get(&src.image) else {
+            // Every image of the example, by slot; an example missing one is left out.
+            let Some(slots) = src
+                .images
+                .iter()
+                .map(|(slot, source)| image_ids.get(source).map(|t| (*slot, t)))
+                .collect::<Option<BTreeMap<ImageSlot, &ImageTokens>>>()
+            else {
+                continue;
+            };
+            let Some(img) = src.main_image().and_then(|m| image_ids.get(m)) else {
                 continue;
             };
             let key = example_key(*task, &src.id, epoch as u32, r);
-            let mut ex = Example::new().image(ImageSlot::Image);
+            let mut ex = Example::new();
+            for slot in slots.keys() {
+                ex = ex.image(*slot);
+            }
             for (k, v) in &src.fields {
                 ex = ex.field(k.clone(), v.clone());
             }
             let choice = choose_with(*task, &ex, key, cfg.seed)?;
             let rendered = render(*task, choice, &ex)?;
-            let (doc, output) = document(&rendered, &text, &img.ids, &sp)?;
+            let (doc, output) = document(&rendered, &text, &slots, &sp)?;
             let split = usize::from(
                 SplitMix64::for_pair(cfg.seed, STREAM_SPLIT, img.key).next_f64() < cfg.val_fraction,
             );
@@ -711,7 +746,14 @@ pub fn build(opts: &SftBuildOptions, device: &Device) -> Result<SftBuildReport> 
         std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
     }
     layout.save(&vocab_path)?;
-    let mut listed: Vec<(&PathBuf, &ImageTokens)> = image_ids.iter().collect();
+    // The pictures the model trains on (computed edge maps are not pictures one evaluates on).
+    let mut listed: Vec<(&Path, &ImageTokens)> = image_ids
+        .iter()
+        .filter_map(|(s, t)| match s {
+            ImageSource::File(p) => Some((p.as_path(), t)),
+            ImageSource::CannyOf(_) => None,
+        })
+        .collect();
     listed.sort_by(|a, b| a.0.cmp(b.0));
     let tsv: String = listed
         .iter()

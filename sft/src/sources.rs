@@ -20,18 +20,53 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::{Result, SftError};
-use crate::templates::Task;
+use crate::templates::{ImageSlot, Task};
 
 /// Largest JSON file read (VQA v2's train annotations are about 0.35 GB).
 pub const MAX_JSON_BYTES: u64 = 4 << 30;
 
-/// One example of a task's source: the template's fields and the example's image.
+/// Where an image document's pixels come from.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ImageSource {
+    File(PathBuf),
+    /// The Canny edges (OpenCV's, ControlNet's thresholds) of this file's normalised image.
+    CannyOf(PathBuf),
+}
+
+impl ImageSource {
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::File(p) | Self::CannyOf(p) => p,
+        }
+    }
+}
+
+/// One example of a task's source: the template's fields and images.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceExample {
     /// The source's own id (question id, annotation id), for the record.
     pub id: String,
     pub fields: BTreeMap<String, String>,
-    pub image: PathBuf,
+    pub images: BTreeMap<ImageSlot, ImageSource>,
+}
+
+impl SourceExample {
+    fn with_image(id: String, fields: BTreeMap<String, String>, image: PathBuf) -> Self {
+        Self {
+            id,
+            fields,
+            images: BTreeMap::from([(ImageSlot::Image, ImageSource::File(image))]),
+        }
+    }
+
+    /// The example's image (the output of the image tasks, the input of the text tasks): what
+    /// splits it into training or validation.
+    pub fn main_image(&self) -> Option<&ImageSource> {
+        self.images
+            .get(&ImageSlot::Image)
+            .or_else(|| self.images.get(&ImageSlot::Edited))
+            .or_else(|| self.images.values().next())
+    }
 }
 
 fn input(path: &Path, reason: impl Into<String>) -> SftError {
@@ -238,11 +273,11 @@ fn read_vqa(dir: &Path) -> Result<Vec<SourceExample>> {
             if !image.is_file() {
                 return Err(input(&image, format!("entry {i}: no such image")));
             }
-            out.push(SourceExample {
-                id: i.to_string(),
-                fields: qa(&e.question, answer),
+            out.push(SourceExample::with_image(
+                i.to_string(),
+                qa(&e.question, answer),
                 image,
-            });
+            ));
         }
         return Ok(out);
     };
@@ -277,11 +312,11 @@ fn read_vqa(dir: &Path) -> Result<Vec<SourceExample>> {
             .ok()
             .and_then(|n| by_id.get(&n))
             .ok_or_else(|| input(&images, format!("no image with id {img} (question {qid})")))?;
-        out.push(SourceExample {
-            id: qid,
-            fields: qa(&q.question, answer.clone()),
-            image: image.clone(),
-        });
+        out.push(SourceExample::with_image(
+            qid,
+            qa(&q.question, answer.clone()),
+            image.clone(),
+        ));
     }
     Ok(out)
 }
@@ -343,32 +378,307 @@ fn read_captions(dir: &Path) -> Result<Vec<SourceExample>> {
                 format!("caption {i}: no image file for image id {img} in {json:?}'s images"),
             )
         })?;
-        out.push(SourceExample {
-            id: a
-                .id
-                .as_ref()
+        out.push(SourceExample::with_image(
+            a.id.as_ref()
                 .and_then(id_text)
                 .unwrap_or_else(|| i.to_string()),
-            fields: BTreeMap::from([("caption".to_string(), a.caption.trim().to_string())]),
-            image: image.clone(),
+            BTreeMap::from([("caption".to_string(), a.caption.trim().to_string())]),
+            image.clone(),
+        ));
+    }
+    Ok(out)
+}
+
+/// A path from a source file: relative to its folder, never leaving it.
+fn inside(dir: &Path, file: &Path, rel: &str, what: &str) -> Result<PathBuf> {
+    let p = Path::new(rel);
+    if rel.is_empty() || p.is_absolute() || p.components().any(|c| c.as_os_str() == "..") {
+        return Err(input(
+            file,
+            format!("{what} {rel:?} must be a path inside the folder"),
+        ));
+    }
+    let full = dir.join(p);
+    if !full.is_file() {
+        return Err(input(&full, format!("{what}: no such file")));
+    }
+    Ok(full)
+}
+
+/// The one `*.jsonl` table of a folder (`metadata.jsonl` preferred).
+fn find_jsonl(dir: &Path) -> Result<Option<PathBuf>> {
+    if dir.join("metadata.jsonl").is_file() {
+        return Ok(Some(dir.join("metadata.jsonl")));
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| input(dir, e.to_string()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl") && p.is_file())
+        .collect();
+    found.sort();
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop()),
+        _ => Err(input(
+            dir,
+            "several .jsonl tables: keep one, or name it metadata.jsonl",
+        )),
+    }
+}
+
+/// The first of `keys` present in a JSON row, as text.
+fn first_of(row: &serde_json::Value, keys: &[&str]) -> Option<String> {
+    keys.iter()
+        .find_map(|k| row.get(*k).and_then(|v| v.as_str()).map(str::to_string))
+}
+
+/// Rows of a JSONL table, each an object (bounded like the JSON files).
+fn jsonl_rows(file: &Path) -> Result<Vec<serde_json::Value>> {
+    let meta = std::fs::metadata(file).map_err(|e| input(file, e.to_string()))?;
+    if meta.len() > MAX_JSON_BYTES {
+        return Err(input(file, "too large"));
+    }
+    let text = std::fs::read_to_string(file).map_err(|e| input(file, e.to_string()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).map_err(|e| input(file, format!("line {}: {e}", i + 1)))?;
+            if v.is_object() {
+                Ok(v)
+            } else {
+                Err(input(file, format!("line {}: not an object", i + 1)))
+            }
+        })
+        .collect()
+}
+
+const SOURCE_KEYS: &[&str] = &["source_image", "input_image", "original_image"];
+const INSTRUCTION_KEYS: &[&str] = &["edit_instruction", "instruction", "edit_prompt"];
+const EDITED_KEYS: &[&str] = &["edited_image", "output_image"];
+
+/// InstructPix2Pix triplets from a JSONL table: the source image, the instruction, the edited
+/// image (the column names of the InstructPix2Pix release, `input_image`/`edit_prompt`/
+/// `edited_image`, or `source_image`/`edit_instruction`), images as paths inside the folder.
+fn read_edits(dir: &Path) -> Result<Vec<SourceExample>> {
+    let file = find_jsonl(dir)?.ok_or_else(|| {
+        input(
+            dir,
+            "no metadata.jsonl (source image, instruction, edited image)",
+        )
+    })?;
+    let mut out = Vec::new();
+    for (i, row) in jsonl_rows(&file)?.iter().enumerate() {
+        let get = |keys: &[&str]| {
+            first_of(row, keys)
+                .ok_or_else(|| input(&file, format!("row {}: none of {keys:?}", i + 1)))
+        };
+        let source = inside(dir, &file, &get(SOURCE_KEYS)?, "source image")?;
+        let edited = inside(dir, &file, &get(EDITED_KEYS)?, "edited image")?;
+        let instruction = get(INSTRUCTION_KEYS)?.trim().to_string();
+        out.push(SourceExample {
+            id: first_of(row, &["id", "key"]).unwrap_or_else(|| i.to_string()),
+            fields: BTreeMap::from([("edit_instruction".to_string(), instruction)]),
+            images: BTreeMap::from([
+                (ImageSlot::Source, ImageSource::File(source)),
+                (ImageSlot::Edited, ImageSource::File(edited)),
+            ]),
+        });
+    }
+    Ok(out)
+}
+
+/// Image-conditioned generation: (feature image, caption, image) rows of a JSONL table. For
+/// `edge` without a table (or rows without `feature_image`), the feature is the Canny edges
+/// cm3 computes from the image, as ControlNet does; other features need their own models and
+/// are given as files.
+fn read_control(task: Task, dir: &Path) -> Result<Vec<SourceExample>> {
+    let Some(file) = find_jsonl(dir)? else {
+        if task == Task::Edge {
+            let mut out = read_captions(dir)?;
+            for ex in &mut out {
+                if let Some(ImageSource::File(p)) = ex.images.get(&ImageSlot::Image).cloned() {
+                    ex.images
+                        .insert(ImageSlot::Feature, ImageSource::CannyOf(p));
+                }
+            }
+            return Ok(out);
+        }
+        return Err(input(
+            dir,
+            format!("no metadata.jsonl of (feature_image, caption, image) rows for {task}"),
+        ));
+    };
+    let mut out = Vec::new();
+    for (i, row) in jsonl_rows(&file)?.iter().enumerate() {
+        let row_err = |what: &str| input(&file, format!("row {}: no {what}", i + 1));
+        let image = inside(
+            dir,
+            &file,
+            &first_of(row, &["image", "file_name"]).ok_or_else(|| row_err("image"))?,
+            "image",
+        )?;
+        let caption = first_of(row, &["caption", "text"]).ok_or_else(|| row_err("caption"))?;
+        let feature = match first_of(row, &["feature_image", "conditioning_image"]) {
+            Some(f) => ImageSource::File(inside(dir, &file, &f, "feature image")?),
+            None if task == Task::Edge => ImageSource::CannyOf(image.clone()),
+            None => return Err(row_err("feature_image")),
+        };
+        out.push(SourceExample {
+            id: first_of(row, &["id", "key"]).unwrap_or_else(|| i.to_string()),
+            fields: BTreeMap::from([("caption".to_string(), caption.trim().to_string())]),
+            images: BTreeMap::from([
+                (ImageSlot::Feature, feature),
+                (ImageSlot::Image, ImageSource::File(image)),
+            ]),
+        });
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+struct CocoInstanceImage {
+    id: serde_json::Value,
+    file_name: String,
+    width: f64,
+    height: f64,
+}
+
+#[derive(Deserialize)]
+struct CocoInstance {
+    image_id: serde_json::Value,
+    category_id: serde_json::Value,
+    bbox: [f64; 4],
+    #[serde(default)]
+    iscrowd: u8,
+}
+
+#[derive(Deserialize)]
+struct CocoCategory {
+    id: serde_json::Value,
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct CocoInstances {
+    images: Vec<CocoInstanceImage>,
+    annotations: Vec<CocoInstance>,
+    categories: Vec<CocoCategory>,
+}
+
+/// Where a box of an `w × h` image lands in the square image `cm3 ingest` makes (shorter side
+/// resized to `side`, centre crop), as whole pixels `x0,y0,x1,y1`; None when it is cropped away.
+pub fn box_in_square(b: [f64; 4], w: f64, h: f64, side: u32) -> Option<String> {
+    if !(w > 0.0 && h > 0.0) {
+        return None;
+    }
+    let s = f64::from(side);
+    let scale = s / w.min(h);
+    let (ox, oy) = ((w * scale - s) / 2.0, (h * scale - s) / 2.0);
+    let clamp = |v: f64| v.clamp(0.0, s);
+    let x0 = clamp(b[0] * scale - ox);
+    let y0 = clamp(b[1] * scale - oy);
+    let x1 = clamp((b[0] + b[2]) * scale - ox);
+    let y1 = clamp((b[1] + b[3]) * scale - oy);
+    (x1 - x0 >= 1.0 && y1 - y0 >= 1.0).then(|| {
+        format!(
+            "{},{},{},{}",
+            x0.round() as i64,
+            y0.round() as i64,
+            x1.round() as i64,
+            y1.round() as i64
+        )
+    })
+}
+
+/// Spatially grounded generation: COCO instances (`instances*.json`: boxes and category names)
+/// with the captions (`captions*.json`) of the same images; one example per image, with its
+/// first caption and its boxes (crowd regions left out) in the square image's pixels.
+fn read_detection(dir: &Path, side: u32) -> Result<Vec<SourceExample>> {
+    let inst_path = find_json(dir, "instances.json", "instances")?
+        .ok_or_else(|| input(dir, "no COCO instances JSON (instances*.json)"))?;
+    let inst: CocoInstances = read_json(&inst_path)?;
+    let captions = read_captions(dir)?;
+    let names: HashMap<String, String> = inst
+        .categories
+        .iter()
+        .filter_map(|c| Some((id_text(&c.id)?, c.name.clone())))
+        .collect();
+    let mut boxes: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    let dims: HashMap<String, (f64, f64, String)> = inst
+        .images
+        .iter()
+        .filter_map(|i| Some((id_text(&i.id)?, (i.width, i.height, i.file_name.clone()))))
+        .collect();
+    for a in inst.annotations.iter().filter(|a| a.iscrowd == 0) {
+        let (Some(img), Some(cat)) = (id_text(&a.image_id), id_text(&a.category_id)) else {
+            continue;
+        };
+        let (Some(&(w, h, _)), Some(name)) = (dims.get(&img), names.get(&cat)) else {
+            continue;
+        };
+        if let Some(loc) = box_in_square(a.bbox, w, h, side) {
+            boxes.entry(img).or_default().push((name.clone(), loc));
+        }
+    }
+    // The first caption of each image with boxes.
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for ex in captions {
+        let Some(ImageSource::File(path)) = ex.images.get(&ImageSlot::Image) else {
+            continue;
+        };
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let Some((img, _)) = dims
+            .iter()
+            .find(|(_, d)| Path::new(&d.2).file_name().and_then(|n| n.to_str()) == Some(name))
+        else {
+            continue;
+        };
+        let Some(objects) = boxes.get(img) else {
+            continue;
+        };
+        if !seen.insert(img.clone()) {
+            continue;
+        }
+        let mut fields = ex.fields.clone();
+        fields.insert("objects".into(), crate::templates::objects_text(objects));
+        out.push(SourceExample {
+            id: img.clone(),
+            fields,
+            images: ex.images.clone(),
         });
     }
     Ok(out)
 }
 
 /// The examples of `task` from `path`.
-pub fn read_task(task: Task, path: &Path) -> Result<Vec<SourceExample>> {
+/// `side`: the square image side of the pretrained dataset (detection boxes are given in it).
+pub fn read_task(task: Task, path: &Path, side: u32) -> Result<Vec<SourceExample>> {
     if !path.is_dir() {
         return Err(input(path, format!("the {task} source must be a folder")));
     }
     let out = match task {
         Task::Vqa2 | Task::Okvqa | Task::VizWiz => read_vqa(path)?,
         Task::Coco | Task::Flickr30k => read_captions(path)?,
+        Task::InstructPix2Pix => read_edits(path)?,
+        Task::Edge
+        | Task::Seg
+        | Task::Hed
+        | Task::Pose
+        | Task::Depth
+        | Task::Norm
+        | Task::Scribble => read_control(task, path)?,
+        Task::Detection => read_detection(path, side)?,
         other => {
             return Err(SftError::Unsupported {
                 task: other,
-                reason: "cm3 sft build reads captioning (coco, flickr30k) and VQA (vqa2, okvqa, \
-                         vizwiz) sources so far"
+                reason: "cm3 sft build has no reader for it yet (captioning, VQA, editing, \
+                         image-conditioned generation and detection it reads)"
                     .into(),
             });
         }
@@ -389,6 +699,21 @@ mod tests {
                 answer: (*a).to_string(),
             })
             .collect()
+    }
+
+    #[test]
+    fn boxes_follow_the_resize_and_centre_crop() {
+        // 640 × 480 → shorter side 256: scale 0.5333, 341.3 wide, 42.7 cropped each side.
+        assert_eq!(
+            box_in_square([100.0, 50.0, 200.0, 100.0], 640.0, 480.0, 256).as_deref(),
+            Some("11,27,117,80")
+        );
+        // Entirely in the cropped-away left margin.
+        assert_eq!(
+            box_in_square([0.0, 0.0, 60.0, 100.0], 640.0, 480.0, 256),
+            None
+        );
+        assert_eq!(box_in_square([0.0, 0.0, 1.0, 1.0], 0.0, 480.0, 256), None);
     }
 
     #[test]
@@ -418,18 +743,24 @@ mod tests {
                 "answers": [{"answer": "blue"}, {"answer": "red"}, {"answer": "red"}]}]}"#,
         )
         .expect("a");
-        let ex = read_task(Task::Vqa2, d).expect("read");
+        let ex = read_task(Task::Vqa2, d, 256).expect("read");
         assert_eq!(ex.len(), 1);
         assert_eq!(ex[0].fields["question"], "What colour?");
         assert_eq!(ex[0].fields["answer"], "red");
-        assert!(ex[0].image.ends_with("COCO_train2014_000000000042.jpg"));
+        assert!(
+            ex[0]
+                .main_image()
+                .is_some_and(|i| i.path().ends_with("COCO_train2014_000000000042.jpg"))
+        );
         // A question whose image is missing is named.
         std::fs::remove_file(d.join("images/COCO_train2014_000000000042.jpg")).expect("rm");
-        let err = read_task(Task::Vqa2, d).expect_err("no image").to_string();
+        let err = read_task(Task::Vqa2, d, 256)
+            .expect_err("no image")
+            .to_string();
         assert!(err.contains("no image with id 42"), "{err}");
-        let err = read_task(Task::Edge, d)
+        let err = read_task(Task::Ocr, d, 256)
             .expect_err("unsupported")
             .to_string();
-        assert!(err.contains("edge"), "{err}");
+        assert!(err.contains("ocr"), "{err}");
     }
 }
