@@ -313,6 +313,92 @@ fn sft_build_train_generate_and_evaluate() {
         assert_eq!(g["input"]["prompt"], prompt);
         assert_eq!(g["outputs"].as_array().map(Vec::len), Some(1));
     }
+    // The image tasks' prompts (Table 5's editing, edge-to-image and detection templates).
+    for (task, extra) in [
+        (
+            "edit",
+            vec!["--image", "IMG", "--instruction", "make it blue"],
+        ),
+        (
+            "control",
+            vec!["--kind", "edge", "--image", "IMG", "--caption", "a photo"],
+        ),
+        (
+            "control",
+            vec![
+                "--kind",
+                "seg",
+                "--feature-image",
+                "IMG",
+                "--caption",
+                "a photo",
+            ],
+        ),
+        (
+            "grounded",
+            vec![
+                "--caption",
+                "a photo",
+                "--objects",
+                "thing at 1,2,20,30; other thing at 0,0,8,8",
+            ],
+        ),
+    ] {
+        let dir = tmp
+            .path()
+            .join(format!("gen-{task}-{}", extra[1].replace('-', "")));
+        let (run, dir_s, img) = (p(&ft), p(&dir), p(&first));
+        let mut a = vec![
+            "generate",
+            "--run",
+            &run,
+            "--out",
+            &dir_s,
+            "--samples",
+            "1",
+            task,
+        ];
+        a.extend(
+            extra
+                .iter()
+                .map(|x| if *x == "IMG" { img.as_str() } else { x }),
+        );
+        run_ok(&a);
+        let g: serde_json::Value =
+            serde_json::from_slice(&fs::read(dir.join("generation.json")).expect("generation"))
+                .expect("json");
+        assert_eq!(g["task"], task);
+        assert_eq!(g["outputs"].as_array().map(Vec::len), Some(1), "{g}");
+    }
+    let (run, img) = (p(&ft), p(&first));
+    let err = run_err(&[
+        "generate",
+        "--run",
+        &run,
+        "--out",
+        &p(&tmp.path().join("gx")),
+        "control",
+        "--kind",
+        "depth",
+        "--image",
+        &img,
+        "--caption",
+        "x",
+    ]);
+    assert!(err.contains("--feature-image"), "{err}");
+    let err = run_err(&[
+        "generate",
+        "--run",
+        &run,
+        "--out",
+        &p(&tmp.path().join("gx")),
+        "grounded",
+        "--caption",
+        "x",
+        "--objects",
+        "thing at 1,2",
+    ]);
+    assert!(err.contains("x0,y0,x1,y1"), "{err}");
     // The SFT images are training images of the fine-tuned run: evaluating on them is refused...
     let eval = |out_dir: &str, extra: &[&str]| {
         let mut a = vec![

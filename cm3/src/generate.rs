@@ -99,8 +99,8 @@ pub(crate) enum Task {
         #[arg(long, default_value_t = 64)]
         max_tokens: usize,
     },
-    /// Image editing with text and image guidance (three streams; needs a model fine-tuned on
-    /// edits in cm3's template, see the README).
+    /// Image editing in Table 5's InstructPix2Pix template with text and image guidance (three
+    /// streams; needs a model fine-tuned on such edits: `cm3 sft build --task instructpix2pix`).
     Edit {
         #[arg(long)]
         image: PathBuf,
@@ -112,6 +112,31 @@ pub(crate) enum Task {
         /// Image guidance scale (the paper's editing uses 1.5).
         #[arg(long, default_value_t = 1.5)]
         image_cfg: f32,
+    },
+    /// Image-conditioned generation in Table 5's X-to-image template (CFG 3 on the caption, as
+    /// §4.1): the feature image given, or for `--kind edge` the Canny edges of --image.
+    Control {
+        /// edge, seg, hed, pose, depth, norm or scribble.
+        #[arg(long, default_value = "edge")]
+        kind: String,
+        #[arg(long)]
+        caption: String,
+        /// The feature image (edge map, segmentation, ...).
+        #[arg(long, conflicts_with = "image", required_unless_present = "image")]
+        feature_image: Option<PathBuf>,
+        /// A picture whose Canny edges (OpenCV's, ControlNet's thresholds) are the feature
+        /// (`--kind edge` only).
+        #[arg(long)]
+        image: Option<PathBuf>,
+    },
+    /// Spatially grounded generation in Table 5's detection template: `Generate high quality
+    /// image of {caption} with segmentations {obj} at {loc}, ...` (CFG 3).
+    Grounded {
+        #[arg(long)]
+        caption: String,
+        /// `name at x0,y0,x1,y1; ...`, boxes in the pixels of the square image.
+        #[arg(long)]
+        objects: String,
     },
     /// Image infilling: regenerate a box of the image's code grid given its caption.
     InfillImage {
@@ -164,7 +189,11 @@ pub(crate) fn run(a: GenerateArgs) -> Result<()> {
     if !(a.top_p > 0.0 && a.top_p <= 1.0) {
         bail!("--top-p must be in (0, 1], got {}", a.top_p);
     }
-    let t2i = matches!(a.task, Task::T2i { .. });
+    // The image tasks guided by their text at CFG 3 by default (§4.1 and the t2i results).
+    let t2i = matches!(
+        a.task,
+        Task::T2i { .. } | Task::Control { .. } | Task::Grounded { .. }
+    );
     let guidance = match (&a.task, a.cd_alpha, a.cd_k) {
         (
             Task::Edit {
@@ -346,6 +375,51 @@ pub(crate) fn run(a: GenerateArgs) -> Result<()> {
                 files,
             )
         }
+        Task::Control {
+            kind,
+            caption,
+            feature_image,
+            image,
+        } => {
+            let task: cm3_sft::Task = kind.parse()?;
+            let tok = g.image.as_ref().context("no image tokenizer")?;
+            let side = tok.resolution();
+            let feature = match (feature_image, image) {
+                (Some(f), _) => {
+                    load_image(f, side).with_context(|| format!("reading {}", f.display()))?
+                }
+                (None, Some(i)) if task == cm3_sft::Task::Edge => {
+                    let rgb =
+                        load_image(i, side).with_context(|| format!("reading {}", i.display()))?;
+                    let s = side as usize;
+                    cm3_sft::canny::canny(&rgb, s, s, 3, cm3_sft::canny::LOW, cm3_sft::canny::HIGH)
+                        .into_iter()
+                        .flat_map(|v| [v, v, v])
+                        .collect()
+                }
+                (None, _) => bail!(
+                    "--kind {kind}: give --feature-image (cm3 computes only edge maps, from --image)"
+                ),
+            };
+            let codes = g.controlled_image(task, &feature, caption, &settings)?;
+            let (_, files) = write_images(&out, tok, &codes)?;
+            (
+                "control",
+                json!({ "kind": kind, "caption": caption, "feature_image": feature_image, "image": image }),
+                files,
+            )
+        }
+        Task::Grounded { caption, objects } => {
+            let tok = g.image.as_ref().context("no image tokenizer")?;
+            let parsed = parse_objects(objects)?;
+            let codes = g.grounded_image(caption, &parsed, &settings)?;
+            let (_, files) = write_images(&out, tok, &codes)?;
+            (
+                "grounded",
+                json!({ "caption": caption, "objects": parsed }),
+                files,
+            )
+        }
         Task::InfillImage {
             image,
             caption,
@@ -449,4 +523,23 @@ fn sft_prompt(task: cm3_sft::Task, fields: &[(&str, &str)]) -> Result<String> {
         Some(cm3_sft::Rendered::Text(t)) => Ok(t.clone()),
         _ => bail!("internal: the {task} template does not start with text"),
     }
+}
+
+/// `name at x0,y0,x1,y1; name at ...` as (name, location) pairs.
+fn parse_objects(spec: &str) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for part in spec.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((name, loc)) = part.rsplit_once(" at ") else {
+            bail!("--objects: {part:?} is not `name at x0,y0,x1,y1`");
+        };
+        let nums: Vec<&str> = loc.split(',').map(str::trim).collect();
+        if nums.len() != 4 || nums.iter().any(|n| n.parse::<u32>().is_err()) {
+            bail!("--objects: {loc:?} is not four whole numbers x0,y0,x1,y1");
+        }
+        out.push((name.trim().to_string(), nums.join(",")));
+    }
+    if out.is_empty() {
+        bail!("--objects: no object given");
+    }
+    Ok(out)
 }

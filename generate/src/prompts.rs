@@ -298,21 +298,53 @@ pub fn infill_image(
     })
 }
 
-/// Image editing in cm3's template (the paper prints none): full `<eos> instruction <break>
-/// source <break>`; image only `<eos> <mask:0> <break> source <break>`, the instruction masked as
-/// training masks a caption; neither `<eos> <mask:0> <break>`, the unconditional image: t2i's
-/// unconditional stream, a prefix of every training example whose caption is masked whole.
-/// (Masking the source as well, `<eos> <mask:0> <break> <mask:1> <break>`, would need a whole
-/// image masked as one span followed by `<break>`, which base training never shows.) The second
-/// `<break>` of the other two streams is the template's own and needs a model fine-tuned on it.
-/// An empty instruction is the masked one.
-pub fn edit_image(sp: &Specials, instruction: &[u32], image: &[u32]) -> Result<Prompts> {
+/// `<eos>`, the documents separated by `<break>`, and a closing `<break>`: an image follows.
+fn documents(sp: &Specials, docs: &[&[u32]]) -> Vec<u32> {
+    let mut out = vec![sp.eos];
+    for d in docs {
+        out.extend_from_slice(d);
+        out.push(sp.brk);
+    }
+    out
+}
+
+/// Image editing in Table 5's InstructPix2Pix template, `Edit first image following the
+/// instruction <br> {source} <br> {instruction} <br> {edited}`, with §4.1's two guidance
+/// scales. Streams: full, `<eos> P <break> source <break> instruction <break>`; image only, the
+/// instruction masked whole as `<mask:0>` (SFT's CM3 masking masks text documents whole);
+/// neither, `<eos> <mask:0> <break>`, the unconditional image of every pretraining example whose
+/// caption is masked whole (masking the source too would need a whole image masked as one span,
+/// which neither stage's masking promises). An empty instruction is the masked one.
+pub fn edit_image(
+    sp: &Specials,
+    prefix: &[u32],
+    instruction: &[u32],
+    image: &[u32],
+) -> Result<Prompts> {
     let masked = sp.sentinel(0, "the masked instruction")?;
-    let doc = |caption: &[u32]| [&[sp.eos], caption, &[sp.brk], image, &[sp.brk]].concat();
     Prompts {
-        cond: doc(&caption_or(instruction, masked)),
+        cond: documents(sp, &[prefix, image, &caption_or(instruction, masked)]),
         uncond: vec![sp.eos, masked, sp.brk],
-        image_only: doc(&[masked]),
+        image_only: documents(sp, &[prefix, image, &[masked]]),
+    }
+    .checked(sp)
+}
+
+/// Image-conditioned generation in Table 5's X-to-image template, `Make high quality image
+/// from ... <br> {feature image} <br> {caption} <br> {image}`, with one guidance scale (§4.1):
+/// cond the whole template, uncond the caption masked whole, `<eos> P <break> feature <break>
+/// <mask:0> <break>`, so guidance pushes towards the caption, the feature image held in both.
+pub fn controlled_image(
+    sp: &Specials,
+    prefix: &[u32],
+    feature: &[u32],
+    caption: &[u32],
+) -> Result<Prompts> {
+    let masked = sp.sentinel(0, "the masked caption")?;
+    Prompts {
+        cond: documents(sp, &[prefix, feature, &caption_or(caption, masked)]),
+        uncond: documents(sp, &[prefix, feature, &[masked]]),
+        image_only: Vec::new(),
     }
     .checked(sp)
 }

@@ -319,23 +319,95 @@ impl Generator {
         Ok(grids)
     }
 
-    /// Image editing (§4's instruction-guided editing, with its two guidance scales): the
-    /// document `<eos> instruction <break> source image <break>` followed by the edited image.
-    /// This template is cm3's (the paper does not print one) and needs a model fine-tuned on
-    /// edits in it; a base model continues it as an image conditioned on both. Streams: full,
-    /// image only (the instruction masked as `<mask:0>`) and neither (`<eos> <mask:0> <break>`,
-    /// the unconditional image; [`prompts::edit_image`]), combined as
-    /// `uncond + image_scale·(image − uncond) + text_scale·(full − image)` when `s.guidance` is
-    /// [`Guidance::Edit`]. Returns each sample's codes (0-based).
+    /// The text documents of a Table 5 template (the image documents left out), with `fields`
+    /// filled and, where `masked` names a field, that field empty.
+    fn template_texts(task: cm3_sft::Task, fields: &[(&str, &str)]) -> Result<Vec<String>> {
+        let mut ex = cm3_sft::Example::new();
+        for slot in task.images() {
+            ex = ex.image(slot);
+        }
+        for (k, v) in fields {
+            ex = ex.field(*k, *v);
+        }
+        let r = cm3_sft::render(task, 0, &ex).map_err(|e| bad(e.to_string()))?;
+        Ok(r.segments
+            .into_iter()
+            .filter_map(|s| match s {
+                cm3_sft::Rendered::Text(t) => Some(t),
+                cm3_sft::Rendered::Image(_) => None,
+            })
+            .collect())
+    }
+
+    /// Image editing in Table 5's InstructPix2Pix template with §4.1's two guidance scales
+    /// ([`prompts::edit_image`]): text guidance from the instruction, image guidance from the
+    /// source, combined as `uncond + image_scale·(image − uncond) + text_scale·(full − image)`
+    /// when `s.guidance` is [`Guidance::Edit`]. Needs a model fine-tuned on such edits
+    /// (`cm3 sft build --task instructpix2pix=...`). Returns each sample's codes (0-based).
     pub fn edit_image(&self, rgb: &[u8], instruction: &str, s: &Settings) -> Result<Vec<Vec<u32>>> {
         let tok = self.image_tokenizer("image editing")?;
         let image = self.image_ids(tok, rgb)?;
-        let mut p =
-            prompts::edit_image(&self.specials()?, &self.text.encode(instruction)?, &image)?;
+        // The instruction is tokenised on its own, as `cm3 sft build` tokenises a field.
+        let texts =
+            Self::template_texts(cm3_sft::Task::InstructPix2Pix, &[("edit_instruction", "")])?;
+        let prefix = self.text.encode(texts.first().map_or("", String::as_str))?;
+        let mut p = prompts::edit_image(
+            &self.specials()?,
+            &prefix,
+            &self.text.encode(instruction)?,
+            &image,
+        )?;
         if !matches!(s.guidance, Guidance::Edit { .. }) {
             p.image_only.clear();
         }
         let out = self.run(p, self.image_target(image.len()), s)?;
         Ok(self.codes(out))
+    }
+
+    /// Image-conditioned generation in Table 5's X-to-image template of `task` (edge, seg, hed,
+    /// pose, depth, norm, scribble) from the feature image (`feature_rgb`, at the tokenizer's
+    /// resolution) and the caption, with one guidance scale ([`prompts::controlled_image`]).
+    pub fn controlled_image(
+        &self,
+        task: cm3_sft::Task,
+        feature_rgb: &[u8],
+        caption: &str,
+        s: &Settings,
+    ) -> Result<Vec<Vec<u32>>> {
+        let tok = self.image_tokenizer("image-conditioned generation")?;
+        let feature = self.image_ids(tok, feature_rgb)?;
+        let texts = Self::template_texts(task, &[("caption", "")])?;
+        if texts.len() != 2 {
+            return Err(bad(format!(
+                "{task} is not an image-conditioned generation task (edge, seg, hed, pose, \
+                 depth, norm, scribble)"
+            )));
+        }
+        let prefix = self.text.encode(&texts[0])?;
+        let p = prompts::controlled_image(
+            &self.specials()?,
+            &prefix,
+            &feature,
+            &self.text.encode(caption)?,
+        )?;
+        let out = self.run(p, self.image_target(feature.len()), s)?;
+        Ok(self.codes(out))
+    }
+
+    /// Spatially grounded generation in Table 5's detection template, `Generate high quality
+    /// image of {caption} with segmentations {obj} at {loc}, ...`, then the image: text → image
+    /// with that text ([`Self::text_to_image`], its unconditional stream the text masked whole).
+    pub fn grounded_image(
+        &self,
+        caption: &str,
+        objects: &[(String, String)],
+        s: &Settings,
+    ) -> Result<Vec<Vec<u32>>> {
+        let objects = cm3_sft::objects_text(objects);
+        let texts = Self::template_texts(
+            cm3_sft::Task::Detection,
+            &[("caption", caption), ("objects", &objects)],
+        )?;
+        self.text_to_image(texts.first().map_or("", String::as_str), &[], s)
     }
 }

@@ -239,23 +239,34 @@ fn image_infilling_streams_follow_the_training_spans() {
 }
 
 #[test]
-fn editing_streams_mask_the_instruction_as_training_masks_a_caption() {
+fn editing_and_control_follow_table_5_with_the_text_masked_whole() {
     let f = fixture();
-    let ex = f.doc(&f.text, &f.image);
-    let p = edit_image(&f.sp, &f.text, &f.image).expect("prompts");
+    let prefix = [41, 42];
+    let p = edit_image(&f.sp, &prefix, &f.text, &f.image).expect("prompts");
     assert_no_mask(&p, &f.sp);
+    let m0 = f.sp.sentinels[0];
+    let docs = |texts: &[&[u32]]| {
+        let mut out = vec![f.sp.eos];
+        for t in texts {
+            out.extend_from_slice(t);
+            out.push(f.sp.brk);
+        }
+        out
+    };
+    assert_eq!(p.cond, docs(&[&prefix, &f.image, &f.text]));
+    assert_eq!(p.image_only, docs(&[&prefix, &f.image, &[m0]]));
+    // Neither: the unconditional image of pretraining, drawn where training draws it.
+    let ex = f.doc(&f.text, &f.image);
     let whole = f.trained(&ex, &[f.query_caption(&ex)]);
-    // Neither: the unconditional image, drawn where training draws it.
     assert_prefix(&[&p.uncond[..], &f.image].concat(), &whole, "neither");
-    // Image only and full: training documents up to the template's second <break>.
-    let (last, image_only) = p.image_only.split_last().expect("a row");
-    assert_eq!(*last, f.sp.brk);
-    assert_prefix(image_only, &whole, "image only");
-    let (last, full) = p.cond.split_last().expect("a row");
-    assert_eq!(*last, f.sp.brk);
-    assert_prefix(full, &f.unmasked(&ex), "full");
-    let empty = edit_image(&f.sp, &[], &f.image).expect("prompts");
+    let empty = edit_image(&f.sp, &prefix, &[], &f.image).expect("prompts");
     assert_eq!(empty.cond, empty.image_only);
+
+    let c = controlled_image(&f.sp, &prefix, &f.image, &f.text).expect("prompts");
+    assert_no_mask(&c, &f.sp);
+    assert_eq!(c.cond, docs(&[&prefix, &f.image, &f.text]));
+    assert_eq!(c.uncond, docs(&[&prefix, &f.image, &[m0]]));
+    assert!(c.image_only.is_empty());
 }
 
 #[test]
@@ -362,7 +373,11 @@ fn every_task_decodes_with_guidance() -> Result<()> {
         text_scale: 7.5,
         image_scale: 1.5,
     };
-    let edited = run(&edit_image(&f.sp, &f.text, &f.image)?, image(16), edit)?;
+    let edited = run(
+        &edit_image(&f.sp, &[41], &f.text, &f.image)?,
+        image(16),
+        edit,
+    )?;
     assert!(edited[0].len() == 16 && edited[0].iter().all(is_code));
     Ok(())
 }
