@@ -5,8 +5,11 @@ Usage: python3 read_packed.py <dataset> [train|val] [sequence number]
 Needs only numpy. The files are Megatron-LM indexed datasets (packed/<split>.idx + .bin, int32
 tokens); the vocabulary layout is tokenizer/vocab.json and the text tokenizer tokenizer.json
 (byte-level BPE: each token's characters map back to bytes through GPT-2's byte table).
+Documents of any number of text and image parts (`cm3 sft build`'s) print the same way: each
+image as `[N image tokens]`, the parts separated by `<break>`.
 """
 import json
+import os
 import sys
 
 import numpy as np
@@ -44,7 +47,8 @@ def main():
     tokens = np.memmap(f"{dataset}/packed/{split}.bin", dtype="<i4", mode="r")
     seq = tokens[pointers[k] // 4: pointers[k] // 4 + lengths[k]]
     layout = json.load(open(f"{dataset}/tokenizer/vocab.json"))
-    tok = json.load(open(f"{dataset}/{layout['text']['tokenizer']['path']}"))
+    # Relative to the dataset, or absolute (an SFT directory names the pretrained dataset's).
+    tok = json.load(open(os.path.join(dataset, layout["text"]["tokenizer"]["path"])))
     id_to_token = {i: t for t, i in tok["model"]["vocab"].items()}
     id_to_token.update({a["id"]: a["content"] for a in tok["added_tokens"]})
     specials = set(layout["text"]["specials"].values())

@@ -484,6 +484,42 @@ fn sft_build_train_generate_and_evaluate() {
         "edge maps are not listed as pictures"
     );
 
+    // The numpy-only reader prints those documents, images as runs of image tokens.
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts");
+    let numpy = std::process::Command::new("bash")
+        .arg(scripts.join("setup-python-package.sh"))
+        .args(["numpy", "2.2.6"])
+        .output()
+        .expect("numpy");
+    assert!(
+        numpy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&numpy.stderr)
+    );
+    let mut printed = String::new();
+    for k in 0..data.lengths.len() {
+        let out = std::process::Command::new("python3")
+            .arg(scripts.join("read_packed.py"))
+            .args([p(&images_out), "train".into(), k.to_string()])
+            .env("PYTHONPATH", String::from_utf8_lossy(&numpy.stdout).trim())
+            .output()
+            .expect("read_packed.py");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        printed.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    assert!(
+        printed.contains("<break> [16 image tokens] <break>"),
+        "two images around a text: {printed}"
+    );
+    assert!(
+        printed.contains("Make high quality image from canny edge features <break>"),
+        "{printed}"
+    );
+
     // Rebuild: refused without --rebuild; with it only sft's own files are replaced.
     let args = [
         p(&out),
