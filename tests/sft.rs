@@ -535,8 +535,17 @@ fn sft_build_train_generate_and_evaluate() {
     let err = run_err(&a);
     assert!(err.contains("--rebuild"), "{err}");
     fs::write(out.join("notes.txt"), "mine").expect("user file");
-    a.push("--rebuild");
-    run_ok(&a);
+    a.extend(["--rebuild", "--json"]);
+    let again: serde_json::Value = serde_json::from_slice(&run_ok(&a).stdout).expect("report");
+    // The rebuild encodes no image again: the first build's codes are in its cache.
+    assert_eq!(
+        (
+            again["images"].as_u64(),
+            again["images_from_cache"].as_u64()
+        ),
+        (Some(8), Some(8)),
+        "{again}"
+    );
     assert_eq!(
         fs::read_to_string(out.join("notes.txt")).expect("kept"),
         "mine"

@@ -41,6 +41,7 @@ use cm3_pack::stage::{OBJECTIVE, OBJECTIVE_VERSION, PackConfig, SplitCounts, Spl
 use cm3_tokenize::image::{ImageTokenizer, decode_rgb};
 use cm3_tokenize::text::TextTokenizer;
 
+use crate::cache::{ImageCache, Kind};
 use crate::canny;
 use crate::error::{Result, SftError, io};
 use crate::mixing::{MixConfig, draw_task, plan};
@@ -154,6 +155,8 @@ pub struct SftBuildReport {
     /// Distinct images tokenised, and those rejected (their examples are left out).
     pub images: usize,
     pub images_rejected: usize,
+    /// Images whose codes an earlier build of the directory had encoded (not encoded again).
+    pub images_from_cache: usize,
     /// Examples whose output was the masked span.
     pub output_masked: u64,
     pub seconds: f64,
@@ -307,8 +310,9 @@ fn tokenise_images(
     ingest: &IngestConfig,
     tok: &ImageTokenizer,
     layout: &VocabLayout,
+    cache: &mut ImageCache,
     progress: bool,
-) -> Result<(HashMap<ImageSource, ImageTokens>, usize)> {
+) -> Result<(HashMap<ImageSource, ImageTokens>, usize, usize)> {
     let side = tok.resolution();
     let bar = if progress {
         let b = ProgressBar::new(paths.len() as u64);
@@ -321,11 +325,23 @@ fn tokenise_images(
         ProgressBar::hidden()
     };
     let mut out = HashMap::with_capacity(paths.len());
-    let mut rejected = 0;
+    let (mut rejected, mut hits) = (0, 0);
     for chunk in paths.chunks(16) {
         let mut rgb = Vec::with_capacity(chunk.len());
+        let mut cached = Vec::new();
         for source in chunk {
+            let kind = match source {
+                ImageSource::File(_) => Kind::File,
+                ImageSource::CannyOf(_) => Kind::Canny,
+            };
             match load_normalised(source.path(), ingest, side) {
+                Ok((_, sha)) if cache.get(kind, &sha).is_some() => {
+                    let codes = cache
+                        .get(kind, &sha)
+                        .map(<[u32]>::to_vec)
+                        .unwrap_or_default();
+                    cached.push((source, codes, sha));
+                }
                 Ok((pixels, sha)) => {
                     let pixels = match source {
                         ImageSource::File(_) => pixels,
@@ -352,7 +368,17 @@ fn tokenise_images(
         } else {
             tok.encode_rgb(&views)?
         };
-        for ((path, _, sha256), codes) in rgb.into_iter().zip(codes) {
+        let fresh = rgb.into_iter().zip(codes).map(|((source, _, sha), codes)| {
+            let kind = match source {
+                ImageSource::File(_) => Kind::File,
+                ImageSource::CannyOf(_) => Kind::Canny,
+            };
+            cache.insert(kind, &sha, &codes);
+            (source, codes, sha)
+        });
+        hits += cached.len();
+        let all: Vec<_> = cached.into_iter().chain(fresh).collect();
+        for (path, codes, sha256) in all {
             let ids = codes
                 .iter()
                 .map(|&c| layout.image_token(c))
@@ -363,7 +389,7 @@ fn tokenise_images(
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    Ok((out, rejected))
+    Ok((out, rejected, hits))
 }
 
 fn load_normalised(
@@ -454,8 +480,11 @@ fn document(
 /// The SFT images: `sha256 <tab> path` per line, sorted (the leakage guard's list).
 pub const SFT_IMAGES: &str = "images.tsv";
 
+/// The image-token cache (see [`crate::cache`]).
+pub const SFT_IMAGE_CACHE: &str = "image-tokens.bin";
+
 /// The files an SFT directory holds, relative to it (what a rebuild may delete).
-const WRITTEN: [&str; 10] = [
+const WRITTEN: [&str; 11] = [
     "packed/train.bin",
     "packed/train.idx",
     "packed/train.boundaries.bin",
@@ -465,6 +494,7 @@ const WRITTEN: [&str; 10] = [
     "packed/meta.json",
     vocab::VOCAB,
     SFT_IMAGES,
+    SFT_IMAGE_CACHE,
     SFT_RECORD,
 ];
 
@@ -578,8 +608,22 @@ pub fn build(opts: &SftBuildOptions, device: &Device) -> Result<SftBuildReport> 
     images.dedup();
 
     let (text, image_tok, layout) = open_tokenizers(&pre, device)?;
-    let (image_ids, images_rejected) =
-        tokenise_images(&images, &pre.ingest, &image_tok, &pre.layout, opts.progress)?;
+    // A rebuild's cache: the images an earlier build of this directory encoded.
+    let per = (image_tok.grid() * image_tok.grid()) as usize;
+    let tok_sha = image_tok.reference().sha256;
+    let mut cache = if exists {
+        ImageCache::load(&opts.out.join(SFT_IMAGE_CACHE), &tok_sha, per)
+    } else {
+        ImageCache::new(&tok_sha, per)
+    };
+    let (image_ids, images_rejected, images_from_cache) = tokenise_images(
+        &images,
+        &pre.ingest,
+        &image_tok,
+        &pre.layout,
+        &mut cache,
+        opts.progress,
+    )?;
     let sp = Specials::from_layout(&pre.layout)?;
     let pack = PackConfig {
         seq_len: if cfg.seq_len == 0 {
@@ -717,6 +761,7 @@ pub fn build(opts: &SftBuildOptions, device: &Device) -> Result<SftBuildReport> 
         "tasks": tasks,
         "images": image_ids.len(),
         "images_rejected": images_rejected,
+        "images_from_cache": images_from_cache,
         "output_masked": output_masked,
         "files": WRITTEN,
         "tool_version": env!("CARGO_PKG_VERSION"),
@@ -760,6 +805,7 @@ pub fn build(opts: &SftBuildOptions, device: &Device) -> Result<SftBuildReport> 
         .map(|(p, t)| format!("{}\t{}\n", t.sha256, p.display()))
         .collect();
     cm3_core::fsio::write_atomic(&tmp.join(SFT_IMAGES), tsv.as_bytes(), "sft")?;
+    cache.write(&tmp.join(SFT_IMAGE_CACHE))?;
     cm3_core::fsio::write_atomic(&tmp.join(SFT_RECORD), &json(&record)?, "sft")?;
     install(&tmp, &opts.out, exists)?;
     let out = std::fs::canonicalize(&opts.out).map_err(io("resolving", &opts.out))?;
@@ -771,6 +817,7 @@ pub fn build(opts: &SftBuildOptions, device: &Device) -> Result<SftBuildReport> 
         val: counts[1],
         images: image_ids.len(),
         images_rejected,
+        images_from_cache,
         output_masked,
         seconds: started.elapsed().as_secs_f64(),
     })

@@ -5,6 +5,7 @@
 //! the pretrained model's vocabulary.
 
 pub mod build;
+pub mod cache;
 pub mod canny;
 pub mod error;
 pub mod mixing;
