@@ -265,3 +265,80 @@ fn shard_names_from_a_manifest_cannot_leave_the_dataset() {
     let err = run_err(&["inspect", &p(&ds)]);
     assert!(err.contains("../victim/keep.txt"), "{err}");
 }
+
+/// Inputs that are not regular files: a FIFO or a directory where a table row names an image
+/// (reading a FIFO would block forever) is that pair's reject with the reason, the other pairs
+/// are ingested; in a folder they are not taken for pairs; a FIFO given as a JSONL table is
+/// refused by name. Nothing hangs.
+#[cfg(unix)]
+#[test]
+fn ingest_rejects_inputs_that_are_not_regular_files() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (input, ds) = (tmp.path().join("in"), tmp.path().join("ds"));
+    sample_part(&input, 0..3);
+    let mkfifo = |path: &Path| {
+        let made = std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+    };
+    mkfifo(&input.join("zz-fifo.jpg"));
+    fs::write(input.join("zz-fifo.txt"), "a pipe").expect("caption");
+    fs::create_dir(input.join("zz-dir.jpg")).expect("a directory named as an image");
+    fs::write(input.join("zz-dir.txt"), "a folder").expect("caption");
+    run_ok(&[
+        "ingest",
+        "--input",
+        &p(&input),
+        "--out",
+        &p(&ds),
+        "--no-progress",
+    ]);
+    assert_eq!(manifest(&ds)["stages"]["ingest"]["totals"]["rows"], 3);
+
+    // A table naming them: each is a reject saying why.
+    let first = sample_pairs()[0].image.clone();
+    let rows = [
+        serde_json::json!({"image": first.file_name().expect("name").to_string_lossy(), "caption": "fine"}),
+        serde_json::json!({"image": "zz-fifo.jpg", "caption": "a pipe"}),
+        serde_json::json!({"image": "zz-dir.jpg", "caption": "a folder"}),
+    ];
+    let table = input.join("pairs.jsonl");
+    fs::write(
+        &table,
+        rows.iter().map(|r| format!("{r}\n")).collect::<String>(),
+    )
+    .expect("jsonl");
+    let ds2 = tmp.path().join("ds2");
+    run_ok(&[
+        "ingest",
+        "--input",
+        &p(&table),
+        "--out",
+        &p(&ds2),
+        "--no-progress",
+    ]);
+    assert_eq!(manifest(&ds2)["stages"]["ingest"]["totals"]["rows"], 1);
+    let rejects = fs::read_dir(ds2.join("rejects"))
+        .expect("rejects/")
+        .map(|e| fs::read_to_string(e.expect("entry").path()).unwrap_or_default())
+        .collect::<String>();
+    assert_eq!(
+        rejects.matches("not a regular file").count(),
+        2,
+        "{rejects}"
+    );
+
+    let fifo_table = tmp.path().join("fifo.jsonl");
+    mkfifo(&fifo_table);
+    let err = run_err(&[
+        "ingest",
+        "--input",
+        &p(&fifo_table),
+        "--out",
+        &p(&tmp.path().join("ds3")),
+        "--no-progress",
+    ]);
+    assert!(err.contains("not a regular file"), "{err}");
+}

@@ -361,3 +361,57 @@ mod tests {
         Ok(())
     }
 }
+
+/// The bytes of an input file that must be a regular file (symlinks to one are followed) of at
+/// most `limit` bytes: a FIFO would block forever and a device (`/dev/zero`) never ends, so
+/// both are refused before anything is read, and nothing beyond `limit + 1` bytes is ever read
+/// (a file growing while it is read, or one whose size the kernel does not report, included).
+pub fn read_input(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a directory, FIFO, socket or device)",
+        ));
+    }
+    let too_large = |n: u64| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{n} bytes or more, over the {limit} bytes cm3 reads from one input file"),
+        )
+    };
+    if meta.len() > limit {
+        return Err(too_large(meta.len()));
+    }
+    let mut out = Vec::with_capacity(meta.len() as usize);
+    File::open(path)?
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut out)?;
+    if out.len() as u64 > limit {
+        return Err(too_large(out.len() as u64));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod read_input_tests {
+    use super::*;
+
+    #[test]
+    fn only_regular_files_within_the_limit_are_read() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let f = dir.path().join("a.txt");
+        std::fs::write(&f, b"hello").expect("write");
+        assert_eq!(read_input(&f, 5).expect("read"), b"hello");
+        let err = read_input(&f, 4).expect_err("too large");
+        assert!(err.to_string().contains("over the 4 bytes"), "{err}");
+        let err = read_input(dir.path(), 10).expect_err("a directory");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        #[cfg(unix)]
+        {
+            let err = read_input(Path::new("/dev/zero"), 10).expect_err("a device");
+            assert!(err.to_string().contains("not a regular file"), "{err}");
+        }
+    }
+}

@@ -1,7 +1,6 @@
 //! The ingest engine: read sources in order, normalise records in parallel, deduplicate in input
 //! order (so the result does not depend on thread timing), and commit each shard atomically.
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -181,22 +180,25 @@ fn process_record(src: &SourceSpec, rec: &RawRecord, cfg: &IngestConfig) -> Vec<
     let loaded;
     let data: &[u8] = match &rec.image {
         ImageData::Bytes(b) => b,
-        ImageData::Path(p) => match fs::read(p) {
-            Ok(b) => {
-                loaded = b;
-                &loaded
+        // A regular file of bounded size: a FIFO or a device named as an image is refused.
+        ImageData::Path(p) => {
+            match cm3_core::fsio::read_input(p, crate::source::webdataset::MAX_IMAGE_MEMBER_BYTES) {
+                Ok(b) => {
+                    loaded = b;
+                    &loaded
+                }
+                Err(e) => {
+                    let reason = if e.kind() == std::io::ErrorKind::NotFound {
+                        RejectReason::MissingImage
+                    } else {
+                        RejectReason::Unreadable
+                    };
+                    let r = Rejection::new(reason, format!("{}: {e}", p.display()));
+                    out.extend(captions.iter().map(|(k, _, _)| reject(src, k, r.clone())));
+                    return out;
+                }
             }
-            Err(e) => {
-                let reason = if e.kind() == std::io::ErrorKind::NotFound {
-                    RejectReason::MissingImage
-                } else {
-                    RejectReason::Unreadable
-                };
-                let r = Rejection::new(reason, format!("{}: {e}", p.display()));
-                out.extend(captions.iter().map(|(k, _, _)| reject(src, k, r.clone())));
-                return out;
-            }
-        },
+        }
         ImageData::Skipped => return out,
     };
     match normalize_image(data, cfg) {

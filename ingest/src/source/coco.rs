@@ -161,7 +161,9 @@ fn image_root(src: &SourceSpec, first_file: Option<&str>) -> Result<PathBuf> {
 }
 
 pub fn read(src: &SourceSpec, cfg: &IngestConfig, emit: Emit<'_>) -> Result<()> {
-    let bytes = fs::read(&src.path).map_err(|e| IngestError::io("reading", &src.path, e))?;
+    // COCO's train2017 captions are about 90 MB; a FIFO or device is refused.
+    let bytes = cm3_core::fsio::read_input(&src.path, 4 << 30)
+        .map_err(|e| IngestError::io("reading", &src.path, e))?;
     let coco: CocoFile = serde_json::from_slice(&bytes)
         .map_err(|e| IngestError::input(&src.path, format!("not a COCO captions file: {e}")))?;
     let licenses: HashMap<u64, Option<String>> = coco

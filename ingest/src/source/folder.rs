@@ -117,7 +117,8 @@ fn entry_record(key: &str, e: Entry) -> Option<RawRecord> {
         // A lone .json is metadata of nothing: not an input pair.
         (None, None) => return None,
     };
-    let text = match fs::read(&caption) {
+    let text = match cm3_core::fsio::read_input(&caption, super::webdataset::MAX_TEXT_MEMBER_BYTES)
+    {
         Ok(t) => t,
         Err(err) => {
             return Some(RawRecord::rejected(
@@ -131,7 +132,7 @@ fn entry_record(key: &str, e: Entry) -> Option<RawRecord> {
         }
     };
     let meta: Option<serde_json::Value> = e.json.as_ref().and_then(|p| {
-        let parsed = fs::read(p)
+        let parsed = cm3_core::fsio::read_input(p, super::webdataset::MAX_TEXT_MEMBER_BYTES)
             .map_err(|err| err.to_string())
             .and_then(|b| serde_json::from_slice(&b).map_err(|err| err.to_string()));
         parsed

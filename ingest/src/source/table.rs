@@ -163,7 +163,7 @@ pub fn check(src: &SourceSpec, cfg: &IngestConfig) -> Result<()> {
     let present: Vec<String> = match src.format {
         InputFormat::Csv => open_csv(src)?.1,
         InputFormat::Parquet => {
-            let f = File::open(&src.path).map_err(|e| IngestError::io("opening", &src.path, e))?;
+            let f = open_table(&src.path)?;
             let b = ParquetRecordBatchReaderBuilder::try_new(f)
                 .map_err(|e| IngestError::input(&src.path, format!("Parquet: {e}")))?;
             b.schema()
@@ -174,7 +174,7 @@ pub fn check(src: &SourceSpec, cfg: &IngestConfig) -> Result<()> {
         }
         _ => {
             // JSONL: the keys of the first object line.
-            let f = File::open(&src.path).map_err(|e| IngestError::io("opening", &src.path, e))?;
+            let f = open_table(&src.path)?;
             let first = BufReader::new(f)
                 .lines()
                 .map_while(std::result::Result::ok)
@@ -201,7 +201,7 @@ fn row_key(n: u64) -> String {
 }
 
 fn read_jsonl(src: &SourceSpec, cfg: &IngestConfig, emit: Emit<'_>) -> Result<()> {
-    let f = File::open(&src.path).map_err(|e| IngestError::io("opening", &src.path, e))?;
+    let f = open_table(&src.path)?;
     let base = base_dir(src);
     let mut reader = BufReader::new(f);
     let mut line = Vec::new();
@@ -432,7 +432,7 @@ fn image_cell(col: &ArrayRef, i: usize, base: &Path) -> Option<ImageData> {
 }
 
 fn read_parquet(src: &SourceSpec, cfg: &IngestConfig, emit: Emit<'_>) -> Result<()> {
-    let f = File::open(&src.path).map_err(|e| IngestError::io("opening", &src.path, e))?;
+    let f = open_table(&src.path)?;
     let pq =
         |e: parquet::errors::ParquetError| IngestError::input(&src.path, format!("Parquet: {e}"));
     let builder = ParquetRecordBatchReaderBuilder::try_new(f).map_err(pq)?;
@@ -478,4 +478,20 @@ fn read_parquet(src: &SourceSpec, cfg: &IngestConfig, emit: Emit<'_>) -> Result<
         }
     }
     Ok(())
+}
+
+/// A table input, which must be a regular file (a FIFO would block, a device never end).
+fn open_table(path: &std::path::Path) -> Result<File> {
+    let meta = std::fs::metadata(path).map_err(|e| IngestError::io("opening", path, e))?;
+    if !meta.is_file() {
+        return Err(IngestError::io(
+            "opening",
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file (a directory, FIFO, socket or device)",
+            ),
+        ));
+    }
+    File::open(path).map_err(|e| IngestError::io("opening", path, e))
 }
