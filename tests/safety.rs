@@ -342,3 +342,39 @@ fn ingest_rejects_inputs_that_are_not_regular_files() {
     ]);
     assert!(err.contains("not a regular file"), "{err}");
 }
+
+/// A JSONL line longer than the bound is one malformed row, never held whole; the rows after it
+/// are read.
+#[test]
+fn a_jsonl_line_without_end_is_not_read_whole() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let input = tmp.path().join("in");
+    sample_part(&input, 0..1);
+    let image = sample_pairs()[0]
+        .image
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    let huge = format!(
+        "{{\"image\": \"{image}\", \"caption\": \"{}\"}}\n",
+        "x".repeat(17 << 20)
+    );
+    let good = serde_json::json!({"image": image, "caption": "fine"});
+    fs::write(input.join("pairs.jsonl"), format!("{huge}{good}\n")).expect("jsonl");
+    let ds = tmp.path().join("ds");
+    run_ok(&[
+        "ingest",
+        "--input",
+        &p(&input.join("pairs.jsonl")),
+        "--out",
+        &p(&ds),
+        "--no-progress",
+    ]);
+    assert_eq!(manifest(&ds)["stages"]["ingest"]["totals"]["rows"], 1);
+    let rejects = fs::read_dir(ds.join("rejects"))
+        .expect("rejects/")
+        .map(|e| fs::read_to_string(e.expect("entry").path()).unwrap_or_default())
+        .collect::<String>();
+    assert!(rejects.contains("longer than 16777216 bytes"), "{rejects}");
+}

@@ -1,7 +1,7 @@
 //! Manifests: JSONL, CSV/TSV and Parquet tables with an image column (a path, relative to the
 //! manifest's folder or `--image-root`, or the image bytes) and a caption column.
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use arrow_array::cast::AsArray;
@@ -200,6 +200,25 @@ fn row_key(n: u64) -> String {
     format!("{n:09}")
 }
 
+/// Longest JSONL line read (a row: a caption of at most a megabyte and its metadata).
+pub const MAX_LINE_BYTES: u64 = 16 << 20;
+
+/// Consume the rest of the current line (through its newline) without keeping it.
+fn skip_line(r: &mut impl BufRead) -> std::io::Result<()> {
+    loop {
+        let buf = r.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        if let Some(i) = buf.iter().position(|&b| b == b'\n') {
+            r.consume(i + 1);
+            return Ok(());
+        }
+        let n = buf.len();
+        r.consume(n);
+    }
+}
+
 fn read_jsonl(src: &SourceSpec, cfg: &IngestConfig, emit: Emit<'_>) -> Result<()> {
     let f = open_table(&src.path)?;
     let base = base_dir(src);
@@ -208,11 +227,26 @@ fn read_jsonl(src: &SourceSpec, cfg: &IngestConfig, emit: Emit<'_>) -> Result<()
     let mut n = 0u64;
     loop {
         line.clear();
-        let got = reader
+        // A line is read up to MAX_LINE_BYTES: one without an end in sight is not held whole.
+        let got = (&mut reader)
+            .take(MAX_LINE_BYTES + 1)
             .read_until(b'\n', &mut line)
             .map_err(|e| IngestError::io("reading", &src.path, e))?;
         if got == 0 {
             break;
+        }
+        if line.len() as u64 > MAX_LINE_BYTES {
+            skip_line(&mut reader).map_err(|e| IngestError::io("reading", &src.path, e))?;
+            let row_no = n;
+            n += 1;
+            if !emit(malformed(
+                src,
+                row_key(row_no),
+                format!("line {} is longer than {MAX_LINE_BYTES} bytes", row_no + 1),
+            )) {
+                return Ok(());
+            }
+            continue;
         }
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
