@@ -5,8 +5,9 @@
 # twice at equal tokens (with the retrieved documents, and packed again without them), then
 # judged on held-out pairs that were never ingested (bench/learn/judge.py):
 #   image → text   `cm3 generate i2t`: the caption names the right colour / shape
-#   text → image   `cm3 generate t2i` at CFG 1, CFG 3 and with CD-K: the judge reads colour and
-#                  shape back from the decoded pixels
+#   text → image   `cm3 generate t2i` at CFG 1, CFG 3 and with CD-K, zero-shot and with two
+#                  documents retrieved at inference: the judge reads colour and shape back from
+#                  the decoded pixels
 #   text infill    `cm3 generate infill`: the held-out caption with its colour word masked, with
 #                  the image: the span names the right colour
 #   loss           the validation loss against the unigram baseline of the same tokens, and both
@@ -19,7 +20,7 @@
 #   CM3=/path/to/cm3 bash bench/learn.sh   # any binary, an old one included
 # Knobs (environment): LEARN_OUT (target/learn), LEARN_PAIRS (2400), LEARN_HELDOUT (18: each
 # colour × shape once), LEARN_STEPS (training steps of each run), LEARN_SAMPLES (t2i samples per
-# prompt and setting, 2), LEARN_SEED (0), LEARN_VQ_STEPS (image tokenizer steps; empty: the demo
+# prompt and setting, 4), LEARN_SEED (0), LEARN_VQ_STEPS (image tokenizer steps; empty: the demo
 # preset's), LEARN_IMAGE_SIZE (64), LEARN_VAL_FRACTION (0.05), LEARN_D_MODEL / LEARN_LAYERS / LEARN_HEADS / LEARN_BATCH /
 # LEARN_LR / LEARN_WARMUP (the decoder and its optimiser), LEARN_EVAL_BATCHES (validation
 # batches per evaluation, 8, every fifth of the run), LEARN_SCORE_SEQS (validation sequences
@@ -46,7 +47,7 @@ cd "$root"
 PAIRS="${LEARN_PAIRS:-2400}"
 HELDOUT="${LEARN_HELDOUT:-18}"
 STEPS="${LEARN_STEPS:-1200}"
-SAMPLES="${LEARN_SAMPLES:-2}"
+SAMPLES="${LEARN_SAMPLES:-4}"
 SEED="${LEARN_SEED:-0}"
 VQ_STEPS="${LEARN_VQ_STEPS:-}"
 # 64 px: 8 x 8 = 64 image tokens per image, so that the fixed token budget covers the pairs
@@ -75,12 +76,20 @@ cm3_encode()     { "$CM3" tokenizer encode-image "$1" --image-tokenizer "$2" --o
 cm3_decode()     { "$CM3" tokenizer decode-image "$1" --image-tokenizer "$2" --out "$3"; }             # codes.json tokenizer out.png
 cm3_i2t()        { "$CM3" generate --run "$1" --out "$2" --temperature 0 --seed "$SEED" i2t --image "$3" --max-tokens 24; }  # run out image
 cm3_infill()     { "$CM3" generate --run "$1" --out "$2" --temperature 0 --seed "$SEED" infill --text "$3" --image "$4" --max-tokens 8; }  # run out text image
-cm3_t2i()        { local run=$1 out=$2 prompt=$3; shift 3                                              # run out prompt [guidance flags]
-                   "$CM3" generate --run "$run" --out "$out" --samples "$SAMPLES" --seed "$SEED" --top-p 0.9 "$@" t2i --prompt "$prompt"; }
-T2I_SETTINGS=(                       # name|guidance flags
-  "t2i-cfg1|--cfg 1"
-  "t2i-cfg3|--cfg 3"
-  "t2i-cdk|--cd-alpha 0.1 --cd-k 5"
+cm3_t2i()        { local run=$1 out=$2 prompt=$3 retrieve=$4; shift 4                                  # run out prompt retrieve [guidance flags]
+                   "$CM3" generate --run "$run" --out "$out" --samples "$SAMPLES" --seed "$SEED" --top-p 0.9 "$@" t2i --prompt "$prompt" --retrieve "$retrieve"; }
+# name|documents retrieved at inference|guidance flags. Zero-shot (`<eos> text <break>` alone, the
+# paper's Figure 1 setting) and with two documents retrieved from the run's memory bank for the
+# prompt (Table 2's "one or two retrieved examples during inference"; the held-out pairs are not
+# in the bank, only training pairs are). Both runs are asked both ways: the one trained without
+# retrieved documents shows whether context it was never trained with helps it.
+T2I_SETTINGS=(
+  "t2i-cfg1|0|--cfg 1"
+  "t2i-cfg3|0|--cfg 3"
+  "t2i-cdk|0|--cd-alpha 0.1 --cd-k 5"
+  "t2i-ra-cfg1|2|--cfg 1"
+  "t2i-ra-cfg3|2|--cfg 3"
+  "t2i-ra-cdk|2|--cd-alpha 0.1 --cd-k 5"
 )
 cm3_eval_i2t()   { "$CM3" eval i2t --run "$1" --images "$2" --references "$3" --out "$4" --max-tokens 24 --json; }  # run images refs out
 cm3_score()      { "$CM3" model score --weights "$1" --tokens "$2" --ignore-id "$3" --json; }          # run tokens.npy pad
@@ -211,8 +220,9 @@ for name in "${trained[@]}"; do
     try "$name/$key/i2t" cm3_i2t "$run" "$d/i2t" "$image" || true
     try "$name/$key/infill" cm3_infill "$run" "$d/infill" "$infill" "$image" || true
     for s in "${T2I_SETTINGS[@]}"; do
+      IFS='|' read -r setting retrieve flags <<< "$s"
       # shellcheck disable=SC2086
-      try "$name/$key/${s%%|*}" cm3_t2i "$run" "$d/${s%%|*}" "$caption" ${s#*|} || true
+      try "$name/$key/$setting" cm3_t2i "$run" "$d/$setting" "$caption" "$retrieve" $flags || true
     done
     n=$((n + 1))
     printf '\r   %s: %d/%d held-out pairs' "$name" "$n" "$HELDOUT"

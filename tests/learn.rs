@@ -89,6 +89,8 @@ fn the_learning_benchmark_runs_every_path() {
         "t2i CFG 3: right colour drawn",
         "t2i CD-K: right colour drawn",
         "t2i CD-K: right shape drawn",
+        "t2i +2 retrieved, CFG 3: right colour drawn",
+        "t2i +2 retrieved, CD-K: right shape drawn",
         "text infill: right colour",
         "Image tokenizer on the 2 held-out images",
     ] {
@@ -132,7 +134,14 @@ fn the_learning_benchmark_runs_every_path() {
         let j = &r["judged"];
         assert_eq!(j["i2t"]["colour"]["total"], 2, "{run} i2t");
         assert_eq!(j["infill"]["colour"]["total"], 2, "{run} infill");
-        for k in ["t2i-cfg1", "t2i-cfg3", "t2i-cdk"] {
+        for k in [
+            "t2i-cfg1",
+            "t2i-cfg3",
+            "t2i-cdk",
+            "t2i-ra-cfg1",
+            "t2i-ra-cfg3",
+            "t2i-ra-cdk",
+        ] {
             assert_eq!(j[k]["colour"]["total"], 2, "{run} {k}");
             assert_eq!(j[k]["shape"]["total"], 2, "{run} {k}");
         }
@@ -151,4 +160,47 @@ fn the_learning_benchmark_runs_every_path() {
         svg.contains("<polyline") && svg.contains("unigram"),
         "{svg}"
     );
+
+    // "Does SFT teach?" (`bench/sft.sh`) on this output: VQA data, `cm3 sft build`, `cm3 train
+    // --init-from`, `cm3 eval vqa` before and after, every path run.
+    let sft = tmp.path().join("sft");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/sft.sh");
+    let run = Command::new("bash")
+        .arg(&script)
+        .env("CM3", env!("CARGO_BIN_EXE_cm3"))
+        .env("RUST_LOG", "warn")
+        .env("LEARN_OUT", &out)
+        .env("SFT_OUT", &sft)
+        .env("SFT_PAIRS", "12")
+        .env("SFT_STEPS", "2")
+        .env("SFT_BATCH", "2")
+        .output()
+        .expect("spawn bash");
+    let failures = fs::read_to_string(sft.join("failures.tsv")).unwrap_or_default();
+    assert!(
+        run.status.success(),
+        "bench/sft.sh failed: {}\nstdout:\n{}\nstderr:\n{}\nfailures:\n{failures}",
+        run.status,
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let table = fs::read_to_string(sft.join("table.md")).expect("sft table.md");
+    for row in [
+        "VQA accuracy (cm3 eval vqa), colour questions",
+        "VQA accuracy (cm3 eval vqa), all",
+        "official vqaEval accuracy",
+    ] {
+        assert!(table.contains(row), "no {row:?} in the SFT table:\n{table}");
+    }
+    let res: serde_json::Value =
+        serde_json::from_slice(&fs::read(sft.join("results.json")).expect("results.json"))
+            .expect("results json");
+    assert_eq!(
+        res["missing"],
+        serde_json::json!([]),
+        "missing outputs: {res}"
+    );
+    for stage in ["before", "after"] {
+        assert!(res["stages"].get(stage).is_some(), "no {stage} in {res}");
+    }
 }

@@ -38,7 +38,10 @@ from pngio import read_png, write_png  # noqa: E402
 from shapes import COLOURS, SHAPES  # noqa: E402
 
 RUNS = [("retrieval", "ds"), ("no-retrieval", "ds-noretr")]
-T2I = [("t2i-cfg1", "t2i CFG 1"), ("t2i-cfg3", "t2i CFG 3"), ("t2i-cdk", "t2i CD-K")]
+# Zero-shot (the prompt alone), then with two documents retrieved for the prompt at inference.
+T2I = [("t2i-cfg1", "t2i CFG 1"), ("t2i-cfg3", "t2i CFG 3"), ("t2i-cdk", "t2i CD-K"),
+       ("t2i-ra-cfg1", "t2i +2 retrieved, CFG 1"), ("t2i-ra-cfg3", "t2i +2 retrieved, CFG 3"),
+       ("t2i-ra-cdk", "t2i +2 retrieved, CD-K")]
 
 
 def load_json(path, default=None):
@@ -322,7 +325,7 @@ def grid_png(path, held, vq, items, max_rows):
     cols = [("original", None, None), ("VQ recon", None, None)]
     for name, _ in RUNS:
         for k, label in T2I:
-            cols.append((f"{'ret' if name == 'retrieval' else 'no ret'} {label[4:]}", name, k))
+            cols.append((f"{'ret' if name == 'retrieval' else 'no ret'} {k[4:]}", name, k))
     cell, pad = 128, 4
     head = LINE + 4
     rows = held[:max_rows]
@@ -474,16 +477,17 @@ def report(out):
         f"{vq['distinct_codes']} distinct codes; judge on the originals {fmt_share(vq['originals_right'])}.",
     ]
     targets = []
+    met = lambda ok: "n/a" if ok is None else "met" if ok else "missed"  # noqa: E731
     for n in names:
         j = R[n]["judged"]
-        i2t = (j["i2t"].get("colour") or {}).get("accuracy")
-        c1 = (j["t2i-cfg1"].get("colour") or {}).get("accuracy")
-        c3 = (j["t2i-cfg3"].get("colour") or {}).get("accuracy")
-        met = lambda ok: "n/a" if ok is None else "met" if ok else "missed"  # noqa: E731
-        targets.append(
-            f"{n}: i2t colour >= 80% {met(None if i2t is None else i2t >= 0.8)}, "
-            f"t2i CFG 3 colour >= 80% {met(None if c3 is None else c3 >= 0.8)}, "
-            f"CFG 3 >= CFG 1 {met(None if c1 is None or c3 is None else c3 >= c1)}")
+        colour = lambda k: (j.get(k, {}).get("colour") or {}).get("accuracy")  # noqa: E731
+        i2t = colour("i2t")
+        parts = [f"i2t colour >= 80% {met(None if i2t is None else i2t >= 0.8)}"]
+        for prefix, mode in (("t2i-", "zero-shot"), ("t2i-ra-", "2 retrieved")):
+            c1, c3 = colour(prefix + "cfg1"), colour(prefix + "cfg3")
+            parts.append(f"t2i {mode} CFG 3 colour >= 80% {met(None if c3 is None else c3 >= 0.8)}, "
+                         f"{mode} CFG 3 >= CFG 1 {met(None if c1 is None or c3 is None else c3 >= c1)}")
+        targets.append(f"{n}: " + ", ".join(parts))
     res["targets"] = targets
     notes.append("Targets (issue 18): " + "; ".join(targets) + ".")
     if res["timing"]:
