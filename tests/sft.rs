@@ -102,6 +102,27 @@ fn edits_folder(dir: &Path, n: usize) -> PathBuf {
     edits
 }
 
+/// The text of every sequence of a packed split, image ids and specials left out.
+fn packed_text(
+    dataset: &Path,
+    tok: &cm3_tokenize::text::TextTokenizer,
+    text_size: u32,
+) -> (usize, String) {
+    let data =
+        cm3_pack::megatron::IndexedDataset::read(&dataset.join("packed/train")).expect("packed");
+    let mut text = String::new();
+    for i in 0..data.lengths.len() {
+        let ids: Vec<u32> = data
+            .sequence(i)
+            .iter()
+            .map(|&t| t as u32)
+            .filter(|&t| t < text_size)
+            .collect();
+        text.push_str(&tok.decode(&ids).expect("decode"));
+    }
+    (data.lengths.len(), text)
+}
+
 fn sft_build(args: &[&str]) -> serde_json::Value {
     let mut all = vec!["sft", "build", "--json"];
     all.extend_from_slice(args);
@@ -224,17 +245,7 @@ fn sft_build_train_generate_and_evaluate() {
         layout["text"]["tokenizer"]["path"].as_str().expect("path"),
     ))
     .expect("tokenizer");
-    let data = cm3_pack::megatron::IndexedDataset::read(&out.join("packed/train")).expect("packed");
-    let mut text = String::new();
-    for i in 0..data.lengths.len() {
-        let ids: Vec<u32> = data
-            .sequence(i)
-            .iter()
-            .map(|&t| t as u32)
-            .filter(|&t| t < text_size)
-            .collect();
-        text.push_str(&tok.decode(&ids).expect("decode"));
-    }
+    let (sequences, text) = packed_text(&out, &tok, text_size);
     assert!(
         text.contains("Question:") && text.contains("Describe the given picture."),
         "{text}"
@@ -497,7 +508,7 @@ fn sft_build_train_generate_and_evaluate() {
         String::from_utf8_lossy(&numpy.stderr)
     );
     let mut printed = String::new();
-    for k in 0..data.lengths.len() {
+    for k in 0..sequences {
         let out = std::process::Command::new("python3")
             .arg(scripts.join("read_packed.py"))
             .args([p(&images_out), "train".into(), k.to_string()])

@@ -144,24 +144,13 @@ fn images_by_id(dir: &Path) -> Result<HashMap<u64, PathBuf>> {
     let entries = std::fs::read_dir(dir).map_err(|e| input(dir, e.to_string()))?;
     for e in entries {
         let path = e.map_err(|e| input(dir, e.to_string()))?.path();
-        let (Some(stem), Some(ext)) = (
-            path.file_stem().and_then(|s| s.to_str()),
-            path.extension().and_then(|s| s.to_str()),
-        ) else {
+        let Some(ext) = path.extension().and_then(|s| s.to_str()) else {
             continue;
         };
         if !IMAGE_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()) || !path.is_file() {
             continue;
         }
-        let digits: String = stem
-            .chars()
-            .rev()
-            .take_while(char::is_ascii_digit)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        let Ok(id) = digits.parse::<u64>() else {
+        let Some(id) = numeric_id(&path) else {
             continue;
         };
         if let Some(other) = out.insert(id, path.clone()) {
@@ -174,8 +163,23 @@ fn images_by_id(dir: &Path) -> Result<HashMap<u64, PathBuf>> {
     Ok(out)
 }
 
+/// The numeric id an image file name carries (`COCO_val2014_000000391895.jpg`,
+/// `000000391895.jpg`, `391895.png`): its last run of digits, when it has one.
+pub fn numeric_id(file: &Path) -> Option<u64> {
+    let stem = file.file_stem()?.to_str()?;
+    let digits: String = stem
+        .chars()
+        .rev()
+        .take_while(char::is_ascii_digit)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    digits.parse().ok()
+}
+
 /// A JSON id (number or string) as text.
-fn id_text(v: &serde_json::Value) -> Option<String> {
+pub fn id_text(v: &serde_json::Value) -> Option<String> {
     match v {
         serde_json::Value::Number(n) => Some(n.to_string()),
         serde_json::Value::String(s) => Some(s.clone()),

@@ -40,20 +40,7 @@ pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     crate::files::read_json(path, MAX_JSON_BYTES)
 }
 
-/// The numeric id an image file name carries (`COCO_val2014_000000391895.jpg`,
-/// `000000391895.jpg`, `391895.png`): its last run of digits, when it has one.
-pub fn numeric_id(file: &Path) -> Option<u64> {
-    let stem = file.file_stem()?.to_str()?;
-    let digits: String = stem
-        .chars()
-        .rev()
-        .take_while(char::is_ascii_digit)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    digits.parse().ok()
-}
+pub use cm3_sft::sources::numeric_id;
 
 /// The images of a folder as pytorch-fid lists them (not recursive, sorted by file name):
 /// (id, path), the id being the number the file name carries, else its stem.
@@ -117,13 +104,7 @@ struct CocoCaptions {
 }
 
 /// An image id as text: COCO ids are numbers, other sets use strings.
-pub(crate) fn id_text(v: &serde_json::Value) -> Option<String> {
-    match v {
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        serde_json::Value::String(s) => Some(s.clone()),
-        _ => None,
-    }
-}
+pub(crate) use cm3_sft::sources::id_text;
 
 /// A COCO captions annotation file: each image's captions (in annotation-id order) and, when the
 /// file lists them, its file name.
