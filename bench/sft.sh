@@ -69,32 +69,9 @@ cm3_sft_build() { "$CM3" sft build "$1" --from "$2" --task "vqa2=$3" --config "$
 cm3_train_sft() { "$CM3" train --init-from "$1" --data "$2" --config "$3" --out "$4" --steps "$STEPS" --no-progress --json; }  # init ds config run
 # ---------------------------------------------------------------------------------------------
 
-if [ -e "$OUT" ] && [ -n "$(ls -A "$OUT")" ]; then
-  [ -f "$OUT/.sft-bench" ] || { echo "sft.sh: $OUT exists and is not a sft.sh output; refusing to overwrite" >&2; exit 2; }
-  rm -rf "$OUT"
-fi
-mkdir -p "$OUT/logs" "$OUT/eval" "$OUT/bin"
-touch "$OUT/.sft-bench"
-OUT="$(cd "$OUT" && pwd)"
-# A snapshot of the binary, so that a rebuild during the run (cargo replaces the file) cannot mix
-# two versions of cm3 in one measurement.
-ln -f "$CM3" "$OUT/bin/cm3" 2>/dev/null || cp "$CM3" "$OUT/bin/cm3"
-CM3_SOURCE="$CM3"
-CM3="$OUT/bin/cm3"
-: > "$OUT/timing.tsv"
-: > "$OUT/failures.tsv"
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
-# try LOG CMD...: run a command, output to logs/LOG; a failure is recorded and the script goes on.
-try() {
-  local log="$OUT/logs/$1"; shift
-  mkdir -p "$(dirname "$log")"
-  if "$@" </dev/null >"$log.out" 2>"$log.err"; then return 0; fi
-  printf '%s\t%s\n' "$*" "$log.err" >> "$OUT/failures.tsv"
-  echo "  FAILED: $(tail -n 3 "$log.err" | tr '\n' ' ')" >&2
-  return 1
-}
-stage() { printf '%s\t%s\n' "$1" "$(since "$2")" >> "$OUT/timing.tsv"; echo "   $1: $(since "$2") s"; }
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
+bench_out sft.sh .sft-bench
 
 cat > "$OUT/settings.json" <<EOF
 {"cm3": "$CM3_SOURCE", "learn_out": "$LEARN", "pretrained_run": "$PRE", "pairs": $PAIRS,
