@@ -601,4 +601,11 @@ fn sft_build_train_generate_and_evaluate() {
         "vqa=x",
     ]);
     assert!(err.contains("unknown SFT task"), "{err}");
+    // No build, finished or refused, leaves its temporary directory behind.
+    let left: Vec<String> = fs::read_dir(tmp.path())
+        .expect("tmp")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("sft-tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

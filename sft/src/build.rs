@@ -560,6 +560,17 @@ fn install(tmp: &Path, out: &Path, exists: bool) -> Result<()> {
     Ok(())
 }
 
+/// Removes its (temporary) directory when dropped, if it is still there.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 /// Build the SFT directory.
 pub fn build(opts: &SftBuildOptions, device: &Device) -> Result<SftBuildReport> {
     let started = Instant::now();
@@ -655,6 +666,8 @@ pub fn build(opts: &SftBuildOptions, device: &Device) -> Result<SftBuildReport> 
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io("removing", &tmp))?;
     }
+    // A build that fails leaves nothing behind (the output, if any, is untouched until the end).
+    let _cleanup = RemoveOnDrop(tmp.clone());
     let packed = tmp.join("packed");
     std::fs::create_dir_all(&packed).map_err(io("creating", &packed))?;
     let mut writers = [
