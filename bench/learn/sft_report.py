@@ -24,20 +24,13 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from judge import judge_text, right  # noqa: E402
 from shapes import COLOURS, SHAPES  # noqa: E402
+from report import load_json  # noqa: E402
 
 STAGES = [("before", "before SFT (pretrained run)"), ("after", "after SFT")]
 KINDS = ["colour", "shape"]
 CHANCE = {"colour": 1 / len(COLOURS), "shape": 1 / len(SHAPES)}
 TARGET = 0.8
 FIRST = 6
-
-
-def load_json(path, default=None):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return default
 
 
 def norm(text):
