@@ -345,9 +345,63 @@ struct CocoCaptions {
     annotations: Vec<CocoCaption>,
 }
 
+/// Caption-image pairs as `cm3 ingest` reads a folder: each image with a `.txt` caption beside
+/// it (one example per non-empty line), sorted by name.
+fn read_caption_files(dir: &Path) -> Result<Vec<SourceExample>> {
+    let mut images: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| input(dir, e.to_string()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && p.extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        })
+        .collect();
+    images.sort();
+    let mut out = Vec::new();
+    for image in images {
+        let txt = image.with_extension("txt");
+        if !txt.is_file() {
+            continue;
+        }
+        let bytes =
+            cm3_core::fsio::read_input(&txt, 1 << 20).map_err(|e| input(&txt, e.to_string()))?;
+        let text = String::from_utf8_lossy(&bytes);
+        let stem = image
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+        for (i, line) in text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .enumerate()
+        {
+            out.push(SourceExample::with_image(
+                format!("{stem}#{i}"),
+                BTreeMap::from([("caption".to_string(), line.to_string())]),
+                image.clone(),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// A COCO-format captions JSON with its images, or else a folder of images with `.txt` captions.
 fn read_captions(dir: &Path) -> Result<Vec<SourceExample>> {
-    let json = find_json(dir, "captions.json", "captions")?
-        .ok_or_else(|| input(dir, "no COCO-format captions JSON (captions*.json)"))?;
+    let Some(json) = find_json(dir, "captions.json", "captions")? else {
+        let out = read_caption_files(dir)?;
+        return if out.is_empty() {
+            Err(input(
+                dir,
+                "neither a COCO-format captions JSON (captions*.json) nor images with .txt captions",
+            ))
+        } else {
+            Ok(out)
+        };
+    };
     let c: CocoCaptions = read_json(&json)?;
     // Where a file_name is: images/, the folder, or one folder below (train2014/...).
     let mut roots = vec![images_dir(dir), dir.to_path_buf()];
@@ -718,6 +772,24 @@ mod tests {
             None
         );
         assert_eq!(box_in_square([0.0, 0.0, 1.0, 1.0], 0.0, 480.0, 256), None);
+    }
+
+    #[test]
+    fn a_folder_of_images_and_captions_is_a_captioning_source() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = dir.path();
+        std::fs::write(d.join("a.jpg"), b"x").expect("img");
+        std::fs::write(d.join("a.txt"), "a cat\n\na dog\n").expect("txt");
+        std::fs::write(d.join("b.png"), b"x").expect("img");
+        let ex = read_task(Task::Coco, d, 256).expect("read");
+        assert_eq!(ex.len(), 2, "two captions of a.jpg; b.png has none");
+        assert_eq!(ex[1].fields["caption"], "a dog");
+        assert_eq!(ex[1].id, "a#1");
+        let empty = tempfile::tempdir().expect("tmp");
+        let err = read_task(Task::Coco, empty.path(), 256)
+            .expect_err("nothing")
+            .to_string();
+        assert!(err.contains("neither"), "{err}");
     }
 
     #[test]
