@@ -44,7 +44,7 @@ use cm3_tokenize::text::TextTokenizer;
 use crate::cache::{ImageCache, Kind};
 use crate::canny;
 use crate::error::{Result, SftError, io};
-use crate::mixing::{MixConfig, draw_task, plan};
+use crate::mixing::{MixConfig, MixPlan, draw_task, plan};
 use crate::sources::{ImageSource, SourceExample, read_task};
 use crate::templates::{Example, ImageSlot, OutputSpan, Rendered, Task, choose_with, render};
 
@@ -571,6 +571,188 @@ impl Drop for RemoveOnDrop {
     }
 }
 
+/// One drawn example: (task, example, repeat).
+type Pick = (usize, usize, u32);
+
+/// Every epoch's draws of the mixture, as (task, example, repeat), shuffled across tasks, and
+/// per task the examples each epoch drew.
+fn draw_epochs(mix: &MixPlan, cfg: &SftConfig) -> (Vec<Vec<Pick>>, Vec<Vec<u64>>) {
+    let mut epochs = Vec::new();
+    let mut drawn = vec![Vec::new(); mix.tasks.len()];
+    for epoch in 0..cfg.epochs {
+        let mut picks = Vec::new();
+        for (t, share) in mix.tasks.iter().enumerate() {
+            let before = picks.len();
+            for (i, n) in draw_task(share, u64::from(epoch), cfg.seed) {
+                picks.extend((0..n).map(|r| (t, i as usize, r)));
+            }
+            drawn[t].push((picks.len() - before) as u64);
+        }
+        let mut rng = SplitMix64::for_pair(cfg.seed, STREAM_ORDER, u64::from(epoch));
+        for i in (1..picks.len()).rev() {
+            picks.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        epochs.push(picks);
+    }
+    (epochs, drawn)
+}
+
+/// A fresh temporary directory beside `out` (same file system, so it can be renamed onto it).
+fn temp_dir(out: &Path) -> Result<PathBuf> {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "sft".into());
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(io("creating", &parent))?;
+    let tmp = parent.join(format!(".{name}.sft-tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io("removing", &tmp))?;
+    }
+    Ok(tmp)
+}
+
+/// What the sequences are made from.
+struct Data<'a> {
+    sources: &'a [(Task, PathBuf, Vec<SourceExample>)],
+    image_ids: &'a HashMap<ImageSource, ImageTokens>,
+    text: &'a TextTokenizer,
+    sp: &'a Specials,
+    pack: &'a PackConfig,
+    cfg: &'a SftConfig,
+}
+
+/// What writing the sequences counted.
+struct Written {
+    counts: [SplitCounts; 2],
+    /// Per task, examples written per template.
+    templates: Vec<Vec<u64>>,
+    output_masked: u64,
+}
+
+/// One example's masked tokens: its output as the one span (in `output_rate` of the examples
+/// that have a text output), else the pretraining CM3 masking; the counters of `c` updated.
+fn masked_example(
+    doc: &[u32],
+    output: Option<std::ops::Range<usize>>,
+    key: u64,
+    d: &Data<'_>,
+    c: &mut SplitCounts,
+) -> (Vec<u32>, bool) {
+    let max_extra = growth(d.sp.sentinels.len());
+    let mut rng = SplitMix64::for_pair(d.cfg.seed, STREAM_EXAMPLE, key);
+    match output {
+        Some(out) if rng.next_f64() < d.cfg.output_rate => {
+            c.masked_spans += 1;
+            c.text_spans += 1;
+            let mut m = apply(doc, &[out], d.sp);
+            m.push(d.sp.eos);
+            (m, true)
+        }
+        _ => {
+            let m = causal_mask(doc, d.sp, &d.pack.mask_plan(), max_extra, &mut rng);
+            c.masked_spans += m.spans.len() as u64;
+            for s in &m.spans {
+                match s.modality {
+                    cm3_pack::masking::Modality::Text => {
+                        c.text_spans += 1;
+                        c.whole_caption_spans += u64::from(s.whole);
+                    }
+                    cm3_pack::masking::Modality::Image => c.image_spans += 1,
+                }
+            }
+            (m.tokens, false)
+        }
+    }
+}
+
+/// Render, tokenise, mask and pack every draw, epoch after epoch, into `packed/{train,val}`.
+fn write_sequences(packed: &Path, epochs: &[Vec<Pick>], d: &Data<'_>) -> Result<Written> {
+    let (sp, pack, cfg) = (d.sp, d.pack, d.cfg);
+    let mut writers = [
+        SplitWriter::open(packed, "train", &SplitCounts::default(), pack, sp.pad)?,
+        SplitWriter::open(packed, "val", &SplitCounts::default(), pack, sp.pad)?,
+    ];
+    let mut w = Written {
+        counts: [SplitCounts::default(), SplitCounts::default()],
+        templates: d
+            .sources
+            .iter()
+            .map(|(t, _, _)| vec![0; t.templates().len()])
+            .collect(),
+        output_masked: 0,
+    };
+    let max_extra = growth(sp.sentinels.len());
+    for (epoch, picks) in epochs.iter().enumerate() {
+        for &(t, i, r) in picks {
+            let (task, _, examples) = &d.sources[t];
+            let src = &examples[i];
+            // Every image of the example, by slot; an example missing one is left out.
+            let Some(slots) = src
+                .images
+                .iter()
+                .map(|(slot, source)| d.image_ids.get(source).map(|t| (*slot, t)))
+                .collect::<Option<BTreeMap<ImageSlot, &ImageTokens>>>()
+            else {
+                continue;
+            };
+            let Some(img) = src.main_image().and_then(|m| d.image_ids.get(m)) else {
+                continue;
+            };
+            let key = example_key(*task, &src.id, epoch as u32, r);
+            let mut ex = Example::new();
+            for slot in slots.keys() {
+                ex = ex.image(*slot);
+            }
+            for (k, v) in &src.fields {
+                ex = ex.field(k.clone(), v.clone());
+            }
+            let choice = choose_with(*task, &ex, key, cfg.seed)?;
+            let rendered = render(*task, choice, &ex)?;
+            let (doc, output) = document(&rendered, d.text, &slots, sp)?;
+            let split = usize::from(
+                SplitMix64::for_pair(cfg.seed, STREAM_SPLIT, img.key).next_f64() < cfg.val_fraction,
+            );
+            let c = &mut w.counts[split];
+            if doc.len() + max_extra > pack.seq_len {
+                c.skipped_too_long += 1;
+                continue;
+            }
+            w.templates[t][choice] += 1;
+            let (tokens, output_span) = masked_example(&doc, output, key, d, c);
+            w.output_masked += u64::from(output_span);
+            c.examples += 1;
+            writers[split].push(&tokens, key, c)?;
+        }
+        for (k, wr) in writers.iter_mut().enumerate() {
+            wr.end_shard(&mut w.counts[k])?;
+        }
+    }
+    Ok(w)
+}
+
+/// `images.tsv`: the pictures the model trains on, `sha256 <tab> path`, sorted (computed edge
+/// maps are not pictures one evaluates on).
+fn write_listing(path: &Path, image_ids: &HashMap<ImageSource, ImageTokens>) -> Result<()> {
+    let mut listed: Vec<(&Path, &ImageTokens)> = image_ids
+        .iter()
+        .filter_map(|(s, t)| match s {
+            ImageSource::File(p) => Some((p.as_path(), t)),
+            ImageSource::CannyOf(_) => None,
+        })
+        .collect();
+    listed.sort_by(|a, b| a.0.cmp(b.0));
+    let tsv: String = listed
+        .iter()
+        .map(|(p, t)| format!("{}\t{}\n", t.sha256, p.display()))
+        .collect();
+    cm3_core::fsio::write_atomic(path, tsv.as_bytes(), "sft")?;
+    Ok(())
+}
+
 /// Build the SFT directory.
 pub fn build(opts: &SftBuildOptions, device: &Device) -> Result<SftBuildReport> {
     let started = Instant::now();
@@ -592,24 +774,7 @@ pub fn build(opts: &SftBuildOptions, device: &Device) -> Result<SftBuildReport> 
         .map(|(t, _, e)| (*t, e.len() as u64))
         .collect();
     let mix = plan(&sizes, &cfg.mix)?;
-    // Every epoch's draws, as (task, example, repeat), shuffled across tasks.
-    let mut epochs: Vec<Vec<(usize, usize, u32)>> = Vec::new();
-    let mut drawn = vec![Vec::new(); sources.len()];
-    for epoch in 0..cfg.epochs {
-        let mut picks = Vec::new();
-        for (t, share) in mix.tasks.iter().enumerate() {
-            let before = picks.len();
-            for (i, n) in draw_task(share, u64::from(epoch), cfg.seed) {
-                picks.extend((0..n).map(|r| (t, i as usize, r)));
-            }
-            drawn[t].push((picks.len() - before) as u64);
-        }
-        let mut rng = SplitMix64::for_pair(cfg.seed, STREAM_ORDER, u64::from(epoch));
-        for i in (1..picks.len()).rev() {
-            picks.swap(i, rng.below(i as u64 + 1) as usize);
-        }
-        epochs.push(picks);
-    }
+    let (epochs, drawn) = draw_epochs(&mix, cfg);
     let mut images: Vec<ImageSource> = epochs
         .iter()
         .flatten()
@@ -650,106 +815,25 @@ pub fn build(opts: &SftBuildOptions, device: &Device) -> Result<SftBuildReport> 
         ..pre.pack.clone()
     };
     pack.validate()?;
-    let mask_plan = pack.mask_plan();
 
-    let name = opts
-        .out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "sft".into());
-    let parent = match opts.out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).map_err(io("creating", &parent))?;
-    let tmp = parent.join(format!(".{name}.sft-tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io("removing", &tmp))?;
-    }
+    let tmp = temp_dir(&opts.out)?;
     // A build that fails leaves nothing behind (the output, if any, is untouched until the end).
     let _cleanup = RemoveOnDrop(tmp.clone());
     let packed = tmp.join("packed");
     std::fs::create_dir_all(&packed).map_err(io("creating", &packed))?;
-    let mut writers = [
-        SplitWriter::open(&packed, "train", &SplitCounts::default(), &pack, sp.pad)?,
-        SplitWriter::open(&packed, "val", &SplitCounts::default(), &pack, sp.pad)?,
-    ];
-    let mut counts = [SplitCounts::default(), SplitCounts::default()];
-    let mut templates: Vec<Vec<u64>> = sources
-        .iter()
-        .map(|(t, _, _)| vec![0; t.templates().len()])
-        .collect();
-    let mut output_masked = 0u64;
-    let max_extra = growth(sp.sentinels.len());
-    for (epoch, picks) in epochs.iter().enumerate() {
-        for &(t, i, r) in picks {
-            let (task, _, examples) = &sources[t];
-            let src = &examples[i];
-            // Every image of the example, by slot; an example missing one is left out.
-            let Some(slots) = src
-                .images
-                .iter()
-                .map(|(slot, source)| image_ids.get(source).map(|t| (*slot, t)))
-                .collect::<Option<BTreeMap<ImageSlot, &ImageTokens>>>()
-            else {
-                continue;
-            };
-            let Some(img) = src.main_image().and_then(|m| image_ids.get(m)) else {
-                continue;
-            };
-            let key = example_key(*task, &src.id, epoch as u32, r);
-            let mut ex = Example::new();
-            for slot in slots.keys() {
-                ex = ex.image(*slot);
-            }
-            for (k, v) in &src.fields {
-                ex = ex.field(k.clone(), v.clone());
-            }
-            let choice = choose_with(*task, &ex, key, cfg.seed)?;
-            let rendered = render(*task, choice, &ex)?;
-            let (doc, output) = document(&rendered, &text, &slots, &sp)?;
-            let split = usize::from(
-                SplitMix64::for_pair(cfg.seed, STREAM_SPLIT, img.key).next_f64() < cfg.val_fraction,
-            );
-            let c = &mut counts[split];
-            if doc.len() + max_extra > pack.seq_len {
-                c.skipped_too_long += 1;
-                continue;
-            }
-            templates[t][choice] += 1;
-            let mut rng = SplitMix64::for_pair(cfg.seed, STREAM_EXAMPLE, key);
-            let tokens = match output {
-                Some(out) if rng.next_f64() < cfg.output_rate => {
-                    output_masked += 1;
-                    c.masked_spans += 1;
-                    c.text_spans += 1;
-                    let mut m = apply(&doc, &[out], &sp);
-                    m.push(sp.eos);
-                    m
-                }
-                _ => {
-                    let m = causal_mask(&doc, &sp, &mask_plan, max_extra, &mut rng);
-                    c.masked_spans += m.spans.len() as u64;
-                    for s in &m.spans {
-                        match s.modality {
-                            cm3_pack::masking::Modality::Text => {
-                                c.text_spans += 1;
-                                c.whole_caption_spans += u64::from(s.whole);
-                            }
-                            cm3_pack::masking::Modality::Image => c.image_spans += 1,
-                        }
-                    }
-                    m.tokens
-                }
-            };
-            c.examples += 1;
-            writers[split].push(&tokens, key, c)?;
-        }
-        for (k, w) in writers.iter_mut().enumerate() {
-            w.end_shard(&mut counts[k])?;
-        }
-    }
-    drop(writers);
+    let data = Data {
+        sources: &sources,
+        image_ids: &image_ids,
+        text: &text,
+        sp: &sp,
+        pack: &pack,
+        cfg,
+    };
+    let Written {
+        counts,
+        templates,
+        output_masked,
+    } = write_sequences(&packed, &epochs, &data)?;
 
     let tasks: Vec<TaskRecord> = sources
         .iter()
@@ -804,20 +888,7 @@ pub fn build(opts: &SftBuildOptions, device: &Device) -> Result<SftBuildReport> 
         std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
     }
     layout.save(&vocab_path)?;
-    // The pictures the model trains on (computed edge maps are not pictures one evaluates on).
-    let mut listed: Vec<(&Path, &ImageTokens)> = image_ids
-        .iter()
-        .filter_map(|(s, t)| match s {
-            ImageSource::File(p) => Some((p.as_path(), t)),
-            ImageSource::CannyOf(_) => None,
-        })
-        .collect();
-    listed.sort_by(|a, b| a.0.cmp(b.0));
-    let tsv: String = listed
-        .iter()
-        .map(|(p, t)| format!("{}\t{}\n", t.sha256, p.display()))
-        .collect();
-    cm3_core::fsio::write_atomic(&tmp.join(SFT_IMAGES), tsv.as_bytes(), "sft")?;
+    write_listing(&tmp.join(SFT_IMAGES), &image_ids)?;
     cache.write(&tmp.join(SFT_IMAGE_CACHE))?;
     cm3_core::fsio::write_atomic(&tmp.join(SFT_RECORD), &json(&record)?, "sft")?;
     install(&tmp, &opts.out, exists)?;
