@@ -293,46 +293,28 @@ fn sft_build_train_generate_and_evaluate() {
         "--max-tokens",
         "4",
     ]);
-    // The task prompts fill Table 5's templates, the output as the span to infill.
+    // The task prompts fill Table 5's templates: the text tasks with the output as the span to
+    // infill, the image tasks (editing, edge-to-image, detection) ending where the image starts.
     for (task, extra, prompt) in [
         (
             "vqa",
-            vec!["--question", "Is it a picture?"],
-            "Question: Is it a picture? Answer: <mask>.",
+            vec!["--image", "IMG", "--question", "Is it a picture?"],
+            Some("Question: Is it a picture? Answer: <mask>."),
         ),
-        ("caption", vec![], "Describe the given picture. <mask>"),
-    ] {
-        let dir = tmp.path().join(format!("gen-{task}"));
-        let (run, dir_s, img) = (p(&ft), p(&dir), p(&first));
-        let mut a = vec![
-            "generate",
-            "--run",
-            &run,
-            "--out",
-            &dir_s,
-            "--temperature",
-            "0",
-            task,
-        ];
-        a.extend(["--image", img.as_str(), "--max-tokens", "4"]);
-        a.extend(extra.iter().copied());
-        run_ok(&a);
-        let g: serde_json::Value =
-            serde_json::from_slice(&fs::read(dir.join("generation.json")).expect("generation"))
-                .expect("json");
-        assert_eq!(g["task"], task);
-        assert_eq!(g["input"]["prompt"], prompt);
-        assert_eq!(g["outputs"].as_array().map(Vec::len), Some(1));
-    }
-    // The image tasks' prompts (Table 5's editing, edge-to-image and detection templates).
-    for (task, extra) in [
+        (
+            "caption",
+            vec!["--image", "IMG"],
+            Some("Describe the given picture. <mask>"),
+        ),
         (
             "edit",
             vec!["--image", "IMG", "--instruction", "make it blue"],
+            None,
         ),
         (
             "control",
             vec!["--kind", "edge", "--image", "IMG", "--caption", "a photo"],
+            None,
         ),
         (
             "control",
@@ -344,6 +326,7 @@ fn sft_build_train_generate_and_evaluate() {
                 "--caption",
                 "a photo",
             ],
+            None,
         ),
         (
             "grounded",
@@ -353,6 +336,7 @@ fn sft_build_train_generate_and_evaluate() {
                 "--objects",
                 "thing at 1,2,20,30; other thing at 0,0,8,8",
             ],
+            None,
         ),
     ] {
         let dir = tmp
@@ -365,8 +349,8 @@ fn sft_build_train_generate_and_evaluate() {
             &run,
             "--out",
             &dir_s,
-            "--samples",
-            "1",
+            "--temperature",
+            "0",
             task,
         ];
         a.extend(
@@ -374,11 +358,17 @@ fn sft_build_train_generate_and_evaluate() {
                 .iter()
                 .map(|x| if *x == "IMG" { img.as_str() } else { x }),
         );
+        if prompt.is_some() {
+            a.extend(["--max-tokens", "4"]);
+        }
         run_ok(&a);
         let g: serde_json::Value =
             serde_json::from_slice(&fs::read(dir.join("generation.json")).expect("generation"))
                 .expect("json");
         assert_eq!(g["task"], task);
+        if let Some(prompt) = prompt {
+            assert_eq!(g["input"]["prompt"], prompt);
+        }
         assert_eq!(g["outputs"].as_array().map(Vec::len), Some(1), "{g}");
     }
     let (run, img) = (p(&ft), p(&first));

@@ -44,6 +44,24 @@ T2I = [("t2i-cfg1", "t2i CFG 1"), ("t2i-cfg3", "t2i CFG 3"), ("t2i-cdk", "t2i CD
        ("t2i-ra-cdk", "t2i +2 retrieved, CD-K")]
 
 
+def run_log(out):
+    """The seconds of each stage (OUT/timing.tsv) and the commands that failed (failures.tsv)."""
+    timing, failures = {}, []
+    try:
+        with open(os.path.join(out, "timing.tsv")) as f:
+            for line in f:
+                k, v = line.rstrip("\n").split("\t")
+                timing[k] = float(v)
+    except OSError:
+        pass
+    try:
+        with open(os.path.join(out, "failures.tsv")) as f:
+            failures = [line.rstrip("\n") for line in f if line.strip()]
+    except OSError:
+        pass
+    return timing, failures
+
+
 def load_json(path, default=None):
     try:
         with open(path) as f:
@@ -429,20 +447,7 @@ def report(out):
         curves[name] = (train and [(s, l) for s, l, _ in train], val, palette[name])
         if uni:
             baselines[f"{name}: unigram"] = (uni["val_unigram_cross_entropy"], palette[name])
-    res["timing"] = {}
-    try:
-        with open(os.path.join(out, "timing.tsv")) as f:
-            for line in f:
-                k, v = line.rstrip("\n").split("\t")
-                res["timing"][k] = float(v)
-    except OSError:
-        pass
-    res["failures"] = []
-    try:
-        with open(os.path.join(out, "failures.tsv")) as f:
-            res["failures"] = [line.rstrip("\n") for line in f if line.strip()]
-    except OSError:
-        pass
+    res["timing"], res["failures"] = run_log(out)
 
     # the table
     R = res["runs"]

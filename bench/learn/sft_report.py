@@ -24,7 +24,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from judge import judge_text, right  # noqa: E402
 from shapes import COLOURS, SHAPES  # noqa: E402
-from report import load_json  # noqa: E402
+from report import load_json, run_log  # noqa: E402
 
 STAGES = [("before", "before SFT (pretrained run)"), ("after", "after SFT")]
 KINDS = ["colour", "shape"]
@@ -111,19 +111,7 @@ def report(out):
         }
     for name in ("sft-build", "train"):
         res[name] = load_json(os.path.join(out, f"{name}.json"))
-    res["timing"] = {}
-    try:
-        with open(os.path.join(out, "timing.tsv")) as f:
-            for line in f:
-                k, v = line.rstrip("\n").split("\t")
-                res["timing"][k] = float(v)
-    except OSError:
-        pass
-    try:
-        with open(os.path.join(out, "failures.tsv")) as f:
-            res["failures"] = [line.rstrip("\n") for line in f if line.strip()]
-    except OSError:
-        res["failures"] = []
+    res["timing"], res["failures"] = run_log(out)
 
     S = res["stages"]
     lines = ["| measure | " + " | ".join(label for _, label in STAGES) + " |", "|---|---|---|"]
