@@ -72,4 +72,47 @@ fn every_notebook_runs_on_the_sample() {
             nb.display()
         );
     }
+
+    // The packed-data notebook reads SFT data too (the sample's images and captions as a
+    // captioning task, in the run's vocabulary).
+    let sft = tmp.path().join("sft");
+    let task = format!("coco={}", p(&sample_dir()));
+    run_ok(&[
+        "sft",
+        "build",
+        &p(&sft),
+        "--from",
+        &p(&run),
+        "--task",
+        &task,
+        "--no-progress",
+    ]);
+    let nb = root.join("notebooks/03_packed.ipynb");
+    let result = Command::new(Path::new(&bin).join("jupyter-nbconvert"))
+        .args([
+            "--to",
+            "notebook",
+            "--execute",
+            "--output",
+            "03_packed_sft",
+            "--output-dir",
+        ])
+        .arg(&out)
+        .arg(&nb)
+        .env("CM3_DATASET", &sft)
+        .env("CM3_RUN", &run)
+        .env("CM3_BIN", env!("CARGO_BIN_EXE_cm3"))
+        .current_dir(root.join("notebooks"))
+        .output()
+        .expect("run nbconvert");
+    assert!(
+        result.status.success(),
+        "03_packed on SFT data failed:\n{}",
+        stderr(&result)
+    );
+    let executed = fs::read_to_string(out.join("03_packed_sft.ipynb")).expect("output");
+    assert!(
+        executed.contains("SFT tasks:") && executed.contains("image/png"),
+        "{executed}"
+    );
 }
