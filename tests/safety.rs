@@ -378,3 +378,53 @@ fn a_jsonl_line_without_end_is_not_read_whole() {
         .collect::<String>();
     assert!(rejects.contains("longer than 16777216 bytes"), "{rejects}");
 }
+
+/// The image tokenizer commands, tokenize, generate and sft build take `--backend` like
+/// `cm3 train`; a backend this build lacks is a clear error naming the feature, not a panic.
+#[test]
+fn a_backend_that_is_not_built_is_named() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let image = sample_pairs()[0].image.clone();
+    let vq = vq_ckpt();
+    let codes = tmp.path().join("codes.json");
+    run_ok(&[
+        "tokenizer",
+        "encode-image",
+        &p(&image),
+        "--image-tokenizer",
+        &p(&vq),
+        "--backend",
+        "flex",
+        "--out",
+        &p(&codes),
+    ]);
+    for backend in ["wgpu", "cuda"] {
+        if cfg!(feature = "wgpu") && backend == "wgpu"
+            || cfg!(feature = "cuda") && backend == "cuda"
+        {
+            continue;
+        }
+        let err = run_err(&[
+            "tokenizer",
+            "encode-image",
+            &p(&image),
+            "--image-tokenizer",
+            &p(&vq),
+            "--backend",
+            backend,
+        ]);
+        assert!(err.contains(&format!("--features {backend}")), "{err}");
+        let err = run_err(&[
+            "tokenizer",
+            "decode-image",
+            &p(&codes),
+            "--image-tokenizer",
+            &p(&vq),
+            "--backend",
+            backend,
+            "--out",
+            &p(&tmp.path().join("x.png")),
+        ]);
+        assert!(err.contains(&format!("--features {backend}")), "{err}");
+    }
+}

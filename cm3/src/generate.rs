@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::Device;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
@@ -23,6 +22,9 @@ pub(crate) struct GenerateArgs {
     /// The run to generate with (its latest checkpoint and its dataset's tokenizers).
     #[arg(long, global = true)]
     pub run: Option<PathBuf>,
+    /// flex (CPU), wgpu or cuda (builds with those features), as `cm3 train --backend`.
+    #[arg(long, value_enum, default_value = "flex", global = true)]
+    pub backend: crate::train::BackendArg,
     /// Where to write the outputs and generation.json.
     #[arg(long, global = true)]
     pub out: Option<PathBuf>,
@@ -254,7 +256,7 @@ pub(crate) fn run(a: GenerateArgs) -> Result<()> {
         )),
         _ => None,
     };
-    let device = Device::flex();
+    let device = cm3_train::Backend::from(a.backend).device()?;
     let g = Generator::open(&run, a.image_tokenizer.as_deref(), &device)?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let started = std::time::Instant::now();

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::Device;
 use clap::{Args, Subcommand};
 
 use cm3_sft::{SftBuildOptions, SftConfig, Task};
@@ -32,6 +31,9 @@ pub(crate) struct BuildArgs {
     /// [mix] table (balance, max_up, min_down).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// flex (CPU), wgpu or cuda (builds with those features), as `cm3 train --backend`.
+    #[arg(long, value_enum, default_value = "flex")]
+    pub backend: crate::train::BackendArg,
     /// Replace SFT data built before in OUT (only the files its sft.json lists).
     #[arg(long)]
     pub rebuild: bool,
@@ -80,7 +82,7 @@ fn build(a: BuildArgs) -> Result<()> {
         rebuild: a.rebuild,
         progress: !a.no_progress && !a.json,
     };
-    let r = cm3_sft::build(&opts, &Device::flex())?;
+    let r = cm3_sft::build(&opts, &cm3_train::Backend::from(a.backend).device()?)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());

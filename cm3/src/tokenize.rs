@@ -2,7 +2,6 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use burn::tensor::Device;
 use clap::Args;
 
 use cm3_core::WorkerSpec;
@@ -14,6 +13,9 @@ use crate::WorkerArgs;
 pub(crate) struct TokenizeArgs {
     /// The dataset whose pairs to tokenise (writes <dataset>/tokens/ and tokenizer/vocab.json).
     pub dataset: PathBuf,
+    /// flex (CPU), wgpu or cuda (builds with those features), as `cm3 train --backend`.
+    #[arg(long, value_enum, default_value = "flex")]
+    pub backend: crate::train::BackendArg,
     /// Settings file (TOML or JSON: text_tokenizer, image_tokenizer, image_tokenizer_config); flags
     /// override it.
     #[arg(long)]
@@ -62,7 +64,7 @@ pub(crate) fn run(a: TokenizeArgs) -> Result<()> {
         rebuild: a.rebuild,
         progress: !a.no_progress,
     };
-    let r = cm3_tokenize::stage::run(&opts, &Device::flex())?;
+    let r = cm3_tokenize::stage::run(&opts, &cm3_train::Backend::from(a.backend).device()?)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());

@@ -2,7 +2,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::Device;
 use clap::{Args, Subcommand};
 
 use cm3_model::vq::VqTrainConfig;
@@ -51,6 +50,9 @@ pub(crate) struct ImageTokenizerArgs {
     /// Its taming config.yaml, when it is not beside the checkpoint.
     #[arg(long)]
     image_tokenizer_config: Option<PathBuf>,
+    /// flex (CPU), wgpu or cuda (builds with those features), as `cm3 train --backend`.
+    #[arg(long, value_enum, default_value = "flex")]
+    pub backend: crate::train::BackendArg,
 }
 
 impl ImageTokenizerArgs {
@@ -58,7 +60,7 @@ impl ImageTokenizerArgs {
         Ok(ImageTokenizer::open(
             &self.image_tokenizer,
             self.image_tokenizer_config.as_deref(),
-            &Device::flex(),
+            &cm3_train::Backend::from(self.backend).device()?,
         )?)
     }
 }
