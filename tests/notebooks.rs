@@ -47,17 +47,29 @@ fn every_notebook_runs_on_the_sample() {
         .collect();
     names.sort();
     assert_eq!(names.len(), 5, "{names:?}");
-    for nb in names {
-        let result = Command::new(Path::new(&bin).join("jupyter-nbconvert"))
-            .args(["--to", "notebook", "--execute", "--output-dir"])
+    // Run a notebook headless on a dataset, its output as `name`.ipynb in `out`.
+    let execute = |nb: &Path, dataset: &Path, name: &str| {
+        Command::new(Path::new(&bin).join("jupyter-nbconvert"))
+            .args([
+                "--to",
+                "notebook",
+                "--execute",
+                "--output",
+                name,
+                "--output-dir",
+            ])
             .arg(&out)
-            .arg(&nb)
-            .env("CM3_DATASET", &ds)
+            .arg(nb)
+            .env("CM3_DATASET", dataset)
             .env("CM3_RUN", &run)
             .env("CM3_BIN", env!("CARGO_BIN_EXE_cm3"))
             .current_dir(root.join("notebooks"))
             .output()
-            .expect("run nbconvert");
+            .expect("run nbconvert")
+    };
+    for nb in names {
+        let stem = nb.file_stem().expect("name").to_string_lossy().into_owned();
+        let result = execute(&nb, &ds, &stem);
         assert!(
             result.status.success(),
             "{} failed:\n{}",
@@ -88,23 +100,7 @@ fn every_notebook_runs_on_the_sample() {
         "--no-progress",
     ]);
     let nb = root.join("notebooks/03_packed.ipynb");
-    let result = Command::new(Path::new(&bin).join("jupyter-nbconvert"))
-        .args([
-            "--to",
-            "notebook",
-            "--execute",
-            "--output",
-            "03_packed_sft",
-            "--output-dir",
-        ])
-        .arg(&out)
-        .arg(&nb)
-        .env("CM3_DATASET", &sft)
-        .env("CM3_RUN", &run)
-        .env("CM3_BIN", env!("CARGO_BIN_EXE_cm3"))
-        .current_dir(root.join("notebooks"))
-        .output()
-        .expect("run nbconvert");
+    let result = execute(&nb, &sft, "03_packed_sft");
     assert!(
         result.status.success(),
         "03_packed on SFT data failed:\n{}",

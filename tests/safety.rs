@@ -320,10 +320,7 @@ fn ingest_rejects_inputs_that_are_not_regular_files() {
         "--no-progress",
     ]);
     assert_eq!(manifest(&ds2)["stages"]["ingest"]["totals"]["rows"], 1);
-    let rejects = fs::read_dir(ds2.join("rejects"))
-        .expect("rejects/")
-        .map(|e| fs::read_to_string(e.expect("entry").path()).unwrap_or_default())
-        .collect::<String>();
+    let rejects = rejects_text(&ds2);
     assert_eq!(
         rejects.matches("not a regular file").count(),
         2,
@@ -372,10 +369,7 @@ fn a_jsonl_line_without_end_is_not_read_whole() {
         "--no-progress",
     ]);
     assert_eq!(manifest(&ds)["stages"]["ingest"]["totals"]["rows"], 1);
-    let rejects = fs::read_dir(ds.join("rejects"))
-        .expect("rejects/")
-        .map(|e| fs::read_to_string(e.expect("entry").path()).unwrap_or_default())
-        .collect::<String>();
+    let rejects = rejects_text(&ds);
     assert!(rejects.contains("longer than 16777216 bytes"), "{rejects}");
 }
 
@@ -427,4 +421,12 @@ fn a_backend_that_is_not_built_is_named() {
         ]);
         assert!(err.contains(&format!("--features {backend}")), "{err}");
     }
+}
+
+/// Every reject line of a dataset, as one text.
+fn rejects_text(ds: &Path) -> String {
+    fs::read_dir(ds.join("rejects"))
+        .expect("rejects/")
+        .map(|e| fs::read_to_string(e.expect("entry").path()).unwrap_or_default())
+        .collect()
 }
