@@ -393,11 +393,7 @@ pub(crate) fn run(a: GenerateArgs) -> Result<()> {
                 (None, Some(i)) if task == cm3_sft::Task::Edge => {
                     let rgb =
                         load_image(i, side).with_context(|| format!("reading {}", i.display()))?;
-                    let s = side as usize;
-                    cm3_sft::canny::canny(&rgb, s, s, 3, cm3_sft::canny::LOW, cm3_sft::canny::HIGH)
-                        .into_iter()
-                        .flat_map(|v| [v, v, v])
-                        .collect()
+                    cm3_sft::canny::edge_map_rgb(&rgb, side as usize)
                 }
                 (None, _) => bail!(
                     "--kind {kind}: give --feature-image (cm3 computes only edge maps, from --image)"

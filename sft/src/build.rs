@@ -35,7 +35,7 @@ use cm3_core::rng::SplitMix64;
 use cm3_core::vocab::{self, VocabLayout};
 use cm3_ingest::config::IngestConfig;
 use cm3_ingest::normalize::normalize_image;
-use cm3_pack::masking::{Specials, apply, causal_mask, growth};
+use cm3_pack::masking::{MaskPlan, Specials, apply, causal_mask, growth};
 use cm3_pack::packing::Policy;
 use cm3_pack::stage::{OBJECTIVE, OBJECTIVE_VERSION, PackConfig, SplitCounts, SplitWriter};
 use cm3_tokenize::image::{ImageTokenizer, decode_rgb};
@@ -330,31 +330,27 @@ fn tokenise_images(
         let mut rgb = Vec::with_capacity(chunk.len());
         let mut cached = Vec::new();
         for source in chunk {
-            let kind = match source {
-                ImageSource::File(_) => Kind::File,
-                ImageSource::CannyOf(_) => Kind::Canny,
-            };
-            match load_normalised(source.path(), ingest, side) {
-                Ok((_, sha)) if cache.get(kind, &sha).is_some() => {
-                    let codes = cache
-                        .get(kind, &sha)
-                        .map(<[u32]>::to_vec)
-                        .unwrap_or_default();
-                    cached.push((source, codes, sha));
+            let kind = kind_of(source);
+            // Normalised first (its hash keys the cache); decoded only when it must be encoded.
+            let normal = match normalised(source.path(), ingest) {
+                Ok(n) => n,
+                Err(reason) => {
+                    tracing::warn!(image = %source.path().display(), %reason, "image left out");
+                    rejected += 1;
+                    continue;
                 }
-                Ok((pixels, sha)) => {
+            };
+            if let Some(codes) = cache.get(kind, &normal.sha256) {
+                cached.push((source, codes.to_vec(), normal.sha256));
+                continue;
+            }
+            match decode_rgb(&normal.bytes, side) {
+                Ok(pixels) => {
                     let pixels = match source {
                         ImageSource::File(_) => pixels,
-                        // ControlNet's edge maps: white edges on black, in all three channels.
-                        ImageSource::CannyOf(_) => {
-                            let s = side as usize;
-                            canny::canny(&pixels, s, s, 3, canny::LOW, canny::HIGH)
-                                .into_iter()
-                                .flat_map(|v| [v, v, v])
-                                .collect()
-                        }
+                        ImageSource::CannyOf(_) => canny::edge_map_rgb(&pixels, side as usize),
                     };
-                    rgb.push((source, pixels, sha));
+                    rgb.push((source, pixels, normal.sha256));
                 }
                 Err(reason) => {
                     tracing::warn!(image = %source.path().display(), %reason, "image left out");
@@ -369,11 +365,7 @@ fn tokenise_images(
             tok.encode_rgb(&views)?
         };
         let fresh = rgb.into_iter().zip(codes).map(|((source, _, sha), codes)| {
-            let kind = match source {
-                ImageSource::File(_) => Kind::File,
-                ImageSource::CannyOf(_) => Kind::Canny,
-            };
-            cache.insert(kind, &sha, &codes);
+            cache.insert(kind_of(source), &sha, &codes);
             (source, codes, sha)
         });
         hits += cached.len();
@@ -392,23 +384,21 @@ fn tokenise_images(
     Ok((out, rejected, hits))
 }
 
-fn load_normalised(
+/// The image file normalised with the pretrained dataset's ingest settings (bounded read).
+fn normalised(
     path: &Path,
     ingest: &IngestConfig,
-    side: u32,
-) -> std::result::Result<(Vec<u8>, String), String> {
-    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
-    if !meta.is_file() {
-        return Err("not a regular file".into());
+) -> std::result::Result<cm3_ingest::normalize::NormalImage, String> {
+    let bytes = cm3_core::fsio::read_input(path, MAX_IMAGE_BYTES).map_err(|e| e.to_string())?;
+    normalize_image(&bytes, ingest).map_err(|r| format!("{}: {}", r.reason.code(), r.detail))
+}
+
+/// The cache's name for how a source becomes a picture.
+fn kind_of(source: &ImageSource) -> Kind {
+    match source {
+        ImageSource::File(_) => Kind::File,
+        ImageSource::CannyOf(_) => Kind::Canny,
     }
-    if meta.len() > MAX_IMAGE_BYTES {
-        return Err(format!("{} bytes, over {MAX_IMAGE_BYTES}", meta.len()));
-    }
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let normal = normalize_image(&bytes, ingest)
-        .map_err(|r| format!("{}: {}", r.reason.code(), r.detail))?;
-    let rgb = decode_rgb(&normal.bytes, side)?;
-    Ok((rgb, normal.sha256))
 }
 
 /// A stable 64-bit key of an example draw (FNV-1a: the task, the source id, the epoch and the
@@ -622,6 +612,7 @@ struct Data<'a> {
     text: &'a TextTokenizer,
     sp: &'a Specials,
     pack: &'a PackConfig,
+    mask_plan: MaskPlan,
     cfg: &'a SftConfig,
 }
 
@@ -653,7 +644,7 @@ fn masked_example(
             (m, true)
         }
         _ => {
-            let m = causal_mask(doc, d.sp, &d.pack.mask_plan(), max_extra, &mut rng);
+            let m = causal_mask(doc, d.sp, &d.mask_plan, max_extra, &mut rng);
             c.masked_spans += m.spans.len() as u64;
             for s in &m.spans {
                 match s.modality {
@@ -827,6 +818,7 @@ pub fn build(opts: &SftBuildOptions, device: &Device) -> Result<SftBuildReport> 
         text: &text,
         sp: &sp,
         pack: &pack,
+        mask_plan: pack.mask_plan(),
         cfg,
     };
     let Written {

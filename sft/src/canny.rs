@@ -129,6 +129,15 @@ pub fn canny(
         .collect()
 }
 
+/// ControlNet's edge map of a square 8-bit RGB image of `side` pixels: Canny at its
+/// thresholds, white edges on black, in all three channels (what an image tokenizer takes).
+pub fn edge_map_rgb(rgb: &[u8], side: usize) -> Vec<u8> {
+    canny(rgb, side, side, 3, LOW, HIGH)
+        .into_iter()
+        .flat_map(|v| [v, v, v])
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

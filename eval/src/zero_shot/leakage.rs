@@ -19,14 +19,6 @@ use crate::error::{EvalError, Result};
 /// Largest evaluation image read (bytes): larger files are refused, not allocated.
 pub const MAX_IMAGE_BYTES: u64 = 64 << 20;
 
-/// An SFT image's id: its key (the first 64 bits of its hash), as `cm3 sft build` records it.
-fn sft_image_key(sha256_hex: &str) -> u64 {
-    sha256_hex
-        .get(..16)
-        .and_then(|h| u64::from_str_radix(h, 16).ok())
-        .unwrap_or(0)
-}
-
 /// An evaluation image found among the dataset's pairs.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Overlap {
@@ -138,7 +130,10 @@ impl LeakageGuard {
         let text = String::from_utf8_lossy(&bytes);
         for line in text.lines().filter(|l| !l.is_empty()) {
             let sha = line.split('\t').next().unwrap_or_default();
-            guard.by_hash.insert(sha.to_string(), sft_image_key(sha));
+            // Its id: the key `cm3 sft build` records (the hash's first 64 bits).
+            guard
+                .by_hash
+                .insert(sha.to_string(), cm3_augment::bank::image_key(sha));
         }
         guard.dataset = dataset.to_path_buf();
         Ok(guard)
