@@ -57,28 +57,6 @@ fn bad(reason: impl Into<String>) -> GenerateError {
     GenerateError::Invalid(reason.into())
 }
 
-/// The image tokenizer the dataset's layout names (recorded relative to the dataset or absolute;
-/// older layouts recorded it relative to where `cm3 tokenize` ran).
-fn layout_image_tokenizer(dataset: &Path, layout: &VocabLayout) -> Option<PathBuf> {
-    let recorded = PathBuf::from(&layout.image.tokenizer.path);
-    let candidates = [
-        recorded.clone(),
-        dataset.join(&recorded),
-        dataset.join("tokenizer/image"),
-    ];
-    for c in candidates {
-        let dir = if c.file_name().is_some_and(|n| n == "model.safetensors") {
-            c.parent().map(Path::to_path_buf).unwrap_or_default()
-        } else {
-            c
-        };
-        if dir.join("config.json").is_file() || dir.is_file() {
-            return Some(dir);
-        }
-    }
-    None
-}
-
 impl Generator {
     /// The latest checkpoint of `run` and the tokenizers of the dataset it was trained on.
     /// `image_tokenizer` overrides the dataset's.
@@ -108,7 +86,7 @@ impl Generator {
         let text = TextTokenizer::load(&dataset.join(&layout.text.tokenizer.path))?;
         let image_path = match image_tokenizer {
             Some(p) => Some(p.to_path_buf()),
-            None => layout_image_tokenizer(dataset, &layout),
+            None => cm3_tokenize::image::layout_image_tokenizer(dataset, &layout),
         };
         let image = match image_path {
             Some(p) => {

@@ -266,18 +266,16 @@ fn open_tokenizers(
             "is not the text tokenizer the dataset was made with (checksum differs)",
         ));
     }
-    let mut image_path = tokenizer_path(
-        &p.dataset,
-        &p.layout.image.tokenizer.path,
-        "tokenizer/image",
-    );
-    if image_path
-        .file_name()
-        .is_some_and(|n| n == "model.safetensors")
-        && let Some(parent) = image_path.parent()
-    {
-        image_path = parent.to_path_buf();
-    }
+    let image_path = cm3_tokenize::image::layout_image_tokenizer(&p.dataset, &p.layout)
+        .ok_or_else(|| {
+            pretrained(
+                &p.dataset,
+                format!(
+                    "its image tokenizer ({}) is not found",
+                    p.layout.image.tokenizer.path
+                ),
+            )
+        })?;
     let image = ImageTokenizer::open(&image_path, None, device)?;
     if image.reference().sha256 != p.layout.image.tokenizer.sha256
         || image.grid() != p.layout.image.grid

@@ -134,6 +134,31 @@ impl ImageTokenizer {
     }
 }
 
+/// The image tokenizer the dataset's layout names (recorded relative to the dataset or absolute;
+/// older layouts recorded it relative to where `cm3 tokenize` ran).
+pub fn layout_image_tokenizer(
+    dataset: &Path,
+    layout: &cm3_core::vocab::VocabLayout,
+) -> Option<PathBuf> {
+    let recorded = PathBuf::from(&layout.image.tokenizer.path);
+    let candidates = [
+        recorded.clone(),
+        dataset.join(&recorded),
+        dataset.join("tokenizer/image"),
+    ];
+    for c in candidates {
+        let dir = if c.file_name().is_some_and(|n| n == "model.safetensors") {
+            c.parent().map(Path::to_path_buf).unwrap_or_default()
+        } else {
+            c
+        };
+        if dir.join("config.json").is_file() || dir.is_file() {
+            return Some(dir);
+        }
+    }
+    None
+}
+
 /// Any image file, prepared the way `cm3 ingest` prepares pairs (EXIF orientation, RGB on white,
 /// shorter side resized to `side` and centre-cropped), as 8-bit RGB.
 pub fn load_image(path: &Path, side: u32) -> Result<Vec<u8>> {
