@@ -428,7 +428,7 @@ fn sft_build_train_generate_and_evaluate() {
     };
     let a = eval("ev1", &[]);
     let err = run_err(&a.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(err.contains("overlap") || err.contains("training"), "{err}");
+    assert!(err.contains("--allow-overlap"), "{err}");
     // ... unless accepted, which the report records.
     let a = eval("ev2", &["--allow-overlap", "--json"]);
     run_ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
