@@ -274,6 +274,95 @@ fn sft_build_train_generate_and_evaluate() {
         "2",
         "--json",
     ]);
+    // The output marks: one byte per token, on the answers and captions (never the template's
+    // words) and each example's closing <eos>; the output-only loss trains on them alone.
+    let data = cm3_pack::megatron::IndexedDataset::read(&out.join("packed/train")).expect("packed");
+    let marks = fs::read(out.join("packed/train.outputs.bin")).expect("marks");
+    let tokens: Vec<u32> = (0..data.lengths.len())
+        .flat_map(|i| {
+            data.sequence(i)
+                .iter()
+                .map(|&t| t as u32)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(marks.len(), tokens.len());
+    assert!(marks.iter().all(|&m| m <= 1));
+    let marked: Vec<u32> = tokens
+        .iter()
+        .zip(&marks)
+        .filter(|&(&t, &m)| m == 1 && t < text_size)
+        .map(|(&t, _)| t)
+        .collect();
+    let outputs = tok.decode(&marked).expect("decode");
+    assert!(!outputs.trim().is_empty());
+    for word in ["Question", "Answer", "Describe"] {
+        assert!(
+            !outputs.contains(word),
+            "{word} marked as output: {outputs}"
+        );
+    }
+    let eos = layout["text"]["specials"]["<eos>"].as_u64().expect("eos") as u32;
+    let pad = layout["text"]["specials"]["<pad>"].as_u64().expect("pad") as u32;
+    let ends = tokens
+        .iter()
+        .zip(&marks)
+        .filter(|&(&t, &m)| t == eos && m == 1)
+        .count();
+    assert!(ends > 0 && ends <= written as usize, "{ends} ends");
+    assert!(
+        tokens.iter().zip(&marks).all(|(&t, &m)| t != pad || m == 0),
+        "padding marked"
+    );
+    let oo_cfg = tmp.path().join("ft-output-only.toml");
+    fs::write(
+        &oo_cfg,
+        format!(
+            "{}loss = \"output_only\"\n",
+            fs::read_to_string(&ft_cfg).expect("cfg")
+        ),
+    )
+    .expect("config");
+    let oo = tmp.path().join("ft-output-only");
+    let base = [
+        "train",
+        "--init-from",
+        &p(&pre),
+        "--config",
+        &p(&oo_cfg),
+        "--steps",
+        "2",
+        "--json",
+    ];
+    run_ok(&[&base[..], &["--data", &p(&out), "--out", &p(&oo)]].concat());
+    let losses = |run: &Path| -> Vec<f64> {
+        fs::read_to_string(run.join("metrics.jsonl"))
+            .expect("metrics")
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["loss"].as_f64())
+            .collect()
+    };
+    let (whole, only) = (losses(&ft), losses(&oo));
+    assert_eq!(only.len(), 2);
+    assert!(only.iter().all(|l| l.is_finite()));
+    assert_ne!(
+        whole[0], only[0],
+        "the output-only loss scores other targets"
+    );
+    // A pretraining dataset marks no outputs: refused, naming the file.
+    let refused = run_err(
+        &[
+            &base[..],
+            &["--data", &p(&ds), "--out", &p(&tmp.path().join("oo-pre"))],
+        ]
+        .concat(),
+    );
+    assert!(
+        refused.contains("train.outputs.bin") && refused.contains("cm3 sft build"),
+        "{refused}"
+    );
+
     let first = vqa
         .join("images/COCO_val2014_000000000100")
         .with_extension(sample_pairs()[0].ext());

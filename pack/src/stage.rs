@@ -233,6 +233,10 @@ pub struct PackReport {
 /// another version: v1 (no `objective_version` in meta.json) masked almost no caption, had no
 /// scored end and split the captions of one image across train and validation.
 pub const OBJECTIVE_VERSION: u32 = 2;
+/// The suffix of a split's output marks (`packed/{split}.outputs.bin`, written by `cm3 sft
+/// build`): one byte per token of `{split}.bin`, 1 where the token is an example's output
+/// (answer, caption, output image) or its closing `<eos>`, 0 elsewhere (the output-only loss).
+pub const OUTPUT_MARKS: &str = "outputs.bin";
 pub const OBJECTIVE: &str = "CM3 causal masking: span count Poisson clamped, segment chosen \
     first (captions and images at set rates, whole captions included), no span across <eos> or \
     <break>, a scored <eos> closing every example; split by image";

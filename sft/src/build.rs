@@ -418,15 +418,23 @@ fn example_key(task: Task, id: &str, epoch: u32, repeat: u32) -> u64 {
     h
 }
 
+/// The token range of an example's output in its document: a text output (the value alone) or
+/// an output image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Output {
+    range: std::ops::Range<usize>,
+    text: bool,
+}
+
 /// The document of a rendered template: `<eos>` then its documents separated by `<break>`, and
-/// the token range of a text output. The text around the output and the output are tokenised
+/// the token range of its output. The text around the output and the output are tokenised
 /// apart, as the prompts that ask for it are (`... Answer: <mask:0>.`).
 fn document(
     r: &crate::templates::RenderedTemplate,
     text: &TextTokenizer,
     images: &BTreeMap<ImageSlot, &ImageTokens>,
     sp: &Specials,
-) -> Result<(Vec<u32>, Option<std::ops::Range<usize>>)> {
+) -> Result<(Vec<u32>, Option<Output>)> {
     let mut doc = vec![sp.eos];
     let mut output = None;
     for (i, seg) in r.segments.iter().enumerate() {
@@ -435,7 +443,15 @@ fn document(
         }
         match seg {
             Rendered::Image(slot) => match images.get(slot) {
-                Some(t) => doc.extend_from_slice(&t.ids),
+                Some(t) => {
+                    if matches!(r.output, OutputSpan::Image { segment } if segment == i) {
+                        output = Some(Output {
+                            range: doc.len()..doc.len() + t.ids.len(),
+                            text: false,
+                        });
+                    }
+                    doc.extend_from_slice(&t.ids);
+                }
                 None => {
                     return Err(SftError::Config(format!(
                         "internal: no tokens for the {slot} image of a {} example",
@@ -454,7 +470,10 @@ fn document(
                             doc.extend(text.encode(part)?);
                         }
                         if k == 1 && doc.len() > start {
-                            output = Some(start..doc.len());
+                            output = Some(Output {
+                                range: start..doc.len(),
+                                text: true,
+                            });
                         }
                     }
                 }
@@ -472,13 +491,15 @@ pub const SFT_IMAGES: &str = "images.tsv";
 pub const SFT_IMAGE_CACHE: &str = "image-tokens.bin";
 
 /// The files an SFT directory holds, relative to it (what a rebuild may delete).
-const WRITTEN: [&str; 11] = [
+const WRITTEN: [&str; 13] = [
     "packed/train.bin",
     "packed/train.idx",
     "packed/train.boundaries.bin",
+    "packed/train.outputs.bin",
     "packed/val.bin",
     "packed/val.idx",
     "packed/val.boundaries.bin",
+    "packed/val.outputs.bin",
     "packed/meta.json",
     vocab::VOCAB,
     SFT_IMAGES,
@@ -622,24 +643,30 @@ struct Written {
     output_masked: u64,
 }
 
-/// One example's masked tokens: its output as the one span (in `output_rate` of the examples
-/// that have a text output), else the pretraining CM3 masking; the counters of `c` updated.
+/// One example's masked tokens and their output marks: its output as the one span (in
+/// `output_rate` of the examples that have a text output), else the pretraining CM3 masking;
+/// the counters of `c` updated.
 fn masked_example(
     doc: &[u32],
-    output: Option<std::ops::Range<usize>>,
+    output: Option<&Output>,
     key: u64,
     d: &Data<'_>,
     c: &mut SplitCounts,
-) -> (Vec<u32>, bool) {
+) -> Result<Masked> {
     let max_extra = growth(d.sp.sentinels.len());
     let mut rng = SplitMix64::for_pair(d.cfg.seed, STREAM_EXAMPLE, key);
-    match output {
-        Some(out) if rng.next_f64() < d.cfg.output_rate => {
+    let mut marks = vec![0u8; doc.len()];
+    if let Some(o) = output {
+        marks[o.range.clone()].fill(1);
+    }
+    let (tokens, spans, output_span) = match output {
+        Some(o) if o.text && rng.next_f64() < d.cfg.output_rate => {
             c.masked_spans += 1;
             c.text_spans += 1;
-            let mut m = apply(doc, &[out], d.sp);
+            let spans = vec![o.range.clone()];
+            let mut m = apply(doc, &spans, d.sp);
             m.push(d.sp.eos);
-            (m, true)
+            (m, spans, true)
         }
         _ => {
             let m = causal_mask(doc, d.sp, &d.mask_plan, max_extra, &mut rng);
@@ -653,8 +680,104 @@ fn masked_example(
                     cm3_pack::masking::Modality::Image => c.image_spans += 1,
                 }
             }
-            (m.tokens, false)
+            let spans = m.spans.iter().map(|s| s.range.clone()).collect();
+            (m.tokens, spans, false)
         }
+    };
+    let marks = carry_marks(&marks, &spans);
+    if marks.len() != tokens.len() {
+        return Err(SftError::Config(format!(
+            "internal: {} output marks for {} tokens",
+            marks.len(),
+            tokens.len()
+        )));
+    }
+    Ok(Masked {
+        tokens,
+        marks,
+        output_span,
+    })
+}
+
+/// A masked example: its tokens, its output marks (see [`OutputMarks`]) and whether its output
+/// was the masked span.
+struct Masked {
+    tokens: Vec<u32>,
+    marks: Vec<u8>,
+    output_span: bool,
+}
+
+/// The marks of a document's tokens moved as [`apply`] moves the tokens (`spans` sorted), with
+/// the closing `<eos>` marked: sentinels and `<infill>` are not outputs, the example's end is.
+fn carry_marks(marks: &[u8], spans: &[std::ops::Range<usize>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(marks.len() + 2 * spans.len() + 2);
+    if spans.is_empty() {
+        out.extend_from_slice(marks);
+    } else {
+        let mut at = 0;
+        for s in spans {
+            out.extend_from_slice(&marks[at..s.start]);
+            out.push(0);
+            at = s.end;
+        }
+        out.extend_from_slice(&marks[at..]);
+        out.push(0);
+        for s in spans {
+            out.push(0);
+            out.extend_from_slice(&marks[s.clone()]);
+        }
+    }
+    out.push(1);
+    out
+}
+
+/// `packed/{split}.outputs.bin` (pack's `OUTPUT_MARKS`): the output marks of every token of the
+/// split, cut into sequences exactly as the tokens are (a packer of the same length and policy
+/// fed the same lengths), padding marked 0.
+struct OutputMarks {
+    packer: cm3_pack::packing::Packer,
+    file: std::io::BufWriter<std::fs::File>,
+    path: PathBuf,
+}
+
+impl OutputMarks {
+    fn create(dir: &Path, split: &str, pack: &PackConfig) -> Result<Self> {
+        let path = dir.join(format!("{split}.{}", cm3_pack::stage::OUTPUT_MARKS));
+        let file = std::fs::File::create_new(&path).map_err(io("creating", &path))?;
+        Ok(Self {
+            packer: cm3_pack::packing::Packer::new(pack.seq_len, pack.policy, 0)?,
+            file: std::io::BufWriter::new(file),
+            path,
+        })
+    }
+
+    fn write(&mut self, seqs: Vec<cm3_pack::packing::Sequence>) -> Result<()> {
+        use std::io::Write;
+        for s in seqs {
+            let bytes: Vec<u8> = s.tokens.iter().map(|&m| m as u8).collect();
+            self.file
+                .write_all(&bytes)
+                .map_err(io("writing", &self.path))?;
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, marks: &[u8]) -> Result<()> {
+        let wide: Vec<u32> = marks.iter().map(|&m| u32::from(m)).collect();
+        let seqs = self.packer.push(&wide)?;
+        self.write(seqs)
+    }
+
+    /// Pad the last sequence, as the token writer's `end_shard` does.
+    fn end_shard(&mut self) -> Result<()> {
+        use std::io::Write;
+        let last: Vec<_> = self.packer.finish().into_iter().collect();
+        self.write(last)?;
+        self.file.flush().map_err(io("writing", &self.path))?;
+        self.file
+            .get_ref()
+            .sync_all()
+            .map_err(io("syncing", &self.path))
     }
 }
 
@@ -664,6 +787,10 @@ fn write_sequences(packed: &Path, epochs: &[Vec<Pick>], d: &Data<'_>) -> Result<
     let mut writers = [
         SplitWriter::open(packed, "train", &SplitCounts::default(), pack, sp.pad)?,
         SplitWriter::open(packed, "val", &SplitCounts::default(), pack, sp.pad)?,
+    ];
+    let mut marks = [
+        OutputMarks::create(packed, "train", pack)?,
+        OutputMarks::create(packed, "val", pack)?,
     ];
     let mut w = Written {
         counts: [SplitCounts::default(), SplitCounts::default()],
@@ -711,13 +838,15 @@ fn write_sequences(packed: &Path, epochs: &[Vec<Pick>], d: &Data<'_>) -> Result<
                 continue;
             }
             w.templates[t][choice] += 1;
-            let (tokens, output_span) = masked_example(&doc, output, key, d, c);
-            w.output_masked += u64::from(output_span);
+            let m = masked_example(&doc, output.as_ref(), key, d, c)?;
+            w.output_masked += u64::from(m.output_span);
             c.examples += 1;
-            writers[split].push(&tokens, key, c)?;
+            writers[split].push(&m.tokens, key, c)?;
+            marks[split].push(&m.marks)?;
         }
         for (k, wr) in writers.iter_mut().enumerate() {
             wr.end_shard(&mut w.counts[k])?;
+            marks[k].end_shard()?;
         }
     }
     Ok(w)
@@ -865,6 +994,9 @@ pub fn build(opts: &SftBuildOptions, device: &Device) -> Result<SftBuildReport> 
         "val": counts[1],
         "boundaries": "{split}.boundaries.bin: little-endian int64 triples (sequence, offset in \
                        the sequence, example key), one per example, in order",
+        "outputs": "{split}.outputs.bin: one byte per token, 1 where the token is an example's \
+                    output (answer, caption, output image) or its closing <eos> (the \
+                    output-only loss, `loss = \"output_only\"` in cm3 train)",
         "stages": {"sft": record, "ingest": pre.ingest},
     });
     let json = |v: &serde_json::Value| {
@@ -912,6 +1044,49 @@ mod tests {
             example_key(Task::Vqa2, "7", 0, 1),
         ] {
             assert_ne!(k, other);
+        }
+    }
+
+    #[test]
+    fn output_marks_move_with_their_tokens() {
+        let sp = Specials {
+            eos: 1,
+            brk: 2,
+            infill: 4,
+            pad: 0,
+            sentinels: vec![5, 6, 7],
+            image_offset: 200,
+        };
+        // <eos> a b c <break> I1 I2, the output "b c" (1..3 of the text after <eos>).
+        let doc = [sp.eos, 100, 101, 102, sp.brk, 200, 201];
+        let mut marks = vec![0u8; doc.len()];
+        marks[2..4].fill(1);
+        let (output, one, two) = (2..4, 3..4, [1..2, 5..7]);
+        let cases: [&[std::ops::Range<usize>]; 4] = [
+            &[],
+            std::slice::from_ref(&output),
+            &two,
+            std::slice::from_ref(&one),
+        ];
+        for spans in cases {
+            let mut tokens = apply(&doc, spans, &sp);
+            tokens.push(sp.eos);
+            let carried = carry_marks(&marks, spans);
+            assert_eq!(carried.len(), tokens.len(), "{spans:?}");
+            let out: Vec<u32> = tokens
+                .iter()
+                .zip(&carried)
+                .filter(|&(_, &m)| m == 1)
+                .map(|(&t, _)| t)
+                .collect();
+            // The output's tokens wherever they went, then the closing <eos>.
+            let mut want: Vec<u32> = tokens[..tokens.len() - 1]
+                .iter()
+                .copied()
+                .filter(|&t| t == 101 || t == 102)
+                .collect();
+            want.push(sp.eos);
+            assert_eq!(out, want, "{spans:?}");
         }
     }
 

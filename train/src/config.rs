@@ -51,6 +51,19 @@ pub struct TrainConfig {
     pub keep_checkpoints: usize,
     /// Seeds the initialisation and the data order.
     pub seed: u64,
+    /// Which targets the loss scores: `sequence` (every token but padding, the paper's choice
+    /// for pretraining and SFT) or `output_only` (only each example's output and its closing
+    /// `<eos>`, as `cm3 sft build` marks them: the usual instruction-tuning ablation).
+    pub loss: LossOn,
+}
+
+/// The targets the training loss scores.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossOn {
+    #[default]
+    Sequence,
+    OutputOnly,
 }
 
 impl Default for TrainConfig {
@@ -96,6 +109,7 @@ impl TrainConfig {
             save_every: 1000,
             keep_checkpoints: 3,
             seed: 0,
+            loss: LossOn::Sequence,
         })
     }
 

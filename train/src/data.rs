@@ -18,6 +18,8 @@ pub struct PackedSplit {
     bin_path: PathBuf,
     pointers: Vec<i64>,
     pub seq_len: usize,
+    /// `<prefix>.outputs.bin`, when the output-only loss reads it.
+    outputs: Option<(File, PathBuf)>,
 }
 
 impl PackedSplit {
@@ -63,7 +65,40 @@ impl PackedSplit {
             bin_path,
             pointers,
             seq_len,
+            outputs: None,
         })
+    }
+
+    /// Open `<prefix>.outputs.bin` for [`Self::read_targets_into`], checking that it marks
+    /// every token of the split.
+    pub fn open_outputs(&mut self, prefix: &Path) -> Result<()> {
+        let path = prefix.with_extension(cm3_pack::stage::OUTPUT_MARKS);
+        let bad = |reason: String| TrainError::Dataset {
+            path: path.clone(),
+            reason,
+        };
+        if !path.is_file() {
+            return Err(bad(
+                "missing: the output-only loss needs the outputs `cm3 sft build` \
+                 marks (pretraining datasets have none; an SFT directory built before they \
+                 existed needs `cm3 sft build --rebuild`)"
+                    .into(),
+            ));
+        }
+        let f = File::open(&path).map_err(io("opening", &path))?;
+        let size = f.metadata().map_err(io("reading", &path))?.len();
+        let need = self
+            .pointers
+            .last()
+            .map_or(0, |&p| p as u64 / 4 + self.seq_len as u64);
+        if size != need {
+            return Err(bad(format!(
+                "{size} bytes for the {need} tokens of {}",
+                self.bin_path.display()
+            )));
+        }
+        self.outputs = Some((f, path));
+        Ok(())
     }
 
     pub fn len(&self) -> usize {
@@ -84,6 +119,30 @@ impl PackedSplit {
             buf.chunks_exact(4)
                 .map(|c| i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
         );
+        Ok(())
+    }
+}
+
+impl PackedSplit {
+    /// Sequence `i`'s targets for the output-only loss, appended to `out`: its tokens, with
+    /// every token that is not marked as an output replaced by `pad` (unscored).
+    pub fn read_targets_into(&self, i: usize, pad: u32, out: &mut Vec<i64>) -> Result<()> {
+        let Some((f, path)) = &self.outputs else {
+            return Err(TrainError::Dataset {
+                path: self.bin_path.clone(),
+                reason: "its output marks were not opened".into(),
+            });
+        };
+        let mut marks = vec![0u8; self.seq_len];
+        f.read_exact_at(&mut marks, self.pointers[i] as u64 / 4)
+            .map_err(io("reading", path))?;
+        let start = out.len();
+        self.read_into(i, out)?;
+        for (t, &m) in out[start..].iter_mut().zip(&marks) {
+            if m == 0 {
+                *t = i64::from(pad);
+            }
+        }
         Ok(())
     }
 }
@@ -148,6 +207,15 @@ impl PreparedData {
             train,
             val: (!val.is_empty()).then_some(val),
         })
+    }
+
+    /// Open both splits' output marks (the output-only loss).
+    pub fn open_outputs(&mut self) -> Result<()> {
+        self.train.open_outputs(&self.root.join("packed/train"))?;
+        if let Some(val) = &mut self.val {
+            val.open_outputs(&self.root.join("packed/val"))?;
+        }
+        Ok(())
     }
 }
 

@@ -11,7 +11,7 @@ pub mod init;
 pub mod run;
 
 pub use backend::Backend;
-pub use config::{Decay, TRAIN_PRESETS, TrainConfig};
+pub use config::{Decay, LossOn, TRAIN_PRESETS, TrainConfig};
 pub use error::{Result, TrainError};
 pub use init::InitFrom;
 pub use run::{TrainOptions, TrainReport, train};

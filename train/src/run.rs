@@ -15,7 +15,7 @@ use cm3_core::DatasetLock;
 use cm3_core::fsio::{sync_dir, write_atomic};
 use cm3_model::decoder::{Cm3Decoder, DecoderConfig, HfOptConfig};
 
-use crate::config::TrainConfig;
+use crate::config::{LossOn, TrainConfig};
 use crate::data::{DataPosition, PackedSplit, PreparedData, Sampler};
 use crate::error::{Result, TrainError, io};
 use crate::init::{InitFrom, InitRecord};
@@ -170,12 +170,15 @@ fn ids_tensor(ids: Vec<i64>, batch: usize, seq_len: usize, device: &Device) -> T
 }
 
 /// Mean next-token loss over the non-padding targets of `split` (the first `batches`
-/// micro-batches of `batch` sequences, all when 0).
+/// micro-batches of `batch` sequences, all when 0); with `loss` output-only, over the targets
+/// marked as outputs.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     model: &Cm3Decoder,
     cfg: &DecoderConfig,
     split: &PackedSplit,
     pad: u32,
+    loss: LossOn,
     batch: usize,
     batches: usize,
     device: &Device,
@@ -191,12 +194,22 @@ pub fn evaluate(
     while i < limit {
         let b = batch.min(limit - i);
         let mut ids = Vec::with_capacity(b * split.seq_len);
+        let mut targets = Vec::new();
         for k in i..i + b {
             split.read_into(k, &mut ids)?;
+            if loss == LossOn::OutputOnly {
+                split.read_targets_into(k, pad, &mut targets)?;
+            }
         }
-        let score = model.score(cfg, ids_tensor(ids, b, split.seq_len, device), Some(pad))?;
-        nll += score.loss * score.tokens as f64;
-        count += score.tokens;
+        let ids = ids_tensor(ids, b, split.seq_len, device);
+        let (l, tokens) = if loss == LossOn::OutputOnly {
+            let targets = ids_tensor(targets, b, split.seq_len, device);
+            model.loss_on(cfg, ids, targets, pad)?
+        } else {
+            model.loss(cfg, ids, Some(pad))?
+        };
+        nll += f64::from(l.into_scalar::<f32>()) * tokens as f64;
+        count += tokens;
         i += b;
     }
     Ok(nll / count.max(1) as f64)
@@ -288,7 +301,10 @@ impl Run {
                     ));
                 }
                 cfg.validate()?;
-                let data = PreparedData::open(dataset)?;
+                let mut data = PreparedData::open(dataset)?;
+                if cfg.loss == LossOn::OutputOnly {
+                    data.open_outputs()?;
+                }
                 let mut cfg = cfg.clone();
                 let size = data.layout.size as usize;
                 let init = match &opts.init_from {
@@ -377,7 +393,10 @@ impl Run {
                         format!("format {:?}, this cm3 reads {RUN_FORMAT}", record.format),
                     ));
                 }
-                let data = PreparedData::open(&record.dataset)?;
+                let mut data = PreparedData::open(&record.dataset)?;
+                if record.config.loss == LossOn::OutputOnly {
+                    data.open_outputs()?;
+                }
                 if data.meta_sha256 != record.meta_sha256 {
                     return Err(TrainError::Dataset {
                         path: record.dataset.join("packed/meta.json"),
@@ -590,24 +609,37 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
     while state.step < last {
         let t0 = Instant::now();
         // The step's sequences, and how many targets they score (for the token-weighted mean).
+        // (ids, targets: the ids with unscored targets as `<pad>`, or empty for the whole
+        // sequence's loss)
+        let output_only = cfg.loss == LossOn::OutputOnly;
         let mut micro = Vec::with_capacity(accumulation);
         for _ in 0..accumulation {
             let mut ids = Vec::with_capacity(cfg.batch_size * seq_len);
+            let mut scored = Vec::new();
             for _ in 0..cfg.batch_size {
-                run.data.train.read_into(sampler.next_index(), &mut ids)?;
+                let k = sampler.next_index();
+                run.data.train.read_into(k, &mut ids)?;
+                if output_only {
+                    run.data.train.read_targets_into(k, pad, &mut scored)?;
+                }
             }
-            micro.push(ids);
+            micro.push((ids, scored));
         }
         let targets: u64 = micro
             .iter()
-            .flat_map(|ids| ids.chunks(seq_len))
+            .flat_map(|(ids, scored)| if output_only { scored } else { ids }.chunks(seq_len))
             .map(|s| s[1..].iter().filter(|&&t| t != i64::from(pad)).count() as u64)
             .sum();
         let mut accum = GradientsAccumulator::<Cm3Decoder>::new();
         let mut loss_sum = 0f64;
-        for ids in micro {
+        for (ids, scored) in micro {
             let ids = ids_tensor(ids, cfg.batch_size, seq_len, &device);
-            let (loss, n) = model.loss(&mcfg, ids, Some(pad))?;
+            let (loss, n) = if output_only {
+                let scored = ids_tensor(scored, cfg.batch_size, seq_len, &device);
+                model.loss_on(&mcfg, ids, scored, pad)?
+            } else {
+                model.loss(&mcfg, ids, Some(pad))?
+            };
             let loss = loss.mul_scalar(n as f64 / targets.max(1) as f64);
             loss_sum += f64::from(loss.clone().detach().into_scalar::<f32>());
             let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -674,6 +706,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
                 &mcfg,
                 val,
                 pad,
+                cfg.loss,
                 cfg.batch_size,
                 cfg.eval_batches,
                 &eval_device,

@@ -312,6 +312,27 @@ impl Cm3Decoder {
         next_token_loss(logits, ids, pad)
     }
 
+    /// [`Self::loss`] with the targets given apart from the inputs: `targets` `[B, T]` is `ids`
+    /// with every target that is not scored replaced by `pad` (the output-only loss of SFT).
+    pub fn loss_on(
+        &self,
+        cfg: &DecoderConfig,
+        ids: Tensor<2, Int>,
+        targets: Tensor<2, Int>,
+        pad: u32,
+    ) -> Result<(Tensor<1>, u64)> {
+        let [b, t] = ids.dims();
+        two_or_more(t)?;
+        if targets.dims() != [b, t] {
+            return Err(ModelError::Input {
+                op: "loss",
+                reason: format!("targets {:?} for ids {:?}", targets.dims(), [b, t]),
+            });
+        }
+        let logits = self.forward(cfg, ids.slice([0..b, 0..t - 1]))?;
+        next_token_loss(logits, targets, Some(pad))
+    }
+
     /// Loss and perplexity of `ids` (no gradients).
     pub fn score(
         &self,
