@@ -677,3 +677,86 @@ fn sft_build_train_generate_and_evaluate() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// A split build: workers encode their shares of the images, the build without workers writes
+/// the same mixture a single process writes, from their codes alone, and removes their files.
+#[test]
+fn a_split_build_equals_a_single_one() {
+    runtime();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ds = prepared(tmp.path(), 16);
+    fs::create_dir_all(tmp.path().join("coco/annotations")).expect("annotations");
+    let (vqa, coco) = task_folders(tmp.path(), 8);
+    let task_vqa = format!("vqa2={}", p(&vqa));
+    let task_coco = format!("coco={}", p(&coco));
+    let common = ["--from", &p(&ds), "--task", &task_vqa, "--task", &task_coco];
+    let single = tmp.path().join("single");
+    let one = sft_build(&[&[p(&single).as_str()][..], &common[..]].concat());
+    assert_eq!(one["worker_caches_merged"], 0);
+
+    let split = tmp.path().join("split");
+    let mut shares = 0;
+    for i in ["0", "1"] {
+        let w = sft_build(
+            &[
+                &[p(&split).as_str()][..],
+                &common[..],
+                &["--num-workers", "2", "--worker-index", i],
+            ]
+            .concat(),
+        );
+        assert_eq!(
+            w["train"]["examples"], 0,
+            "a worker writes no sequences: {w}"
+        );
+        assert!(!split.join("packed").exists());
+        shares += w["worker"]["images"].as_u64().expect("images");
+    }
+    assert_eq!(
+        shares,
+        one["images"].as_u64().expect("images"),
+        "shares cover the images once"
+    );
+    // A worker run again resumes from its cache: nothing is encoded twice.
+    let again = sft_build(
+        &[
+            &[p(&split).as_str()][..],
+            &common[..],
+            &["--num-workers", "2", "--worker-index", "1"],
+        ]
+        .concat(),
+    );
+    assert_eq!(again["images_from_cache"], again["images"], "{again}");
+
+    let merged = sft_build(&[&[p(&split).as_str()][..], &common[..]].concat());
+    assert_eq!(merged["worker_caches_merged"], 2, "{merged}");
+    assert_eq!(merged["images_from_cache"], merged["images"], "{merged}");
+    for f in [
+        "packed/train.bin",
+        "packed/val.bin",
+        "packed/train.outputs.bin",
+        "image-tokens.bin",
+    ] {
+        assert_eq!(
+            fs::read(single.join(f)).expect("single"),
+            fs::read(split.join(f)).expect("split"),
+            "{f} differs"
+        );
+    }
+    assert!(!split.join("image-tokens.d").exists(), "worker caches left");
+
+    // Workers never write into a folder that is not theirs.
+    let foreign = tmp.path().join("foreign");
+    fs::create_dir_all(&foreign).expect("dir");
+    fs::write(foreign.join("notes.txt"), "mine").expect("file");
+    let refused = run_err(
+        &[
+            &["sft", "build", &p(&foreign)][..],
+            &common[..],
+            &["--num-workers", "2", "--worker-index", "0"],
+        ]
+        .concat(),
+    );
+    assert!(refused.contains("not an SFT directory"), "{refused}");
+    assert_eq!(fs::read_dir(&foreign).expect("dir").count(), 1);
+}

@@ -37,6 +37,11 @@ pub(crate) struct BuildArgs {
     /// Replace SFT data built before in OUT (only the files its sft.json lists).
     #[arg(long)]
     pub rebuild: bool,
+    /// A split build: with --num-workers N, each worker encodes its share of the images into
+    /// OUT/image-tokens.d/ (the VQ encoder is most of the time); then one run without workers
+    /// writes the mixture from those codes.
+    #[command(flatten)]
+    pub workers: crate::WorkerArgs,
     #[arg(long)]
     pub no_progress: bool,
     /// Print the report as JSON on stdout.
@@ -81,10 +86,27 @@ fn build(a: BuildArgs) -> Result<()> {
         config,
         rebuild: a.rebuild,
         progress: !a.no_progress && !a.json,
+        worker: cm3_core::WorkerSpec::new(a.workers.num_workers, a.workers.worker_index)?,
     };
     let r = cm3_sft::build(&opts, &cm3_train::Backend::from(a.backend).device()?)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    if let Some(w) = &r.worker {
+        println!(
+            "sft build, worker {} of {}: {} of the mixture's images are this worker's; {} \
+             tokenised ({} of them from earlier caches, {} left out) into {} in {:.1} s. When every \
+             worker is done, run the same command without --num-workers.",
+            w.worker_index,
+            w.num_workers,
+            w.images,
+            r.images,
+            r.images_from_cache,
+            r.images_rejected,
+            w.cache.display(),
+            r.seconds
+        );
         return Ok(());
     }
     println!(

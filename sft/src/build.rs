@@ -31,6 +31,7 @@ use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
+use cm3_core::WorkerSpec;
 use cm3_core::rng::SplitMix64;
 use cm3_core::vocab::{self, VocabLayout};
 use cm3_ingest::config::IngestConfig;
@@ -128,6 +129,20 @@ pub struct SftBuildOptions {
     /// Replace an SFT directory built before (only the files its record lists).
     pub rebuild: bool,
     pub progress: bool,
+    /// With more than one worker, this process only encodes its share of the images into
+    /// `image-tokens.d/` (see [`SFT_WORKER_CACHES`]); a build without workers then writes the
+    /// mixture from them.
+    pub worker: WorkerSpec,
+}
+
+/// What a worker of a split build did.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerShare {
+    pub worker_index: u32,
+    pub num_workers: u32,
+    /// The images of the mixture this worker owns, and the cache file it wrote.
+    pub images: usize,
+    pub cache: PathBuf,
 }
 
 /// One task of the mixture, as `sft.json` records it.
@@ -159,6 +174,10 @@ pub struct SftBuildReport {
     pub images_from_cache: usize,
     /// Examples whose output was the masked span.
     pub output_masked: u64,
+    /// Set for a worker of a split build, which writes no sequences (`train`/`val` empty).
+    pub worker: Option<WorkerShare>,
+    /// Worker caches merged into this build (the worker files are then removed).
+    pub worker_caches_merged: usize,
     pub seconds: f64,
 }
 
@@ -484,6 +503,11 @@ fn document(
     Ok((doc, output))
 }
 
+/// The folder of the image-token caches workers of a split build write
+/// (`worker-{index}-of-{count}.bin`, the format of [`crate::cache`]); the build without workers
+/// merges them and removes the files it merged.
+pub const SFT_WORKER_CACHES: &str = "image-tokens.d";
+
 /// The SFT images: `sha256 <tab> path` per line, sorted (the leakage guard's list).
 pub const SFT_IMAGES: &str = "images.tsv";
 
@@ -523,11 +547,11 @@ fn check_output(out: &Path, rebuild: bool) -> Result<bool> {
         reason: reason.into(),
     };
     if !ours {
-        let empty = std::fs::read_dir(out)
+        // Empty, or holding only the caches workers of a split build wrote.
+        let only_workers = std::fs::read_dir(out)
             .map_err(io("reading", out))?
-            .next()
-            .is_none();
-        return if empty {
+            .all(|e| e.is_ok_and(|e| e.file_name() == SFT_WORKER_CACHES));
+        return if only_workers {
             Ok(true)
         } else {
             Err(output(
@@ -879,7 +903,12 @@ pub fn build(opts: &SftBuildOptions, device: &Device) -> Result<SftBuildReport> 
     if opts.tasks.is_empty() {
         return Err(SftError::Config("no --task given".into()));
     }
-    let exists = check_output(&opts.out, opts.rebuild)?;
+    let split = opts.worker.num_workers > 1;
+    let exists = if split {
+        check_worker_output(&opts.out)?
+    } else {
+        check_output(&opts.out, opts.rebuild)?
+    };
     let pre = read_pretrained(&pretrained_dataset(&opts.from)?)?;
     let mut sources: Vec<(Task, PathBuf, Vec<SourceExample>)> = Vec::new();
     for (task, path) in &opts.tasks {
@@ -910,6 +939,14 @@ pub fn build(opts: &SftBuildOptions, device: &Device) -> Result<SftBuildReport> 
     } else {
         ImageCache::new(&tok_sha, per)
     };
+    if split {
+        return encode_share(opts, &pre, &images, &image_tok, cache, started);
+    }
+    // The caches workers of a split build wrote (see `encode_share`).
+    let merged = worker_caches(&opts.out)?;
+    for path in &merged {
+        cache.absorb(ImageCache::load(path, &tok_sha, per));
+    }
     let (image_ids, images_rejected, images_from_cache) = tokenise_images(
         &images,
         &pre.ingest,
@@ -1014,6 +1051,14 @@ pub fn build(opts: &SftBuildOptions, device: &Device) -> Result<SftBuildReport> 
     cache.write(&tmp.join(SFT_IMAGE_CACHE))?;
     cm3_core::fsio::write_atomic(&tmp.join(SFT_RECORD), &json(&record)?, "sft")?;
     install(&tmp, &opts.out, exists)?;
+    // The workers' caches are in image-tokens.bin now.
+    for path in &merged {
+        std::fs::remove_file(path).map_err(io("removing", path))?;
+    }
+    let workers_dir = opts.out.join(SFT_WORKER_CACHES);
+    if !merged.is_empty() && std::fs::read_dir(&workers_dir).is_ok_and(|mut d| d.next().is_none()) {
+        std::fs::remove_dir(&workers_dir).map_err(io("removing", &workers_dir))?;
+    }
     let out = std::fs::canonicalize(&opts.out).map_err(io("resolving", &opts.out))?;
     Ok(SftBuildReport {
         out,
@@ -1025,6 +1070,126 @@ pub fn build(opts: &SftBuildOptions, device: &Device) -> Result<SftBuildReport> 
         images_rejected,
         images_from_cache,
         output_masked,
+        worker: None,
+        worker_caches_merged: merged.len(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The worker of a split build that owns an image: a hash of how its picture is made and its
+/// path, so that shares do not move when tasks or images are added.
+fn owner(source: &ImageSource, workers: u32) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let kind = [kind_of(source) as u8];
+    for &b in kind
+        .iter()
+        .chain(source.path().as_os_str().as_encoded_bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % u64::from(workers.max(1))) as u32
+}
+
+/// A worker's output folder: absent, empty, holding worker caches only, or an SFT directory.
+fn check_worker_output(out: &Path) -> Result<bool> {
+    if !out.exists() {
+        return Ok(false);
+    }
+    let ours = out.join(SFT_RECORD).is_file();
+    let only_workers = std::fs::read_dir(out)
+        .map_err(io("reading", out))?
+        .all(|e| e.is_ok_and(|e| e.file_name() == SFT_WORKER_CACHES));
+    if ours || only_workers {
+        Ok(true)
+    } else {
+        Err(SftError::Output {
+            path: out.to_path_buf(),
+            reason: "exists and is not an SFT directory cm3 built (no sft.json): choose \
+                     another output"
+                .into(),
+        })
+    }
+}
+
+/// The worker cache files in `out/image-tokens.d` (files of the cache format named
+/// `worker-*-of-*.bin`; anything else there is left alone).
+fn worker_caches(out: &Path) -> Result<Vec<PathBuf>> {
+    let dir = out.join(SFT_WORKER_CACHES);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(Vec::new());
+    };
+    let mut found = Vec::new();
+    for e in entries {
+        let e = e.map_err(io("reading", &dir))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        if name.starts_with("worker-")
+            && name.ends_with(".bin")
+            && name.contains("-of-")
+            && path.is_file()
+            && ImageCache::is_cache_file(&path)
+        {
+            found.push(path);
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// A worker of a split build: encode the images of the mixture this worker owns (resuming from
+/// its own earlier cache and the directory's) into `image-tokens.d/worker-{i}-of-{n}.bin`.
+fn encode_share(
+    opts: &SftBuildOptions,
+    pre: &Pretrained,
+    images: &[ImageSource],
+    tok: &ImageTokenizer,
+    mut cache: ImageCache,
+    started: Instant,
+) -> Result<SftBuildReport> {
+    let w = opts.worker;
+    let mine: Vec<ImageSource> = images
+        .iter()
+        .filter(|s| owner(s, w.num_workers) == w.worker_index)
+        .cloned()
+        .collect();
+    let dir = opts.out.join(SFT_WORKER_CACHES);
+    std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+    let path = dir.join(format!(
+        "worker-{}-of-{}.bin",
+        w.worker_index, w.num_workers
+    ));
+    let tok_sha = tok.reference().sha256;
+    let per = (tok.grid() * tok.grid()) as usize;
+    cache.absorb(ImageCache::load(&path, &tok_sha, per));
+    let (ids, rejected, hits) = tokenise_images(
+        &mine,
+        &pre.ingest,
+        tok,
+        &pre.layout,
+        &mut cache,
+        opts.progress,
+    )?;
+    let share = cache.subset(ids.iter().map(|(s, t)| (kind_of(s), t.sha256.as_str())));
+    share.write(&path)?;
+    tracing::info!(worker = w.worker_index, of = w.num_workers, images = mine.len(), cache = %path.display(), "worker share encoded");
+    Ok(SftBuildReport {
+        out: opts.out.clone(),
+        pretrained_dataset: pre.dataset.clone(),
+        tasks: Vec::new(),
+        train: SplitCounts::default(),
+        val: SplitCounts::default(),
+        images: ids.len(),
+        images_rejected: rejected,
+        images_from_cache: hits,
+        output_masked: 0,
+        worker: Some(WorkerShare {
+            worker_index: w.worker_index,
+            num_workers: w.num_workers,
+            images: mine.len(),
+            cache: path,
+        }),
+        worker_caches_merged: 0,
         seconds: started.elapsed().as_secs_f64(),
     })
 }

@@ -78,6 +78,37 @@ impl ImageCache {
         }
     }
 
+    /// Take every entry of `other` (a cache of the same tokenizer, e.g. a worker's); returns
+    /// how many it held.
+    pub fn absorb(&mut self, other: ImageCache) -> usize {
+        let n = other.entries.len();
+        if other.tokenizer == self.tokenizer && other.per == self.per {
+            self.entries.extend(other.entries);
+        }
+        n
+    }
+
+    /// A cache of the same tokenizer holding only the entries `keys` names (those present).
+    pub fn subset<'a>(&self, keys: impl IntoIterator<Item = (Kind, &'a str)>) -> Self {
+        let mut out = Self::new(&self.tokenizer, self.per);
+        for (kind, sha) in keys {
+            if let Some(codes) = self.get(kind, sha) {
+                out.insert(kind, sha, codes);
+            }
+        }
+        out
+    }
+
+    /// Whether the file at `path` is a cache of this format (of any tokenizer).
+    pub fn is_cache_file(path: &Path) -> bool {
+        use std::io::Read;
+        let mut magic = [0u8; 8];
+        std::fs::File::open(path)
+            .and_then(|mut f| f.read_exact(&mut magic))
+            .is_ok()
+            && &magic == MAGIC
+    }
+
     /// Write the cache atomically.
     pub fn write(&self, path: &Path) -> Result<()> {
         let mut b = Vec::with_capacity(80 + self.entries.len() * (65 + 4 * self.per));
