@@ -760,3 +760,113 @@ fn a_split_build_equals_a_single_one() {
     assert!(refused.contains("not an SFT directory"), "{refused}");
     assert_eq!(fs::read_dir(&foreign).expect("dir").count(), 1);
 }
+
+/// `--exclude`: an evaluation folder's images and a list of hashes stay out of the SFT data.
+#[test]
+fn evaluation_images_are_excluded() {
+    runtime();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ds = prepared(tmp.path(), 16);
+    fs::create_dir_all(tmp.path().join("coco/annotations")).expect("annotations");
+    let (vqa, coco) = task_folders(tmp.path(), 8);
+    let task_vqa = format!("vqa2={}", p(&vqa));
+    let task_coco = format!("coco={}", p(&coco));
+    let common = ["--from", &p(&ds), "--task", &task_vqa, "--task", &task_coco];
+    let all = tmp.path().join("all");
+    sft_build(&[&[p(&all).as_str()][..], &common[..]].concat());
+    // The pictures listed (a picture both tasks use is listed once per file).
+    let listed = |dir: &Path| -> Vec<String> {
+        let set: std::collections::BTreeSet<String> = fs::read_to_string(dir.join("images.tsv"))
+            .expect("images.tsv")
+            .lines()
+            .map(|l| l.split('\t').next().expect("sha").to_string())
+            .collect();
+        set.into_iter().collect()
+    };
+    let before = listed(&all);
+    // An evaluation folder holding the first sample image (both tasks use that picture), and a
+    // list naming another picture by hash.
+    let eval_dir = tmp.path().join("eval-images/nested");
+    fs::create_dir_all(&eval_dir).expect("dir");
+    let first = &sample_pairs()[0];
+    fs::copy(&first.image, eval_dir.join(format!("x.{}", first.ext()))).expect("copy");
+    let out = tmp.path().join("excl");
+    let r0 = sft_build(
+        &[
+            &[p(&out).as_str()][..],
+            &common[..],
+            &["--exclude", &p(&tmp.path().join("eval-images"))],
+        ]
+        .concat(),
+    );
+    let after_folder = listed(&out);
+    let gone: Vec<&String> = before
+        .iter()
+        .filter(|h| !after_folder.contains(h))
+        .collect();
+    assert_eq!(gone.len(), 1, "one picture left out: {r0}");
+    assert_eq!(r0["excluded_images"], 2, "its copy in each task: {r0}");
+    assert!(r0["excluded_examples"].as_u64() > Some(0), "{r0}");
+    let other = after_folder[0].clone();
+    let list = tmp.path().join("hashes.txt");
+    fs::write(
+        &list,
+        format!("# evaluation images\n{other}\tsomewhere/x.jpg\n"),
+    )
+    .expect("list");
+    let r = sft_build(
+        &[
+            &[p(&out).as_str(), "--rebuild"][..],
+            &common[..],
+            &[
+                "--exclude",
+                &p(&tmp.path().join("eval-images")),
+                "--exclude",
+                &p(&list),
+            ],
+        ]
+        .concat(),
+    );
+    let after = listed(&out);
+    assert_eq!(after.len(), before.len() - 2, "{r}");
+    assert_eq!(r["excluded_images"], 4, "{r}");
+    assert!(!after.contains(&other) && !after.contains(gone[0]));
+    let drawn: u64 = r["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .flat_map(|t| t["drawn"].as_array().expect("drawn").clone())
+        .map(|d| d.as_u64().expect("n"))
+        .sum();
+    let written =
+        r["train"]["examples"].as_u64().expect("n") + r["val"]["examples"].as_u64().expect("n");
+    let skipped = r["train"]["skipped_too_long"].as_u64().expect("n")
+        + r["val"]["skipped_too_long"].as_u64().expect("n");
+    let excluded = r["excluded_examples"].as_u64().expect("n");
+    assert!(
+        excluded > r0["excluded_examples"].as_u64().expect("n"),
+        "{r}"
+    );
+    assert_eq!(written + skipped + excluded, drawn, "{r}");
+    let record: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("sft.json")).expect("record")).expect("json");
+    assert_eq!(
+        record["exclude"].as_array().map(Vec::len),
+        Some(2),
+        "{record}"
+    );
+    // A list that is not one is refused, naming the line.
+    fs::write(&list, "not-a-hash\n").expect("list");
+    let refused = run_err(
+        &[
+            &["sft", "build", &p(&tmp.path().join("bad"))][..],
+            &common[..],
+            &["--exclude", &p(&list)],
+        ]
+        .concat(),
+    );
+    assert!(
+        refused.contains("line 1") && refused.contains("hashes.txt"),
+        "{refused}"
+    );
+}

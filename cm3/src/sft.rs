@@ -37,6 +37,11 @@ pub(crate) struct BuildArgs {
     /// Replace SFT data built before in OUT (only the files its sft.json lists).
     #[arg(long)]
     pub rebuild: bool,
+    /// Evaluation images to keep out (repeatable): a folder of images, an image, or a list of
+    /// SHA-256s of normalised images (one a line, e.g. another SFT directory's images.tsv).
+    /// Every example holding one of them is left out, and counted.
+    #[arg(long, value_name = "PATH")]
+    pub exclude: Vec<PathBuf>,
     /// A split build: with --num-workers N, each worker encodes its share of the images into
     /// OUT/image-tokens.d/ (the VQ encoder is most of the time); then one run without workers
     /// writes the mixture from those codes.
@@ -87,6 +92,7 @@ fn build(a: BuildArgs) -> Result<()> {
         rebuild: a.rebuild,
         progress: !a.no_progress && !a.json,
         worker: cm3_core::WorkerSpec::new(a.workers.num_workers, a.workers.worker_index)?,
+        exclude: a.exclude.clone(),
     };
     let r = cm3_sft::build(&opts, &cm3_train::Backend::from(a.backend).device()?)?;
     if a.json {
@@ -111,7 +117,8 @@ fn build(a: BuildArgs) -> Result<()> {
     }
     println!(
         "sft build: {} train / {} validation examples in {} + {} sequences ({} images, {} left \
-         out; {} answers as the masked span) in {:.1} s",
+         out; {} answers as the masked span; {} examples of {} excluded images left out) in \
+         {:.1} s",
         r.train.examples,
         r.val.examples,
         r.train.sequences,
@@ -119,6 +126,8 @@ fn build(a: BuildArgs) -> Result<()> {
         r.images,
         r.images_rejected,
         r.output_masked,
+        r.excluded_examples,
+        r.excluded_images,
         r.seconds
     );
     for t in &r.tasks {

@@ -133,6 +133,9 @@ pub struct SftBuildOptions {
     /// `image-tokens.d/` (see [`SFT_WORKER_CACHES`]); a build without workers then writes the
     /// mixture from them.
     pub worker: WorkerSpec,
+    /// Evaluation images kept out: folders of images, image files, or lists of SHA-256s of
+    /// normalised images (see [`Exclusions`]).
+    pub exclude: Vec<PathBuf>,
 }
 
 /// What a worker of a split build did.
@@ -174,6 +177,10 @@ pub struct SftBuildReport {
     pub images_from_cache: usize,
     /// Examples whose output was the masked span.
     pub output_masked: u64,
+    /// Images of the mixture whose picture is excluded (`--exclude`), and the draws left out
+    /// for them.
+    pub excluded_images: usize,
+    pub excluded_examples: u64,
     /// Set for a worker of a split build, which writes no sequences (`train`/`val` empty).
     pub worker: Option<WorkerShare>,
     /// Worker caches merged into this build (the worker files are then removed).
@@ -322,14 +329,26 @@ struct ImageTokens {
 
 /// Normalise (the pretrained ingest settings) and tokenise every image, in batches. A file that
 /// cannot be read, decoded or normalised is left out (its examples with it) and counted.
+/// What [`tokenise_images`] made: the tokens of each image, and what it left out.
+struct Tokenised {
+    ids: HashMap<ImageSource, ImageTokens>,
+    /// Files that could not be read, decoded or normalised.
+    rejected: usize,
+    /// Images whose codes came from the cache.
+    hits: usize,
+    /// Images whose normalised picture is excluded (`--exclude`).
+    excluded: std::collections::HashSet<ImageSource>,
+}
+
 fn tokenise_images(
     paths: &[ImageSource],
     ingest: &IngestConfig,
     tok: &ImageTokenizer,
     layout: &VocabLayout,
     cache: &mut ImageCache,
+    exclude: &Exclusions,
     progress: bool,
-) -> Result<(HashMap<ImageSource, ImageTokens>, usize, usize)> {
+) -> Result<Tokenised> {
     let side = tok.resolution();
     let bar = if progress {
         let b = ProgressBar::new(paths.len() as u64);
@@ -343,6 +362,7 @@ fn tokenise_images(
     };
     let mut out = HashMap::with_capacity(paths.len());
     let (mut rejected, mut hits) = (0, 0);
+    let mut excluded = std::collections::HashSet::new();
     for chunk in paths.chunks(16) {
         let mut rgb = Vec::with_capacity(chunk.len());
         let mut cached = Vec::new();
@@ -357,6 +377,10 @@ fn tokenise_images(
                     continue;
                 }
             };
+            if exclude.hashes.contains(&normal.sha256) {
+                excluded.insert(source.clone());
+                continue;
+            }
             if let Some(codes) = cache.get(kind, &normal.sha256) {
                 cached.push((source, codes.to_vec(), normal.sha256));
                 continue;
@@ -398,7 +422,107 @@ fn tokenise_images(
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    Ok((out, rejected, hits))
+    Ok(Tokenised {
+        ids: out,
+        rejected,
+        hits,
+        excluded,
+    })
+}
+
+/// Evaluation images kept out of the SFT data (`--exclude`): the SHA-256 of each picture
+/// normalised with the pretrained dataset's ingest settings, as `cm3 eval`'s leakage guard
+/// compares them.
+#[derive(Debug, Default)]
+pub struct Exclusions {
+    hashes: std::collections::HashSet<String>,
+    /// (what was given, images it named)
+    sources: Vec<(PathBuf, usize)>,
+}
+
+/// Largest hash list read (`--exclude` file).
+const MAX_EXCLUDE_LIST_BYTES: u64 = 1 << 30;
+
+impl Exclusions {
+    /// Each path: a folder of images (searched recursively), an image file, or a text file of
+    /// SHA-256s of normalised images, one a line, first field (`images.tsv` of another SFT
+    /// directory; `#` comments).
+    fn read(paths: &[PathBuf], ingest: &IngestConfig) -> Result<Self> {
+        let mut ex = Self::default();
+        for path in paths {
+            let before = ex.hashes.len();
+            let is_image = |p: &Path| {
+                p.extension()
+                    .is_some_and(|e| cm3_ingest::source::is_image_ext(&e.to_string_lossy()))
+            };
+            let images = if path.is_dir() {
+                cm3_ingest::source::folder::list_files(path)
+                    .map_err(|e| exclude_error(path, e.to_string()))?
+                    .into_iter()
+                    .filter(|p| is_image(p))
+                    .collect()
+            } else if is_image(path) {
+                vec![path.clone()]
+            } else {
+                ex.read_list(path)?;
+                Vec::new()
+            };
+            for image in &images {
+                match normalised(image, ingest) {
+                    Ok(n) => {
+                        ex.hashes.insert(n.sha256);
+                    }
+                    // Not readable as an image: no training image can have its bytes either.
+                    Err(reason) => {
+                        tracing::warn!(image = %image.display(), %reason, "excluded image unreadable")
+                    }
+                }
+            }
+            let named = if images.is_empty() {
+                ex.hashes.len() - before
+            } else {
+                images.len()
+            };
+            if named == 0 {
+                return Err(exclude_error(path, "names no image".into()));
+            }
+            ex.sources.push((path.clone(), named));
+        }
+        Ok(ex)
+    }
+
+    fn read_list(&mut self, path: &Path) -> Result<()> {
+        let bytes = cm3_core::fsio::read_input(path, MAX_EXCLUDE_LIST_BYTES)
+            .map_err(|e| exclude_error(path, e.to_string()))?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            exclude_error(path, "neither an image, a folder nor a text list".into())
+        })?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let first = line.split_whitespace().next().unwrap_or_default();
+            if first.len() != 64 || !first.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(exclude_error(
+                    path,
+                    format!(
+                        "line {}: {first:?} is not the SHA-256 of an image (64 hex digits)",
+                        n + 1
+                    ),
+                ));
+            }
+            self.hashes.insert(first.to_ascii_lowercase());
+        }
+        Ok(())
+    }
+}
+
+fn exclude_error(path: &Path, reason: String) -> SftError {
+    SftError::Input {
+        path: path.to_path_buf(),
+        reason: format!("--exclude: {reason}"),
+    }
 }
 
 /// The image file normalised with the pretrained dataset's ingest settings (bounded read).
@@ -657,6 +781,8 @@ struct Data<'a> {
     pack: &'a PackConfig,
     mask_plan: MaskPlan,
     cfg: &'a SftConfig,
+    /// Images of excluded pictures: their examples are left out.
+    excluded: &'a std::collections::HashSet<ImageSource>,
 }
 
 /// What writing the sequences counted.
@@ -665,6 +791,8 @@ struct Written {
     /// Per task, examples written per template.
     templates: Vec<Vec<u64>>,
     output_masked: u64,
+    /// Draws left out because an image is excluded (`--exclude`).
+    excluded: u64,
 }
 
 /// One example's masked tokens and their output marks: its output as the one span (in
@@ -824,12 +952,17 @@ fn write_sequences(packed: &Path, epochs: &[Vec<Pick>], d: &Data<'_>) -> Result<
             .map(|(t, _, _)| vec![0; t.templates().len()])
             .collect(),
         output_masked: 0,
+        excluded: 0,
     };
     let max_extra = growth(sp.sentinels.len());
     for (epoch, picks) in epochs.iter().enumerate() {
         for &(t, i, r) in picks {
             let (task, _, examples) = &d.sources[t];
             let src = &examples[i];
+            if src.images.values().any(|s| d.excluded.contains(s)) {
+                w.excluded += 1;
+                continue;
+            }
             // Every image of the example, by slot; an example missing one is left out.
             let Some(slots) = src
                 .images
@@ -910,6 +1043,7 @@ pub fn build(opts: &SftBuildOptions, device: &Device) -> Result<SftBuildReport> 
         check_output(&opts.out, opts.rebuild)?
     };
     let pre = read_pretrained(&pretrained_dataset(&opts.from)?)?;
+    let exclusions = Exclusions::read(&opts.exclude, &pre.ingest)?;
     let mut sources: Vec<(Task, PathBuf, Vec<SourceExample>)> = Vec::new();
     for (task, path) in &opts.tasks {
         let examples = read_task(*task, path, pre.ingest.image_size)?;
@@ -940,19 +1074,25 @@ pub fn build(opts: &SftBuildOptions, device: &Device) -> Result<SftBuildReport> 
         ImageCache::new(&tok_sha, per)
     };
     if split {
-        return encode_share(opts, &pre, &images, &image_tok, cache, started);
+        return encode_share(opts, &pre, &images, &image_tok, cache, &exclusions, started);
     }
     // The caches workers of a split build wrote (see `encode_share`).
     let merged = worker_caches(&opts.out)?;
     for path in &merged {
         cache.absorb(ImageCache::load(path, &tok_sha, per));
     }
-    let (image_ids, images_rejected, images_from_cache) = tokenise_images(
+    let Tokenised {
+        ids: image_ids,
+        rejected: images_rejected,
+        hits: images_from_cache,
+        excluded: excluded_images,
+    } = tokenise_images(
         &images,
         &pre.ingest,
         &image_tok,
         &pre.layout,
         &mut cache,
+        &exclusions,
         opts.progress,
     )?;
     let sp = Specials::from_layout(&pre.layout)?;
@@ -984,12 +1124,19 @@ pub fn build(opts: &SftBuildOptions, device: &Device) -> Result<SftBuildReport> 
         pack: &pack,
         mask_plan: pack.mask_plan(),
         cfg,
+        excluded: &excluded_images,
     };
     let Written {
         counts,
         templates,
         output_masked,
+        excluded: excluded_examples,
     } = write_sequences(&packed, &epochs, &data)?;
+    let exclude_record: Vec<serde_json::Value> = exclusions
+        .sources
+        .iter()
+        .map(|(p, n)| serde_json::json!({"path": p, "images": n}))
+        .collect();
 
     let tasks: Vec<TaskRecord> = sources
         .iter()
@@ -1016,6 +1163,9 @@ pub fn build(opts: &SftBuildOptions, device: &Device) -> Result<SftBuildReport> 
         "images_rejected": images_rejected,
         "images_from_cache": images_from_cache,
         "output_masked": output_masked,
+        "exclude": exclude_record,
+        "excluded_images": excluded_images.len(),
+        "excluded_examples": excluded_examples,
         "files": WRITTEN,
         "tool_version": env!("CARGO_PKG_VERSION"),
     });
@@ -1070,6 +1220,8 @@ pub fn build(opts: &SftBuildOptions, device: &Device) -> Result<SftBuildReport> 
         images_rejected,
         images_from_cache,
         output_masked,
+        excluded_images: excluded_images.len(),
+        excluded_examples,
         worker: None,
         worker_caches_merged: merged.len(),
         seconds: started.elapsed().as_secs_f64(),
@@ -1145,6 +1297,7 @@ fn encode_share(
     images: &[ImageSource],
     tok: &ImageTokenizer,
     mut cache: ImageCache,
+    exclusions: &Exclusions,
     started: Instant,
 ) -> Result<SftBuildReport> {
     let w = opts.worker;
@@ -1162,12 +1315,18 @@ fn encode_share(
     let tok_sha = tok.reference().sha256;
     let per = (tok.grid() * tok.grid()) as usize;
     cache.absorb(ImageCache::load(&path, &tok_sha, per));
-    let (ids, rejected, hits) = tokenise_images(
+    let Tokenised {
+        ids,
+        rejected,
+        hits,
+        excluded,
+    } = tokenise_images(
         &mine,
         &pre.ingest,
         tok,
         &pre.layout,
         &mut cache,
+        exclusions,
         opts.progress,
     )?;
     let share = cache.subset(ids.iter().map(|(s, t)| (kind_of(s), t.sha256.as_str())));
@@ -1183,6 +1342,8 @@ fn encode_share(
         images_rejected: rejected,
         images_from_cache: hits,
         output_masked: 0,
+        excluded_images: excluded.len(),
+        excluded_examples: 0,
         worker: Some(WorkerShare {
             worker_index: w.worker_index,
             num_workers: w.num_workers,
