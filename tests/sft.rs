@@ -870,3 +870,196 @@ fn evaluation_images_are_excluded() {
         "{refused}"
     );
 }
+
+fn write_parquet(path: &Path, columns: Vec<(&str, arrow_array::ArrayRef)>) {
+    let batch = arrow_array::RecordBatch::try_from_iter(columns).expect("batch");
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        fs::File::create(path).expect("create"),
+        batch.schema(),
+        None,
+    )
+    .expect("writer");
+    w.write(&batch).expect("write");
+    w.close().expect("close");
+}
+
+/// Images stored inside files: captions from a WebDataset folder and a Parquet table (any
+/// `cm3 ingest` source), InstructPix2Pix triplets from a Parquet table (Hugging Face `Image`
+/// structs and raw bytes) and from WebDataset tars.
+#[test]
+fn tables_and_tars_are_read() {
+    use arrow_array::{ArrayRef, BinaryArray, StringArray, StructArray};
+    use arrow_schema::{DataType, Field};
+    use std::sync::Arc;
+    runtime();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ds = prepared(tmp.path(), 16);
+    let pairs = sample_pairs();
+    let bytes: Vec<Vec<u8>> = pairs[..6]
+        .iter()
+        .map(|p| fs::read(&p.image).expect("image"))
+        .collect();
+    // Captioning: 6 pairs as two WebDataset tars, 4 as a Parquet table of bytes.
+    write_webdataset(&tmp.path().join("wds"), &pairs[..6], 3);
+    let captions = tmp.path().join("captions.parquet");
+    write_parquet(
+        &captions,
+        vec![
+            (
+                "jpg",
+                Arc::new(BinaryArray::from_iter_values(bytes[2..].iter())) as ArrayRef,
+            ),
+            (
+                "caption",
+                Arc::new(StringArray::from_iter_values(
+                    pairs[2..6].iter().map(|p| p.caption.clone()),
+                )) as ArrayRef,
+            ),
+        ],
+    );
+    // Editing: each image edited into the next; the source as Hugging Face Image structs.
+    let edits = tmp.path().join("edits.parquet");
+    let source = StructArray::from(vec![
+        (
+            Arc::new(Field::new("bytes", DataType::Binary, true)),
+            Arc::new(BinaryArray::from_iter_values(bytes[..5].iter())) as ArrayRef,
+        ),
+        (
+            Arc::new(Field::new("path", DataType::Utf8, true)),
+            Arc::new(StringArray::from_iter_values(
+                (0..5).map(|i| format!("{i}.jpg")),
+            )) as ArrayRef,
+        ),
+    ]);
+    write_parquet(
+        &edits,
+        vec![
+            ("input_image", Arc::new(source) as ArrayRef),
+            (
+                "edit_prompt",
+                Arc::new(StringArray::from_iter_values(
+                    (0..5).map(|i| format!("turn it into picture {}", i + 1)),
+                )) as ArrayRef,
+            ),
+            (
+                "edited_image",
+                Arc::new(BinaryArray::from_iter_values(bytes[1..6].iter())) as ArrayRef,
+            ),
+        ],
+    );
+    let out = tmp.path().join("sft");
+    let r = sft_build(&[
+        &p(&out),
+        "--from",
+        &p(&ds),
+        "--task",
+        &format!("coco={}", p(&tmp.path().join("wds"))),
+        "--task",
+        &format!("flickr30k={}", p(&captions)),
+        "--task",
+        &format!("instructpix2pix={}", p(&edits)),
+    ]);
+    let tasks = r["tasks"].as_array().expect("tasks");
+    let sizes: Vec<u64> = tasks
+        .iter()
+        .map(|t| t["examples"].as_u64().expect("n"))
+        .collect();
+    assert_eq!(sizes, vec![6, 4, 5], "{r}");
+    // The same six pictures, whichever file held them.
+    assert_eq!(r["images_rejected"], 0, "{r}");
+    let listing = fs::read_to_string(out.join("images.tsv")).expect("images.tsv");
+    let distinct: std::collections::BTreeSet<&str> = listing
+        .lines()
+        .filter_map(|l| l.split('\t').next())
+        .collect();
+    assert_eq!(distinct.len(), 6, "{listing}");
+    assert!(listing.contains("edits.parquet#0/input_image"), "{listing}");
+    assert!(listing.contains(".tar#"), "{listing}");
+    // The scratch folder of extracted images is gone.
+    let leftovers: Vec<String> = fs::read_dir(tmp.path())
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // InstructPix2Pix as WebDataset: <key>.source.jpg, <key>.edited.png, <key>.txt.
+    let tars = tmp.path().join("edit-tars");
+    fs::create_dir_all(&tars).expect("dir");
+    let mut b = tar::Builder::new(fs::File::create(tars.join("00000.tar")).expect("tar"));
+    for i in 0..4 {
+        tar_add(
+            &mut b,
+            &format!("s{i}.source.{}", pairs[i].ext()),
+            &bytes[i],
+        );
+        tar_add(
+            &mut b,
+            &format!("s{i}.edited.{}", pairs[i + 1].ext()),
+            &bytes[i + 1],
+        );
+        tar_add(
+            &mut b,
+            &format!("s{i}.txt"),
+            format!("make it picture {}", i + 1).as_bytes(),
+        );
+    }
+    // A sample without its edited image is named, not skipped.
+    tar_add(
+        &mut b,
+        &format!("broken.source.{}", pairs[0].ext()),
+        &bytes[0],
+    );
+    tar_add(&mut b, "broken.txt", b"make it");
+    b.finish().expect("finish");
+    let bad = run_err(&[
+        "sft",
+        "build",
+        &p(&tmp.path().join("sft-tar")),
+        "--from",
+        &p(&ds),
+        "--task",
+        &format!("instructpix2pix={}", p(&tars)),
+    ]);
+    assert!(
+        bad.contains("sample broken") && bad.contains("00000.tar"),
+        "{bad}"
+    );
+    let mut b = tar::Builder::new(fs::File::create(tars.join("00000.tar")).expect("tar"));
+    for i in 0..4 {
+        tar_add(
+            &mut b,
+            &format!("s{i}.source.{}", pairs[i].ext()),
+            &bytes[i],
+        );
+        tar_add(
+            &mut b,
+            &format!("s{i}.edited.{}", pairs[i + 1].ext()),
+            &bytes[i + 1],
+        );
+        tar_add(
+            &mut b,
+            &format!("s{i}.json"),
+            br#"{"edit_prompt": "make it brighter"}"#,
+        );
+    }
+    b.finish().expect("finish");
+    let r = sft_build(&[
+        &p(&tmp.path().join("sft-tar")),
+        "--from",
+        &p(&ds),
+        "--task",
+        &format!("instructpix2pix={}", p(&tars)),
+    ]);
+    assert_eq!(r["tasks"][0]["examples"], 4, "{r}");
+    // Eight members, five pictures (each edited image is the next sample's source).
+    assert_eq!(r["images"], 8, "{r}");
+    let listing = fs::read_to_string(tmp.path().join("sft-tar/images.tsv")).expect("images.tsv");
+    let distinct: std::collections::BTreeSet<&str> = listing
+        .lines()
+        .filter_map(|l| l.split('\t').next())
+        .collect();
+    assert_eq!(distinct.len(), 5, "{listing}");
+    assert!(listing.contains("00000.tar#s3.edited."), "{listing}");
+}

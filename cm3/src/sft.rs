@@ -22,9 +22,13 @@ pub(crate) struct BuildArgs {
     /// settings and masking settings are used, never new ones.
     #[arg(long, value_name = "RUN")]
     pub from: PathBuf,
-    /// A Table 5 task and its source folder, NAME=PATH (repeatable): coco, flickr30k (COCO-
-    /// format captions JSON + images), vqa2, okvqa (VQA v2 questions.json + annotations.json +
-    /// images/), vizwiz (annotations.json + images/).
+    /// A Table 5 task and its source, NAME=PATH (repeatable): coco, flickr30k (a COCO-format
+    /// captions folder, a folder of images with .txt captions, or any `cm3 ingest` source: a
+    /// WebDataset tar or folder of tars, a JSONL/CSV/Parquet table), vqa2, okvqa (VQA v2
+    /// questions.json + annotations.json + images/), vizwiz, instructpix2pix (metadata.jsonl, a
+    /// Parquet table, or WebDataset tars), edge, seg, hed, pose, depth, norm, scribble
+    /// (metadata.jsonl of feature image, caption, image; edge also a captions folder, the
+    /// edges computed by cm3), detection (COCO instances + captions).
     #[arg(long = "task", value_name = "NAME=PATH", required = true)]
     pub tasks: Vec<String>,
     /// Settings file (TOML or JSON): epochs, seed, output_rate, val_fraction, seq_len, and a

@@ -44,6 +44,7 @@ use cm3_tokenize::text::TextTokenizer;
 
 use crate::cache::{ImageCache, Kind};
 use crate::canny;
+use crate::embedded::Extractor;
 use crate::error::{Result, SftError, io};
 use crate::mixing::{MixConfig, MixPlan, draw_task, plan};
 use crate::sources::{ImageSource, SourceExample, read_task};
@@ -388,13 +389,13 @@ fn tokenise_images(
             match decode_rgb(&normal.bytes, side) {
                 Ok(pixels) => {
                     let pixels = match source {
-                        ImageSource::File(_) => pixels,
+                        ImageSource::File(_) | ImageSource::Embedded { .. } => pixels,
                         ImageSource::CannyOf(_) => canny::edge_map_rgb(&pixels, side as usize),
                     };
                     rgb.push((source, pixels, normal.sha256));
                 }
                 Err(reason) => {
-                    tracing::warn!(image = %source.path().display(), %reason, "image left out");
+                    tracing::warn!(image = %source.origin(), %reason, "image left out");
                     rejected += 1;
                 }
             }
@@ -537,7 +538,7 @@ fn normalised(
 /// The cache's name for how a source becomes a picture.
 fn kind_of(source: &ImageSource) -> Kind {
     match source {
-        ImageSource::File(_) => Kind::File,
+        ImageSource::File(_) | ImageSource::Embedded { .. } => Kind::File,
         ImageSource::CannyOf(_) => Kind::Canny,
     }
 }
@@ -756,6 +757,11 @@ fn draw_epochs(mix: &MixPlan, cfg: &SftConfig) -> (Vec<Vec<Pick>>, Vec<Vec<u64>>
 
 /// A fresh temporary directory beside `out` (same file system, so it can be renamed onto it).
 fn temp_dir(out: &Path) -> Result<PathBuf> {
+    sibling(out, "sft-tmp")
+}
+
+/// `.<out's name>.<tag>-<pid>` beside `out`, removed first if a crashed run of this pid left it.
+fn sibling(out: &Path, tag: &str) -> Result<PathBuf> {
     let name = out
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -765,7 +771,7 @@ fn temp_dir(out: &Path) -> Result<PathBuf> {
         _ => PathBuf::from("."),
     };
     std::fs::create_dir_all(&parent).map_err(io("creating", &parent))?;
-    let tmp = parent.join(format!(".{name}.sft-tmp-{}", std::process::id()));
+    let tmp = parent.join(format!(".{name}.{tag}-{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io("removing", &tmp))?;
     }
@@ -1009,20 +1015,19 @@ fn write_sequences(packed: &Path, epochs: &[Vec<Pick>], d: &Data<'_>) -> Result<
     Ok(w)
 }
 
-/// `images.tsv`: the pictures the model trains on, `sha256 <tab> path`, sorted (computed edge
-/// maps are not pictures one evaluates on).
+/// `images.tsv`: the pictures the model trains on, `sha256 <tab> where`, sorted (computed edge
+/// maps are not pictures one evaluates on; an image stored in a table or tar is named by its
+/// origin, `file#row/column` or `tar#member`).
 fn write_listing(path: &Path, image_ids: &HashMap<ImageSource, ImageTokens>) -> Result<()> {
-    let mut listed: Vec<(&Path, &ImageTokens)> = image_ids
+    let mut listed: Vec<(String, &ImageTokens)> = image_ids
         .iter()
-        .filter_map(|(s, t)| match s {
-            ImageSource::File(p) => Some((p.as_path(), t)),
-            ImageSource::CannyOf(_) => None,
-        })
+        .filter(|(s, _)| !matches!(s, ImageSource::CannyOf(_)))
+        .map(|(s, t)| (s.origin().into_owned(), t))
         .collect();
-    listed.sort_by(|a, b| a.0.cmp(b.0));
+    listed.sort_by(|a, b| a.0.cmp(&b.0));
     let tsv: String = listed
         .iter()
-        .map(|(p, t)| format!("{}\t{}\n", t.sha256, p.display()))
+        .map(|(p, t)| format!("{}\t{p}\n", t.sha256))
         .collect();
     cm3_core::fsio::write_atomic(path, tsv.as_bytes(), "sft")?;
     Ok(())
@@ -1044,9 +1049,13 @@ pub fn build(opts: &SftBuildOptions, device: &Device) -> Result<SftBuildReport> 
     };
     let pre = read_pretrained(&pretrained_dataset(&opts.from)?)?;
     let exclusions = Exclusions::read(&opts.exclude, &pre.ingest)?;
+    // Images stored in tables and tars are extracted here for the build and removed with it.
+    let scratch = sibling(&opts.out, "sft-scratch")?;
+    let _scratch = RemoveOnDrop(scratch.clone());
+    let mut extractor = Extractor::new(scratch);
     let mut sources: Vec<(Task, PathBuf, Vec<SourceExample>)> = Vec::new();
     for (task, path) in &opts.tasks {
-        let examples = read_task(*task, path, pre.ingest.image_size)?;
+        let examples = read_task(*task, path, pre.ingest.image_size, &mut extractor)?;
         tracing::info!(task = %task, examples = examples.len(), "read");
         sources.push((*task, path.clone(), examples));
     }
@@ -1228,15 +1237,13 @@ pub fn build(opts: &SftBuildOptions, device: &Device) -> Result<SftBuildReport> 
     })
 }
 
-/// The worker of a split build that owns an image: a hash of how its picture is made and its
-/// path, so that shares do not move when tasks or images are added.
+/// The worker of a split build that owns an image: a hash of how its picture is made and where
+/// it is (its path, or its origin in a table or tar), so that shares do not move when tasks or
+/// images are added.
 fn owner(source: &ImageSource, workers: u32) -> u32 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let kind = [kind_of(source) as u8];
-    for &b in kind
-        .iter()
-        .chain(source.path().as_os_str().as_encoded_bytes())
-    {
+    for &b in kind.iter().chain(source.origin().as_bytes()) {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }

@@ -7,6 +7,7 @@
 pub mod build;
 pub mod cache;
 pub mod canny;
+pub mod embedded;
 pub mod error;
 pub mod mixing;
 pub mod sources;

@@ -31,12 +31,28 @@ pub enum ImageSource {
     File(PathBuf),
     /// The Canny edges (OpenCV's, ControlNet's thresholds) of this file's normalised image.
     CannyOf(PathBuf),
+    /// Bytes stored in a table or tar (`origin`: the file and row or member), extracted to
+    /// `file` in the build's scratch folder (see [`crate::embedded`]).
+    Embedded {
+        origin: String,
+        file: PathBuf,
+    },
 }
 
 impl ImageSource {
+    /// The file the pixels are read from.
     pub fn path(&self) -> &Path {
         match self {
             Self::File(p) | Self::CannyOf(p) => p,
+            Self::Embedded { file, .. } => file,
+        }
+    }
+
+    /// Where the image is, as the user's data names it (the origin of an extracted image).
+    pub fn origin(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Self::File(p) | Self::CannyOf(p) => p.to_string_lossy(),
+            Self::Embedded { origin, .. } => origin.as_str().into(),
         }
     }
 }
@@ -520,12 +536,31 @@ const EDITED_KEYS: &[&str] = &["edited_image", "output_image"];
 /// image (the column names of the InstructPix2Pix release, `input_image`/`edit_prompt`/
 /// `edited_image`, or `source_image`/`edit_instruction`), images as paths inside the folder.
 fn read_edits(dir: &Path) -> Result<Vec<SourceExample>> {
-    let file = find_jsonl(dir)?.ok_or_else(|| {
-        input(
-            dir,
-            "no metadata.jsonl (source image, instruction, edited image)",
-        )
-    })?;
+    if let Some(file) = find_jsonl(dir)? {
+        return read_edits_table(&file);
+    }
+    Err(input(
+        dir,
+        "no metadata.jsonl, Parquet tables or WebDataset tars of (source image, instruction, \
+         edited image)",
+    ))
+}
+
+/// The Parquet tables of a folder, sorted.
+fn parquet_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| input(dir, e.to_string()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// [`read_edits`] from its JSONL table.
+fn read_edits_table(file: &Path) -> Result<Vec<SourceExample>> {
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let file = file.to_path_buf();
     let mut out = Vec::new();
     for (i, row) in jsonl_rows(&file)?.iter().enumerate() {
         let get = |keys: &[&str]| {
@@ -716,13 +751,51 @@ fn read_detection(dir: &Path, side: u32) -> Result<Vec<SourceExample>> {
 
 /// The examples of `task` from `path`.
 /// `side`: the square image side of the pretrained dataset (detection boxes are given in it).
-pub fn read_task(task: Task, path: &Path, side: u32) -> Result<Vec<SourceExample>> {
-    if !path.is_dir() {
-        return Err(input(path, format!("the {task} source must be a folder")));
+/// Images stored inside tables and tars are extracted with `ex`.
+pub fn read_task(
+    task: Task,
+    path: &Path,
+    side: u32,
+    ex: &mut crate::embedded::Extractor,
+) -> Result<Vec<SourceExample>> {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let tars = path.is_dir() && !crate::embedded::tars_of(path)?.is_empty();
+    let from_file = matches!(task, Task::Coco | Task::Flickr30k | Task::InstructPix2Pix);
+    let readable = path.is_dir() || (from_file && path.is_file());
+    if !readable {
+        return Err(input(
+            path,
+            format!(
+                "the {task} source must be a folder{}",
+                if from_file {
+                    " or a table/tar file"
+                } else {
+                    ""
+                }
+            ),
+        ));
     }
     let out = match task {
         Task::Vqa2 | Task::Okvqa | Task::VizWiz => read_vqa(path)?,
-        Task::Coco | Task::Flickr30k => read_captions(path)?,
+        Task::Coco | Task::Flickr30k if path.is_dir() && !tars => read_captions(path)?,
+        Task::Coco | Task::Flickr30k => crate::embedded::read_ingest_captions(path, ex)?,
+        Task::InstructPix2Pix if ext == "parquet" => crate::embedded::read_parquet_edits(path, ex)?,
+        Task::InstructPix2Pix if ext == "tar" || tars => crate::embedded::read_tar_edits(path, ex)?,
+        Task::InstructPix2Pix if ext == "jsonl" => read_edits_table(path)?,
+        Task::InstructPix2Pix if path.is_dir() && find_jsonl(path)?.is_none() => {
+            let mut out = Vec::new();
+            for table in parquet_files(path)? {
+                out.extend(crate::embedded::read_parquet_edits(&table, ex)?);
+            }
+            if out.is_empty() {
+                read_edits(path)?
+            } else {
+                out
+            }
+        }
         Task::InstructPix2Pix => read_edits(path)?,
         Task::Edge
         | Task::Seg
@@ -750,6 +823,11 @@ pub fn read_task(task: Task, path: &Path, side: u32) -> Result<Vec<SourceExample
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// These sources store no images inside files: nothing is extracted.
+    fn no_extraction() -> crate::embedded::Extractor {
+        crate::embedded::Extractor::new(PathBuf::from("/nonexistent/cm3-sft-scratch"))
+    }
 
     fn answers(v: &[&str]) -> Vec<Answer> {
         v.iter()
@@ -781,12 +859,12 @@ mod tests {
         std::fs::write(d.join("a.jpg"), b"x").expect("img");
         std::fs::write(d.join("a.txt"), "a cat\n\na dog\n").expect("txt");
         std::fs::write(d.join("b.png"), b"x").expect("img");
-        let ex = read_task(Task::Coco, d, 256).expect("read");
+        let ex = read_task(Task::Coco, d, 256, &mut no_extraction()).expect("read");
         assert_eq!(ex.len(), 2, "two captions of a.jpg; b.png has none");
         assert_eq!(ex[1].fields["caption"], "a dog");
         assert_eq!(ex[1].id, "a#1");
         let empty = tempfile::tempdir().expect("tmp");
-        let err = read_task(Task::Coco, empty.path(), 256)
+        let err = read_task(Task::Coco, empty.path(), 256, &mut no_extraction())
             .expect_err("nothing")
             .to_string();
         assert!(err.contains("neither"), "{err}");
@@ -819,7 +897,7 @@ mod tests {
                 "answers": [{"answer": "blue"}, {"answer": "red"}, {"answer": "red"}]}]}"#,
         )
         .expect("a");
-        let ex = read_task(Task::Vqa2, d, 256).expect("read");
+        let ex = read_task(Task::Vqa2, d, 256, &mut no_extraction()).expect("read");
         assert_eq!(ex.len(), 1);
         assert_eq!(ex[0].fields["question"], "What colour?");
         assert_eq!(ex[0].fields["answer"], "red");
@@ -830,11 +908,11 @@ mod tests {
         );
         // A question whose image is missing is named.
         std::fs::remove_file(d.join("images/COCO_train2014_000000000042.jpg")).expect("rm");
-        let err = read_task(Task::Vqa2, d, 256)
+        let err = read_task(Task::Vqa2, d, 256, &mut no_extraction())
             .expect_err("no image")
             .to_string();
         assert!(err.contains("no image with id 42"), "{err}");
-        let err = read_task(Task::Ocr, d, 256)
+        let err = read_task(Task::Ocr, d, 256, &mut no_extraction())
             .expect_err("unsupported")
             .to_string();
         assert!(err.contains("ocr"), "{err}");

@@ -514,6 +514,71 @@ fn read_parquet(src: &SourceSpec, cfg: &IngestConfig, emit: Emit<'_>) -> Result<
     Ok(())
 }
 
+/// The column names of a Parquet table.
+pub fn parquet_columns(path: &Path) -> Result<Vec<String>> {
+    let f = open_table(path)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(f)
+        .map_err(|e| IngestError::input(path, format!("Parquet: {e}")))?;
+    Ok(builder
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect())
+}
+
+/// Receives row `n`'s image cells and text cells; returns false to stop.
+pub type RowFn<'a> =
+    dyn FnMut(u64, Vec<Option<ImageData>>, Vec<Option<String>>) -> Result<bool> + 'a;
+
+/// Every row of a Parquet table, in order, as the cells of `images` (paths relative to `base`,
+/// bytes, or Hugging Face `Image` structs) and of `texts`; a column that is absent or null gives
+/// `None`. `row` returns false to stop. For readers of several images a row (editing triplets).
+pub fn read_parquet_rows(
+    path: &Path,
+    images: &[&str],
+    texts: &[&str],
+    base: &Path,
+    row: &mut RowFn<'_>,
+) -> Result<()> {
+    let f = open_table(path)?;
+    let pq = |e: parquet::errors::ParquetError| IngestError::input(path, format!("Parquet: {e}"));
+    // Small batches: rows may carry whole images.
+    let reader = ParquetRecordBatchReaderBuilder::try_new(f)
+        .map_err(pq)?
+        .with_batch_size(64)
+        .build()
+        .map_err(pq)?;
+    let mut n = 0u64;
+    for batch in reader {
+        let batch: RecordBatch =
+            batch.map_err(|e| IngestError::input(path, format!("Parquet: {e}")))?;
+        let image_cols: Vec<Option<ArrayRef>> = images
+            .iter()
+            .map(|c| batch.column_by_name(c).cloned())
+            .collect();
+        let text_cols: Vec<Option<ArrayRef>> = texts
+            .iter()
+            .map(|c| batch.column_by_name(c).cloned())
+            .collect();
+        for i in 0..batch.num_rows() {
+            let imgs = image_cols
+                .iter()
+                .map(|c| c.as_ref().and_then(|c| image_cell(c, i, base)))
+                .collect();
+            let txts = text_cols
+                .iter()
+                .map(|c| cell_string(c.as_ref(), i))
+                .collect();
+            if !row(n, imgs, txts)? {
+                return Ok(());
+            }
+            n += 1;
+        }
+    }
+    Ok(())
+}
+
 /// A table input, which must be a regular file (a FIFO would block, a device never end).
 fn open_table(path: &std::path::Path) -> Result<File> {
     let meta = std::fs::metadata(path).map_err(|e| IngestError::io("opening", path, e))?;
