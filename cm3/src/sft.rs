@@ -28,7 +28,9 @@ pub(crate) struct BuildArgs {
     /// questions.json + annotations.json + images/), vizwiz, instructpix2pix (metadata.jsonl, a
     /// Parquet table, or WebDataset tars), edge, seg, hed, pose, depth, norm, scribble
     /// (metadata.jsonl of feature image, caption, image; edge also a captions folder, the
-    /// edges computed by cm3), detection (COCO instances + captions).
+    /// edges computed by cm3), detection (COCO instances + captions), image-paragraph
+    /// (paragraphs_v1.json), localized-narratives (the release's JSONL), scienceqa
+    /// (problems.json + images/), ocr (metadata.jsonl of image and text).
     #[arg(long = "task", value_name = "NAME=PATH", required = true)]
     pub tasks: Vec<String>,
     /// Settings file (TOML or JSON): epochs, seed, output_rate, val_fraction, seq_len, and a

@@ -8,8 +8,6 @@ pub enum SftError {
     /// A task source that cannot be read as its format says.
     #[error("input {path}: {reason}")]
     Input { path: PathBuf, reason: String },
-    #[error("task {task}: {reason}")]
-    Unsupported { task: Task, reason: String },
     /// The pretrained run or dataset the SFT data must match.
     #[error("pretrained {path}: {reason}")]
     Pretrained { path: PathBuf, reason: String },

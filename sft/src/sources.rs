@@ -12,8 +12,18 @@
 //!   `images/`, the folder itself or one folder below). One example per caption, as Table 5
 //!   counts them (591k COCO examples are 5 captions of 118k images).
 //!
-//! The image tasks (editing, X-to-image, detection, OCR) and the other text tasks need their own
-//! readers and are refused with the task named.
+//!   Also any source `cm3 ingest` reads (tables, WebDataset; [`crate::embedded`]).
+//! - **Long captions**: Image Paragraph (`paragraphs_v1.json`, its `train_split.json` when
+//!   present), Localized Narratives (the release's JSONL files, streamed), by image id.
+//! - **ScienceQA**: `problems.json` and `images/<split>/<id>/`, the `train` problems that have an
+//!   image, written as the ScienceQA release prompts them.
+//! - **Editing** (`instructpix2pix`): a JSONL table of paths, a Parquet table, WebDataset tars.
+//! - **Image-conditioned generation** (`edge`, `seg`, ...): a JSONL table of (feature image,
+//!   caption, image); for `edge`, also a captions folder with the edges computed by cm3.
+//! - **Detection**: COCO instances and captions. **OCR**: a JSONL table of (image, text) or
+//!   images with the text they show in a `.txt`.
+//!
+//! Every reader names the file and the entry it cannot use.
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -751,6 +761,283 @@ fn read_detection(dir: &Path, side: u32) -> Result<Vec<SourceExample>> {
 
 /// The examples of `task` from `path`.
 /// `side`: the square image side of the pretrained dataset (detection boxes are given in it).
+/// Image files of `dir` by file stem and by trailing number (the conventions of Visual Genome,
+/// COCO and Open Images file names).
+fn images_by_name(dir: &Path) -> Result<(HashMap<String, PathBuf>, HashMap<u64, PathBuf>)> {
+    let mut by_stem = HashMap::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| input(dir, e.to_string()))?;
+    for e in entries {
+        let path = e.map_err(|e| input(dir, e.to_string()))?.path();
+        let is_image = path
+            .extension()
+            .and_then(|s| s.to_str())
+            .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
+        if is_image
+            && path.is_file()
+            && let Some(stem) = path.file_stem().and_then(|s| s.to_str())
+        {
+            by_stem.insert(stem.to_string(), path.clone());
+        }
+    }
+    Ok((by_stem, images_by_id(dir)?))
+}
+
+/// The image of id `id` (text): by file stem, else by number.
+fn image_of(
+    id: &str,
+    by_stem: &HashMap<String, PathBuf>,
+    by_number: &HashMap<u64, PathBuf>,
+) -> Option<PathBuf> {
+    by_stem
+        .get(id)
+        .or_else(|| id.parse::<u64>().ok().and_then(|n| by_number.get(&n)))
+        .cloned()
+}
+
+#[derive(Deserialize)]
+struct Paragraph {
+    image_id: serde_json::Value,
+    paragraph: String,
+}
+
+/// Image Paragraph (Krause et al., 2017): `paragraphs_v1.json` (a list of `image_id`,
+/// `paragraph`) with the Visual Genome images by id (`2356347.jpg`, in `images/` or the
+/// folder). When the release's `train_split.json` (a list of ids) is there, only those images
+/// (the others are the evaluation splits).
+fn read_paragraphs(dir: &Path) -> Result<Vec<SourceExample>> {
+    let json = find_json(dir, "paragraphs_v1.json", "paragraphs")?
+        .ok_or_else(|| input(dir, "no paragraphs_v1.json (image_id, paragraph)"))?;
+    let rows: Vec<Paragraph> = read_json(&json)?;
+    let train: Option<std::collections::HashSet<String>> =
+        match find_json(dir, "train_split.json", "train_split")? {
+            Some(split) => {
+                let ids: Vec<serde_json::Value> = read_json(&split)?;
+                Some(ids.iter().filter_map(id_text).collect())
+            }
+            None => None,
+        };
+    let images = images_dir(dir);
+    let (by_stem, by_number) = images_by_name(&images)?;
+    let mut out = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        let id = id_text(&r.image_id)
+            .ok_or_else(|| input(&json, format!("entry {i}: image_id is not a number")))?;
+        if train.as_ref().is_some_and(|t| !t.contains(&id)) {
+            continue;
+        }
+        let paragraph = r.paragraph.split_whitespace().collect::<Vec<_>>().join(" ");
+        if paragraph.is_empty() {
+            continue;
+        }
+        let image = image_of(&id, &by_stem, &by_number)
+            .ok_or_else(|| input(&images, format!("no image with id {id} (entry {i})")))?;
+        out.push(SourceExample::with_image(
+            id,
+            BTreeMap::from([("caption".to_string(), paragraph)]),
+            image,
+        ));
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+struct Narrative {
+    image_id: serde_json::Value,
+    caption: String,
+    #[serde(default)]
+    annotator_id: Option<serde_json::Value>,
+}
+
+/// Largest JSONL line of a Localized Narratives file (a narration with its mouse trace).
+const MAX_NARRATIVE_LINE: usize = 16 << 20;
+
+/// Localized Narratives (Pont-Tuset et al., 2020): the release's JSONL files (every `*.jsonl`
+/// of the folder; `image_id`, `caption`, the traces ignored), read line by line, with the images
+/// by id (COCO and Flickr30k numbers, Open Images hex ids as file stems).
+fn read_narratives(dir: &Path) -> Result<Vec<SourceExample>> {
+    use std::io::BufRead;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| input(dir, e.to_string()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(input(dir, "no Localized Narratives .jsonl files"));
+    }
+    let images = images_dir(dir);
+    let (by_stem, by_number) = images_by_name(&images)?;
+    let mut out = Vec::new();
+    for file in &files {
+        let f = std::fs::File::open(file).map_err(|e| input(file, e.to_string()))?;
+        let mut reader = std::io::BufReader::new(f);
+        let mut line = Vec::new();
+        let mut n = 0usize;
+        loop {
+            line.clear();
+            let read = std::io::Read::take(&mut reader, MAX_NARRATIVE_LINE as u64 + 1)
+                .read_until(b'\n', &mut line)
+                .map_err(|e| input(file, e.to_string()))?;
+            if read == 0 {
+                break;
+            }
+            n += 1;
+            if line.len() > MAX_NARRATIVE_LINE {
+                return Err(input(
+                    file,
+                    format!("line {n}: over {MAX_NARRATIVE_LINE} bytes"),
+                ));
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let r: Narrative =
+                serde_json::from_slice(&line).map_err(|e| input(file, format!("line {n}: {e}")))?;
+            let id = id_text(&r.image_id)
+                .ok_or_else(|| input(file, format!("line {n}: image_id is not an id")))?;
+            let caption = r.caption.split_whitespace().collect::<Vec<_>>().join(" ");
+            if caption.is_empty() {
+                continue;
+            }
+            let image = image_of(&id, &by_stem, &by_number).ok_or_else(|| {
+                input(
+                    &images,
+                    format!("no image with id {id} ({file:?} line {n})"),
+                )
+            })?;
+            let annotator = r
+                .annotator_id
+                .as_ref()
+                .and_then(id_text)
+                .unwrap_or_default();
+            out.push(SourceExample::with_image(
+                format!("{id}/{annotator}/{n}"),
+                BTreeMap::from([("caption".to_string(), caption)]),
+                image,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+struct ScienceProblem {
+    question: String,
+    choices: Vec<String>,
+    answer: usize,
+    #[serde(default)]
+    hint: String,
+    #[serde(default)]
+    image: Option<String>,
+    #[serde(default)]
+    solution: String,
+    #[serde(default)]
+    split: Option<String>,
+}
+
+/// ScienceQA (Lu et al., 2022): `problems.json` (id → question, choices, answer index, hint,
+/// image, solution, split) with each problem's image at `images/<split>/<id>/<image>` or
+/// `<split>/<id>/<image>`. Only problems with an image (Table 5's template ends in one) and, when
+/// splits are given, of the `train` split (the others are evaluation data). Written as the
+/// ScienceQA release prompts it: the hint is the context (`N/A` when empty), the options
+/// `(A) first (B) second ...`, the explanation its `solution`, the answer `(B) second`.
+fn read_scienceqa(dir: &Path) -> Result<Vec<SourceExample>> {
+    let json = find_json(dir, "problems.json", "problems")?
+        .ok_or_else(|| input(dir, "no problems.json (ScienceQA)"))?;
+    let problems: BTreeMap<String, ScienceProblem> = read_json(&json)?;
+    let letter = |i: usize| char::from(b'A' + (i % 26) as u8);
+    let mut out = Vec::new();
+    for (id, p) in &problems {
+        let Some(name) = p.image.as_deref().filter(|n| !n.is_empty()) else {
+            continue;
+        };
+        if p.split.as_deref().is_some_and(|s| s != "train") {
+            continue;
+        }
+        let plain = |s: &str| Path::new(s).components().count() == 1 && !s.contains("..");
+        if !plain(id) || !plain(name) {
+            return Err(input(
+                &json,
+                format!("problem {id}: image {name:?} is not a plain name"),
+            ));
+        }
+        let split = p.split.as_deref().unwrap_or("train");
+        let image = [dir.join("images").join(split), dir.join(split)]
+            .iter()
+            .map(|d| d.join(id).join(name))
+            .find(|p| p.is_file())
+            .ok_or_else(|| input(dir, format!("problem {id}: no images/{split}/{id}/{name}")))?;
+        let answer = p.choices.get(p.answer).ok_or_else(|| {
+            input(
+                &json,
+                format!(
+                    "problem {id}: answer {} is not one of its choices",
+                    p.answer
+                ),
+            )
+        })?;
+        let choices_text = p
+            .choices
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("({}) {}", letter(i), c.trim()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let context = if p.hint.trim().is_empty() {
+            "N/A"
+        } else {
+            p.hint.trim()
+        };
+        out.push(SourceExample::with_image(
+            id.clone(),
+            BTreeMap::from([
+                ("question".to_string(), p.question.trim().to_string()),
+                ("context".to_string(), context.to_string()),
+                ("choices_text".to_string(), choices_text),
+                ("explanation".to_string(), p.solution.trim().to_string()),
+                (
+                    "answer".to_string(),
+                    format!("({}) {}", letter(p.answer), answer.trim()),
+                ),
+            ]),
+            image,
+        ));
+    }
+    Ok(out)
+}
+
+/// OCR ("how to write", Table 5's `draw "{ocr_content}"`): a `metadata.jsonl` of (`image` or
+/// `file_name`, `ocr_content` or `text`) rows, or images with a `.txt` beside them holding the
+/// text each shows.
+fn read_ocr(dir: &Path) -> Result<Vec<SourceExample>> {
+    let Some(file) = find_jsonl(dir)? else {
+        let mut out = read_caption_files(dir)?;
+        for ex in &mut out {
+            if let Some(text) = ex.fields.remove("caption") {
+                ex.fields.insert("ocr_content".to_string(), text);
+            }
+        }
+        return Ok(out);
+    };
+    let mut out = Vec::new();
+    for (i, row) in jsonl_rows(&file)?.iter().enumerate() {
+        let row_err = |what: &str| input(&file, format!("row {}: no {what}", i + 1));
+        let image = inside(
+            dir,
+            &file,
+            &first_of(row, &["image", "file_name"]).ok_or_else(|| row_err("image"))?,
+            "image",
+        )?;
+        let text = first_of(row, &["ocr_content", "text", "ocr"]).ok_or_else(|| row_err("text"))?;
+        out.push(SourceExample::with_image(
+            first_of(row, &["id", "key"]).unwrap_or_else(|| i.to_string()),
+            BTreeMap::from([("ocr_content".to_string(), text.trim().to_string())]),
+            image,
+        ));
+    }
+    Ok(out)
+}
+
 /// Images stored inside tables and tars are extracted with `ex`.
 pub fn read_task(
     task: Task,
@@ -805,14 +1092,10 @@ pub fn read_task(
         | Task::Norm
         | Task::Scribble => read_control(task, path)?,
         Task::Detection => read_detection(path, side)?,
-        other => {
-            return Err(SftError::Unsupported {
-                task: other,
-                reason: "cm3 sft build has no reader for it yet (captioning, VQA, editing, \
-                         image-conditioned generation and detection it reads)"
-                    .into(),
-            });
-        }
+        Task::ImageParagraph => read_paragraphs(path)?,
+        Task::LocalizedNarratives => read_narratives(path)?,
+        Task::ScienceQa => read_scienceqa(path)?,
+        Task::Ocr => read_ocr(path)?,
     };
     if out.is_empty() {
         return Err(input(path, format!("no {task} examples")));
@@ -912,9 +1195,131 @@ mod tests {
             .expect_err("no image")
             .to_string();
         assert!(err.contains("no image with id 42"), "{err}");
-        let err = read_task(Task::Ocr, d, 256, &mut no_extraction())
-            .expect_err("unsupported")
+        let err = read_task(Task::ScienceQa, d, 256, &mut no_extraction())
+            .expect_err("no problems")
             .to_string();
-        assert!(err.contains("ocr"), "{err}");
+        assert!(err.contains("problems.json"), "{err}");
+    }
+
+    fn png(path: &Path) {
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+        image::RgbImage::new(4, 4).save(path).expect("png");
+    }
+
+    #[test]
+    fn image_paragraphs_keep_the_train_split() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = dir.path();
+        png(&d.join("images/11.jpg"));
+        png(&d.join("images/12.jpg"));
+        std::fs::write(
+            d.join("paragraphs_v1.json"),
+            r#"[{"image_id": 11, "paragraph": "A cat sits.\n  It is  grey.", "url": "x"},
+                {"image_id": 12, "paragraph": "A dog.", "url": "y"},
+                {"image_id": 13, "paragraph": "Not in train.", "url": "z"}]"#,
+        )
+        .expect("json");
+        std::fs::write(d.join("train_split.json"), "[11, 12]").expect("split");
+        let ex = read_task(Task::ImageParagraph, d, 256, &mut no_extraction()).expect("read");
+        assert_eq!(ex.len(), 2);
+        assert_eq!(ex[0].fields["caption"], "A cat sits. It is grey.");
+        assert_eq!(
+            ex[1].main_image(),
+            Some(&ImageSource::File(d.join("images/12.jpg")))
+        );
+        // Without the split file, every paragraph: image 13 is then missing, by name.
+        std::fs::remove_file(d.join("train_split.json")).expect("rm");
+        let err = read_task(Task::ImageParagraph, d, 256, &mut no_extraction())
+            .expect_err("missing image")
+            .to_string();
+        assert!(err.contains("no image with id 13"), "{err}");
+    }
+
+    #[test]
+    fn localized_narratives_by_number_and_by_stem() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = dir.path();
+        png(&d.join("images/000000000042.jpg"));
+        png(&d.join("images/0000b86e2fd18333.jpg"));
+        std::fs::write(
+            d.join("coco_train_localized_narratives.jsonl"),
+            "{\"dataset_id\": \"mscoco_train2017\", \"image_id\": \"42\", \"annotator_id\": 7, \"caption\": \"In this image  we can see a cow.\", \"traces\": [[{\"x\": 0.1, \"y\": 0.2, \"t\": 0.3}]]}\n\n",
+        )
+        .expect("jsonl");
+        std::fs::write(
+            d.join("open_images_train_v6_localized_narratives.jsonl"),
+            "{\"image_id\": \"0000b86e2fd18333\", \"caption\": \"A road.\"}\n",
+        )
+        .expect("jsonl");
+        let ex = read_task(Task::LocalizedNarratives, d, 256, &mut no_extraction()).expect("read");
+        assert_eq!(ex.len(), 2);
+        assert_eq!(ex[0].fields["caption"], "In this image we can see a cow.");
+        assert_eq!(ex[0].id, "42/7/1");
+        assert_eq!(
+            ex[1].main_image(),
+            Some(&ImageSource::File(d.join("images/0000b86e2fd18333.jpg")))
+        );
+    }
+
+    #[test]
+    fn scienceqa_problems_with_images_of_the_train_split() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = dir.path();
+        png(&d.join("images/train/5/image.png"));
+        png(&d.join("images/test/6/image.png"));
+        std::fs::write(
+            d.join("problems.json"),
+            r#"{"5": {"question": "Which is a mammal?", "choices": ["frog", "whale"], "answer": 1,
+                      "hint": "", "image": "image.png", "solution": "Whales feed milk.", "split": "train"},
+                "6": {"question": "q", "choices": ["a", "b"], "answer": 0, "hint": "h",
+                      "image": "image.png", "solution": "s", "split": "test"},
+                "7": {"question": "no image", "choices": ["a"], "answer": 0, "image": null,
+                      "split": "train"}}"#,
+        )
+        .expect("json");
+        let ex = read_task(Task::ScienceQa, d, 256, &mut no_extraction()).expect("read");
+        assert_eq!(ex.len(), 1, "only problem 5: 6 is test, 7 has no image");
+        let f = &ex[0].fields;
+        assert_eq!(f["choices_text"], "(A) frog (B) whale");
+        assert_eq!(f["answer"], "(B) whale");
+        assert_eq!(f["context"], "N/A");
+        assert_eq!(f["explanation"], "Whales feed milk.");
+        let r = crate::templates::render(Task::ScienceQa, 0, &example_of(&ex[0])).expect("render");
+        let text = format!("{:?}", r.segments);
+        assert!(text.contains("So the answer is (B) whale."), "{text}");
+    }
+
+    fn example_of(src: &SourceExample) -> crate::templates::Example {
+        let mut ex = crate::templates::Example::new();
+        for slot in src.images.keys() {
+            ex = ex.image(*slot);
+        }
+        for (k, v) in &src.fields {
+            ex = ex.field(k.clone(), v.clone());
+        }
+        ex
+    }
+
+    #[test]
+    fn ocr_from_a_table_or_text_files() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = dir.path();
+        png(&d.join("sign.png"));
+        std::fs::write(d.join("sign.txt"), "OPEN 24 HOURS\n").expect("txt");
+        let ex = read_task(Task::Ocr, d, 256, &mut no_extraction()).expect("read");
+        assert_eq!(ex[0].fields["ocr_content"], "OPEN 24 HOURS");
+        std::fs::write(
+            d.join("metadata.jsonl"),
+            "{\"image\": \"sign.png\", \"ocr_content\": \"SALE\"}\n",
+        )
+        .expect("jsonl");
+        let ex = read_task(Task::Ocr, d, 256, &mut no_extraction()).expect("read");
+        assert_eq!(ex[0].fields["ocr_content"], "SALE");
+        let r = crate::templates::render(Task::Ocr, 0, &example_of(&ex[0])).expect("render");
+        assert!(
+            format!("{:?}", r.segments).contains("draw \\\"SALE\\\""),
+            "{:?}",
+            r.segments
+        );
     }
 }
