@@ -7,6 +7,7 @@
 
 pub mod dataset;
 pub mod error;
+pub mod fault;
 pub mod fsio;
 pub mod id;
 pub mod manifest;

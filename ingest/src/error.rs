@@ -28,6 +28,13 @@ pub enum IngestError {
         "nothing usable was read: {rejects} input(s) rejected, 0 rows in {dataset}; see {dataset}/rejects/"
     )]
     NothingUsable { rejects: u64, dataset: PathBuf },
+    /// Reads that failed for a reason that may pass (see `Rejection::retry`): their shards
+    /// were not written, the others are recorded.
+    #[error(
+        "{count} shard(s) not written because an input could not be read ({first}); the other \
+         shards are recorded: fix the cause and run the same command again to read them"
+    )]
+    Unfinished { count: usize, first: String },
     #[error("building the thread pool: {0}")]
     ThreadPool(String),
 }

@@ -70,6 +70,10 @@ impl RejectReason {
 pub struct Rejection {
     pub reason: RejectReason,
     pub detail: String,
+    /// A read that failed for a reason that may pass (permissions, an I/O error, a network
+    /// file system timing out): not a verdict on the data. The shard holding it is not
+    /// committed, so that the next run reads it again.
+    pub retry: bool,
 }
 
 impl Rejection {
@@ -77,6 +81,33 @@ impl Rejection {
         Self {
             reason,
             detail: detail.into(),
+            retry: false,
+        }
+    }
+
+    /// A failed read of `what`: a reject when the error is about the data (no such file, not a
+    /// regular file, too large, truncated), a retry otherwise (see [`Rejection::retry`]).
+    pub fn read_failed(what: &std::path::Path, e: &std::io::Error) -> Self {
+        use std::io::ErrorKind as K;
+        let reason = if e.kind() == K::NotFound {
+            RejectReason::MissingImage
+        } else {
+            RejectReason::Unreadable
+        };
+        Self {
+            reason,
+            detail: format!("{}: {e}", what.display()),
+            retry: !matches!(
+                e.kind(),
+                K::NotFound
+                    | K::InvalidInput
+                    | K::InvalidData
+                    | K::UnexpectedEof
+                    | K::IsADirectory
+                    | K::NotADirectory
+                    | K::InvalidFilename
+                    | K::FileTooLarge
+            ),
         }
     }
 }
@@ -552,6 +583,30 @@ pub fn normalize_caption(raw: &[u8], cfg: &IngestConfig) -> Result<NormalCaption
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_reads_are_retried_only_when_they_may_pass() {
+        use std::io::{Error, ErrorKind as K};
+        let p = std::path::Path::new("x.jpg");
+        for kind in [K::PermissionDenied, K::Interrupted, K::TimedOut, K::Other] {
+            let r = Rejection::read_failed(p, &Error::from(kind));
+            assert!(r.retry, "{kind:?}");
+        }
+        for kind in [
+            K::NotFound,
+            K::InvalidInput,
+            K::InvalidData,
+            K::IsADirectory,
+        ] {
+            let r = Rejection::read_failed(p, &Error::from(kind));
+            assert!(!r.retry, "{kind:?}");
+        }
+        assert_eq!(
+            Rejection::read_failed(p, &Error::from(K::NotFound)).reason,
+            RejectReason::MissingImage
+        );
+        assert!(!Rejection::new(RejectReason::Unreadable, "x").retry);
+    }
     use image::{ImageBuffer, Rgb, Rgba};
 
     fn png(img: DynamicImage) -> Vec<u8> {

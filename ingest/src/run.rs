@@ -46,6 +46,8 @@ pub struct IngestReport {
     pub rejects_by_reason: BTreeMap<String, u64>,
     /// Rows in the whole stage after this run.
     pub total_rows: u64,
+    /// Shards left unwritten because a read failed and may pass next time.
+    pub shards_unfinished: usize,
 }
 
 /// Exact-duplicate and id-uniqueness index over every row the stage has kept.
@@ -122,6 +124,9 @@ impl DedupeIndex {
 enum Outcome {
     Row(Box<PairRow>),
     Reject(RejectRecord),
+    /// A read that may succeed next time: the shard is left unwritten (see
+    /// [`Rejection::retry`]).
+    Retry(String),
 }
 
 fn reject(src: &SourceSpec, key: &str, r: Rejection) -> Outcome {
@@ -150,6 +155,9 @@ fn process_record(src: &SourceSpec, rec: &RawRecord, cfg: &IngestConfig) -> Vec<
             .collect::<Vec<_>>()
     };
     if let Some(p) = &rec.problem {
+        if p.retry {
+            return vec![Outcome::Retry(p.detail.clone())];
+        }
         return all(p.clone());
     }
     if cfg.require_license && rec.license.is_none() {
@@ -188,12 +196,10 @@ fn process_record(src: &SourceSpec, rec: &RawRecord, cfg: &IngestConfig) -> Vec<
                     &loaded
                 }
                 Err(e) => {
-                    let reason = if e.kind() == std::io::ErrorKind::NotFound {
-                        RejectReason::MissingImage
-                    } else {
-                        RejectReason::Unreadable
-                    };
-                    let r = Rejection::new(reason, format!("{}: {e}", p.display()));
+                    let r = Rejection::read_failed(p, &e);
+                    if r.retry {
+                        return vec![Outcome::Retry(r.detail)];
+                    }
                     out.extend(captions.iter().map(|(k, _, _)| reject(src, k, r.clone())));
                     return out;
                 }
@@ -239,6 +245,8 @@ fn process_record(src: &SourceSpec, rec: &RawRecord, cfg: &IngestConfig) -> Vec<
 struct ChunkAcc {
     rows: Vec<PairRow>,
     rejects: Vec<RejectRecord>,
+    /// Reads that failed and may pass next time: the shard is not written.
+    retry: Vec<String>,
 }
 
 struct Engine<'a> {
@@ -251,6 +259,8 @@ struct Engine<'a> {
     bar: ProgressBar,
     report: IngestReport,
     last_save: Instant,
+    /// What left a shard unwritten (see [`ChunkAcc::retry`]).
+    unfinished: Vec<String>,
 }
 
 pub fn run(opts: &IngestOptions, cfg: &IngestConfig) -> Result<IngestReport> {
@@ -325,6 +335,7 @@ pub fn run(opts: &IngestOptions, cfg: &IngestConfig) -> Result<IngestReport> {
         pool,
         bar,
         last_save: Instant::now(),
+        unfinished: Vec::new(),
     };
     tracing::info!(
         dataset = %engine.dataset.root().display(),
@@ -337,6 +348,12 @@ pub fn run(opts: &IngestOptions, cfg: &IngestConfig) -> Result<IngestReport> {
         engine.source(si as u64, src)?;
     }
     engine.bar.finish_and_clear();
+    if let Some(first) = engine.unfinished.first() {
+        return Err(IngestError::Unfinished {
+            count: engine.unfinished.len(),
+            first: first.clone(),
+        });
+    }
     let mut report = engine.report;
     report.total_rows = engine
         .manifest
@@ -421,8 +438,9 @@ impl Engine<'_> {
             let reader = s.spawn(move || {
                 let mut i = 0u64;
                 let mut stopped = false;
-                src.read(cfg, want, &mut |r| {
+                let clean = src.read(cfg, want, &mut |r| {
                     let idx = i;
+                    cm3_core::fault::point("ingest.reader", idx);
                     i += 1;
                     // Records of shards this run does not make pass as placeholders, so the
                     // reordering below can count every record.
@@ -430,7 +448,7 @@ impl Engine<'_> {
                     stopped = cancel.load(Ordering::Relaxed) || work_tx.send((idx, item)).is_err();
                     !stopped
                 });
-                (i, !stopped)
+                (i, !stopped && clean)
             });
             let decoders = s.spawn(move || {
                 pool.install(|| {
@@ -458,13 +476,27 @@ impl Engine<'_> {
             let decoded = decoders.join();
             (consumed, read.and_then(|r| decoded.map(|()| r)))
         });
-        if let Err(e) = consumed {
-            // Keep the record of the shards that were finished before the error.
+        let last = match consumed {
+            Ok(last) => last,
+            Err(e) => {
+                // Keep the record of the shards that were finished before the error.
+                self.save()?;
+                return Err(e);
+            }
+        };
+        let Ok((total, complete)) = read else {
+            // The shard in progress may lack records the reader never sent: it is not written
+            // (the finished ones before it are complete and stay recorded).
             self.save()?;
-            return Err(e);
+            return Err(IngestError::input(
+                &src.path,
+                "a reader or decoder thread panicked; the shard in progress was not written",
+            ));
+        };
+        // Every record was read and decoded: the last shard is complete.
+        if let Some((chunk, acc)) = last {
+            self.finish_chunk(src, chunk, acc)?;
         }
-        let (total, complete) =
-            read.map_err(|_| IngestError::input(&src.path, "a reader or decoder thread panicked"))?;
         let chunks = total.div_ceil(shard_rows);
         self.report.shards_skipped += (0..chunks).filter(|c| !todo(*c)).count();
         if total == 0 {
@@ -490,12 +522,15 @@ impl Engine<'_> {
     }
 
     /// Take decoded records in any order, put them back in input order, and cut them into shards.
+    /// A shard is written when the first record of the next one arrives (so all of its records
+    /// were read); the last one is returned unwritten, for the caller to write once the reader
+    /// and the decoders are known to have finished cleanly.
     fn consume(
         &mut self,
         src: &SourceSpec,
         results: Receiver<(u64, Option<Vec<Outcome>>)>,
         shard_rows: u64,
-    ) -> Result<()> {
+    ) -> Result<Option<(u64, ChunkAcc)>> {
         let mut pending: BTreeMap<u64, Option<Vec<Outcome>>> = BTreeMap::new();
         let mut next = 0u64;
         let mut current: Option<u64> = None;
@@ -515,10 +550,7 @@ impl Engine<'_> {
                 self.accept(src, outcomes, &mut acc)?;
             }
         }
-        if let Some(last) = current {
-            self.finish_chunk(src, last, acc)?;
-        }
-        Ok(())
+        Ok(current.map(|last| (last, acc)))
     }
 
     /// Deduplicate (in input order: which of two duplicates is kept never depends on timing),
@@ -532,6 +564,11 @@ impl Engine<'_> {
         self.bar.inc(1);
         for outcome in outcomes {
             let rej = match outcome {
+                Outcome::Retry(detail) => {
+                    tracing::warn!(input = %src.path.display(), "could not be read (the shard is left for the next run): {detail}");
+                    acc.retry.push(detail);
+                    continue;
+                }
                 Outcome::Row(row) => match self.dedupe.check(&row) {
                     None => {
                         acc.rows.push(*row);
@@ -573,6 +610,16 @@ impl Engine<'_> {
     }
 
     fn finish_chunk(&mut self, src: &SourceSpec, chunk: u64, acc: ChunkAcc) -> Result<()> {
+        if let Some(first) = acc.retry.first() {
+            // Nothing of the shard is written or recorded: the next run reads it again.
+            self.report.shards_unfinished += 1;
+            self.unfinished.push(format!(
+                "{} shard {chunk}: {} read(s) failed, first {first}",
+                src.path.display(),
+                acc.retry.len()
+            ));
+            return Ok(());
+        }
         let worker = self.opts.worker;
         let tag = worker.tag();
         let name = format!("{}-{chunk:05}", src.shard_prefix());

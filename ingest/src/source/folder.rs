@@ -121,13 +121,12 @@ fn entry_record(key: &str, e: Entry) -> Option<RawRecord> {
     {
         Ok(t) => t,
         Err(err) => {
+            let mut r = Rejection::read_failed(&caption, &err);
+            r.reason = RejectReason::Unreadable;
             return Some(RawRecord::rejected(
                 key.to_string(),
                 caption.to_string_lossy().into_owned(),
-                Rejection::new(
-                    RejectReason::Unreadable,
-                    format!("{}: {err}", caption.display()),
-                ),
+                r,
             ));
         }
     };

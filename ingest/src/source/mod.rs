@@ -149,8 +149,10 @@ impl SourceSpec {
 
     /// Read the source, passing each record to `emit` in order. A source-level failure (unreadable
     /// file, corrupt archive, malformed JSON) after some records were emitted ends the source with
-    /// one more record that carries the problem, so it is recorded as a reject and never lost.
-    pub fn read(&self, cfg: &IngestConfig, want: Want<'_>, emit: Emit<'_>) {
+    /// one more record that carries the problem, so it is recorded as a reject and never lost;
+    /// a read error that may pass (permissions, I/O) is a retry instead (its shard is not
+    /// written). Returns false after such a retry: the input is not finished.
+    pub fn read(&self, cfg: &IngestConfig, want: Want<'_>, emit: Emit<'_>) -> bool {
         let mut emitted = 0u64;
         let mut counting = |r: RawRecord| {
             emitted += 1;
@@ -165,18 +167,29 @@ impl SourceSpec {
             }
             InputFormat::Auto => Err(IngestError::input(&self.path, "format not resolved")),
         };
-        if let Err(e) = result {
-            let reason = match &e {
-                IngestError::Io { .. } => crate::normalize::RejectReason::Unreadable,
-                _ => crate::normalize::RejectReason::MalformedRecord,
-            };
-            tracing::error!(input = %self.path.display(), "input failed after {emitted} record(s): {e}");
-            emit(RawRecord::rejected(
-                format!("#input-error@{emitted}"),
-                self.path.to_string_lossy().into_owned(),
-                Rejection::new(reason, e.to_string()),
-            ));
-        }
+        let Err(e) = result else {
+            return true;
+        };
+        let problem = match &e {
+            IngestError::Io { path, source, .. } => {
+                let mut r = Rejection::read_failed(path, source);
+                r.reason = crate::normalize::RejectReason::Unreadable;
+                r.detail = e.to_string();
+                r
+            }
+            _ => Rejection::new(
+                crate::normalize::RejectReason::MalformedRecord,
+                e.to_string(),
+            ),
+        };
+        tracing::error!(input = %self.path.display(), "input failed after {emitted} record(s): {e}");
+        let finished = !problem.retry;
+        emit(RawRecord::rejected(
+            format!("#input-error@{emitted}"),
+            self.path.to_string_lossy().into_owned(),
+            problem,
+        ));
+        finished
     }
 }
 
