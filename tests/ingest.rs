@@ -740,6 +740,19 @@ fn workers_split_the_shards_and_merge() {
     }
     assert!(per_worker[0].is_disjoint(&per_worker[1]));
     assert_eq!(per_worker[0].len() + per_worker[1].len(), 8);
+    // A worker of another split would own overlapping shards: refused.
+    let mut mixed = base(&split);
+    mixed.extend([
+        "--num-workers".into(),
+        "3".into(),
+        "--worker-index".into(),
+        "0".into(),
+    ]);
+    let err = run_err(&mixed.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        err.contains("split across 2 workers") && err.contains("--num-workers 3"),
+        "{err}"
+    );
     // A single-process run refuses to start before the merge; inspect says what to do.
     let err = run_err(&base(&split).iter().map(String::as_str).collect::<Vec<_>>());
     assert!(err.contains("cm3 manifest merge"), "{err}");

@@ -56,9 +56,15 @@ impl WorkerSpec {
         self.num_workers > 1
     }
 
-    /// Does this worker own work item number `slot`?
-    pub fn owns(&self, slot: u64) -> bool {
-        slot % u64::from(self.num_workers) == u64::from(self.worker_index)
+    /// Does this worker own the shard named `name`? By a hash of the name (FNV-1a), not its
+    /// position in a list, so that shards added between runs never move between workers.
+    pub fn owns(&self, name: &str) -> bool {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in name.as_bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h % u64::from(self.num_workers) == u64::from(self.worker_index)
     }
 
     /// Tag for temporary files and worker manifests.
@@ -149,6 +155,7 @@ impl DatasetDir {
             )?;
             fs::create_dir_all(self.worker_manifest_dir())
                 .map_err(|e| CoreError::io("creating directory", self.worker_manifest_dir(), e))?;
+            self.refuse_mixed_split(stage, worker)?;
             let wpath = self
                 .worker_manifest_dir()
                 .join(format!("{stage}.{}.lock", worker.tag()));
@@ -166,6 +173,49 @@ impl DatasetDir {
             try_lock(&main, false, &self.root, what("another run"))?;
             Ok(DatasetLock { _files: vec![main] })
         }
+    }
+
+    /// Workers of one stage must all split it the same way: a record or lock of this stage
+    /// from workers started with another `--num-workers` (not yet merged) is refused, since
+    /// the two splits would own overlapping shards.
+    fn refuse_mixed_split(&self, stage: &str, worker: &WorkerSpec) -> Result<()> {
+        let dir = self.worker_manifest_dir();
+        let entries = fs::read_dir(&dir).map_err(|e| CoreError::io("listing", &dir, e))?;
+        let prefix = format!("{stage}.w");
+        for e in entries {
+            let name = e
+                .map_err(|e| CoreError::io("listing", &dir, e))?
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
+            // `<stage>.w<i>of<n>.json` or `.lock`
+            let Some(rest) = name.strip_prefix(&prefix) else {
+                continue;
+            };
+            let Some(tag) = rest
+                .strip_suffix(".json")
+                .or_else(|| rest.strip_suffix(".lock"))
+            else {
+                continue;
+            };
+            let Some(n) = tag
+                .split_once("of")
+                .and_then(|(_, n)| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if n != worker.num_workers {
+                return Err(CoreError::Workers(format!(
+                    "stage `{stage}` of {} is being split across {n} workers ({}); this worker \
+                     was started with --num-workers {}: finish that split with {n} workers and \
+                     `cm3 manifest merge`, or remove its unmerged records first",
+                    self.root.display(),
+                    dir.join(&name).display(),
+                    worker.num_workers
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn open_lock_file(&self, path: &Path) -> Result<File> {
@@ -448,9 +498,18 @@ mod tests {
         let ws: Vec<WorkerSpec> = (0..3)
             .map(|i| WorkerSpec::new(3, i))
             .collect::<Result<_>>()?;
-        for slot in 0..100u64 {
-            assert_eq!(ws.iter().filter(|w| w.owns(slot)).count(), 1);
+        let mut counts = [0usize; 3];
+        for slot in 0..300u64 {
+            let name = format!("pairs-3f2a9c1e-{slot:05}");
+            let owners: Vec<usize> = (0..3).filter(|&i| ws[i].owns(&name)).collect();
+            assert_eq!(owners.len(), 1, "{name}");
+            counts[owners[0]] += 1;
         }
+        // Spread: each worker gets a fair share of 300 shards.
+        assert!(
+            counts.iter().all(|&c| (70..=130).contains(&c)),
+            "{counts:?}"
+        );
         assert!(WorkerSpec::new(3, 3).is_err());
         assert!(WorkerSpec::new(0, 0).is_err());
         Ok(())

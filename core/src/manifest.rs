@@ -188,7 +188,7 @@ pub fn config_diff(recorded: &Value, given: &Value) -> String {
 
 impl Manifest {
     /// The shards of `upstream` (the stage `stage` reads) that `stage` has not recorded yet and
-    /// that `worker` owns by their position, with that position, in the upstream's order.
+    /// that `worker` owns (by name), with their position in the upstream's order.
     pub fn pending_shards(
         &self,
         upstream: &StageRecord,
@@ -200,8 +200,8 @@ impl Manifest {
             .shards
             .iter()
             .enumerate()
-            .filter(|(slot, (name, _))| {
-                worker.owns(*slot as u64) && !done.is_some_and(|s| s.shards.contains_key(*name))
+            .filter(|(_, (name, _))| {
+                worker.owns(name) && !done.is_some_and(|s| s.shards.contains_key(*name))
             })
             .map(|(slot, (name, rec))| (slot, name.clone(), rec.clone()))
             .collect()

@@ -216,7 +216,7 @@ pub fn run(opts: &EmbedOptions) -> Result<EmbedReport> {
             .stages
             .get(STAGE)
             .is_some_and(|s| s.shards.contains_key(name));
-        if done || !opts.worker.owns(slot as u64) {
+        if done || !opts.worker.owns(name) {
             report.shards_skipped += 1;
             continue;
         }

@@ -344,8 +344,8 @@ pub fn run(opts: &IngestOptions, cfg: &IngestConfig) -> Result<IngestReport> {
         worker = %tag,
         "ingest started"
     );
-    for (si, src) in sources.iter().enumerate() {
-        engine.source(si as u64, src)?;
+    for src in &sources {
+        engine.source(src)?;
     }
     engine.bar.finish_and_clear();
     if let Some(first) = engine.unfinished.first() {
@@ -399,7 +399,7 @@ fn rebuild(dataset: &DatasetDir, worker: &WorkerSpec) -> Result<()> {
 }
 
 impl Engine<'_> {
-    fn source(&mut self, si: u64, src: &SourceSpec) -> Result<()> {
+    fn source(&mut self, src: &SourceSpec) -> Result<()> {
         let shard_rows = self.cfg.shard_rows as u64;
         let worker = self.opts.worker;
         let stage = self.manifest.stages.get(STAGE);
@@ -415,7 +415,10 @@ impl Engine<'_> {
         let known_records = stage
             .and_then(|s| s.inputs.get(&src.id))
             .and_then(|i| i.records);
-        let todo = |chunk: u64| worker.owns(si + chunk) && !done.contains(&chunk);
+        // Owned by the shard's name (see `WorkerSpec::owns`), as `finish_chunk` names it.
+        let prefix = src.shard_prefix();
+        let todo =
+            |chunk: u64| worker.owns(&format!("{prefix}-{chunk:05}")) && !done.contains(&chunk);
         if let Some(n) = known_records {
             let chunks = n.div_ceil(shard_rows);
             if !(0..chunks).any(todo) {
