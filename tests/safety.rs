@@ -564,3 +564,173 @@ fn a_panicking_reader_does_not_commit_its_shard() {
         "the rest is written by the next run"
     );
 }
+
+/// After `cm3 ingest --rebuild` writes other pairs under the same shard names, the later stages'
+/// records describe data that is gone: every stage that reads them, and `cm3 train`, refuses,
+/// naming the stage to rebuild (each record names the SHA-256 of the upstream shard it was made
+/// from).
+#[test]
+fn stages_made_from_rebuilt_upstream_are_refused() {
+    runtime();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ds = prepared(tmp.path(), 6);
+    let input = tmp.path().join("input");
+    let first = &sample_pairs()[0];
+    fs::write(
+        input.join(format!("{}.txt", first.stem)),
+        "another caption altogether",
+    )
+    .expect("w");
+    run_ok(&[
+        "ingest",
+        "--input",
+        &p(&input),
+        "--out",
+        &p(&ds),
+        "--image-size",
+        "32",
+        "--rebuild",
+        "--no-progress",
+    ]);
+    let (ds_s, vq) = (p(&ds), p(&vq_ckpt()));
+    let tokenize = ["tokenize", ds_s.as_str(), "--image-tokenizer", vq.as_str()];
+    for args in [&tokenize[..], &["pack", ds_s.as_str()][..]] {
+        let err = run_err(args);
+        assert!(
+            err.contains("is stale") && err.contains("was made from `ingest` shard"),
+            "{args:?}: {err}"
+        );
+    }
+    let err = run_err(&[
+        "train",
+        "--data",
+        &ds_s,
+        "--out",
+        &p(&tmp.path().join("run")),
+        "--steps",
+        "1",
+    ]);
+    assert!(err.contains("is stale") && err.contains("rebuild"), "{err}");
+    // Rebuilding the stage named clears its refusal; the next stage down is named next.
+    run_ok(&[&tokenize[..], &["--rebuild"]].concat());
+    let err = run_err(&["pack", &ds_s]);
+    assert!(
+        err.contains("stage `pack` is stale") || err.contains("stage `augment` is stale"),
+        "{err}"
+    );
+}
+
+/// Links and paths that leave the input: a symbolic link named by an input (an image, a caption
+/// file) and a manifest path that leaves its folder (`..`, absolute elsewhere) are `unsafe-path`
+/// rejects unless the user opts in (`--follow-symlinks`, `--allow-outside-paths`).
+#[test]
+fn links_and_outside_paths_need_an_opt_in() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let pairs = sample_pairs();
+    let elsewhere = tmp.path().join("elsewhere");
+    fs::create_dir_all(&elsewhere).expect("dir");
+    let secret = elsewhere.join("secret.txt");
+    fs::write(&secret, "a private note").expect("secret");
+    let far_image = elsewhere.join(format!("far.{}", pairs[3].ext()));
+    fs::copy(&pairs[3].image, &far_image).expect("image");
+    // A folder: two plain pairs, a linked image, a linked caption.
+    let folder = tmp.path().join("folder");
+    fs::create_dir_all(&folder).expect("dir");
+    for p in &pairs[..3] {
+        fs::copy(&p.image, folder.join(format!("{}.{}", p.stem, p.ext()))).expect("image");
+    }
+    fs::write(
+        folder.join(format!("{}.txt", pairs[0].stem)),
+        &pairs[0].caption,
+    )
+    .expect("w");
+    fs::write(
+        folder.join(format!("{}.txt", pairs[1].stem)),
+        &pairs[1].caption,
+    )
+    .expect("w");
+    std::os::unix::fs::symlink(&secret, folder.join(format!("{}.txt", pairs[2].stem)))
+        .expect("link");
+    std::os::unix::fs::symlink(
+        &far_image,
+        folder.join(format!("linked.{}", pairs[3].ext())),
+    )
+    .expect("link");
+    fs::write(folder.join("linked.txt"), "a linked picture").expect("w");
+    let ingest = |input: &Path, ds: &Path, extra: &[&str]| {
+        run_ok(
+            &[
+                &[
+                    "ingest",
+                    "--input",
+                    &p(input),
+                    "--out",
+                    &p(ds),
+                    "--no-progress",
+                ][..],
+                extra,
+            ]
+            .concat(),
+        );
+    };
+    let ds = tmp.path().join("ds");
+    ingest(&folder, &ds, &[]);
+    assert_eq!(read_rows(&ds).len(), 2);
+    let rejects = read_rejects(&ds);
+    let unsafe_links = rejects
+        .iter()
+        .filter(|r| {
+            r["reason"] == "unsafe-path"
+                && r["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("symbolic link"))
+        })
+        .count();
+    assert_eq!(unsafe_links, 2, "{rejects:?}");
+    assert!(
+        read_rows(&ds)
+            .iter()
+            .all(|r| !r.caption.contains("private")),
+        "a linked file's text became a caption"
+    );
+    let ds_follow = tmp.path().join("ds-follow");
+    ingest(&folder, &ds_follow, &["--follow-symlinks"]);
+    assert_eq!(read_rows(&ds_follow).len(), 4);
+
+    // A manifest: one path inside, one through `..`, one absolute elsewhere.
+    let table_dir = tmp.path().join("table");
+    fs::create_dir_all(&table_dir).expect("dir");
+    fs::copy(
+        &pairs[0].image,
+        table_dir.join(format!("in.{}", pairs[0].ext())),
+    )
+    .expect("image");
+    let rows = [
+        serde_json::json!({"image": format!("in.{}", pairs[0].ext()), "caption": "inside"}),
+        serde_json::json!({"image": format!("../elsewhere/far.{}", pairs[3].ext()), "caption": "up and out"}),
+        serde_json::json!({"image": p(&far_image), "caption": "absolute elsewhere"}),
+    ];
+    let table = table_dir.join("rows.jsonl");
+    fs::write(
+        &table,
+        rows.iter().map(|r| format!("{r}\n")).collect::<String>(),
+    )
+    .expect("jsonl");
+    let ds_table = tmp.path().join("ds-table");
+    ingest(&table, &ds_table, &[]);
+    assert_eq!(read_rows(&ds_table).len(), 1);
+    let outside = read_rejects(&ds_table)
+        .iter()
+        .filter(|r| {
+            r["reason"] == "unsafe-path"
+                && r["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("--allow-outside-paths"))
+        })
+        .count();
+    assert_eq!(outside, 2);
+    let ds_table_out = tmp.path().join("ds-table-out");
+    ingest(&table, &ds_table_out, &["--allow-outside-paths"]);
+    // The two outside rows are one picture: the second is a duplicate of the first.
+    assert_eq!(read_rows(&ds_table_out).len(), 3);
+}

@@ -314,6 +314,9 @@ pub fn run(opts: &AugmentOptions) -> Result<AugmentReport> {
     };
     let record_json =
         serde_json::to_value(&record).map_err(|e| AugmentError::Invalid(e.to_string()))?;
+    // Neither this stage's records nor the embeddings may describe changed upstream shards.
+    manifest.check_fresh(STAGE)?;
+    manifest.check_fresh(cm3_embed::stage::STAGE)?;
     ds.stage_record(&mut manifest, STAGE, &record_json)?;
     if bank_is_self {
         save_excluded_ids(&ds, bank.exclusions())?;
@@ -374,6 +377,10 @@ pub fn run(opts: &AugmentOptions) -> Result<AugmentReport> {
                 rejects_file: None,
                 rejects_by_reason: BTreeMap::new(),
                 counters: c.clone(),
+                upstream: BTreeMap::from([(
+                    cm3_embed::stage::STAGE.to_string(),
+                    rec.sha256.clone(),
+                )]),
             },
         );
         ds.save_stage(&mut manifest, STAGE, &opts.worker)?;

@@ -247,6 +247,13 @@ struct IngestArgs {
     /// Reject pairs without a license in their source metadata.
     #[arg(long)]
     require_license: bool,
+    /// Read images and captions that are symbolic links (refused by default: `unsafe-path`).
+    #[arg(long)]
+    follow_symlinks: bool,
+    /// Let manifest and COCO image paths leave the manifest's folder or --image-root (absolute
+    /// paths elsewhere, `..`; refused by default: `unsafe-path`).
+    #[arg(long)]
+    allow_outside_paths: bool,
     /// Rows per output shard.
     #[arg(long)]
     shard_rows: Option<usize>,
@@ -426,6 +433,8 @@ fn ingest(a: IngestArgs) -> Result<()> {
         })
     );
     cfg.require_license |= a.require_license;
+    cfg.follow_symlinks |= a.follow_symlinks;
+    cfg.allow_outside_paths |= a.allow_outside_paths;
     set!(cfg.shard_rows, a.shard_rows);
     set!(
         cfg.coco_pairs,

@@ -560,6 +560,7 @@ mod tests {
                 rejects_file: Some("tokens/rejects/a.jsonl".into()),
                 rejects_by_reason: Default::default(),
                 counters: Default::default(),
+                upstream: Default::default(),
             },
         );
         m.stages.insert("tokenize".into(), rec);
@@ -627,6 +628,7 @@ mod tests {
                     rejects_file: None,
                     rejects_by_reason: Default::default(),
                     counters: Default::default(),
+                    upstream: Default::default(),
                 },
             );
             d.save_stage(&mut m, "ingest", &w)?;

@@ -66,6 +66,12 @@ pub enum CoreError {
     Locked { path: PathBuf, what: String },
     #[error("invalid worker split: {0}")]
     Workers(String),
+    /// A stage whose records describe upstream content that has changed.
+    #[error(
+        "stage `{stage}` is stale: {reason}; rebuild it and then the stages after it (`cm3 \
+         {stage} <dataset> --rebuild`)"
+    )]
+    Stale { stage: String, reason: String },
     #[error("{path}: not a cm3 dataset directory (no manifest.json)")]
     NotADataset { path: PathBuf },
     /// A name read from a file or the network that would not stay one path component.

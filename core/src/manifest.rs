@@ -92,6 +92,11 @@ pub struct ShardRecord {
     /// Stage-specific counts (e.g. `captions_repaired`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub counters: BTreeMap<String, u64>,
+    /// What the shard was made from: for each upstream stage read, the SHA-256 of its shard of
+    /// the same name at the time (see [`Manifest::check_fresh`]). Empty for the first stage and
+    /// for records written before cm3 recorded it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub upstream: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -205,6 +210,49 @@ impl Manifest {
             })
             .map(|(slot, (name, rec))| (slot, name.clone(), rec.clone()))
             .collect()
+    }
+
+    /// Refuse shards of `stage`, or of a stage it was made from (followed through the records),
+    /// whose upstream shard changed since they were made (e.g. `cm3 ingest --rebuild` wrote new
+    /// pairs under the same shard names): their rows would describe other data. The error names
+    /// the stage to rebuild.
+    pub fn check_fresh(&self, stage: &str) -> Result<()> {
+        let mut todo = vec![stage.to_string()];
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(st) = todo.pop() {
+            if !seen.insert(st.clone()) {
+                continue;
+            }
+            let Some(rec) = self.stages.get(&st) else {
+                continue;
+            };
+            for (name, shard) in &rec.shards {
+                for (up, recorded) in &shard.upstream {
+                    let now = self
+                        .stages
+                        .get(up)
+                        .and_then(|u| u.shards.get(name))
+                        .map(|u| u.sha256.as_str());
+                    if now != Some(recorded.as_str()) {
+                        let short = |s: &str| s.chars().take(12).collect::<String>();
+                        return Err(CoreError::Stale {
+                            stage: st.clone(),
+                            reason: format!(
+                                "its shard {name} was made from `{up}` shard {name} (sha256 {}), \
+                                 which is now {}",
+                                short(recorded),
+                                now.map_or_else(
+                                    || "gone".to_string(),
+                                    |n| format!("sha256 {}", short(n))
+                                )
+                            ),
+                        });
+                    }
+                    todo.push(up.clone());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Load a manifest; `Ok(None)` when the file does not exist.
@@ -325,6 +373,57 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    #[test]
+    fn stale_shards_are_found_through_the_chain() {
+        let mut m = Manifest::default();
+        let stage = |shards: Vec<(&str, ShardRecord)>| {
+            let mut r = StageRecord::new(json!({}));
+            r.shards = shards
+                .into_iter()
+                .map(|(n, s)| (n.to_string(), s))
+                .collect();
+            r
+        };
+        let made_from = |sha: &str, up: &[(&str, &str)]| {
+            let mut s = shard(1, sha);
+            s.upstream = up
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect();
+            s
+        };
+        m.stages
+            .insert("ingest".into(), stage(vec![("x", shard(1, "i1"))]));
+        m.stages.insert(
+            "tokenize".into(),
+            stage(vec![("x", made_from("t1", &[("ingest", "i1")]))]),
+        );
+        m.stages.insert(
+            "pack".into(),
+            stage(vec![("x", made_from("", &[("tokenize", "t1")]))]),
+        );
+        assert!(m.check_fresh("pack").is_ok());
+        // Ingest rewritten under the same name: tokenize is stale, and so is pack through it.
+        m.stages
+            .insert("ingest".into(), stage(vec![("x", shard(1, "i2"))]));
+        for s in ["tokenize", "pack"] {
+            let err = m.check_fresh(s).expect_err("stale").to_string();
+            assert!(err.contains("stage `tokenize` is stale"), "{err}");
+        }
+        // Gone upstream shards are stale too; records without `upstream` (older cm3) are not
+        // checked.
+        m.stages.insert("ingest".into(), stage(vec![]));
+        assert!(
+            m.check_fresh("tokenize")
+                .expect_err("gone")
+                .to_string()
+                .contains("gone")
+        );
+        m.stages
+            .insert("tokenize".into(), stage(vec![("x", shard(1, "t1"))]));
+        assert!(m.check_fresh("pack").is_ok());
+    }
+
     fn shard(rows: u64, sha: &str) -> ShardRecord {
         ShardRecord {
             file: "pairs/x.parquet".into(),
@@ -337,6 +436,7 @@ mod tests {
             rejects_file: None,
             rejects_by_reason: [("corrupt-image".to_string(), 1)].into(),
             counters: BTreeMap::new(),
+            upstream: BTreeMap::new(),
         }
     }
 

@@ -180,6 +180,8 @@ pub fn run(opts: &EmbedOptions) -> Result<EmbedReport> {
     };
     let config_json =
         serde_json::to_value(&config).map_err(|e| EmbedError::Runtime(e.to_string()))?;
+    // Records made from ingest shards that have changed since are refused (rebuild embed).
+    manifest.check_fresh(STAGE)?;
     let rec = dataset.stage_record(&mut manifest, STAGE, &config_json)?;
     let inputs_before = rec.inputs.clone();
     // Which model files made the vectors, so that later stages (`cm3 augment` embeds dropped-out
@@ -233,6 +235,11 @@ pub fn run(opts: &EmbedOptions) -> Result<EmbedReport> {
             &mut vision,
             &mut text,
         )?;
+        let mut record = record;
+        // Made from this ingest shard: a rebuilt ingest makes it stale (`check_fresh`).
+        record
+            .upstream
+            .insert("ingest".to_string(), shard.sha256.clone());
         if let Some(stage) = manifest.stages.get_mut(STAGE) {
             stage.shards.insert(name.clone(), record);
         }
@@ -378,6 +385,7 @@ fn embed_shard(
         } else {
             BTreeMap::new()
         },
+        upstream: BTreeMap::new(),
     };
     Ok((record, n as u64, rejects.len() as u64, truncated))
 }

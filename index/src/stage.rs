@@ -167,6 +167,7 @@ fn record_in_manifest(
                     rejects_file: None,
                     rejects_by_reason: BTreeMap::new(),
                     counters: BTreeMap::new(),
+                    upstream: BTreeMap::from([("embed".to_string(), s.embeddings_sha256.clone())]),
                 },
             )
         })
@@ -206,6 +207,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let _lock = ds.lock(&stage, &WorkerSpec::default())?;
     // Read once: under the lock, only this run changes the manifest.
     let mut m = ds.load_manifest()?;
+    // Embeddings made from ingest shards that have changed since are refused (rebuild embed).
+    m.check_fresh("embed")?;
     let embed = embed_record(&ds, &m)?;
     let dir = index_dir(ds.root(), set);
     if opts.rebuild {

@@ -148,6 +148,16 @@ pub struct IngestConfig {
     pub columns: ManifestColumns,
     /// Split recorded when the source does not say.
     pub default_split: String,
+    /// Read images and sidecars that are symbolic links (by default such an input is rejected
+    /// as `unsafe-path`: a link planted in a shared folder could make cm3 read any file).
+    /// Absent from the recorded configuration while false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub follow_symlinks: bool,
+    /// Let manifest and COCO image paths leave the manifest's folder (or `--image-root`):
+    /// absolute paths elsewhere and `..` (by default rejected as `unsafe-path`). Absent from the
+    /// recorded configuration while false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub allow_outside_paths: bool,
 }
 
 impl Default for IngestConfig {
@@ -166,6 +176,8 @@ impl Default for IngestConfig {
             coco_pairs: CocoPairs::PerCaption,
             columns: ManifestColumns::default(),
             default_split: "train".to_string(),
+            follow_symlinks: false,
+            allow_outside_paths: false,
         }
     }
 }

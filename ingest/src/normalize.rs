@@ -107,7 +107,7 @@ impl Rejection {
                     | K::NotADirectory
                     | K::InvalidFilename
                     | K::FileTooLarge
-            ),
+            ) && e.raw_os_error() != Some(libc::ELOOP),
         }
     }
 }

@@ -190,6 +190,10 @@ fn process_record(src: &SourceSpec, rec: &RawRecord, cfg: &IngestConfig) -> Vec<
         ImageData::Bytes(b) => b,
         // A regular file of bounded size: a FIFO or a device named as an image is refused.
         ImageData::Path(p) => {
+            if let Some(r) = crate::source::link_refused(p, cfg) {
+                out.extend(captions.iter().map(|(k, _, _)| reject(src, k, r.clone())));
+                return out;
+            }
             match cm3_core::fsio::read_input(p, crate::source::webdataset::MAX_IMAGE_MEMBER_BYTES) {
                 Ok(b) => {
                     loaded = b;
@@ -662,6 +666,7 @@ impl Engine<'_> {
             } else {
                 BTreeMap::new()
             },
+            upstream: BTreeMap::new(),
         };
         if let Some(stage) = self.manifest.stages.get_mut(STAGE) {
             stage.shards.insert(name.clone(), record);

@@ -304,6 +304,11 @@ pub fn run(opts: &PackOptions) -> Result<PackReport> {
     if opts.rebuild {
         ds.discard_stage(&mut manifest, STAGE, "packed", &worker.tag())?;
     }
+    // Neither this stage's records nor the tokens and neighbours it reads may describe changed
+    // upstream shards.
+    for stage in [STAGE, "tokenize", cm3_augment::stage::STAGE] {
+        manifest.check_fresh(stage)?;
+    }
     ds.stage_record(&mut manifest, STAGE, &config_json)?;
     fs::create_dir_all(&packed).map_err(|e| PackError::Io {
         op: "creating",
@@ -369,6 +374,14 @@ pub fn run(opts: &PackOptions) -> Result<PackReport> {
         let pairs = shard_pairs
             .get(name.as_str())
             .map_or(&[][..], Vec::as_slice);
+        // What the shard is made from (`Manifest::check_fresh`).
+        let mut upstream = BTreeMap::new();
+        if let Some(t) = tokens_stage.shards.get(name) {
+            upstream.insert("tokenize".to_string(), t.sha256.clone());
+        }
+        if let Some(n) = neighbours_stage.as_ref().and_then(|n| n.shards.get(name)) {
+            upstream.insert(cm3_augment::stage::STAGE.to_string(), n.sha256.clone());
+        }
         let neighbours: HashMap<u64, Vec<u64>> = match &neighbours_stage {
             Some(n) => match n.shards.get(name) {
                 Some(nrec) => cm3_augment::output::read_shard(&ds.path(&nrec.file))
@@ -486,6 +499,7 @@ pub fn run(opts: &PackOptions) -> Result<PackReport> {
                 rejects_file: None,
                 rejects_by_reason: BTreeMap::new(),
                 counters,
+                upstream,
             },
         );
         write_meta(&ds, &manifest, &layout, cfg, &totals)?;

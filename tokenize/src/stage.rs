@@ -164,6 +164,8 @@ pub fn run(opts: &TokenizeOptions, device: &Device) -> Result<TokenizeReport> {
     if opts.rebuild {
         ds.discard_stage(&mut manifest, STAGE, "tokens", &opts.worker.tag())?;
     }
+    // Records made from ingest shards that have changed since are refused (rebuild tokenize).
+    manifest.check_fresh(STAGE)?;
     ds.stage_record(&mut manifest, STAGE, &record_json)?;
     save_layout(&ds, &layout)?;
 
@@ -220,6 +222,7 @@ pub fn run(opts: &TokenizeOptions, device: &Device) -> Result<TokenizeReport> {
                 rejects_file,
                 rejects_by_reason: count_reasons(&shard.rejects),
                 counters,
+                upstream: BTreeMap::from([("ingest".to_string(), rec.sha256.clone())]),
             },
         );
         ds.save_stage(&mut manifest, STAGE, &opts.worker)?;

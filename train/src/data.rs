@@ -193,6 +193,19 @@ impl PreparedData {
         let layout: VocabLayout = serde_json::from_value(meta["vocab"].clone())
             .map_err(|e| bad(format!("no vocabulary layout: {e}")))?;
         let pad = layout.special(vocab::PAD)?;
+        // Packed from tokens or neighbours made from shards that have changed since (e.g.
+        // `cm3 ingest --rebuild` without rebuilding the later stages): refused, naming the stage.
+        let manifest_path = root.join("manifest.json");
+        if let Some(m) = cm3_core::Manifest::load(&manifest_path)
+            .map_err(|e| bad(format!("its manifest: {e}")))?
+        {
+            for stage in ["pack", "tokenize", "augment"] {
+                m.check_fresh(stage).map_err(|e| TrainError::Dataset {
+                    path: manifest_path.clone(),
+                    reason: e.to_string(),
+                })?;
+            }
+        }
         let train = PackedSplit::open(&root.join("packed/train"), seq_len)?;
         if train.is_empty() {
             return Err(bad("no training sequences".into()));

@@ -185,6 +185,7 @@ pub fn read(src: &SourceSpec, cfg: &IngestConfig, emit: Emit<'_>) -> Result<()> 
     for img in images {
         let key = img.id.to_string();
         let path = root.join(&img.file_name);
+        let outside = super::outside_refused(&root, &img.file_name, cfg);
         let provenance = img
             .flickr_url
             .clone()
@@ -237,6 +238,11 @@ pub fn read(src: &SourceSpec, cfg: &IngestConfig, emit: Emit<'_>) -> Result<()> 
                     }];
                 }
             }
+        }
+        if let Some(r) = outside
+            && rec.problem.is_none()
+        {
+            rec.problem = Some(r);
         }
         if !emit(rec) {
             return Ok(());

@@ -44,7 +44,7 @@ struct Entry {
     json: Option<PathBuf>,
 }
 
-pub fn read(src: &SourceSpec, emit: Emit<'_>) -> Result<()> {
+pub fn read(src: &SourceSpec, cfg: &crate::IngestConfig, emit: Emit<'_>) -> Result<()> {
     let mut by_key: BTreeMap<String, Entry> = BTreeMap::new();
     for path in list_files(&src.path)? {
         let rel = path.strip_prefix(&src.path).unwrap_or(&path);
@@ -81,7 +81,7 @@ pub fn read(src: &SourceSpec, emit: Emit<'_>) -> Result<()> {
                 return Ok(());
             }
         }
-        let Some(rec) = entry_record(&key, e) else {
+        let Some(rec) = entry_record(&key, e, cfg) else {
             continue;
         };
         if !emit(rec) {
@@ -91,7 +91,7 @@ pub fn read(src: &SourceSpec, emit: Emit<'_>) -> Result<()> {
     Ok(())
 }
 
-fn entry_record(key: &str, e: Entry) -> Option<RawRecord> {
+fn entry_record(key: &str, e: Entry, cfg: &crate::IngestConfig) -> Option<RawRecord> {
     let (image, caption) = match (e.image, e.caption) {
         (Some(i), Some(c)) => (i, c),
         (Some(i), None) => {
@@ -117,6 +117,14 @@ fn entry_record(key: &str, e: Entry) -> Option<RawRecord> {
         // A lone .json is metadata of nothing: not an input pair.
         (None, None) => return None,
     };
+    // A linked caption would put another file's text into the dataset.
+    if let Some(r) = super::link_refused(&caption, cfg) {
+        return Some(RawRecord::rejected(
+            key.to_string(),
+            caption.to_string_lossy().into_owned(),
+            r,
+        ));
+    }
     let text = match cm3_core::fsio::read_input(&caption, super::webdataset::MAX_TEXT_MEMBER_BYTES)
     {
         Ok(t) => t,
@@ -131,6 +139,10 @@ fn entry_record(key: &str, e: Entry) -> Option<RawRecord> {
         }
     };
     let meta: Option<serde_json::Value> = e.json.as_ref().and_then(|p| {
+        if let Some(r) = super::link_refused(p, cfg) {
+            tracing::warn!(file = %p.display(), "ignoring metadata: {}", r.detail);
+            return None;
+        }
         let parsed = cm3_core::fsio::read_input(p, super::webdataset::MAX_TEXT_MEMBER_BYTES)
             .map_err(|err| err.to_string())
             .and_then(|b| serde_json::from_slice(&b).map_err(|err| err.to_string()));

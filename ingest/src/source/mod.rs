@@ -21,6 +21,43 @@ pub fn is_image_ext(ext: &str) -> bool {
     IMAGE_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str())
 }
 
+/// The rejection of a file named by an input that is a symbolic link, unless the configuration
+/// follows links (`follow_symlinks`).
+pub fn link_refused(path: &Path, cfg: &IngestConfig) -> Option<Rejection> {
+    let link = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    (link && !cfg.follow_symlinks).then(|| {
+        Rejection::new(
+            crate::normalize::RejectReason::UnsafePath,
+            format!(
+                "{} is a symbolic link; cm3 does not follow links named by an input unless \
+                 asked (--follow-symlinks)",
+                path.display()
+            ),
+        )
+    })
+}
+
+/// The rejection of an image path from a manifest or COCO file (`rel`, joined to `base`) that
+/// leaves `base` (absolute elsewhere, or through `..`), unless `allow_outside_paths`.
+pub fn outside_refused(base: &Path, rel: &str, cfg: &IngestConfig) -> Option<Rejection> {
+    let p = Path::new(rel);
+    let inside = if p.is_absolute() {
+        p.starts_with(base) && !p.components().any(|c| c == std::path::Component::ParentDir)
+    } else {
+        !p.components().any(|c| c == std::path::Component::ParentDir)
+    };
+    (!inside && !cfg.allow_outside_paths).then(|| {
+        Rejection::new(
+            crate::normalize::RejectReason::UnsafePath,
+            format!(
+                "image path {rel:?} leaves {} (absolute or through ..); pass \
+                 --allow-outside-paths to read it",
+                base.display()
+            ),
+        )
+    })
+}
+
 /// Where a record's image is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImageData {
@@ -160,7 +197,7 @@ impl SourceSpec {
         };
         let result = match self.format {
             InputFormat::Webdataset => webdataset::read(self, want, &mut counting),
-            InputFormat::Folder => folder::read(self, &mut counting),
+            InputFormat::Folder => folder::read(self, cfg, &mut counting),
             InputFormat::Coco => coco::read(self, cfg, &mut counting),
             InputFormat::Jsonl | InputFormat::Csv | InputFormat::Parquet => {
                 table::read(self, cfg, &mut counting)

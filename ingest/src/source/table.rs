@@ -106,7 +106,7 @@ fn base_dir(src: &SourceSpec) -> PathBuf {
         .unwrap_or_else(|| src.path.parent().unwrap_or(Path::new(".")).to_path_buf())
 }
 
-fn row_record(src: &SourceSpec, row: Row) -> RawRecord {
+fn row_record(src: &SourceSpec, row: Row, cfg: &IngestConfig) -> RawRecord {
     let provenance = row.url.clone().unwrap_or_else(|| match &row.image {
         Some(ImageData::Path(p)) => p.to_string_lossy().into_owned(),
         _ => format!("{}#{}", src.path.display(), row.key),
@@ -124,6 +124,16 @@ fn row_record(src: &SourceSpec, row: Row) -> RawRecord {
         metadata: row.metadata,
         problem: None,
     };
+    let outside = match &row.image {
+        Some(ImageData::Path(full)) => {
+            super::outside_refused(&base_dir(src), &full.to_string_lossy(), cfg)
+        }
+        _ => None,
+    };
+    if let Some(r) = outside {
+        rec.problem = Some(r);
+        return rec;
+    }
     match (row.image, row.caption) {
         (Some(image), Some(caption)) => {
             rec.image = image;
@@ -312,6 +322,7 @@ fn read_jsonl(src: &SourceSpec, cfg: &IngestConfig, emit: Emit<'_>) -> Result<()
                         split: s(&cols.split),
                         metadata: Some(value.to_string()),
                     },
+                    cfg,
                 )
             }
         };
@@ -407,7 +418,7 @@ fn read_csv(src: &SourceSpec, cfg: &IngestConfig, emit: Emit<'_>) -> Result<()> 
             split: text(si),
             metadata: Some(serde_json::Value::Object(metadata).to_string()),
         };
-        if !emit(row_record(src, row)) {
+        if !emit(row_record(src, row, cfg)) {
             return Ok(());
         }
     }
@@ -506,7 +517,7 @@ fn read_parquet(src: &SourceSpec, cfg: &IngestConfig, emit: Emit<'_>) -> Result<
                 split: cell_string(split.as_ref(), i),
                 metadata: None,
             };
-            if !emit(row_record(src, row)) {
+            if !emit(row_record(src, row, cfg)) {
                 return Ok(());
             }
         }
