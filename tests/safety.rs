@@ -734,3 +734,39 @@ fn links_and_outside_paths_need_an_opt_in() {
     // The two outside rows are one picture: the second is a duplicate of the first.
     assert_eq!(read_rows(&ds_table_out).len(), 3);
 }
+
+/// A CSV field without its closing quote (here 17 MiB of caption) is never read whole: past
+/// 16 MiB for one record the row is a `malformed-record` reject naming the bound, and the rows
+/// before it are kept.
+#[test]
+fn a_csv_record_is_bounded_before_it_is_held() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let pair = &sample_pairs()[0];
+    fs::copy(&pair.image, tmp.path().join(format!("ok.{}", pair.ext()))).expect("image");
+    let mut csv = format!(
+        "image,caption\nok.{ext},a usable row\nok.{ext},\"",
+        ext = pair.ext()
+    )
+    .into_bytes();
+    csv.extend(std::iter::repeat_n(b'a', 17 << 20));
+    let table = tmp.path().join("rows.csv");
+    fs::write(&table, csv).expect("csv");
+    let ds = tmp.path().join("ds");
+    run_ok(&[
+        "ingest",
+        "--input",
+        &p(&table),
+        "--out",
+        &p(&ds),
+        "--no-progress",
+    ]);
+    assert_eq!(read_rows(&ds).len(), 1);
+    let rejects = read_rejects(&ds);
+    assert!(
+        rejects.iter().any(|r| r["reason"] == "malformed-record"
+            && r["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("over 16777216 bytes"))),
+        "{rejects:?}"
+    );
+}

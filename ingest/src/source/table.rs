@@ -171,7 +171,7 @@ fn malformed(src: &SourceSpec, key: String, detail: String) -> RawRecord {
 /// column name is an error naming the columns, not a reject for every row.
 pub fn check(src: &SourceSpec, cfg: &IngestConfig) -> Result<()> {
     let present: Vec<String> = match src.format {
-        InputFormat::Csv => open_csv(src)?.1,
+        InputFormat::Csv => open_csv(src)?.2,
         InputFormat::Parquet => {
             let f = open_table(&src.path)?;
             let b = ParquetRecordBatchReaderBuilder::try_new(f)
@@ -333,28 +333,69 @@ fn read_jsonl(src: &SourceSpec, cfg: &IngestConfig, emit: Emit<'_>) -> Result<()
     Ok(())
 }
 
-/// A CSV (TSV for `.tsv`) reader and its trimmed header names.
-fn open_csv(src: &SourceSpec) -> Result<(csv::Reader<File>, Vec<String>)> {
+/// The bytes a CSV reader pulls from its file for one record (the csv crate holds a record
+/// whole, however long a field is): past `limit` the read fails, so a field with no closing
+/// quote or a row with no line end is never held beyond the limit. Reset after each record.
+struct RecordBound<R> {
+    inner: R,
+    used: std::rc::Rc<std::cell::Cell<u64>>,
+    limit: u64,
+}
+
+impl<R: Read> Read for RecordBound<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let used = self.used.get();
+        if used >= self.limit {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "a record over {} bytes (a field without its closing quote?)",
+                    self.limit
+                ),
+            ));
+        }
+        let room = usize::try_from(self.limit - used)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let n = self.inner.read(&mut buf[..room])?;
+        self.used.set(used + n as u64);
+        Ok(n)
+    }
+}
+
+type CsvReader = csv::Reader<RecordBound<File>>;
+
+/// A CSV (TSV for `.tsv`) reader, the handle that resets its record bound, and its trimmed
+/// header names.
+fn open_csv(
+    src: &SourceSpec,
+) -> Result<(CsvReader, std::rc::Rc<std::cell::Cell<u64>>, Vec<String>)> {
     let tsv = src
         .path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("tsv"));
+    let used = std::rc::Rc::new(std::cell::Cell::new(0));
+    let bounded = RecordBound {
+        inner: open_table(&src.path)?,
+        used: used.clone(),
+        limit: MAX_LINE_BYTES,
+    };
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(if tsv { b'\t' } else { b',' })
         .flexible(true)
-        .from_path(&src.path)
-        .map_err(|e| IngestError::input(&src.path, e.to_string()))?;
+        .from_reader(bounded);
     let headers = reader
         .byte_headers()
         .map_err(|e| IngestError::input(&src.path, format!("reading the header row: {e}")))?
         .iter()
         .map(|h| String::from_utf8_lossy(h).trim().to_string())
         .collect();
-    Ok((reader, headers))
+    used.set(0);
+    Ok((reader, used, headers))
 }
 
 fn read_csv(src: &SourceSpec, cfg: &IngestConfig, emit: Emit<'_>) -> Result<()> {
-    let (mut reader, headers) = open_csv(src)?;
+    let (mut reader, used, headers) = open_csv(src)?;
     let cols = resolve_columns(&src.path, &cfg.columns, &headers)?;
     let idx = |name: &Option<String>| {
         name.as_ref()
@@ -375,7 +416,9 @@ fn read_csv(src: &SourceSpec, cfg: &IngestConfig, emit: Emit<'_>) -> Result<()> 
     let mut n = 0u64;
     loop {
         let row_no = n;
-        match reader.read_byte_record(&mut record) {
+        let read = reader.read_byte_record(&mut record);
+        used.set(0);
+        match read {
             Ok(false) => break,
             Ok(true) => {}
             Err(e) => {
