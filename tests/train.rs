@@ -814,3 +814,96 @@ fn fine_tuning_starts_from_the_pretrained_weights() {
     ]);
     assert!(err.contains("--init-from"), "{err}");
 }
+
+/// The fault campaign's kill-anywhere test for training: `cm3 train` (40 steps, a checkpoint
+/// every 3) killed (SIGKILL) at 8 seeded moments spread over an uninterrupted run, then continued
+/// (`--resume` once the run is recorded, else the same command again): the same losses step for
+/// step as the uninterrupted run, and `latest` names a complete checkpoint.
+#[test]
+fn training_killed_at_random_moments_resumes_to_the_same_losses() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    runtime();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ds = prepared(tmp.path(), 16);
+    let cfg = tmp.path().join("tiny.toml");
+    fs::write(
+        &cfg,
+        "preset = \"tiny\"\nbatch_size = 2\nsave_every = 3\nkeep_checkpoints = 2\neval_every = 8\n",
+    )
+    .expect("config");
+    let args = |run: &Path| {
+        vec![
+            "train".to_string(),
+            "--data".into(),
+            p(&ds),
+            "--config".into(),
+            p(&cfg),
+            "--out".into(),
+            p(run),
+            "--steps".into(),
+            "40".into(),
+        ]
+    };
+    let whole = tmp.path().join("whole");
+    let started = Instant::now();
+    train(
+        &args(&whole)[1..]
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let duration = started.elapsed();
+    let mut rng = cm3_core::rng::SplitMix64::new(8);
+    let mut interrupted = 0;
+    for n in 0..8 {
+        let at = duration.mul_f64(rng.next_f64());
+        let run = tmp.path().join(format!("killed-{n}"));
+        let mut child = cm3()
+            .args(args(&run))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let start = Instant::now();
+        while start.elapsed() < at && child.try_wait().expect("wait").is_none() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if child.try_wait().expect("wait").is_none() {
+            child.kill().expect("kill");
+            interrupted += 1;
+        }
+        child.wait().expect("wait");
+        if run.join("config.json").is_file() {
+            let done = metrics(&run)
+                .iter()
+                .filter_map(|l| l["step"].as_u64())
+                .max()
+                .unwrap_or(0);
+            if done < 40 || !run.join("checkpoints/latest").exists() {
+                train(&["--resume", &p(&run)]);
+            }
+        } else {
+            train(
+                &args(&run)[1..]
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>(),
+            );
+        }
+        assert_eq!(losses(&run), losses(&whole), "killed at {at:?}");
+        let latest = fs::read_to_string(run.join("checkpoints/latest")).expect("latest");
+        assert!(
+            run.join("checkpoints")
+                .join(latest.trim())
+                .join("model.safetensors")
+                .is_file(),
+            "latest names {latest:?}"
+        );
+    }
+    println!("{interrupted} of 8 kills interrupted a run of {duration:?}");
+    assert!(
+        interrupted >= 4,
+        "only {interrupted} kills interrupted training"
+    );
+}
