@@ -360,3 +360,102 @@ fn a_build_killed_at_random_moments_reruns_to_the_same_output() {
         "only {interrupted} kills interrupted a build"
     );
 }
+
+/// Unmounts a tmpfs when dropped.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn mount_tmpfs(dir: &Path, bytes: u64) -> bool {
+    fs::create_dir_all(dir).expect("mkdir");
+    std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn disk_usage(dir: &Path) -> u64 {
+    let mut n = 0;
+    for e in fs::read_dir(dir).expect("dir").flatten() {
+        let p = e.path();
+        n += if p.is_dir() {
+            disk_usage(&p)
+        } else {
+            e.metadata().map_or(0, |m| m.len())
+        };
+    }
+    n
+}
+
+/// The fault campaign's full-disk test: `cm3 build` into a filesystem with room for about half
+/// of the dataset (a tmpfs; skipped, saying so, where one cannot be mounted) fails with an error
+/// that names the lack of space, records nothing that is not on disk, and the same command run
+/// again once there is room finishes with the same packed sequences and tokens as a build that
+/// never ran out, leaving no temporary file.
+#[test]
+fn a_build_on_a_full_disk_fails_clearly_and_completes_when_there_is_room() {
+    runtime();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let input = tmp.path().join("input");
+    sample_part(&input, 0..12);
+    let cfg = reproducible_build_config(tmp.path(), "shard_rows = 3\n");
+    let args = |ds: &Path| {
+        vec![
+            "build".to_string(),
+            p(ds),
+            "--preset".into(),
+            "demo".into(),
+            "--config".into(),
+            p(&cfg),
+            "--input".into(),
+            p(&input),
+            "--no-progress".into(),
+        ]
+    };
+    let reference = tmp.path().join("reference");
+    let a = args(&reference);
+    run_ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let size = disk_usage(&reference);
+    let disk = tmp.path().join("disk");
+    if !mount_tmpfs(&disk, size / 2) {
+        println!("skipped: cannot mount a tmpfs here (needs root), so no full disk to test on");
+        return;
+    }
+    let _unmount = Mounted(disk.clone());
+    let ds = disk.join("ds");
+    let a = args(&ds);
+    let out = cm3()
+        .args(a.iter().map(String::as_str))
+        .output()
+        .expect("spawn");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a build on a full disk succeeded");
+    assert!(
+        err.contains("No space left on device"),
+        "the error does not say the disk is full: {err}"
+    );
+    let bad = recorded_but_missing(&ds);
+    assert!(bad.is_empty(), "recorded, not on disk: {bad:?}");
+    // Room again: the same command finishes, as if nothing had happened.
+    let grown = std::process::Command::new("mount")
+        .args(["-o", &format!("remount,size={}", size * 4)])
+        .arg(&disk)
+        .status()
+        .expect("remount");
+    assert!(grown.success());
+    run_ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    for f in ["train.bin", "train.idx", "val.bin", "val.idx"] {
+        assert!(
+            packed(&ds, f) == packed(&reference, f),
+            "packed/{f} differs"
+        );
+    }
+    assert_eq!(read_tokens(&ds), read_tokens(&reference));
+    let left = temporaries(&ds);
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+}
