@@ -174,11 +174,46 @@ pub fn read_meta(dir: &Path) -> Result<Option<IndexMeta>> {
     Ok(Some(meta))
 }
 
-/// Open the index committed in `dir`: its metadata and the loaded index.
+/// Open the index committed in `dir`: its metadata and the loaded index. A reader racing a
+/// commit (it read `INDEX.json`, then the writer committed the next generation and removed the
+/// one it named) reads `INDEX.json` again and opens the new generation.
 pub fn open(dir: &Path) -> Result<Option<(IndexMeta, Box<dyn MipsIndex>)>> {
-    let Some(meta) = read_meta(dir)? else {
-        return Ok(None);
-    };
+    open_from(dir, read_meta(dir)?)
+}
+
+/// Attempts at opening a generation that a concurrent commit removed.
+const OPEN_ATTEMPTS: usize = 8;
+
+/// [`open`], starting from `meta` (what `INDEX.json` said when the reader looked).
+fn open_from(
+    dir: &Path,
+    mut meta: Option<IndexMeta>,
+) -> Result<Option<(IndexMeta, Box<dyn MipsIndex>)>> {
+    for _ in 0..OPEN_ATTEMPTS {
+        let Some(m) = meta else {
+            return Ok(None);
+        };
+        match open_generation(dir, &m) {
+            Ok(index) => return Ok(Some((m, index))),
+            Err(e) => {
+                // Only a generation replaced since is retried; any other failure is the index's.
+                let now = read_meta(dir)?;
+                if now.as_ref().map(|n| n.generation) == Some(m.generation) {
+                    return Err(e);
+                }
+                tracing::debug!(dir = %dir.display(), from = m.generation, "index committed while opening; reading it again");
+                meta = now;
+            }
+        }
+    }
+    Err(IndexError::Invalid(format!(
+        "{}: the index changed {OPEN_ATTEMPTS} times while it was being opened",
+        dir.display()
+    )))
+}
+
+/// The index of generation `meta.generation`, checked against what `meta` records.
+fn open_generation(dir: &Path, meta: &IndexMeta) -> Result<Box<dyn MipsIndex>> {
     let gen_dir = meta.generation_dir(dir);
     for (file, &size) in &meta.files {
         let p = gen_dir.join(file);
@@ -207,7 +242,7 @@ pub fn open(dir: &Path) -> Result<Option<(IndexMeta, Box<dyn MipsIndex>)>> {
             ),
         });
     }
-    Ok(Some((meta, index)))
+    Ok(index)
 }
 
 /// Write `index` as the next generation of `dir` and commit it. `previous` is the metadata of
@@ -340,6 +375,29 @@ pub fn remove(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reader that read `INDEX.json` just before a commit removed the generation it named
+    /// opens the new one instead of failing.
+    #[test]
+    fn a_reader_racing_a_commit_opens_the_new_generation() -> Result<()> {
+        use crate::MipsIndex;
+        let dir = tempfile::tempdir().map_err(|e| IndexError::io("tempdir", "/tmp", e))?;
+        let mut index = crate::flat::FlatIndex::new(2, crate::Storage::F32);
+        index.add(&[1, 2], &[1.0, 0.0, 0.0, 1.0])?;
+        let first = commit(dir.path(), &index, None, None, BTreeMap::new(), "t")?;
+        index.add(&[3], &[0.6, 0.8])?;
+        let second = commit(dir.path(), &index, Some(&first), None, BTreeMap::new(), "t")?;
+        assert!(
+            !first.generation_dir(dir.path()).exists(),
+            "the old generation was removed"
+        );
+        // What the reader would find without reading INDEX.json again: a missing generation.
+        assert!(open_generation(dir.path(), &first).is_err());
+        let (meta, opened) = open_from(dir.path(), Some(first))?.expect("an index");
+        assert_eq!(meta.generation, second.generation);
+        assert_eq!(opened.len(), 3);
+        Ok(())
+    }
 
     #[test]
     fn only_names_cm3_writes_are_generations() {
