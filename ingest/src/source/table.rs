@@ -519,6 +519,51 @@ fn image_cell(col: &ArrayRef, i: usize, base: &Path) -> Option<ImageData> {
     }
 }
 
+/// Bytes one Arrow batch is sized to hold at most: a binary column's offsets are 32-bit, so a
+/// batch over 2 GiB cannot be built (arrow-rs panics), and a batch is held whole in memory.
+const BATCH_BYTES: u64 = 256 << 20;
+
+/// Rows per batch for a Parquet file: `max_rows`, fewer when the widest row group's average
+/// row (its uncompressed size over its rows) would make a batch exceed [`BATCH_BYTES`].
+fn batch_rows(meta: &parquet::file::metadata::ParquetMetaData, max_rows: usize) -> usize {
+    let widest = meta
+        .row_groups()
+        .iter()
+        .filter(|g| g.num_rows() > 0)
+        .map(|g| (g.total_byte_size().max(0) as u64).div_ceil(g.num_rows() as u64))
+        .max()
+        .unwrap_or(0);
+    rows_for(widest, max_rows)
+}
+
+fn rows_for(row_bytes: u64, max_rows: usize) -> usize {
+    if row_bytes == 0 {
+        return max_rows;
+    }
+    usize::try_from(BATCH_BYTES / row_bytes)
+        .unwrap_or(max_rows)
+        .clamp(1, max_rows)
+}
+
+/// The next batch of `reader`, with a panic inside arrow (a batch over its 2 GiB offset limit,
+/// which a single row of more than 2 GiB still makes) turned into an error naming the file.
+fn next_batch(
+    reader: &mut parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+    path: &Path,
+) -> Option<Result<RecordBatch>> {
+    let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.next()));
+    match next {
+        Ok(None) => None,
+        Ok(Some(Ok(b))) => Some(Ok(b)),
+        Ok(Some(Err(e))) => Some(Err(IngestError::input(path, format!("Parquet: {e}")))),
+        Err(_) => Some(Err(IngestError::input(
+            path,
+            "Parquet: arrow could not build a batch (a value over its 2 GiB limit, or corrupt \
+             data)",
+        ))),
+    }
+}
+
 fn read_parquet(src: &SourceSpec, cfg: &IngestConfig, emit: Emit<'_>) -> Result<()> {
     let f = open_table(&src.path)?;
     let pq =
@@ -532,12 +577,12 @@ fn read_parquet(src: &SourceSpec, cfg: &IngestConfig, emit: Emit<'_>) -> Result<
         .collect();
     let cols = resolve_columns(&src.path, &cfg.columns, &present)?;
     // Small batches: rows may carry whole images.
-    let reader = builder.with_batch_size(256).build().map_err(pq)?;
+    let rows = batch_rows(builder.metadata(), 256);
+    let mut reader = builder.with_batch_size(rows).build().map_err(pq)?;
     let base = base_dir(src);
     let mut n = 0u64;
-    for batch in reader {
-        let batch: RecordBatch =
-            batch.map_err(|e| IngestError::input(&src.path, format!("Parquet: {e}")))?;
+    while let Some(batch) = next_batch(&mut reader, &src.path) {
+        let batch: RecordBatch = batch?;
         let col =
             |name: &Option<String>| name.as_ref().and_then(|n| batch.column_by_name(n)).cloned();
         let image = col(&Some(cols.image.clone()));
@@ -598,15 +643,12 @@ pub fn read_parquet_rows(
     let f = open_table(path)?;
     let pq = |e: parquet::errors::ParquetError| IngestError::input(path, format!("Parquet: {e}"));
     // Small batches: rows may carry whole images.
-    let reader = ParquetRecordBatchReaderBuilder::try_new(f)
-        .map_err(pq)?
-        .with_batch_size(64)
-        .build()
-        .map_err(pq)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(f).map_err(pq)?;
+    let rows = batch_rows(builder.metadata(), 64);
+    let mut reader = builder.with_batch_size(rows).build().map_err(pq)?;
     let mut n = 0u64;
-    for batch in reader {
-        let batch: RecordBatch =
-            batch.map_err(|e| IngestError::input(path, format!("Parquet: {e}")))?;
+    while let Some(batch) = next_batch(&mut reader, path) {
+        let batch: RecordBatch = batch?;
         let image_cols: Vec<Option<ArrayRef>> = images
             .iter()
             .map(|c| batch.column_by_name(c).cloned())
@@ -647,4 +689,19 @@ fn open_table(path: &std::path::Path) -> Result<File> {
         ));
     }
     File::open(path).map_err(|e| IngestError::io("opening", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_sized_below_arrows_limit() {
+        assert_eq!(rows_for(0, 256), 256);
+        assert_eq!(rows_for(1 << 20, 256), 256);
+        assert_eq!(rows_for(10 << 20, 256), 25);
+        // A row larger than a whole batch's budget is read alone.
+        assert_eq!(rows_for(3 << 30, 256), 1);
+        assert!(rows_for(100 << 20, 64) as u64 * (100 << 20) <= BATCH_BYTES);
+    }
 }
