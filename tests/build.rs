@@ -168,19 +168,7 @@ fn a_killed_build_rerun_gives_the_same_sequences() {
     let input = tmp.path().join("input");
     sample_part(&input, 0..32);
     let cfg = reproducible_build_config(tmp.path(), "shard_rows = 6\n");
-    let args = |ds: &Path| {
-        vec![
-            "build".to_string(),
-            p(ds),
-            "--preset".into(),
-            "demo".into(),
-            "--config".into(),
-            p(&cfg),
-            "--input".into(),
-            p(&input),
-            "--no-progress".into(),
-        ]
-    };
+    let args = |ds: &Path| demo_build_args(ds, &cfg, &input);
     let reference = tmp.path().join("reference");
     let a = args(&reference);
     run_ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
@@ -298,19 +286,7 @@ fn a_build_killed_at_random_moments_reruns_to_the_same_output() {
     let input = tmp.path().join("input");
     sample_part(&input, 0..12);
     let cfg = reproducible_build_config(tmp.path(), "shard_rows = 3\n");
-    let args = |ds: &Path| {
-        vec![
-            "build".to_string(),
-            p(ds),
-            "--preset".into(),
-            "demo".into(),
-            "--config".into(),
-            p(&cfg),
-            "--input".into(),
-            p(&input),
-            "--no-progress".into(),
-        ]
-    };
+    let args = |ds: &Path| demo_build_args(ds, &cfg, &input);
     let reference = tmp.path().join("reference");
     let started = Instant::now();
     let a = args(&reference);
@@ -321,21 +297,7 @@ fn a_build_killed_at_random_moments_reruns_to_the_same_output() {
     for n in 0..20 {
         let at = duration.mul_f64(rng.next_f64());
         let ds = tmp.path().join(format!("killed-{n}"));
-        let mut child = cm3()
-            .args(args(&ds))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn cm3");
-        let start = Instant::now();
-        while start.elapsed() < at && child.try_wait().expect("wait").is_none() {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        if child.try_wait().expect("wait").is_none() {
-            child.kill().expect("kill");
-            interrupted += 1;
-        }
-        child.wait().expect("wait");
+        interrupted += usize::from(run_killed_after(&args(&ds), at));
         let bad = recorded_but_missing(&ds);
         assert!(
             bad.is_empty(),
@@ -404,19 +366,7 @@ fn a_build_on_a_full_disk_fails_clearly_and_completes_when_there_is_room() {
     let input = tmp.path().join("input");
     sample_part(&input, 0..12);
     let cfg = reproducible_build_config(tmp.path(), "shard_rows = 3\n");
-    let args = |ds: &Path| {
-        vec![
-            "build".to_string(),
-            p(ds),
-            "--preset".into(),
-            "demo".into(),
-            "--config".into(),
-            p(&cfg),
-            "--input".into(),
-            p(&input),
-            "--no-progress".into(),
-        ]
-    };
+    let args = |ds: &Path| demo_build_args(ds, &cfg, &input);
     let reference = tmp.path().join("reference");
     let a = args(&reference);
     run_ok(&a.iter().map(String::as_str).collect::<Vec<_>>());

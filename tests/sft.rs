@@ -987,24 +987,31 @@ fn tables_and_tars_are_read() {
     // InstructPix2Pix as WebDataset: <key>.source.jpg, <key>.edited.png, <key>.txt.
     let tars = tmp.path().join("edit-tars");
     fs::create_dir_all(&tars).expect("dir");
-    let mut b = tar::Builder::new(fs::File::create(tars.join("00000.tar")).expect("tar"));
-    for i in 0..4 {
-        tar_add(
-            &mut b,
-            &format!("s{i}.source.{}", pairs[i].ext()),
-            &bytes[i],
-        );
-        tar_add(
-            &mut b,
-            &format!("s{i}.edited.{}", pairs[i + 1].ext()),
-            &bytes[i + 1],
-        );
-        tar_add(
-            &mut b,
-            &format!("s{i}.txt"),
-            format!("make it picture {}", i + 1).as_bytes(),
-        );
-    }
+    // Four samples, each image edited into the next; the instruction from `instruction(i)`.
+    let edit_tar = |instruction: &dyn Fn(usize) -> (String, Vec<u8>)| {
+        let mut b = tar::Builder::new(fs::File::create(tars.join("00000.tar")).expect("tar"));
+        for i in 0..4 {
+            tar_add(
+                &mut b,
+                &format!("s{i}.source.{}", pairs[i].ext()),
+                &bytes[i],
+            );
+            tar_add(
+                &mut b,
+                &format!("s{i}.edited.{}", pairs[i + 1].ext()),
+                &bytes[i + 1],
+            );
+            let (name, text) = instruction(i);
+            tar_add(&mut b, &format!("s{i}.{name}"), &text);
+        }
+        b
+    };
+    let mut b = edit_tar(&|i| {
+        (
+            "txt".into(),
+            format!("make it picture {}", i + 1).into_bytes(),
+        )
+    });
     // A sample without its edited image is named, not skipped.
     tar_add(
         &mut b,
@@ -1026,24 +1033,12 @@ fn tables_and_tars_are_read() {
         bad.contains("sample broken") && bad.contains("00000.tar"),
         "{bad}"
     );
-    let mut b = tar::Builder::new(fs::File::create(tars.join("00000.tar")).expect("tar"));
-    for i in 0..4 {
-        tar_add(
-            &mut b,
-            &format!("s{i}.source.{}", pairs[i].ext()),
-            &bytes[i],
-        );
-        tar_add(
-            &mut b,
-            &format!("s{i}.edited.{}", pairs[i + 1].ext()),
-            &bytes[i + 1],
-        );
-        tar_add(
-            &mut b,
-            &format!("s{i}.json"),
-            br#"{"edit_prompt": "make it brighter"}"#,
-        );
-    }
+    let mut b = edit_tar(&|_| {
+        (
+            "json".into(),
+            br#"{"edit_prompt": "make it brighter"}"#.to_vec(),
+        )
+    });
     b.finish().expect("finish");
     let r = sft_build(&[
         &p(&tmp.path().join("sft-tar")),

@@ -821,8 +821,7 @@ fn fine_tuning_starts_from_the_pretrained_weights() {
 /// step as the uninterrupted run, and `latest` names a complete checkpoint.
 #[test]
 fn training_killed_at_random_moments_resumes_to_the_same_losses() {
-    use std::process::Stdio;
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
     runtime();
     let tmp = tempfile::tempdir().expect("tmp");
     let ds = prepared(tmp.path(), 16);
@@ -859,21 +858,7 @@ fn training_killed_at_random_moments_resumes_to_the_same_losses() {
     for n in 0..8 {
         let at = duration.mul_f64(rng.next_f64());
         let run = tmp.path().join(format!("killed-{n}"));
-        let mut child = cm3()
-            .args(args(&run))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn");
-        let start = Instant::now();
-        while start.elapsed() < at && child.try_wait().expect("wait").is_none() {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        if child.try_wait().expect("wait").is_none() {
-            child.kill().expect("kill");
-            interrupted += 1;
-        }
-        child.wait().expect("wait");
+        interrupted += usize::from(run_killed_after(&args(&run), at));
         if run.join("config.json").is_file() {
             let done = metrics(&run)
                 .iter()

@@ -510,6 +510,25 @@ fn find_jsonl(dir: &Path) -> Result<Option<PathBuf>> {
     }
 }
 
+/// Row `i` of a JSONL table in `dir`: its image (`image` or `file_name`, inside the folder), and
+/// a function naming what the row lacks.
+fn row_image(
+    dir: &Path,
+    file: &Path,
+    row: &serde_json::Value,
+    i: usize,
+) -> Result<(PathBuf, impl Fn(&str) -> SftError)> {
+    let file_owned = file.to_path_buf();
+    let row_err = move |what: &str| input(&file_owned, format!("row {}: no {what}", i + 1));
+    let image = inside(
+        dir,
+        file,
+        &first_of(row, &["image", "file_name"]).ok_or_else(|| row_err("image"))?,
+        "image",
+    )?;
+    Ok((image, row_err))
+}
+
 /// The first of `keys` present in a JSON row, as text.
 fn first_of(row: &serde_json::Value, keys: &[&str]) -> Option<String> {
     keys.iter()
@@ -615,13 +634,7 @@ fn read_control(task: Task, dir: &Path) -> Result<Vec<SourceExample>> {
     };
     let mut out = Vec::new();
     for (i, row) in jsonl_rows(&file)?.iter().enumerate() {
-        let row_err = |what: &str| input(&file, format!("row {}: no {what}", i + 1));
-        let image = inside(
-            dir,
-            &file,
-            &first_of(row, &["image", "file_name"]).ok_or_else(|| row_err("image"))?,
-            "image",
-        )?;
+        let (image, row_err) = row_image(dir, &file, row, i)?;
         let caption = first_of(row, &["caption", "text"]).ok_or_else(|| row_err("caption"))?;
         let feature = match first_of(row, &["feature_image", "conditioning_image"]) {
             Some(f) => ImageSource::File(inside(dir, &file, &f, "feature image")?),
@@ -1021,13 +1034,7 @@ fn read_ocr(dir: &Path) -> Result<Vec<SourceExample>> {
     };
     let mut out = Vec::new();
     for (i, row) in jsonl_rows(&file)?.iter().enumerate() {
-        let row_err = |what: &str| input(&file, format!("row {}: no {what}", i + 1));
-        let image = inside(
-            dir,
-            &file,
-            &first_of(row, &["image", "file_name"]).ok_or_else(|| row_err("image"))?,
-            "image",
-        )?;
+        let (image, row_err) = row_image(dir, &file, row, i)?;
         let text = first_of(row, &["ocr_content", "text", "ocr"]).ok_or_else(|| row_err("text"))?;
         out.push(SourceExample::with_image(
             first_of(row, &["id", "key"]).unwrap_or_else(|| i.to_string()),

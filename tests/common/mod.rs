@@ -364,3 +364,42 @@ pub fn prepared(dir: &Path, pairs: usize) -> PathBuf {
     build_demo(&ds, &input, &cfg);
     ds
 }
+
+/// The arguments of `cm3 build <ds> --preset demo --config <cfg> --input <input> --no-progress`.
+pub fn demo_build_args(ds: &Path, cfg: &Path, input: &Path) -> Vec<String> {
+    [
+        "build",
+        &p(ds),
+        "--preset",
+        "demo",
+        "--config",
+        &p(cfg),
+        "--input",
+        &p(input),
+        "--no-progress",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Run `cm3 args` and kill it (SIGKILL) once `at` has passed, unless it ended before; returns
+/// whether the kill interrupted it.
+pub fn run_killed_after(args: &[String], at: std::time::Duration) -> bool {
+    let mut child = cm3()
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn cm3");
+    let start = std::time::Instant::now();
+    while start.elapsed() < at && child.try_wait().expect("wait").is_none() {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let running = child.try_wait().expect("wait").is_none();
+    if running {
+        child.kill().expect("kill");
+    }
+    child.wait().expect("wait");
+    running
+}
