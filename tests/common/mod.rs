@@ -336,17 +336,8 @@ pub fn reproducible_build_config(dir: &Path, ingest: &str) -> PathBuf {
 
 /// `cm3 build <ds> --preset demo --config <cfg> --input <input>`.
 pub fn build_demo(ds: &Path, input: &Path, cfg: &Path) {
-    run_ok(&[
-        "build",
-        &p(ds),
-        "--preset",
-        "demo",
-        "--config",
-        &p(cfg),
-        "--input",
-        &p(input),
-        "--no-progress",
-    ]);
+    let args = demo_build_args(ds, cfg, input);
+    run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
 }
 
 /// The tiny GumbelVQ (32 × 32 images → 4 × 4 codes of 64) made by taming-transformers.
