@@ -16,7 +16,7 @@
 # (`cm3 tokenizer encode-image` + `decode-image`): what it reads there bounds what t2i can reach.
 #
 # Usage (from anywhere):
-#   bash bench/learn.sh                 # about 30 min on 2 cores with the release build
+#   bash bench/learn.sh                 # about 45 min on 2 cores with the release build
 #   CM3=/path/to/cm3 bash bench/learn.sh   # any binary, an old one included
 # Knobs (environment): LEARN_OUT (target/learn), LEARN_PAIRS (2400), LEARN_HELDOUT (18: each
 # colour × shape once), LEARN_STEPS (training steps of each run), LEARN_SAMPLES (t2i samples per
