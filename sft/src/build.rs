@@ -1237,17 +1237,11 @@ pub fn build(opts: &SftBuildOptions, device: &Device) -> Result<SftBuildReport> 
     })
 }
 
-/// The worker of a split build that owns an image: a hash of how its picture is made and where
-/// it is (its path, or its origin in a table or tar), so that shares do not move when tasks or
-/// images are added.
-fn owner(source: &ImageSource, workers: u32) -> u32 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let kind = [kind_of(source) as u8];
-    for &b in kind.iter().chain(source.origin().as_bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    (h % u64::from(workers.max(1))) as u32
+/// The name a split build's workers own an image by (`WorkerSpec::owns` hashes it): how its
+/// picture is made and where it is (its path, or its origin in a table or tar), so that shares
+/// do not move when tasks or images are added.
+fn worker_name(source: &ImageSource) -> String {
+    format!("{}:{}", kind_of(source) as u8, source.origin())
 }
 
 /// A worker's output folder: absent, empty, holding worker caches only, or an SFT directory.
@@ -1310,7 +1304,7 @@ fn encode_share(
     let w = opts.worker;
     let mine: Vec<ImageSource> = images
         .iter()
-        .filter(|s| owner(s, w.num_workers) == w.worker_index)
+        .filter(|s| w.owns(&worker_name(s)))
         .cloned()
         .collect();
     let dir = opts.out.join(SFT_WORKER_CACHES);

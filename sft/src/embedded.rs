@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use cm3_ingest::source::ImageData;
 
 use crate::error::{Result, SftError};
-use crate::sources::{ImageSource, SourceExample};
+use crate::sources::{EDITED_KEYS, INSTRUCTION_KEYS, ImageSource, SOURCE_KEYS, SourceExample};
 use crate::templates::ImageSlot;
 
 /// Largest image stored in a table or tar member.
@@ -158,10 +158,6 @@ pub fn read_ingest_captions(path: &Path, ex: &mut Extractor) -> Result<Vec<Sourc
     Ok(out)
 }
 
-const SOURCE_KEYS: &[&str] = &["source_image", "input_image", "original_image"];
-const INSTRUCTION_KEYS: &[&str] = &["edit_instruction", "instruction", "edit_prompt"];
-const EDITED_KEYS: &[&str] = &["edited_image", "output_image"];
-
 fn present<'a>(columns: &[String], keys: &[&'a str]) -> Option<&'a str> {
     keys.iter()
         .copied()
@@ -262,13 +258,7 @@ pub fn tars_of(path: &Path) -> Result<Vec<PathBuf>> {
     if path.is_file() {
         return Ok(vec![path.to_path_buf()]);
     }
-    let mut tars: Vec<PathBuf> = std::fs::read_dir(path)
-        .map_err(|e| input(path, e.to_string()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "tar"))
-        .collect();
-    tars.sort();
-    Ok(tars)
+    cm3_ingest::source::list_tars(path).map_err(|e| input(path, e.to_string()))
 }
 
 #[derive(Default)]

@@ -494,12 +494,7 @@ fn find_jsonl(dir: &Path) -> Result<Option<PathBuf>> {
     if dir.join("metadata.jsonl").is_file() {
         return Ok(Some(dir.join("metadata.jsonl")));
     }
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| input(dir, e.to_string()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "jsonl") && p.is_file())
-        .collect();
-    found.sort();
+    let mut found = files_with_ext(dir, "jsonl")?;
     match found.len() {
         0 => Ok(None),
         1 => Ok(found.pop()),
@@ -557,9 +552,11 @@ fn jsonl_rows(file: &Path) -> Result<Vec<serde_json::Value>> {
         .collect()
 }
 
-const SOURCE_KEYS: &[&str] = &["source_image", "input_image", "original_image"];
-const INSTRUCTION_KEYS: &[&str] = &["edit_instruction", "instruction", "edit_prompt"];
-const EDITED_KEYS: &[&str] = &["edited_image", "output_image"];
+/// Column names of editing triplets (InstructPix2Pix's release and the common alternatives),
+/// shared by the JSONL, Parquet and WebDataset readers.
+pub(crate) const SOURCE_KEYS: &[&str] = &["source_image", "input_image", "original_image"];
+pub(crate) const INSTRUCTION_KEYS: &[&str] = &["edit_instruction", "instruction", "edit_prompt"];
+pub(crate) const EDITED_KEYS: &[&str] = &["edited_image", "output_image"];
 
 /// InstructPix2Pix triplets from a JSONL table: the source image, the instruction, the edited
 /// image (the column names of the InstructPix2Pix release, `input_image`/`edit_prompt`/
@@ -575,12 +572,12 @@ fn read_edits(dir: &Path) -> Result<Vec<SourceExample>> {
     ))
 }
 
-/// The Parquet tables of a folder, sorted.
-fn parquet_files(dir: &Path) -> Result<Vec<PathBuf>> {
+/// The files of a folder (not below it) whose extension is `ext`, sorted.
+fn files_with_ext(dir: &Path, ext: &str) -> Result<Vec<PathBuf>> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| input(dir, e.to_string()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "parquet"))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == ext))
         .collect();
     found.sort();
     Ok(found)
@@ -869,12 +866,7 @@ const MAX_NARRATIVE_LINE: usize = 16 << 20;
 /// by id (COCO and Flickr30k numbers, Open Images hex ids as file stems).
 fn read_narratives(dir: &Path) -> Result<Vec<SourceExample>> {
     use std::io::BufRead;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| input(dir, e.to_string()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "jsonl"))
-        .collect();
-    files.sort();
+    let files = files_with_ext(dir, "jsonl")?;
     if files.is_empty() {
         return Err(input(dir, "no Localized Narratives .jsonl files"));
     }
@@ -1081,7 +1073,7 @@ pub fn read_task(
         Task::InstructPix2Pix if ext == "jsonl" => read_edits_table(path)?,
         Task::InstructPix2Pix if path.is_dir() && find_jsonl(path)?.is_none() => {
             let mut out = Vec::new();
-            for table in parquet_files(path)? {
+            for table in files_with_ext(path, "parquet")? {
                 out.extend(crate::embedded::read_parquet_edits(&table, ex)?);
             }
             if out.is_empty() {

@@ -124,9 +124,10 @@ impl PackedSplit {
 }
 
 impl PackedSplit {
-    /// Sequence `i`'s targets for the output-only loss, appended to `out`: its tokens, with
-    /// every token that is not marked as an output replaced by `pad` (unscored).
-    pub fn read_targets_into(&self, i: usize, pad: u32, out: &mut Vec<i64>) -> Result<()> {
+    /// Sequence `i`'s targets for the output-only loss, appended to `out`: `ids` (the sequence
+    /// as [`Self::read_into`] read it) with every token not marked as an output replaced by
+    /// `pad` (unscored). Only the marks are read.
+    pub fn targets_into(&self, i: usize, ids: &[i64], pad: u32, out: &mut Vec<i64>) -> Result<()> {
         let Some((f, path)) = &self.outputs else {
             return Err(TrainError::Dataset {
                 path: self.bin_path.clone(),
@@ -136,13 +137,11 @@ impl PackedSplit {
         let mut marks = vec![0u8; self.seq_len];
         f.read_exact_at(&mut marks, self.pointers[i] as u64 / 4)
             .map_err(io("reading", path))?;
-        let start = out.len();
-        self.read_into(i, out)?;
-        for (t, &m) in out[start..].iter_mut().zip(&marks) {
-            if m == 0 {
-                *t = i64::from(pad);
-            }
-        }
+        out.extend(
+            ids.iter()
+                .zip(&marks)
+                .map(|(&t, &m)| if m == 0 { i64::from(pad) } else { t }),
+        );
         Ok(())
     }
 }

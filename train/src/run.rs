@@ -196,9 +196,10 @@ pub fn evaluate(
         let mut ids = Vec::with_capacity(b * split.seq_len);
         let mut targets = Vec::new();
         for k in i..i + b {
+            let at = ids.len();
             split.read_into(k, &mut ids)?;
             if loss == LossOn::OutputOnly {
-                split.read_targets_into(k, pad, &mut targets)?;
+                split.targets_into(k, &ids[at..], pad, &mut targets)?;
             }
         }
         let ids = ids_tensor(ids, b, split.seq_len, device);
@@ -617,10 +618,12 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
             let mut ids = Vec::with_capacity(cfg.batch_size * seq_len);
             let mut scored = Vec::new();
             for _ in 0..cfg.batch_size {
-                let k = sampler.next_index();
+                let (k, at) = (sampler.next_index(), ids.len());
                 run.data.train.read_into(k, &mut ids)?;
                 if output_only {
-                    run.data.train.read_targets_into(k, pad, &mut scored)?;
+                    run.data
+                        .train
+                        .targets_into(k, &ids[at..], pad, &mut scored)?;
                 }
             }
             micro.push((ids, scored));

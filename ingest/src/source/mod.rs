@@ -334,7 +334,8 @@ pub fn resolve(
     Ok(out)
 }
 
-fn list_tars(dir: &Path) -> Result<Vec<PathBuf>> {
+/// The `.tar` files of `dir`, sorted (a WebDataset folder).
+pub fn list_tars(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut tars = Vec::new();
     for e in fs::read_dir(dir).map_err(|e| IngestError::io("listing", dir, e))? {
         let p = e.map_err(|e| IngestError::io("listing", dir, e))?.path();
