@@ -1,6 +1,6 @@
 //! The small files every index kind writes beside its data: JSON metadata and an `ids.npy`.
 //! Files are written plainly; [`crate::store::commit`] fsyncs every file of a generation before
-//! committing it, whoever wrote it (FAISS and hnsw_rs write their own).
+//! committing it, whoever wrote it (FAISS writes its own).
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::Path;

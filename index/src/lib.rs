@@ -3,7 +3,7 @@
 //! The paper: "The final retrieval is done with Maximum Inner Product Search (MIPS) over the memory
 //! bank using the dense retriever to obtain a list of candidate documents sorted by relevance
 //! score." One trait, [`MipsIndex`], with three implementations: [`flat::FlatIndex`] (exact, a
-//! blocked matrix product), [`hnsw::HnswIndex`] (`hnsw_rs`), and FAISS behind the `faiss` feature.
+//! blocked matrix product), [`hnsw::HnswIndex`] (an HNSW graph cm3 builds), and FAISS behind the `faiss` feature.
 //! [`store`] keeps an index on disk in generations so that an update is atomic; [`stage`] runs
 //! `cm3 index build` over a dataset directory, adding only the shards not yet indexed.
 

@@ -41,7 +41,7 @@ pub enum IndexSpec {
         #[serde(default)]
         storage: Storage,
     },
-    /// Approximate search over a navigable small-world graph (`hnsw_rs`).
+    /// Approximate search over a navigable small-world graph (built by cm3 as FAISS's `IndexHNSWFlat` builds it).
     Hnsw { m: usize, ef_construction: usize },
     /// A FAISS index made by `index_factory` (cargo feature `faiss`).
     Faiss { factory: String },

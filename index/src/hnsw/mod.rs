@@ -1,16 +1,13 @@
-//! Approximate maximum-inner-product search with `hnsw_rs` over unit vectors (distance
-//! `1 - <a, b>`, so the nearest neighbours are the largest inner products).
+//! Approximate maximum-inner-product search over unit vectors with an HNSW graph (distance
+//! `1 - <a, b>`, so the nearest neighbours are the largest inner products), built by cm3
+//! ([`build`], as FAISS's `IndexHNSWFlat` builds it) and searched from a flat copy ([`Links`]).
 use std::cell::RefCell;
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
-use hnsw_rs::api::AnnT;
-use hnsw_rs::hnsw::{Hnsw, Point};
-use hnsw_rs::hnswio::{HnswIo, ReloadOptions};
-use hnsw_rs::prelude::DistDot;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -20,33 +17,29 @@ use crate::spec::{DEFAULT_EF_SEARCH, IndexSpec};
 use crate::vectors::read_ids;
 use crate::{Hit, MipsIndex, SearchParams, check_add, check_rows};
 
+mod build;
 mod search_file;
 
-/// The graph's layers (hnsw_rs's maximum).
-const MAX_LAYER: usize = 16;
-const BASENAME: &str = "hnsw";
+use build::Builder;
+
 const META: &str = "hnsw.json";
 const IDS: &str = "ids.npy";
-/// The search copy ([`search_file`]).
+/// The graph and its vectors ([`search_file`]).
 const SEARCH: &str = "search.bin";
 
-/// An HNSW graph and the ids of its points (hnsw_rs numbers points 0..n; `ids[n]` is ours).
+/// An HNSW graph and the ids of its points (`ids[p]` is the id of the point at position `p`).
 ///
-/// hnsw_rs builds, stores and reloads the graph. Searching goes through [`Links`], a read-only
-/// copy of its links and vectors in flat arrays, saved beside the graph and read when the index
-/// is loaded (so that it is part of loading, not of searching), or made from the graph on the
-/// first search after an `add` (not after each `add`: a build adds shard after shard): hnsw_rs's
-/// own search keeps visited points in a hash map of reference-counted points and takes a lock per
-/// node, which made it about 3 times slower than FAISS at the same recall.
+/// A saved index is its search copy (`search.bin`: the links renumbered for locality, and the
+/// vectors in that order), which is all a search reads. Adding builds on a [`Builder`] made from
+/// it (or from nothing); the search copy is made again from the builder on the first search after
+/// an `add` (not after each `add`: a build adds shard after shard) or streamed from it on saving.
 pub struct HnswIndex {
-    /// Built here, or loaded from `dir` when first needed (to add or to save): searching a saved
-    /// index needs only its search copy, and the graph holds several times the vectors' memory.
-    graph: OnceLock<Hnsw<'static, f32, DistDot>>,
-    /// The directory the index was loaded from.
+    /// The graph while it grows; `None` for a loaded index nothing has been added to.
+    builder: Option<Builder>,
+    /// The directory the index was loaded from (named in errors).
     dir: Option<PathBuf>,
-    /// Inside: `None` while the graph is empty, or if its points are not exactly 0..n (then
-    /// hnsw_rs's own search is used).
-    links: OnceLock<Option<Links>>,
+    /// The search copy: loaded, or made from the builder when first searched.
+    links: OnceLock<Links>,
     ids: Vec<u64>,
     dim: usize,
     m: usize,
@@ -88,7 +81,7 @@ impl HnswIndex {
             )));
         }
         Ok(Self {
-            graph: OnceLock::from(Hnsw::new(m, 1 << 16, MAX_LAYER, ef_construction, DistDot)),
+            builder: Some(Builder::new(dim, m, ef_construction)),
             dir: None,
             links: OnceLock::new(),
             ids: Vec::new(),
@@ -100,6 +93,12 @@ impl HnswIndex {
 
     pub fn load(dir: &Path) -> Result<Self> {
         let meta: HnswMeta = read_json(&dir.join(META))?;
+        if !(2..=256).contains(&meta.m) {
+            return Err(IndexError::Corrupt {
+                path: dir.join(META),
+                reason: format!("HNSW M {} outside 2..=256", meta.m),
+            });
+        }
         let ids = read_ids(&dir.join(IDS))?;
         if ids.len() != meta.count {
             return Err(IndexError::Corrupt {
@@ -107,34 +106,27 @@ impl HnswIndex {
                 reason: format!("{} ids, the graph holds {}", ids.len(), meta.count),
             });
         }
-        let mut index = Self {
-            graph: OnceLock::new(),
+        let links = if meta.count == 0 {
+            Links::empty(meta.dim)
+        } else {
+            search_file::read(&dir.join(SEARCH), meta.count, meta.dim)?.ok_or_else(|| {
+                IndexError::Corrupt {
+                    path: dir.join(SEARCH),
+                    reason: "missing: this HNSW index was saved by a cm3 before 0.1 kept its \
+                             graph there (rebuild with --rebuild)"
+                        .into(),
+                }
+            })?
+        };
+        Ok(Self {
+            builder: None,
             dir: Some(dir.to_path_buf()),
-            links: OnceLock::new(),
+            links: OnceLock::from(links),
             ids,
             dim: meta.dim,
             m: meta.m,
             ef_construction: meta.ef_construction,
-        };
-        let links = match search_file::read(&dir.join(SEARCH), meta.count, meta.dim)? {
-            Some(links) => Some(links),
-            // Saved before the search copy existed: made from the graph, as after an `add`.
-            None => Links::from_graph(index.graph()?, meta.count),
-        };
-        index.links = OnceLock::from(links);
-        Ok(index)
-    }
-
-    /// hnsw_rs's graph, loaded from the index's directory on first use.
-    fn graph(&self) -> Result<&Hnsw<'static, f32, DistDot>> {
-        if let Some(graph) = self.graph.get() {
-            return Ok(graph);
-        }
-        let dir = self.dir.as_deref().ok_or_else(|| {
-            IndexError::Invalid("an HNSW index with neither a graph nor a directory".into())
-        })?;
-        let graph = load_graph(dir, self.ids.len())?;
-        Ok(self.graph.get_or_init(|| graph))
+        })
     }
 
     fn search_one(&self, q: &[f32], params: &SearchParams<'_>) -> Vec<Hit> {
@@ -148,20 +140,13 @@ impl HnswIndex {
         // Filters are applied to the candidates, so ask for more than k and widen until k pass
         // (or the whole graph has been offered).
         let mut want = if params.is_filtered() { 2 * k } else { k };
-        // Unset only after an `add` or on a new index, when the graph is in memory.
-        let links = self
-            .links
-            .get_or_init(|| self.graph.get().and_then(|g| Links::from_graph(g, n)));
+        // Unset only after an `add` or on a new index, when the builder is in memory.
+        let links = self.links.get_or_init(|| match &self.builder {
+            Some(b) => Links::from_builder(b),
+            None => Links::empty(self.dim),
+        });
         loop {
-            let found: Vec<(f32, u32)> = match (links, self.graph.get()) {
-                (Some(l), _) => l.search(q, ef.max(want)),
-                (None, Some(graph)) => graph
-                    .search(q, want.min(n), ef.max(want))
-                    .iter()
-                    .map(|nb| (nb.distance, nb.d_id as u32))
-                    .collect(),
-                (None, None) => Vec::new(),
-            };
+            let found = links.search(q, ef.max(want));
             let hits: Vec<Hit> = found
                 .iter()
                 .take(want)
@@ -178,42 +163,6 @@ impl HnswIndex {
             want = (want * 4).min(n);
         }
     }
-}
-
-/// hnsw_rs's graph saved in `dir`, which must hold `count` points.
-fn load_graph(dir: &Path, count: usize) -> Result<Hnsw<'static, f32, DistDot>> {
-    // hnsw_rs's loader borrows its reader for the graph's lifetime; the reader is small and
-    // lives as long as the process (the graph's data stays memory-mapped from it).
-    let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new_with_options(
-        dir,
-        BASENAME,
-        ReloadOptions::default().set_mmap(true),
-    )));
-    let mut reader = Some(io);
-    let graph = catch_unwind(AssertUnwindSafe(|| {
-        reader
-            .take()
-            .map(|io| io.load_hnsw::<f32, DistDot>().map_err(|e| format!("{e:#}")))
-            .unwrap_or_else(|| Err("the reader was already used".to_string()))
-    }))
-    .map_err(|p| IndexError::Corrupt {
-        path: dir.to_path_buf(),
-        reason: format!("HNSW graph unreadable: {}", panic_reason(p)),
-    })?
-    .map_err(|e| IndexError::Corrupt {
-        path: dir.to_path_buf(),
-        reason: format!("HNSW graph unreadable: {e}"),
-    })?;
-    if graph.get_nb_point() != count {
-        return Err(IndexError::Corrupt {
-            path: dir.to_path_buf(),
-            reason: format!(
-                "the graph holds {} points, its metadata says {count}",
-                graph.get_nb_point()
-            ),
-        });
-    }
-    Ok(graph)
 }
 
 impl MipsIndex for HnswIndex {
@@ -235,22 +184,41 @@ impl MipsIndex for HnswIndex {
     fn add(&mut self, ids: &[u64], vectors: &[f32]) -> Result<()> {
         check_add("vectors added to the HNSW index", ids, vectors, self.dim)?;
         if ids.is_empty() {
-            // Nothing to add: no reason to load the graph or drop the search copy.
+            // Nothing to add: no reason to make a builder or drop the search copy.
             return Ok(());
         }
         let base = self.ids.len();
-        let data: Vec<(&[f32], usize)> = vectors
-            .chunks_exact(self.dim)
-            .enumerate()
-            .map(|(i, v)| (v, base + i))
-            .collect();
-        let graph = self.graph()?;
-        catch_unwind(AssertUnwindSafe(|| graph.parallel_insert_slice(&data))).map_err(|p| {
-            IndexError::Backend {
-                op: "HNSW insert",
-                reason: panic_reason(p),
-            }
+        if u32::try_from(base + ids.len()).is_err() {
+            return Err(IndexError::Invalid(format!(
+                "an HNSW index holds at most {} vectors; {base} + {} asked",
+                u32::MAX,
+                ids.len()
+            )));
+        }
+        let builder =
+            match self.builder.take() {
+                Some(b) => b,
+                // A loaded index: the builder is made from its search copy, which it replaces.
+                None => match self.links.take() {
+                    Some(links) => Builder::from_links(links, self.m, self.ef_construction)
+                        .map_err(|reason| IndexError::Corrupt {
+                            path: self.dir.clone().unwrap_or_default().join(SEARCH),
+                            reason,
+                        })?,
+                    None => Builder::new(self.dim, self.m, self.ef_construction),
+                },
+            };
+        let positions: Vec<u32> = (base as u32..(base + ids.len()) as u32).collect();
+        let mut builder = builder;
+        let grown = catch_unwind(AssertUnwindSafe(move || {
+            builder.insert(vectors, &positions);
+            builder
+        }))
+        .map_err(|p| IndexError::Backend {
+            op: "HNSW insert",
+            reason: panic_reason(p),
         })?;
+        self.builder = Some(grown);
         self.ids.extend_from_slice(ids);
         self.links = OnceLock::new();
         Ok(())
@@ -271,35 +239,22 @@ impl MipsIndex for HnswIndex {
     }
 
     fn save(&self, dir: &Path, _previous: Option<&Path>) -> Result<()> {
-        // The graph changes with every insertion: it is written whole.
-        let graph = self.graph()?;
-        let name = catch_unwind(AssertUnwindSafe(|| graph.file_dump(dir, BASENAME)))
-            .map_err(|p| IndexError::Backend {
-                op: "HNSW dump",
-                reason: panic_reason(p),
-            })?
-            .map_err(|e| IndexError::Backend {
-                op: "HNSW dump",
-                reason: format!("{e:#}"),
-            })?;
-        if name != BASENAME {
-            return Err(IndexError::Backend {
-                op: "HNSW dump",
-                reason: format!("wrote {name} instead of {BASENAME} (directory not empty)"),
-            });
+        // The graph changes with every insertion: it is written whole. From the search copy in
+        // memory, or streamed from the builder (a build has not searched, and a second copy of
+        // the vectors would double its memory).
+        let search = dir.join(SEARCH);
+        match (self.links.get(), &self.builder) {
+            (Some(links), _) if !self.ids.is_empty() => {
+                search_file::write(&search, &links.graph, links.rows())?
+            }
+            (_, Some(b)) if !self.ids.is_empty() => {
+                let (graph, order) = Adjacency::from_builder(b);
+                let rows = order.iter().map(|&node| b.row_of(node));
+                search_file::write(&search, &graph, rows)?
+            }
+            _ => {}
         }
         write_ids(&dir.join(IDS), &self.ids)?;
-        // The search copy: from the one in memory, or streamed from the graph (a build has not
-        // searched, and a second copy of the vectors would double its memory).
-        let search = dir.join(SEARCH);
-        match self.links.get() {
-            Some(Some(links)) => search_file::write(&search, &links.graph, links.rows())?,
-            _ => {
-                if let Some(r) = Renumbered::from_graph(graph, self.ids.len()) {
-                    search_file::write(&search, &r.graph, r.rows())?;
-                }
-            }
-        }
         let meta = HnswMeta {
             dim: self.dim,
             m: self.m,
@@ -310,8 +265,7 @@ impl MipsIndex for HnswIndex {
     }
 }
 
-/// The graph's links in flat arrays, and a contiguous copy of its vectors by position: hnsw_rs
-/// reaches a vector through two pointers, each a likely cache miss in a random walk.
+/// The graph's links in flat arrays, and a contiguous copy of its vectors in search order.
 ///
 /// Points are renumbered in breadth-first order from the entry point, so that neighbours in the
 /// graph are mostly neighbours in memory (a walk touches fewer distinct pages and cache lines),
@@ -332,7 +286,7 @@ struct Adjacency {
     /// Layers 1..: neighbours of the few points that reach them.
     upper: Vec<HashMap<u32, Vec<u32>>>,
     entry: u32,
-    /// `position[i]`: hnsw_rs's number (the index's position) of our point `i`.
+    /// `position[i]`: the index's position (row of its ids) of point `i`.
     position: Vec<u32>,
 }
 
@@ -488,116 +442,34 @@ thread_local! {
     static VISITED: RefCell<Visited> = RefCell::new(Visited::default());
 }
 
-/// The graph's links renumbered breadth-first, and hnsw_rs's points by position (for their
-/// vectors): what [`Links`] and the search file are made from.
-struct Renumbered {
-    points: Vec<Arc<Point<'static, f32>>>,
-    graph: Adjacency,
-}
-
-impl Renumbered {
-    /// `None` if the graph does not hold exactly the points 0..n (then hnsw_rs searches).
-    fn from_graph(graph: &Hnsw<'static, f32, DistDot>, n: usize) -> Option<Self> {
-        let mut points: Vec<Option<Arc<Point<'static, f32>>>> = vec![None; n];
-        let mut neighbours0: Vec<Vec<u32>> = vec![Vec::new(); n];
-        let mut upper: Vec<HashMap<u32, Vec<u32>>> = Vec::new();
-        let mut entry: Option<(usize, u32)> = None;
-        for p in graph.get_point_indexation() {
-            let pos = p.get_origin_id();
-            if pos >= n {
-                continue;
-            }
-            let level = usize::from(p.get_point_id().0);
-            for (layer, nbs) in p.get_neighborhood_id().into_iter().enumerate() {
-                let ids: Vec<u32> = nbs
-                    .iter()
-                    .map(|nb| nb.d_id as u32)
-                    .filter(|&i| (i as usize) < n)
-                    .collect();
-                if layer == 0 {
-                    neighbours0[pos] = ids;
-                } else if layer <= level {
-                    if upper.len() < layer {
-                        upper.resize_with(layer, HashMap::new);
-                    }
-                    upper[layer - 1].insert(pos as u32, ids);
-                }
-            }
-            // The entry point is a point of the highest level (hnsw_rs's is the first to reach it).
-            if entry.is_none_or(|(l, _)| level > l) {
-                entry = Some((level, pos as u32));
-            }
-            points[pos] = Some(p);
-        }
-        let entry = entry?.1;
-        let points: Vec<Arc<Point<'static, f32>>> = points.into_iter().collect::<Option<_>>()?;
-        let dim = points.first().map_or(0, |p| p.get_v().len());
-        if points.iter().any(|p| p.get_v().len() != dim) {
-            return None;
-        }
-        let position = breadth_first(&neighbours0, entry);
-        let mut ours = vec![0u32; n];
-        for (i, &p) in position.iter().enumerate() {
-            ours[p as usize] = i as u32;
-        }
-        let mut offsets = Vec::with_capacity(n + 1);
-        let mut level0 = Vec::with_capacity(neighbours0.iter().map(Vec::len).sum());
-        offsets.push(0);
-        for &p in &position {
-            level0.extend(neighbours0[p as usize].iter().map(|&j| ours[j as usize]));
-            offsets.push(level0.len());
-        }
-        let upper = upper
-            .into_iter()
-            .map(|layer| {
-                layer
-                    .into_iter()
-                    .map(|(p, nbs)| {
-                        let nbs = nbs.into_iter().map(|j| ours[j as usize]).collect();
-                        (ours[p as usize], nbs)
-                    })
-                    .collect()
-            })
-            .collect();
-        Some(Self {
-            points,
+impl Links {
+    /// No points.
+    fn empty(dim: usize) -> Self {
+        Self {
+            data: Vectors::Plain(Vec::new()),
             graph: Adjacency {
                 dim,
-                offsets,
-                level0,
-                upper,
-                entry: ours[entry as usize],
-                position,
+                offsets: vec![0],
+                level0: Vec::new(),
+                upper: Vec::new(),
+                entry: 0,
+                position: Vec::new(),
             },
-        })
+        }
     }
 
-    /// The vectors in search order.
-    fn rows(&self) -> impl Iterator<Item = &[f32]> {
-        self.graph
-            .position
-            .iter()
-            .map(|&p| self.points[p as usize].get_v())
-    }
-}
-
-impl Links {
-    /// `None` if the graph does not hold exactly the points 0..n (then hnsw_rs searches).
-    fn from_graph(graph: &Hnsw<'static, f32, DistDot>, n: usize) -> Option<Self> {
-        let r = Renumbered::from_graph(graph, n)?;
-        let dim = r.graph.dim;
-        let mut data = Vectors::zeros(n * dim);
-        let rows = data.as_mut_slice();
-        if rows.len() != n * dim {
-            return None;
+    /// The search copy of the builder's graph.
+    fn from_builder(b: &Builder) -> Self {
+        if b.entry().is_none() {
+            return Self::empty(b.dim);
         }
-        for (row, v) in rows.chunks_exact_mut(dim.max(1)).zip(r.rows()) {
-            row.copy_from_slice(v);
+        let (graph, order) = Adjacency::from_builder(b);
+        let dim = b.dim;
+        let mut data = Vectors::zeros(order.len() * dim);
+        for (row, &node) in data.as_mut_slice().chunks_exact_mut(dim.max(1)).zip(&order) {
+            row.copy_from_slice(b.row_of(node));
         }
-        Some(Self {
-            data,
-            graph: r.graph,
-        })
+        Self { data, graph }
     }
 
     /// The vectors in search order.
@@ -695,11 +567,12 @@ impl Links {
 
 /// Points in breadth-first order from `entry` over the layer-0 links (`order[i]` is the old number
 /// of the new point `i`); points the walk does not reach follow in their old order.
-fn breadth_first(neighbours: &[Vec<u32>], entry: u32) -> Vec<u32> {
-    let n = neighbours.len();
+/// `neighbours(p, out)` puts point `p`'s links in `out`.
+fn breadth_first(n: usize, entry: u32, mut neighbours: impl FnMut(u32, &mut Vec<u32>)) -> Vec<u32> {
     let mut seen = vec![false; n];
     let mut order = Vec::with_capacity(n);
     let mut next = 0;
+    let mut buf = Vec::new();
     for start in std::iter::once(entry).chain(0..n as u32) {
         if seen.get(start as usize).copied().unwrap_or(true) {
             continue;
@@ -707,9 +580,10 @@ fn breadth_first(neighbours: &[Vec<u32>], entry: u32) -> Vec<u32> {
         seen[start as usize] = true;
         order.push(start);
         while next < order.len() {
-            let p = order[next] as usize;
+            let p = order[next];
             next += 1;
-            for &j in &neighbours[p] {
+            neighbours(p, &mut buf);
+            for &j in &buf {
                 if !std::mem::replace(&mut seen[j as usize], true) {
                     order.push(j);
                 }
@@ -719,6 +593,51 @@ fn breadth_first(neighbours: &[Vec<u32>], entry: u32) -> Vec<u32> {
     order
 }
 
+impl Adjacency {
+    /// The builder's graph over its nodes renumbered breadth-first from the entry, and the
+    /// builder's node of each new number (the order the vectors are stored in).
+    fn from_builder(b: &Builder) -> (Self, Vec<u32>) {
+        let n = b.len();
+        let entry = b.entry().unwrap_or(0);
+        let order = breadth_first(n, entry, |p, out| b.links(p, 0, out));
+        let mut ours = vec![0u32; n];
+        for (i, &p) in order.iter().enumerate() {
+            ours[p as usize] = i as u32;
+        }
+        let mut buf = Vec::new();
+        let mut offsets = Vec::with_capacity(n + 1);
+        let mut level0 = Vec::new();
+        offsets.push(0);
+        let mut upper: Vec<HashMap<u32, Vec<u32>>> = Vec::new();
+        for &p in &order {
+            b.links(p, 0, &mut buf);
+            level0.extend(buf.iter().map(|&j| ours[j as usize]));
+            offsets.push(level0.len());
+            let level = b.level(p);
+            if upper.len() < level {
+                upper.resize_with(level, HashMap::new);
+            }
+            for (layer, map) in upper.iter_mut().enumerate().take(level) {
+                b.links(p, layer + 1, &mut buf);
+                map.insert(
+                    ours[p as usize],
+                    buf.iter().map(|&j| ours[j as usize]).collect(),
+                );
+            }
+        }
+        let position = order.iter().map(|&p| b.position[p as usize]).collect();
+        let graph = Self {
+            dim: b.dim,
+            offsets,
+            level0,
+            upper,
+            entry: ours[entry as usize],
+            position,
+        };
+        (graph, order)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -726,8 +645,13 @@ mod tests {
     #[test]
     fn breadth_first_orders_every_point_once() {
         // 0 - 2 - 4, 1 - 3 (not reachable from 4), 5 alone.
-        let nbs = vec![vec![2], vec![3], vec![0, 4], vec![1], vec![2], vec![]];
-        assert_eq!(breadth_first(&nbs, 4), vec![4, 2, 0, 1, 3, 5]);
-        assert_eq!(breadth_first(&[], 0), Vec::<u32>::new());
+        let nbs = [vec![2], vec![3], vec![0, 4], vec![1], vec![2], vec![]];
+        let walk = |entry| {
+            breadth_first(nbs.len(), entry, |p, out: &mut Vec<u32>| {
+                out.clone_from(&nbs[p as usize])
+            })
+        };
+        assert_eq!(walk(4), vec![4, 2, 0, 1, 3, 5]);
+        assert_eq!(breadth_first(0, 0, |_, _| {}), Vec::<u32>::new());
     }
 }

@@ -1,8 +1,9 @@
-//! The search copy of an HNSW index on disk (`search.bin`), written beside hnsw_rs's own files.
+//! An HNSW index on disk (`search.bin`): its graph and its vectors, in the order a search reads
+//! them.
 //!
-//! Searching a saved index reads only this file: hnsw_rs's graph (its points, their vectors and
-//! reference-counted links, several times the vectors' size) is loaded only to add to it. That
-//! keeps a search process at about one copy of the vectors, and loading at a sequential read.
+//! Searching a saved index reads only this file, and adding to it builds on what it holds (every
+//! point's links on every layer it reaches). That keeps a search process at about one copy of the
+//! vectors, and loading at a sequential read.
 //!
 //! Layout, little-endian: magic `CM3HNSWL`, u32 version, u64 n, u64 dim, u32 entry, u32 upper
 //! layers; n × u32 positions; (n + 1) × u64 layer-0 offsets; layer-0 neighbours as u32; per upper
