@@ -135,6 +135,13 @@ def main():
             c, g = f.get(f"cm3 hnsw M={a.m} ef={ef}"), f.get(f"faiss IndexHNSWFlat M={a.m} ef={ef}")
             if c and g:
                 print(f"{name}: ef={ef}: cm3 hnsw {c[3]:.0f} q/s at recall {c[4]:.4f} vs faiss {g[3]:.0f} q/s at recall {g[4]:.4f}: ratio {c[3] / g[3]:.2f} (target >= 1.0 where recall >= 0.95)")
+                print(f"{name}: ef={ef}: recall@10 cm3 - faiss = {c[4] - g[4]:+.4f} (target within +-0.005, or above)")
+        c = next((r for r in rows if r[0] == name and r[1].startswith("cm3 hnsw")), None)
+        g = next((r for r in rows if r[0] == name and r[1].startswith("faiss IndexHNSWFlat")), None)
+        if c and g:
+            build_mib = float(c[5].split(" / ")[0])
+            print(f"{name}: HNSW build time cm3 / faiss = {c[2]:.1f} / {g[2]:.1f} s = {c[2] / g[2]:.2f} (target <= 1.5); "
+                  f"peak memory {build_mib:.0f} / {float(g[5]):.0f} MiB = {build_mib / float(g[5]):.2f} (target <= 1.2)")
 
 
 if __name__ == "__main__":
