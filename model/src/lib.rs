@@ -7,6 +7,7 @@
 //!   in Hugging Face OPT's parameter names.
 
 pub mod decoder;
+pub mod device;
 pub mod error;
 pub mod vq;
 

@@ -1,52 +1,13 @@
 //! The decoder against Hugging Face transformers' `OPTForCausalLM` (the same architecture written
 //! by others): logits within 1e-4 and the same loss, for an untied and a tied model. Fixtures made
 //! by `fixtures/opt/make_opt_fixture.py` (torch 1.12.1, transformers 4.36.2).
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use cm3_model::decoder::{Cm3Decoder, HfOptConfig};
-use safetensors::SafeTensors;
-
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/opt")
-        .join(rel)
-}
-
-struct Expected {
-    ids: Vec<i64>,
-    shape: [usize; 2],
-    logits: Vec<f32>,
-    loss: f32,
-    loss_per_row: Vec<f32>,
-}
-
-fn f32s(st: &SafeTensors, name: &str) -> Vec<f32> {
-    let t = st.tensor(name).expect(name);
-    t.data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
-
-fn expected(dir: &Path) -> Expected {
-    let bytes = std::fs::read(dir.join("expected.safetensors")).expect("expected.safetensors");
-    let st = SafeTensors::deserialize(&bytes).expect("safetensors");
-    let ids_t = st.tensor("input_ids").expect("input_ids");
-    let shape = [ids_t.shape()[0], ids_t.shape()[1]];
-    let ids = ids_t
-        .data()
-        .chunks_exact(8)
-        .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-        .collect();
-    Expected {
-        ids,
-        shape,
-        logits: f32s(&st, "logits"),
-        loss: f32s(&st, "loss")[0],
-        loss_per_row: f32s(&st, "loss_per_row"),
-    }
-}
+use common::{expected, fixture};
 
 fn check(dir: &Path) {
     let device = Device::flex();

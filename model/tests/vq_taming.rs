@@ -2,60 +2,13 @@
 //! `vqgan_gumbel_f8` structure, saved as a Lightning checkpoint by PyTorch, with the codes and
 //! decoded pixels taming computes (fixtures/vqgan/, made by make_vqgan_fixture.py there).
 
-use std::path::{Path, PathBuf};
+mod common;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use std::path::Path;
+
+use burn::tensor::Device;
 use cm3_model::vq::{VqConfig, VqTokenizer};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vqgan")
-}
-
-/// A little-endian .npy array (float32 or int64) as f64 values and its shape.
-fn npy(name: &str) -> (Vec<f64>, Vec<usize>) {
-    let bytes = std::fs::read(fixtures().join(name)).expect("fixture");
-    assert_eq!(&bytes[..6], b"\x93NUMPY", "{name}");
-    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    let header = std::str::from_utf8(&bytes[10..10 + header_len]).expect("header");
-    let shape: Vec<usize> = header
-        .split("'shape': (")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .expect("shape")
-        .split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| s.trim().parse().expect("dim"))
-        .collect();
-    assert!(header.contains("'fortran_order': False"), "{name}");
-    let data = &bytes[10 + header_len..];
-    let values = if header.contains("'<f4'") {
-        data.chunks_exact(4)
-            .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-            .collect()
-    } else if header.contains("'<i8'") {
-        data.chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f64)
-            .collect()
-    } else {
-        panic!("{name}: unexpected dtype in {header}");
-    };
-    (values, shape)
-}
-
-fn tensor4(name: &str, device: &Device) -> Tensor<4> {
-    let (v, s) = npy(name);
-    let v: Vec<f32> = v.into_iter().map(|x| x as f32).collect();
-    Tensor::from_data(TensorData::new(v, [s[0], s[1], s[2], s[3]]), device)
-}
-
-fn values(t: Tensor<4>) -> Vec<f64> {
-    t.into_data()
-        .try_into_vec_as::<f32>()
-        .expect("f32")
-        .into_iter()
-        .map(f64::from)
-        .collect()
-}
+use common::{npy, tensor4, values, vq_fixtures as fixtures};
 
 fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());

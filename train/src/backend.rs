@@ -11,7 +11,8 @@ pub enum Backend {
     /// Pure-Rust CPU backend (multi-threaded with rayon).
     #[default]
     Flex,
-    /// WebGPU (Vulkan, Metal, DX12) on the default adapter; feature `wgpu`.
+    /// WebGPU (Vulkan, Metal, DX12) on the adapter `CM3_WGPU_DEVICE` names, else the default
+    /// one, else the CPU's; feature `wgpu`.
     Wgpu,
     /// CUDA device 0; feature `cuda`.
     Cuda,
@@ -28,8 +29,11 @@ impl Backend {
         };
         match self {
             Backend::Flex => Ok(Device::flex()),
+            // The adapter from `CM3_WGPU_DEVICE`, or the default one, or the CPU's (lavapipe).
             #[cfg(feature = "wgpu")]
-            Backend::Wgpu => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
+            Backend::Wgpu => {
+                cm3_model::device::wgpu().map_err(|e| TrainError::Config(e.to_string()))
+            }
             #[cfg(not(feature = "wgpu"))]
             Backend::Wgpu => missing("wgpu"),
             #[cfg(feature = "cuda")]

@@ -520,49 +520,69 @@ impl Links {
             }
         }
         // Beam search on layer 0.
-        VISITED.with(|v| {
-            let mut visited = v.borrow_mut();
-            visited.start(n);
-            visited.insert(ep);
-            let mut candidates = BinaryHeap::with_capacity(ef * 2);
-            let mut results: BinaryHeap<(Dist, u32)> = BinaryHeap::with_capacity(ef + 1);
-            let mut fresh: Vec<u32> = Vec::with_capacity(64);
-            candidates.push(Reverse((Dist(d_ep), ep)));
-            results.push((Dist(d_ep), ep));
-            while let Some(Reverse((Dist(dc), c))) = candidates.pop() {
-                if results.len() >= ef && results.peek().is_some_and(|w| dc > w.0.0) {
-                    break;
-                }
-                let (a, b) = (offsets[c as usize], offsets[c as usize + 1]);
-                fresh.clear();
-                fresh.extend(
-                    level0[a..b]
-                        .iter()
-                        .copied()
-                        .filter(|&nb| visited.insert(nb)),
-                );
-                // Four distances at a time: four independent streams of loads, as FAISS does;
-                // the walk is bound by memory, not arithmetic.
-                for group in fresh.chunks(4) {
-                    let ds = dist4(group);
-                    for (&nb, &d) in group.iter().zip(&ds) {
-                        if results.len() < ef || results.peek().is_some_and(|w| d < w.0.0) {
-                            candidates.push(Reverse((Dist(d), nb)));
-                            results.push((Dist(d), nb));
-                            if results.len() > ef {
-                                results.pop();
-                            }
+        let neighbours = |c: u32, out: &mut Vec<u32>| {
+            out.clear();
+            out.extend_from_slice(&level0[offsets[c as usize]..offsets[c as usize + 1]]);
+        };
+        let mut found = beam_search(n, (ep, d_ep), ef, None, neighbours, dist4);
+        for (_, i) in &mut found {
+            *i = position[*i as usize];
+        }
+        found
+    }
+}
+
+/// HNSW's beam search of one layer: the `ef` nearest points found from the entry `(point,
+/// distance)`, as (distance, point), nearest first. `neighbours(p, out)` puts p's links in `out`;
+/// `dist4` gives the distances to up to four points at once (four independent streams of loads,
+/// as FAISS does: the walk is bound by memory, not arithmetic); `skip` is never visited (a point
+/// being inserted).
+fn beam_search(
+    n: usize,
+    (ep, d_ep): (u32, f32),
+    ef: usize,
+    skip: Option<u32>,
+    mut neighbours: impl FnMut(u32, &mut Vec<u32>),
+    dist4: impl Fn(&[u32]) -> [f32; 4],
+) -> Vec<(f32, u32)> {
+    VISITED.with(|v| {
+        let mut visited = v.borrow_mut();
+        visited.start(n);
+        visited.insert(ep);
+        if let Some(s) = skip {
+            visited.insert(s);
+        }
+        let mut candidates = BinaryHeap::with_capacity(ef * 2);
+        let mut results: BinaryHeap<(Dist, u32)> = BinaryHeap::with_capacity(ef + 1);
+        let (mut links, mut fresh) = (Vec::with_capacity(64), Vec::with_capacity(64));
+        candidates.push(Reverse((Dist(d_ep), ep)));
+        results.push((Dist(d_ep), ep));
+        while let Some(Reverse((Dist(dc), c))) = candidates.pop() {
+            if results.len() >= ef && results.peek().is_some_and(|w| dc > w.0.0) {
+                break;
+            }
+            neighbours(c, &mut links);
+            fresh.clear();
+            fresh.extend(links.iter().copied().filter(|&nb| visited.insert(nb)));
+            for group in fresh.chunks(4) {
+                let ds = dist4(group);
+                for (&nb, &d) in group.iter().zip(&ds) {
+                    if results.len() < ef || results.peek().is_some_and(|w| d < w.0.0) {
+                        candidates.push(Reverse((Dist(d), nb)));
+                        results.push((Dist(d), nb));
+                        if results.len() > ef {
+                            results.pop();
                         }
                     }
                 }
             }
-            results
-                .into_sorted_vec()
-                .into_iter()
-                .map(|(d, i)| (d.0, position[i as usize]))
-                .collect()
-        })
-    }
+        }
+        results
+            .into_sorted_vec()
+            .into_iter()
+            .map(|(d, i)| (d.0, i))
+            .collect()
+    })
 }
 
 /// Points in breadth-first order from `entry` over the layer-0 links (`order[i]` is the old number

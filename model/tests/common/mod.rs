@@ -1,0 +1,97 @@
+//! Fixture readers shared by the oracle tests (each test binary uses some of them).
+#![allow(dead_code)]
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Tensor, TensorData};
+use safetensors::SafeTensors;
+
+pub fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/opt")
+        .join(rel)
+}
+
+pub struct Expected {
+    pub ids: Vec<i64>,
+    pub shape: [usize; 2],
+    pub logits: Vec<f32>,
+    pub loss: f32,
+    pub loss_per_row: Vec<f32>,
+}
+
+pub fn f32s(st: &SafeTensors, name: &str) -> Vec<f32> {
+    let t = st.tensor(name).expect(name);
+    t.data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+pub fn expected(dir: &Path) -> Expected {
+    let bytes = std::fs::read(dir.join("expected.safetensors")).expect("expected.safetensors");
+    let st = SafeTensors::deserialize(&bytes).expect("safetensors");
+    let ids_t = st.tensor("input_ids").expect("input_ids");
+    let shape = [ids_t.shape()[0], ids_t.shape()[1]];
+    let ids = ids_t
+        .data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    Expected {
+        ids,
+        shape,
+        logits: f32s(&st, "logits"),
+        loss: f32s(&st, "loss")[0],
+        loss_per_row: f32s(&st, "loss_per_row"),
+    }
+}
+
+pub fn vq_fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vqgan")
+}
+
+/// A little-endian .npy array (float32 or int64) as f64 values and its shape.
+pub fn npy(name: &str) -> (Vec<f64>, Vec<usize>) {
+    let bytes = std::fs::read(vq_fixtures().join(name)).expect("fixture");
+    assert_eq!(&bytes[..6], b"\x93NUMPY", "{name}");
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + header_len]).expect("header");
+    let shape: Vec<usize> = header
+        .split("'shape': (")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .expect("shape")
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().expect("dim"))
+        .collect();
+    assert!(header.contains("'fortran_order': False"), "{name}");
+    let data = &bytes[10 + header_len..];
+    let values = if header.contains("'<f4'") {
+        data.chunks_exact(4)
+            .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .collect()
+    } else if header.contains("'<i8'") {
+        data.chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f64)
+            .collect()
+    } else {
+        panic!("{name}: unexpected dtype in {header}");
+    };
+    (values, shape)
+}
+
+pub fn tensor4(name: &str, device: &Device) -> Tensor<4> {
+    let (v, s) = npy(name);
+    let v: Vec<f32> = v.into_iter().map(|x| x as f32).collect();
+    Tensor::from_data(TensorData::new(v, [s[0], s[1], s[2], s[3]]), device)
+}
+
+pub fn values(t: Tensor<4>) -> Vec<f64> {
+    t.into_data()
+        .try_into_vec_as::<f32>()
+        .expect("f32")
+        .into_iter()
+        .map(f64::from)
+        .collect()
+}

@@ -1,0 +1,168 @@
+//! The models on Burn's wgpu runtime against `flex` and the oracles (issue 23): the decoder's
+//! logits and loss on the OPT fixture (transformers' numbers) and its gradients against flex's;
+//! the VQ tokenizer's codes on the taming fixture. Runs on any Vulkan device, in CI on Mesa's
+//! lavapipe (a CPU Vulkan driver). Without a device the tests say why and return, unless
+//! `CM3_REQUIRE_WGPU=1` (set by `.ci/run` after installing the driver), when they fail.
+#![cfg(feature = "wgpu")]
+mod common;
+
+use burn::module::Param;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use cm3_model::decoder::{Cm3Decoder, DecoderConfig, HfOptConfig};
+use cm3_model::vq::{VqConfig, VqTokenizer};
+use common::{expected, fixture, npy, tensor4, values, vq_fixtures};
+
+/// The wgpu device, or `None` with the reason printed (a failure if a device is required).
+fn wgpu_or_skip(test: &str) -> Option<Device> {
+    match cm3_model::device::wgpu() {
+        Ok(d) => Some(d),
+        Err(e) if std::env::var_os("CM3_REQUIRE_WGPU").is_some() => {
+            panic!("{test}: CM3_REQUIRE_WGPU is set and {e}")
+        }
+        Err(e) => {
+            eprintln!("{test}: SKIPPED, no wgpu device: {e}");
+            None
+        }
+    }
+}
+
+fn opt(dir: &std::path::Path, device: &Device) -> (Cm3Decoder, DecoderConfig) {
+    let hf: HfOptConfig = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("config.json")).expect("config.json"),
+    )
+    .expect("an OPT config");
+    let cfg = hf.to_decoder("fixture").expect("a supported OPT");
+    let model = Cm3Decoder::load(&dir.join("model.safetensors"), &cfg, device).expect("load");
+    (model, cfg)
+}
+
+fn f32s<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_into_vec_as::<f32>().expect("f32")
+}
+
+/// Largest |a - b| over the largest |b| (1 at least).
+fn relative_gap(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().map(|x| x.abs()).fold(1.0, f32::max);
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+        / scale
+}
+
+/// The loss's gradients with respect to every kind of weight the decoder has.
+fn gradients(dir: &std::path::Path, device: &Device) -> (f32, Vec<(&'static str, Vec<f32>)>) {
+    let device = device.clone().autodiff();
+    let (model, cfg) = opt(dir, &device);
+    let e = expected(dir);
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(e.ids.clone(), e.shape), &device);
+    let (loss, _) = model.loss(&cfg, ids, Some(0)).expect("loss");
+    let value = f32s(loss.clone().detach())[0];
+    let grads = loss.backward();
+    let layer = &model.model.decoder.layers[0];
+    let weights: [(&'static str, &Param<Tensor<2>>); 6] = [
+        ("embed_tokens", &model.model.decoder.embed_tokens.weight),
+        (
+            "embed_positions",
+            &model.model.decoder.embed_positions.weight,
+        ),
+        ("q_proj", &layer.self_attn.q_proj.weight),
+        ("out_proj", &layer.self_attn.out_proj.weight),
+        ("fc1", &layer.fc1.weight),
+        ("fc2", &layer.fc2.weight),
+    ];
+    let g = weights
+        .into_iter()
+        .map(|(name, p)| {
+            let grad = p
+                .val()
+                .grad(&grads)
+                .unwrap_or_else(|| panic!("no gradient for {name}"));
+            (name, f32s(grad))
+        })
+        .collect();
+    (value, g)
+}
+
+#[test]
+fn decoder_on_wgpu_matches_transformers_and_flex_gradients() {
+    let Some(device) = wgpu_or_skip("decoder_on_wgpu_matches_transformers_and_flex_gradients")
+    else {
+        return;
+    };
+    for dir in [fixture(""), fixture("tied")] {
+        let (model, cfg) = opt(&dir, &device);
+        let e = expected(&dir);
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(e.ids.clone(), e.shape), &device);
+        let logits = f32s(model.forward(&cfg, ids.clone()).expect("forward"));
+        let worst = logits
+            .iter()
+            .zip(&e.logits)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst <= 1e-4,
+            "{}: max |Δlogits| on wgpu = {worst}",
+            dir.display()
+        );
+        let score = model.score(&cfg, ids, Some(0)).expect("score");
+        assert!(
+            (score.loss - f64::from(e.loss)).abs() <= 1e-5,
+            "{}: loss on wgpu {} against transformers' {}",
+            dir.display(),
+            score.loss,
+            e.loss
+        );
+        let (loss_flex, flex) = gradients(&dir, &Device::flex());
+        let (loss_wgpu, wgpu) = gradients(&dir, &device);
+        assert!(
+            (loss_flex - loss_wgpu).abs() <= 1e-5,
+            "{loss_flex} vs {loss_wgpu}"
+        );
+        for ((name, a), (_, b)) in wgpu.iter().zip(&flex) {
+            let gap = relative_gap(a, b);
+            // Sums run in another order on the GPU kernels; relative to the largest gradient.
+            assert!(
+                gap <= 1e-4,
+                "{}: {name} gradient differs by {gap:e} (relative)",
+                dir.display()
+            );
+            eprintln!("{}: {name} gradient, wgpu vs flex: {gap:e}", dir.display());
+        }
+        eprintln!(
+            "{}: logits on wgpu within {worst:e} of transformers",
+            dir.display()
+        );
+    }
+}
+
+#[test]
+fn vq_tokenizer_on_wgpu_gives_tamings_codes() {
+    let Some(device) = wgpu_or_skip("vq_tokenizer_on_wgpu_gives_tamings_codes") else {
+        return;
+    };
+    let cfg = VqConfig::from_taming_yaml(&vq_fixtures().join("config.yaml")).expect("config");
+    let tok = VqTokenizer::load_taming(&vq_fixtures().join("tiny_gumbel_f8.ckpt"), cfg, &device)
+        .expect("load");
+    for size in ["32", "48x32"] {
+        let x = tensor4(&format!("inputs_{size}.npy"), &device);
+        let [b, _, h, w] = x.dims();
+        let pixels = x.into_data().try_into_vec_as::<f32>().expect("f32");
+        let codes = tok.encode_pixels(pixels, b, h, w).expect("encode");
+        let (want, _) = npy(&format!("codes_{size}.npy"));
+        let want: Vec<u32> = want.into_iter().map(|c| c as u32).collect();
+        assert_eq!(codes, want, "{size}: codes on wgpu");
+        let decoded = values(tok.decode(&codes, b, h / 8, w / 8).expect("decode"));
+        let (want, _) = npy(&format!("decoded_{size}.npy"));
+        let worst = decoded
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            worst < 1e-4,
+            "{size}: decoded pixels on wgpu differ by {worst:e}"
+        );
+    }
+}
