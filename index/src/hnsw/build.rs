@@ -149,6 +149,9 @@ impl Builder {
     ) -> Result<Self, String> {
         let g = &links.graph;
         let n = g.position.len();
+        if n == 0 {
+            return Ok(Self::new(g.dim, m, ef_construction));
+        }
         if g.upper.len() > MAX_LEVEL {
             return Err(format!(
                 "{} upper layers; a graph has at most {MAX_LEVEL}",
@@ -475,6 +478,10 @@ mod tests {
         let more = unit_rows(500, dim, 2);
         again.insert(&more, &(3000..3500).collect::<Vec<u32>>());
         check_graph(&again);
+        // An empty saved graph grows like a new one.
+        let mut empty = Builder::from_links(Links::empty(dim), m, 40).expect("empty");
+        empty.insert(&more, &(0..500).collect::<Vec<u32>>());
+        check_graph(&empty);
         let mut positions = again.position.clone();
         positions.sort_unstable();
         assert_eq!(positions, (0..3500).collect::<Vec<u32>>());
