@@ -143,7 +143,7 @@ impl Builder {
     /// A builder holding a saved graph (its search copy), to add to it: node `i` is the copy's
     /// point `i`. Links beyond a layer's capacity (a graph made with another M) are cut.
     pub(super) fn from_links(
-        links: Links,
+        links: &Links,
         m: usize,
         ef_construction: usize,
     ) -> Result<Self, String> {
@@ -165,6 +165,14 @@ impl Builder {
                 *l = (*l).max(layer as u8 + 1);
             }
         }
+        // The entry must be a point of the top level (a damaged copy could name another).
+        let top = levels.iter().copied().max().unwrap_or(0);
+        if levels[g.entry as usize] != top {
+            return Err(format!(
+                "the entry point {} is at level {}, the graph reaches level {top}",
+                g.entry, levels[g.entry as usize]
+            ));
+        }
         let mut b = Self::new(g.dim, m, ef_construction);
         b.push_linked(
             links.data.as_slice(),
@@ -175,7 +183,11 @@ impl Builder {
                 if layer == 0 {
                     g.level0[g.offsets[i as usize]..g.offsets[i as usize + 1]].to_vec()
                 } else {
-                    g.upper[layer - 1].get(&i).cloned().unwrap_or_default()
+                    // A link to a point that does not reach the layer has no list there to
+                    // link back from: dropped (only a damaged copy has one).
+                    let mut l = g.upper[layer - 1].get(&i).cloned().unwrap_or_default();
+                    l.retain(|&j| usize::from(levels[j as usize]) >= layer);
+                    l
                 }
             },
         );
@@ -243,6 +255,13 @@ impl Builder {
         // Highest level first (FAISS's order): the first points make the upper layers, which
         // every later insertion descends through.
         let mut order: Vec<u32> = (base..base + levels.len() as u32).collect();
+        // Each level's points in a seeded random order, as FAISS shuffles them ("to get rid of
+        // dataset order bias": a shard arrives sorted or clustered, and rayon hands each thread a
+        // contiguous run).
+        let mut rng = SplitMix64::for_pair(LEVEL_SEED, 1, u64::from(base));
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.below(i as u64 + 1) as usize);
+        }
         order.sort_by_key(|&n| std::cmp::Reverse(self.levels[n as usize]));
         let mut rest = &order[..];
         while let Some(&first) = rest.first() {
@@ -291,8 +310,21 @@ impl Builder {
             };
             let chosen = self.shrink(found, self.cap(layer));
             {
+                // Merged with what is there: a point of the same level inserted meanwhile may
+                // already have linked to this one (FAISS adds these links one by one too).
                 let _guard = lock(&self.locks[node as usize]);
-                self.write_locked(node, layer, chosen.iter().map(|&(_, n)| n));
+                self.read_locked(node, layer, &mut buf);
+                let mut all = chosen.clone();
+                for &n in buf.iter() {
+                    if !all.iter().any(|&(_, c)| c == n) {
+                        all.push((self.dist(q, n), n));
+                    }
+                }
+                if all.len() > chosen.len() {
+                    all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                    all = self.shrink(all, self.cap(layer));
+                }
+                self.write_locked(node, layer, all.iter().map(|&(_, n)| n));
             }
             for &(_, other) in &chosen {
                 self.add_link(other, node, layer, &mut buf);
@@ -472,14 +504,14 @@ mod tests {
         assert!((600..900).contains(&upper), "{upper} of 3000 above layer 0");
         // Through the search copy and back: the same links, then more points on top.
         let links = Links::from_builder(&b);
-        let mut again = Builder::from_links(links, m, 40).expect("from links");
+        let mut again = Builder::from_links(&links, m, 40).expect("from links");
         check_graph(&again);
         assert_eq!(again.len(), 3000);
         let more = unit_rows(500, dim, 2);
         again.insert(&more, &(3000..3500).collect::<Vec<u32>>());
         check_graph(&again);
         // An empty saved graph grows like a new one.
-        let mut empty = Builder::from_links(Links::empty(dim), m, 40).expect("empty");
+        let mut empty = Builder::from_links(&Links::empty(dim), m, 40).expect("empty");
         empty.insert(&more, &(0..500).collect::<Vec<u32>>());
         check_graph(&empty);
         let mut positions = again.position.clone();

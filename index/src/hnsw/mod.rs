@@ -44,6 +44,8 @@ pub struct HnswIndex {
     dim: usize,
     m: usize,
     ef_construction: usize,
+    /// Why an `add` failed part-way (a panic inside the builder): the graph is gone with it.
+    broken: Option<String>,
 }
 
 impl std::fmt::Debug for HnswIndex {
@@ -88,6 +90,7 @@ impl HnswIndex {
             dim,
             m,
             ef_construction,
+            broken: None,
         })
     }
 
@@ -126,7 +129,22 @@ impl HnswIndex {
             dim: meta.dim,
             m: meta.m,
             ef_construction: meta.ef_construction,
+            broken: None,
         })
+    }
+
+    /// An error if an earlier `add` failed part-way (nothing may be searched or saved then).
+    fn check_whole(&self) -> Result<()> {
+        match &self.broken {
+            None => Ok(()),
+            Some(reason) => Err(IndexError::Backend {
+                op: "HNSW index",
+                reason: format!(
+                    "an earlier insert failed ({reason}); this index in memory is incomplete: \
+                     load the saved one again"
+                ),
+            }),
+        }
     }
 
     fn search_one(&self, q: &[f32], params: &SearchParams<'_>) -> Vec<Hit> {
@@ -195,11 +213,13 @@ impl MipsIndex for HnswIndex {
                 ids.len()
             )));
         }
-        let builder =
+        self.check_whole()?;
+        let mut builder =
             match self.builder.take() {
                 Some(b) => b,
-                // A loaded index: the builder is made from its search copy, which it replaces.
-                None => match self.links.take() {
+                // A loaded index: the builder is made from its search copy, which it replaces (kept
+                // if the copy cannot be built on).
+                None => match self.links.get() {
                     Some(links) => Builder::from_links(links, self.m, self.ef_construction)
                         .map_err(|reason| IndexError::Corrupt {
                             path: self.dir.clone().unwrap_or_default().join(SEARCH),
@@ -208,15 +228,20 @@ impl MipsIndex for HnswIndex {
                     None => Builder::new(self.dim, self.m, self.ef_construction),
                 },
             };
+        self.links = OnceLock::new();
         let positions: Vec<u32> = (base as u32..(base + ids.len()) as u32).collect();
-        let mut builder = builder;
         let grown = catch_unwind(AssertUnwindSafe(move || {
             builder.insert(vectors, &positions);
             builder
         }))
-        .map_err(|p| IndexError::Backend {
-            op: "HNSW insert",
-            reason: panic_reason(p),
+        .map_err(|p| {
+            // The graph went with the panic: this index must not search or save what is left.
+            let reason = panic_reason(p);
+            self.broken = Some(reason.clone());
+            IndexError::Backend {
+                op: "HNSW insert",
+                reason,
+            }
         })?;
         self.builder = Some(grown);
         self.ids.extend_from_slice(ids);
@@ -226,6 +251,7 @@ impl MipsIndex for HnswIndex {
 
     fn search_batch(&self, queries: &[f32], params: &SearchParams<'_>) -> Result<Vec<Vec<Hit>>> {
         check_rows("queries", queries.len(), self.dim)?;
+        self.check_whole()?;
         catch_unwind(AssertUnwindSafe(|| {
             queries
                 .par_chunks_exact(self.dim)
@@ -239,6 +265,7 @@ impl MipsIndex for HnswIndex {
     }
 
     fn save(&self, dir: &Path, _previous: Option<&Path>) -> Result<()> {
+        self.check_whole()?;
         // The graph changes with every insertion: it is written whole. From the search copy in
         // memory, or streamed from the builder (a build has not searched, and a second copy of
         // the vectors would double its memory).
