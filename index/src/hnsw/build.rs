@@ -514,6 +514,23 @@ mod tests {
         let mut empty = Builder::from_links(&Links::empty(dim), m, 40).expect("empty");
         empty.insert(&more, &(0..500).collect::<Vec<u32>>());
         check_graph(&empty);
+        // A damaged copy: an entry below the top level is refused; an upper link to a point
+        // that does not reach the layer is dropped.
+        let mut links = Links::from_builder(&b);
+        let low = (0..3000u32)
+            .find(|&i| links.graph.upper.iter().all(|l| !l.contains_key(&i)))
+            .expect("a point of level 0");
+        let saved_entry = links.graph.entry;
+        links.graph.entry = low;
+        let err = Builder::from_links(&links, m, 40)
+            .err()
+            .expect("entry below the top");
+        assert!(err.contains("entry point"), "{err}");
+        links.graph.entry = saved_entry;
+        if let Some(list) = links.graph.upper[0].values_mut().next() {
+            list.push(low);
+        }
+        check_graph(&Builder::from_links(&links, m, 40).expect("bad link dropped"));
         let mut positions = again.position.clone();
         positions.sort_unstable();
         assert_eq!(positions, (0..3500).collect::<Vec<u32>>());
