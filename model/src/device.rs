@@ -4,7 +4,7 @@
 //! (a software Vulkan device such as Mesa's lavapipe), `discrete:N`, `integrated:N` or
 //! `virtual:N`. Without it, the default adapter is tried and, if the machine has none, the CPU
 //! device (so that a machine with only lavapipe, as CI has, runs the wgpu paths).
-use burn::tensor::{Device, DeviceKind};
+use burn::tensor::DeviceKind;
 
 use crate::error::{ModelError, Result};
 
@@ -36,7 +36,8 @@ pub fn parse_wgpu_kind(s: &str) -> Result<DeviceKind> {
 /// the same device afterwards. Burn refuses to initialise one runtime twice, so the outcome is
 /// kept for the process.
 #[cfg(feature = "wgpu")]
-pub fn wgpu() -> Result<Device> {
+pub fn wgpu() -> Result<burn::tensor::Device> {
+    use burn::tensor::Device;
     use std::sync::OnceLock;
     static DEVICE: OnceLock<std::result::Result<Device, String>> = OnceLock::new();
     let init = || -> std::result::Result<Device, String> {
@@ -72,17 +73,6 @@ pub fn wgpu() -> Result<Device> {
             op: "initialising the wgpu device",
             reason,
         })
-}
-
-/// Without the `wgpu` feature: the error that says how to get it.
-#[cfg(not(feature = "wgpu"))]
-pub fn wgpu() -> Result<Device> {
-    Err(ModelError::Input {
-        op: "initialising the wgpu device",
-        reason: "this cm3 was built without the `wgpu` backend: rebuild with \
-                 `cargo build --release --features wgpu`"
-            .into(),
-    })
 }
 
 #[cfg(test)]

@@ -7,10 +7,12 @@
 mod common;
 
 use burn::module::Param;
-use burn::tensor::{Device, Int, Tensor, TensorData};
-use cm3_model::decoder::{Cm3Decoder, DecoderConfig, HfOptConfig};
+use burn::tensor::{Device, Tensor};
 use cm3_model::vq::{VqConfig, VqTokenizer};
-use common::{expected, fixture, npy, tensor4, values, vq_fixtures};
+use common::{
+    check_logits_and_loss, expected, fixture, fixture_ids, load_opt, npy, tensor4, values,
+    vq_fixtures,
+};
 
 /// The wgpu device, or `None` with the reason printed (a failure if a device is required).
 fn wgpu_or_skip(test: &str) -> Option<Device> {
@@ -24,16 +26,6 @@ fn wgpu_or_skip(test: &str) -> Option<Device> {
             None
         }
     }
-}
-
-fn opt(dir: &std::path::Path, device: &Device) -> (Cm3Decoder, DecoderConfig) {
-    let hf: HfOptConfig = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("config.json")).expect("config.json"),
-    )
-    .expect("an OPT config");
-    let cfg = hf.to_decoder("fixture").expect("a supported OPT");
-    let model = Cm3Decoder::load(&dir.join("model.safetensors"), &cfg, device).expect("load");
-    (model, cfg)
 }
 
 fn f32s<const D: usize>(t: Tensor<D>) -> Vec<f32> {
@@ -54,10 +46,11 @@ fn relative_gap(a: &[f32], b: &[f32]) -> f32 {
 /// The loss's gradients with respect to every kind of weight the decoder has.
 fn gradients(dir: &std::path::Path, device: &Device) -> (f32, Vec<(&'static str, Vec<f32>)>) {
     let device = device.clone().autodiff();
-    let (model, cfg) = opt(dir, &device);
+    let (model, cfg) = load_opt(dir, &device);
     let e = expected(dir);
-    let ids = Tensor::<2, Int>::from_data(TensorData::new(e.ids.clone(), e.shape), &device);
-    let (loss, _) = model.loss(&cfg, ids, Some(0)).expect("loss");
+    let (loss, _) = model
+        .loss(&cfg, fixture_ids(&e, &device), Some(0))
+        .expect("loss");
     let value = f32s(loss.clone().detach())[0];
     let grads = loss.backward();
     let layer = &model.model.decoder.layers[0];
@@ -92,28 +85,7 @@ fn decoder_on_wgpu_matches_transformers_and_flex_gradients() {
         return;
     };
     for dir in [fixture(""), fixture("tied")] {
-        let (model, cfg) = opt(&dir, &device);
-        let e = expected(&dir);
-        let ids = Tensor::<2, Int>::from_data(TensorData::new(e.ids.clone(), e.shape), &device);
-        let logits = f32s(model.forward(&cfg, ids.clone()).expect("forward"));
-        let worst = logits
-            .iter()
-            .zip(&e.logits)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(
-            worst <= 1e-4,
-            "{}: max |Δlogits| on wgpu = {worst}",
-            dir.display()
-        );
-        let score = model.score(&cfg, ids, Some(0)).expect("score");
-        assert!(
-            (score.loss - f64::from(e.loss)).abs() <= 1e-5,
-            "{}: loss on wgpu {} against transformers' {}",
-            dir.display(),
-            score.loss,
-            e.loss
-        );
+        let worst = check_logits_and_loss(&dir, &device);
         let (loss_flex, flex) = gradients(&dir, &Device::flex());
         let (loss_wgpu, wgpu) = gradients(&dir, &device);
         assert!(

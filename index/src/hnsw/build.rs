@@ -92,7 +92,8 @@ impl Builder {
         if layer == 0 { 2 * self.m } else { self.m }
     }
 
-    fn row(&self, node: u32) -> &[f32] {
+    /// Node's vector.
+    pub(super) fn row(&self, node: u32) -> &[f32] {
         let at = node as usize * self.dim;
         &self.data[at..at + self.dim]
     }
@@ -194,14 +195,10 @@ impl Builder {
         Ok(b)
     }
 
-    /// Node's vector.
-    pub(super) fn row_of(&self, node: u32) -> &[f32] {
-        self.row(node)
-    }
-
-    /// Append `vectors` as new nodes at `positions` with links given by `links(node, layer)` (a
-    /// graph read back from disk), without searching: `levels[i]` is node i's level.
-    pub(super) fn push_linked(
+    /// Fill this empty builder with `vectors` as nodes at `positions`, their links given by
+    /// `links(node, layer)` (a graph read back from disk), without searching: `levels[i]` is
+    /// node i's level.
+    fn push_linked(
         &mut self,
         vectors: &[f32],
         positions: &[u32],
@@ -209,16 +206,15 @@ impl Builder {
         entry: u32,
         mut links: impl FnMut(u32, usize) -> Vec<u32>,
     ) {
-        let base = self.len() as u32;
+        debug_assert_eq!(self.len(), 0, "a saved graph fills an empty builder");
         self.grow(vectors, positions, levels);
         for i in 0..levels.len() as u32 {
             for layer in 0..=usize::from(levels[i as usize]) {
-                let l = links(i, layer);
                 let cap = self.cap(layer);
-                self.write_locked(base + i, layer, l.into_iter().take(cap).map(|j| base + j));
+                self.write_locked(i, layer, links(i, layer).into_iter().take(cap));
             }
         }
-        self.entry = base + entry;
+        self.entry = entry;
     }
 
     /// Room for new nodes: their vectors, positions, levels and empty link lists.

@@ -276,7 +276,7 @@ impl MipsIndex for HnswIndex {
             }
             (_, Some(b)) if !self.ids.is_empty() => {
                 let (graph, order) = Adjacency::from_builder(b);
-                let rows = order.iter().map(|&node| b.row_of(node));
+                let rows = order.iter().map(|&node| b.row(node));
                 search_file::write(&search, &graph, rows)?
             }
             _ => {}
@@ -494,7 +494,7 @@ impl Links {
         let dim = b.dim;
         let mut data = Vectors::zeros(order.len() * dim);
         for (row, &node) in data.as_mut_slice().chunks_exact_mut(dim.max(1)).zip(&order) {
-            row.copy_from_slice(b.row_of(node));
+            row.copy_from_slice(b.row(node));
         }
         Self { data, graph }
     }

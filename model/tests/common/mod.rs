@@ -2,7 +2,8 @@
 #![allow(dead_code)]
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use cm3_model::decoder::{Cm3Decoder, DecoderConfig, HfOptConfig};
 use safetensors::SafeTensors;
 
 pub fn fixture(rel: &str) -> PathBuf {
@@ -94,4 +95,52 @@ pub fn values(t: Tensor<4>) -> Vec<f64> {
         .into_iter()
         .map(f64::from)
         .collect()
+}
+
+/// The OPT fixture in `dir` loaded on `device`.
+pub fn load_opt(dir: &Path, device: &Device) -> (Cm3Decoder, DecoderConfig) {
+    let hf: HfOptConfig = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("config.json")).expect("config.json"),
+    )
+    .expect("an OPT config");
+    let cfg = hf.to_decoder("fixture").expect("a supported OPT");
+    let model = Cm3Decoder::load(&dir.join("model.safetensors"), &cfg, device).expect("load");
+    (model, cfg)
+}
+
+/// The fixture's ids as a tensor on `device`.
+pub fn fixture_ids(e: &Expected, device: &Device) -> Tensor<2, Int> {
+    Tensor::<2, Int>::from_data(TensorData::new(e.ids.clone(), e.shape), device)
+}
+
+/// Logits within 1e-4 of transformers' and the loss over every non-padding target (id 0, as
+/// `labels=` with -100 there) within 1e-5; the largest logit difference.
+pub fn check_logits_and_loss(dir: &Path, device: &Device) -> f32 {
+    let (model, cfg) = load_opt(dir, device);
+    let e = expected(dir);
+    let logits = model
+        .forward(&cfg, fixture_ids(&e, device))
+        .expect("forward")
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .expect("logits");
+    assert_eq!(logits.len(), e.logits.len());
+    let worst = logits
+        .iter()
+        .zip(&e.logits)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst <= 1e-4, "{}: max |Δlogits| = {worst}", dir.display());
+    let score = model
+        .score(&cfg, fixture_ids(&e, device), Some(0))
+        .expect("score");
+    assert!(
+        (score.loss - f64::from(e.loss)).abs() <= 1e-5,
+        "{}: loss {} against {}",
+        dir.display(),
+        score.loss,
+        e.loss
+    );
+    assert_eq!(score.tokens, 39 + 39 + 29);
+    worst
 }
