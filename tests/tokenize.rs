@@ -258,6 +258,11 @@ fn trains_its_own_image_tokenizer_and_tokenizes_with_it() {
     // Reconstruction error on held-out images falls as it trains.
     assert!(last < 0.8 * first, "held-out MSE {first} -> {last}");
     assert_eq!(r["held_out"], 6);
+    // Every other image is trained on while they fit `max_images`.
+    assert_eq!(
+        (r["images"].as_u64(), r["images_available"].as_u64()),
+        (Some(26), Some(32))
+    );
     assert!(r["codes_used"].as_u64().expect("used") >= 4, "{r}");
     let psnr = r["psnr_db"].as_f64().expect("psnr");
     assert!(psnr.is_finite() && psnr > 5.0, "{psnr}");
@@ -266,6 +271,38 @@ fn trains_its_own_image_tokenizer_and_tokenizes_with_it() {
     // Training again without --overwrite is refused; the saved tokenizer is kept.
     let err = run_err(&["tokenizer", "train-image", &p(&ds), "--config", &p(&cfg)]);
     assert!(err.contains("--overwrite"), "{err}");
+
+    // With fewer allowed than there are, a sample of `max_images` is decoded and trained on,
+    // the same held-out images beside it.
+    let capped = tmp.path().join("vq-capped.toml");
+    let text = fs::read_to_string(&cfg).expect("config");
+    fs::write(
+        &capped,
+        text.replacen("held_out = 6\n", "held_out = 6\nmax_images = 10\n", 1),
+    )
+    .expect("config");
+    let out = run_ok(&[
+        "tokenizer",
+        "train-image",
+        &p(&ds),
+        "--config",
+        &p(&capped),
+        "--out",
+        &p(&tmp.path().join("vq-capped")),
+        "--no-progress",
+        "--json",
+    ]);
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report");
+    assert_eq!(
+        (c["images"].as_u64(), c["images_available"].as_u64()),
+        (Some(10), Some(32))
+    );
+    assert_eq!(c["held_out"], 6);
+    assert!(
+        c["held_out_mse_last"].as_f64().expect("last")
+            < c["held_out_mse_first"].as_f64().expect("first"),
+        "{c}"
+    );
 
     // `cm3 tokenize` finds the dataset's own tokenizers: 64² images → 8 × 8 codes of 64.
     train_text(&ds, "400", &[]);

@@ -107,6 +107,11 @@ pub(crate) struct BuildArgs {
     /// Folder that COCO file names / manifest image paths are relative to.
     #[arg(long)]
     pub image_root: Option<PathBuf>,
+    /// Run only these stages (comma-separated: ingest, embed, index, augment, train-text,
+    /// train-image, tokenize, pack), with the same settings, e.g. to re-run one stage or to
+    /// measure each stage in its own process. The stages before them must be done.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
     /// Print the resolved settings as TOML and stop.
     #[arg(long)]
     pub print_config: bool,
@@ -124,6 +129,9 @@ struct StageSummary {
     /// What the stage did in a few words.
     summary: String,
     seconds: f64,
+    /// The process's peak resident memory during the stage (Linux; absent elsewhere).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peak_rss_mib: Option<f64>,
     report: Value,
 }
 
@@ -149,23 +157,44 @@ pub(crate) fn run(a: BuildArgs) -> Result<()> {
         "tokenize",
         "pack",
     ];
+    if let Some(bad) = a.only.iter().find(|s| !stages.contains(&s.as_str())) {
+        bail!(
+            "--only {bad}: not a stage of the build (stages: {})",
+            stages.join(", ")
+        );
+    }
+    if !a.input.is_empty() && !a.only.is_empty() && !a.only.iter().any(|s| s == "ingest") {
+        bail!("--input is read by the ingest stage, which --only leaves out; add ingest to --only");
+    }
     let mut done: Vec<StageSummary> = Vec::new();
     let mut step =
         |name: &'static str, f: &mut dyn FnMut() -> Result<(String, Value)>| -> Result<()> {
+            if !a.only.is_empty() && !a.only.iter().any(|s| s == name) {
+                return Ok(());
+            }
             let i = stages.iter().position(|s| *s == name).unwrap_or(0) + 1;
             if !a.json {
                 eprintln!("── [{i}/{}] {name}", stages.len());
             }
+            let measured = crate::peak_rss::reset();
             let t = Instant::now();
             let (summary, report) = f().with_context(|| format!("build stage {name}"))?;
             let seconds = t.elapsed().as_secs_f64();
+            let peak_rss_mib = measured
+                .then(crate::peak_rss::peak_bytes)
+                .flatten()
+                .map(|b| b as f64 / f64::from(1u32 << 20));
             if !a.json {
-                eprintln!("   {summary} ({seconds:.1} s)");
+                match peak_rss_mib {
+                    Some(m) => eprintln!("   {summary} ({seconds:.1} s, peak {m:.0} MiB)"),
+                    None => eprintln!("   {summary} ({seconds:.1} s)"),
+                }
             }
             done.push(StageSummary {
                 stage: name,
                 summary,
                 seconds,
+                peak_rss_mib,
                 report,
             });
             Ok(())
@@ -401,7 +430,13 @@ pub(crate) fn run(a: BuildArgs) -> Result<()> {
     }
     println!("build of {} done in {seconds:.1} s", ds.display());
     for s in &done {
-        println!("  {:<12} {:>7.1} s  {}", s.stage, s.seconds, s.summary);
+        let peak = s
+            .peak_rss_mib
+            .map_or_else(String::new, |m| format!(" {m:>6.0} MiB"));
+        println!(
+            "  {:<12} {:>7.1} s{peak}  {}",
+            s.stage, s.seconds, s.summary
+        );
     }
     println!("outputs:");
     for (path, what) in [

@@ -18,6 +18,7 @@ mod generate;
 mod index;
 mod inspect;
 mod pack;
+mod peak_rss;
 mod sft;
 mod tokenize;
 mod tokenizer;

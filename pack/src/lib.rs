@@ -2,6 +2,7 @@
 //! causal-masking objective with spans that never cross `<break>` or a document boundary
 //! (§2.2), fixed-length packing, and the Megatron-LM indexed-dataset files training reads.
 
+pub mod docs;
 pub mod error;
 pub mod example;
 pub mod masking;

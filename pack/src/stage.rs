@@ -21,6 +21,7 @@ use cm3_core::vocab::VocabLayout;
 use cm3_core::{DatasetDir, ShardRecord, WorkerSpec};
 use serde::{Deserialize, Serialize};
 
+use crate::docs::DocStore;
 use crate::error::{PackError, Result};
 use crate::example::{Budget, Doc, build};
 use crate::masking::{MaskPlan, Modality, Specials, causal_mask, growth};
@@ -322,24 +323,19 @@ pub fn run(opts: &PackOptions) -> Result<PackReport> {
         .get(STAGE)
         .map(|s| s.shards.clone())
         .unwrap_or_default();
-    // Every pair's tokens, read once (retrieved documents may live in any shard), and each
-    // shard's pairs in order; nothing is read when every shard is packed already.
-    let mut tokens: HashMap<u64, (Vec<u32>, Vec<u32>)> = HashMap::new();
-    let mut shard_pairs: HashMap<&str, Vec<u64>> = HashMap::new();
-    let mut pairs_info = HashMap::new();
-    let mut excluded = HashSet::new();
+    // Every pair's tokens in an on-disk store (retrieved documents may live in any shard), and
+    // the pairs' splits and exclusions a shard at a time, so memory does not grow with the
+    // dataset; nothing is read when every shard is packed already.
+    let mut store = None;
+    let mut exclusion = Exclusion::default();
     if tokens_stage
         .shards
         .keys()
         .any(|name| !done.contains_key(name))
     {
-        pairs_info = read_pairs_info(&ds, &manifest)?;
-        excluded = excluded_pairs(&ds, &manifest, &pairs_info)?;
-        for (name, rec) in &tokens_stage.shards {
-            let rows = cm3_core::tokens::read_shard(&ds.path(&rec.file))
-                .map_err(|e| PackError::Invalid(format!("reading tokens: {e}")))?;
-            shard_pairs.insert(name, rows.iter().map(|r| r.id).collect());
-            tokens.extend(rows.into_iter().map(|r| (r.id, (r.text, r.image))));
+        exclusion = Exclusion::of(&ds, &manifest)?;
+        if neighbours_stage.is_some() {
+            store = Some(doc_store(&ds, &packed, &tokens_stage)?);
         }
     }
     let mut totals = [SplitCounts::default(); 2];
@@ -371,9 +367,10 @@ pub fn run(opts: &PackOptions) -> Result<PackReport> {
             report.shards_skipped += 1;
             continue;
         }
-        let pairs = shard_pairs
-            .get(name.as_str())
-            .map_or(&[][..], Vec::as_slice);
+        let rec = &tokens_stage.shards[name];
+        let rows = cm3_core::tokens::read_shard(&ds.path(&rec.file))
+            .map_err(|e| PackError::Invalid(format!("reading tokens: {e}")))?;
+        let pairs_info = read_pairs_info(&ds, &manifest, name)?;
         // What the shard is made from (`Manifest::check_fresh`).
         let mut upstream = BTreeMap::new();
         if let Some(t) = tokens_stage.shards.get(name) {
@@ -406,7 +403,8 @@ pub fn run(opts: &PackOptions) -> Result<PackReport> {
             None => HashMap::new(),
         };
         let mut shard_counts = [SplitCounts::default(); 2];
-        for &pair in pairs {
+        for row in &rows {
+            let pair = row.id;
             let info = pairs_info.get(&pair).ok_or_else(|| {
                 PackError::Invalid(format!(
                     "shard {name}: pair {pair:016x} has tokens but no row in pairs/; the dataset \
@@ -417,27 +415,28 @@ pub fn run(opts: &PackOptions) -> Result<PackReport> {
             let mut rng = SplitMix64::for_pair(cfg.seed, STREAM_SPLIT, info.image);
             let split = usize::from(rng.next_f64() < cfg.val_fraction);
             let c = &mut shard_counts[split];
-            if excluded.contains(&pair) {
+            if exclusion.excludes(pair, &info.split) {
                 c.excluded += 1;
                 continue;
             }
             let mut rng = SplitMix64::for_pair(cfg.seed, STREAM_EXAMPLE, pair);
-            let mut docs: Vec<Doc> = neighbours
-                .get(&pair)
-                .map(|ns| {
-                    ns.iter()
-                        .filter_map(|id| tokens.get(id))
-                        .map(|(t, i)| Doc { text: t, image: i })
-                        .collect()
-                })
-                .unwrap_or_default();
+            let mut retrieved = Vec::new();
+            if let (Some(ns), Some(store)) = (neighbours.get(&pair), &store) {
+                for &id in ns {
+                    retrieved.extend(store.get(id)?);
+                }
+            }
+            let mut docs: Vec<Doc> = retrieved
+                .iter()
+                .map(|(text, image)| Doc { text, image })
+                .collect();
             // A random order: what `whole` packing drops (the last) is then a random sampled
             // document, never one chosen by comparing image-query and text-query scores.
             shuffle(&mut docs, &mut rng);
             let flips: Vec<bool> = (0..=docs.len())
                 .map(|_| rng.next_f64() < cfg.image_first)
                 .collect();
-            let (text, image) = &tokens[&pair];
+            let (text, image) = (&row.text, &row.image);
             let query = Doc { text, image };
             let Some(ex) = build(&docs, query, &flips, budget, &sp) else {
                 c.skipped_too_long += 1;
@@ -492,7 +491,7 @@ pub fn run(opts: &PackOptions) -> Result<PackReport> {
                 file: "packed".into(),
                 input: name.clone(),
                 chunk: slot as u32,
-                rows: pairs.len() as u64,
+                rows: rows.len() as u64,
                 bytes: 0,
                 sha256: String::new(),
                 rejects: shard_counts.iter().map(|c| c.skipped_too_long).sum(),
@@ -527,92 +526,119 @@ struct PairInfo {
     split: String,
 }
 
-/// Every ingested pair's image key and split, from the `pairs/` shards.
+/// Every pair's tokens, from every `tokens/` shard, in an on-disk store in `dir`.
+fn doc_store(
+    ds: &DatasetDir,
+    dir: &Path,
+    tokens_stage: &cm3_core::StageRecord,
+) -> Result<DocStore> {
+    let pairs: u64 = tokens_stage.shards.values().map(|r| r.rows).sum();
+    let mut store = DocStore::create(dir, pairs)?;
+    for rec in tokens_stage.shards.values() {
+        let rows = cm3_core::tokens::read_shard(&ds.path(&rec.file))
+            .map_err(|e| PackError::Invalid(format!("reading tokens: {e}")))?;
+        for row in &rows {
+            store.insert(row)?;
+        }
+    }
+    store.finish()?;
+    Ok(store)
+}
+
+/// The image key and split of every pair of the ingested shard `name` (the shard of `pairs/`
+/// that the `tokens/` shard of that name was made from).
 fn read_pairs_info(
     ds: &DatasetDir,
     manifest: &cm3_core::Manifest,
+    name: &str,
 ) -> Result<HashMap<u64, PairInfo>> {
     let mut out = HashMap::new();
-    let Some(ingest) = manifest.stages.get("ingest") else {
+    let Some(rec) = manifest
+        .stages
+        .get("ingest")
+        .and_then(|ingest| ingest.shards.get(name))
+    else {
         return Ok(out);
     };
-    for rec in ingest.shards.values() {
-        let path = ds.path(&rec.file);
-        for b in read_columns(&path, &["id", "sha256", "split"])? {
-            let (Some(id), Some(sha), Some(split)) = (
-                column::<UInt64Array>(&b, "id"),
-                column::<StringArray>(&b, "sha256"),
-                column::<StringArray>(&b, "split"),
-            ) else {
-                return Err(PackError::Invalid(format!(
-                    "{}: columns id/sha256/split have unexpected types",
-                    path.display()
-                )));
-            };
-            for i in 0..b.num_rows() {
-                out.insert(
-                    id.value(i),
-                    PairInfo {
-                        image: image_key(sha.value(i)),
-                        split: split.value(i).to_string(),
-                    },
-                );
-            }
+    let path = ds.path(&rec.file);
+    for b in read_columns(&path, &["id", "sha256", "split"])? {
+        let (Some(id), Some(sha), Some(split)) = (
+            column::<UInt64Array>(&b, "id"),
+            column::<StringArray>(&b, "sha256"),
+            column::<StringArray>(&b, "split"),
+        ) else {
+            return Err(PackError::Invalid(format!(
+                "{}: columns id/sha256/split have unexpected types",
+                path.display()
+            )));
+        };
+        for i in 0..b.num_rows() {
+            out.insert(
+                id.value(i),
+                PairInfo {
+                    image: image_key(sha.value(i)),
+                    split: split.value(i).to_string(),
+                },
+            );
         }
     }
     Ok(out)
 }
 
 /// The pairs `cm3 augment --exclude` removed from this dataset's memory bank: an evaluation
-/// split must not be trained on either.
-fn excluded_pairs(
-    ds: &DatasetDir,
-    manifest: &cm3_core::Manifest,
-    pairs: &HashMap<u64, PairInfo>,
-) -> Result<HashSet<u64>> {
-    let mut out = HashSet::new();
-    let Some(rec) = manifest.stages.get(cm3_augment::stage::STAGE) else {
-        return Ok(out);
-    };
-    // Another dataset's bank: its exclusions name that dataset's pairs, not ours.
-    if rec.config.get("bank").and_then(|b| b.as_str()) != Some("self") {
-        return Ok(out);
-    }
-    let labels = rec
-        .config
-        .get("exclude")
-        .and_then(|e| e.as_array())
-        .cloned()
-        .unwrap_or_default();
-    for label in labels.iter().filter_map(|l| l.as_str()) {
-        if let Some(name) = label.strip_prefix("split:") {
-            out.extend(
-                pairs
-                    .iter()
-                    .filter(|(_, p)| p.split == name)
-                    .map(|(&id, _)| id),
-            );
-        } else if let Some(sha) = label.strip_prefix("ids:") {
-            let file = ds.path(&cm3_augment::stage::excluded_ids_file(sha));
-            if !file.is_file() {
+/// split must not be trained on either. Splits are matched per pair; an ids file is held as a
+/// set (an evaluation split's size, not the dataset's).
+#[derive(Debug, Default)]
+struct Exclusion {
+    splits: HashSet<String>,
+    ids: HashSet<u64>,
+}
+
+impl Exclusion {
+    fn of(ds: &DatasetDir, manifest: &cm3_core::Manifest) -> Result<Self> {
+        let mut out = Self::default();
+        let Some(rec) = manifest.stages.get(cm3_augment::stage::STAGE) else {
+            return Ok(out);
+        };
+        // Another dataset's bank: its exclusions name that dataset's pairs, not ours.
+        if rec.config.get("bank").and_then(|b| b.as_str()) != Some("self") {
+            return Ok(out);
+        }
+        let labels = rec
+            .config
+            .get("exclude")
+            .and_then(|e| e.as_array())
+            .cloned()
+            .unwrap_or_default();
+        for label in labels.iter().filter_map(|l| l.as_str()) {
+            if let Some(name) = label.strip_prefix("split:") {
+                out.splits.insert(name.to_string());
+            } else if let Some(sha) = label.strip_prefix("ids:") {
+                let file = ds.path(&cm3_augment::stage::excluded_ids_file(sha));
+                if !file.is_file() {
+                    return Err(PackError::Invalid(format!(
+                        "{}: the memory bank excludes the pairs of an ids file (sha256 {sha}), \
+                         but their list {} is missing (augmented by an older cm3?); re-run `cm3 \
+                         augment --rebuild --exclude <that file>` so that pack can leave them out",
+                        ds.root().display(),
+                        file.display()
+                    )));
+                }
+                let ids = cm3_augment::stage::read_id_lines(&file)
+                    .map_err(|e| PackError::Invalid(format!("reading excluded ids: {e}")))?;
+                out.ids.extend(ids);
+            } else {
                 return Err(PackError::Invalid(format!(
-                    "{}: the memory bank excludes the pairs of an ids file (sha256 {sha}), but \
-                     their list {} is missing (augmented by an older cm3?); re-run `cm3 augment \
-                     --rebuild --exclude <that file>` so that pack can leave them out",
-                    ds.root().display(),
-                    file.display()
+                    "the augment record excludes `{label}`, which this cm3 does not know"
                 )));
             }
-            let ids = cm3_augment::stage::read_id_lines(&file)
-                .map_err(|e| PackError::Invalid(format!("reading excluded ids: {e}")))?;
-            out.extend(ids);
-        } else {
-            return Err(PackError::Invalid(format!(
-                "the augment record excludes `{label}`, which this cm3 does not know"
-            )));
         }
+        Ok(out)
     }
-    Ok(out)
+
+    fn excludes(&self, pair: u64, split: &str) -> bool {
+        self.ids.contains(&pair) || self.splits.contains(split)
+    }
 }
 
 /// Fisher-Yates, seeded.

@@ -4,7 +4,7 @@
 //! held-out images, and save it into the dataset (`tokenizer/image/`), where `cm3 tokenize`
 //! finds it.
 
-use std::collections::HashSet;
+use std::collections::{BinaryHeap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -12,7 +12,7 @@ use arrow_array::{BinaryArray, UInt64Array};
 use burn::tensor::Device;
 use cm3_core::rng::SplitMix64;
 use cm3_core::schema::{column, read_columns};
-use cm3_core::{DatasetDir, WorkerSpec};
+use cm3_core::{DatasetDir, StageRecord, WorkerSpec};
 use cm3_model::vq::ema::perplexity;
 use cm3_model::vq::{StepStats, VqTrainConfig, VqTrainer};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -35,7 +35,10 @@ pub struct TrainImageOptions {
 /// What training reached, measured on held-out images at the size the tokenizer will see.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TrainImageReport {
+    /// Training images decoded and drawn from (at most `max_images`).
     pub images: usize,
+    /// Images the dataset holds (held-out ones included).
+    pub images_available: usize,
     pub held_out: usize,
     pub steps: usize,
     pub seconds: f64,
@@ -102,45 +105,20 @@ pub fn train_image(
         )));
     }
 
-    // Every stored image, in id order (ids are hashes: a fixed, unbiased order).
-    let mut pictures = Vec::new();
-    for shard in ingest.shards.values() {
-        let path = ds.path(&shard.file);
-        for b in read_columns(&path, &["id", "image"])? {
-            let bad = || TokenizeError::Dataset {
-                path: path.clone(),
-                reason: "columns id/image have unexpected types".into(),
-            };
-            let ids = column::<UInt64Array>(&b, "id").ok_or_else(bad)?;
-            let images = column::<BinaryArray>(&b, "image").ok_or_else(bad)?;
-            for i in 0..b.num_rows() {
-                match decode_rgb(images.value(i), side as u32) {
-                    Ok(rgb) => pictures.push(Picture {
-                        id: ids.value(i),
-                        rgb,
-                    }),
-                    Err(e) => tracing::warn!(
-                        pair = format!("{:016x}", ids.value(i)),
-                        "skipping an image that cannot be decoded: {e}"
-                    ),
-                }
-            }
-        }
-    }
-    pictures.sort_by_key(|p| p.id);
-    let held = cfg.held_out.min(pictures.len() / 5);
-    if pictures.len() < 2 || held == 0 {
+    let (held_out, train, available) = sample_pictures(&ds, ingest, side, cfg)?;
+    let held = held_out.len();
+    if train.is_empty() || held == 0 {
         return Err(TokenizeError::Dataset {
             path: root.to_path_buf(),
             reason: format!(
                 "{} usable images: too few to train a tokenizer and hold some out",
-                pictures.len()
+                train.len() + held
             ),
         });
     }
-    let (held_out, train) = pictures.split_at(held);
     tracing::info!(
         train = train.len(),
+        available,
         held_out = held,
         steps = cfg.steps,
         "training the VQ image tokenizer"
@@ -217,7 +195,8 @@ pub fn train_image(
     }
     let used: HashSet<u32> = flat.iter().copied().collect();
     Ok(TrainImageReport {
-        images: pictures.len(),
+        images: train.len(),
+        images_available: available,
         held_out: held,
         steps: cfg.steps,
         seconds,
@@ -231,6 +210,94 @@ pub fn train_image(
         log,
         out: out.display().to_string(),
     })
+}
+
+/// The held-out images (the `held_out` smallest pair ids, at most a fifth of the images) and
+/// the training images (all others, or the `max_images` whose seeded hash of the id is smallest),
+/// each in id order, and the number of images stored. Two passes over the shards: the ids alone,
+/// then the images, of which only the chosen are decoded, so memory holds the chosen images and
+/// one shard's column, whatever the dataset's size. With no more than `max_images` training
+/// images the choice is every image, as it always was.
+fn sample_pictures(
+    ds: &DatasetDir,
+    ingest: &StageRecord,
+    side: usize,
+    cfg: &VqTrainConfig,
+) -> Result<(Vec<Picture>, Vec<Picture>, usize)> {
+    let bad = |path: &Path| TokenizeError::Dataset {
+        path: path.to_path_buf(),
+        reason: "columns id/image have unexpected types".into(),
+    };
+    // Pass 1: the smallest ids (held out), and the smallest hashes (trained on). The held-out
+    // ids are at most `held_out`, so the training sample is among `max_images + held_out`
+    // smallest hashes.
+    let mut smallest_ids = BinaryHeap::new();
+    let mut smallest_keys = BinaryHeap::new();
+    let key = |id: u64| SplitMix64::for_pair(cfg.seed, 0x7472_6169_6e2d_696d, id).next_u64();
+    let keep = cfg.max_images.saturating_add(cfg.held_out);
+    let mut available = 0usize;
+    for shard in ingest.shards.values() {
+        let path = ds.path(&shard.file);
+        for b in read_columns(&path, &["id"])? {
+            let ids = column::<UInt64Array>(&b, "id").ok_or_else(|| bad(&path))?;
+            for &id in ids.values() {
+                available += 1;
+                push_bounded(&mut smallest_ids, id, cfg.held_out);
+                push_bounded(&mut smallest_keys, (key(id), id), keep);
+            }
+        }
+    }
+    let held = cfg.held_out.min(available / 5);
+    let mut held_ids = smallest_ids.into_sorted_vec();
+    held_ids.truncate(held);
+    let held_set: HashSet<u64> = held_ids.iter().copied().collect();
+    let train_set: HashSet<u64> = smallest_keys
+        .into_sorted_vec()
+        .into_iter()
+        .map(|(_, id)| id)
+        .filter(|id| !held_set.contains(id))
+        .take(cfg.max_images)
+        .collect();
+    // Pass 2: decode the chosen images.
+    let (mut held_out, mut train) = (Vec::new(), Vec::new());
+    for shard in ingest.shards.values() {
+        let path = ds.path(&shard.file);
+        for b in read_columns(&path, &["id", "image"])? {
+            let ids = column::<UInt64Array>(&b, "id").ok_or_else(|| bad(&path))?;
+            let images = column::<BinaryArray>(&b, "image").ok_or_else(|| bad(&path))?;
+            for i in 0..b.num_rows() {
+                let id = ids.value(i);
+                let to = if held_set.contains(&id) {
+                    &mut held_out
+                } else if train_set.contains(&id) {
+                    &mut train
+                } else {
+                    continue;
+                };
+                match decode_rgb(images.value(i), side as u32) {
+                    Ok(rgb) => to.push(Picture { id, rgb }),
+                    Err(e) => tracing::warn!(
+                        pair = format!("{id:016x}"),
+                        "skipping an image that cannot be decoded: {e}"
+                    ),
+                }
+            }
+        }
+    }
+    // Ids are hashes: id order is a fixed, unbiased order, whatever the shards' order.
+    held_out.sort_by_key(|p| p.id);
+    train.sort_by_key(|p| p.id);
+    Ok((held_out, train, available))
+}
+
+/// Keeps the `cap` smallest items pushed (a max-heap whose top is the largest kept).
+fn push_bounded<T: Ord>(heap: &mut BinaryHeap<T>, item: T, cap: usize) {
+    if heap.len() < cap {
+        heap.push(item);
+    } else if heap.peek().is_some_and(|top| item < *top) {
+        heap.pop();
+        heap.push(item);
+    }
 }
 
 /// A random `crop` × `crop` window of a `side` × `side` RGB image, as CHW floats in [-1, 1].

@@ -92,6 +92,12 @@ pub struct VqTrainConfig {
     pub crop_candidates: usize,
     /// Images held out (by a hash of the pair id) to report reconstruction and code usage on.
     pub held_out: usize,
+    /// At most this many training images are decoded and kept in memory: a dataset with more
+    /// contributes a uniform sample of them (the images whose seeded hash of the pair id is
+    /// smallest), so that memory does not grow with the dataset. 4,096 images of 256² are
+    /// 768 MiB. Training draws `steps × batch_size` crops, so a sample larger than that adds
+    /// nothing.
+    pub max_images: usize,
     pub seed: u64,
 }
 
@@ -120,6 +126,7 @@ impl Default for VqTrainConfig {
             dead_code_usage: 0.25,
             crop_candidates: 4,
             held_out: 16,
+            max_images: 4096,
             seed: 0,
         }
     }
@@ -142,9 +149,13 @@ impl VqTrainConfig {
             origin: "train config".into(),
             reason: reason.into(),
         };
-        if self.steps == 0 || self.batch_size == 0 || self.crop_candidates == 0 {
+        if self.steps == 0
+            || self.batch_size == 0
+            || self.crop_candidates == 0
+            || self.max_images == 0
+        {
             return Err(bad(
-                "steps, batch_size and crop_candidates must be positive",
+                "steps, batch_size, crop_candidates and max_images must be positive",
             ));
         }
         if !(0.0..1.0).contains(&self.ema_decay) {

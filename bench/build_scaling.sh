@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Peak memory and speed of every stage of `cm3 build --preset demo` as the dataset grows
+# (issue 23: "each stage's peak at 100k within 1.3x its peak at 10k").
+#
+#   CM3=<release cm3> [SIZES="10000 100000"] [IMAGE_SIZE=64] [OUT=target/build-scaling] \
+#     bash bench/build_scaling.sh
+#
+# For each size: the learning benchmark's generator (bench/learn/shapes.py: flat coloured shapes
+# with captions, standard-library Python) writes that many pairs, and `cm3 build --preset demo`
+# builds them from scratch (PNG pairs of IMAGE_SIZE pixels, 512-token sequences, as
+# bench/learn.sh builds), one stage a process (`cm3 build --only STAGE`), each under
+# `/usr/bin/time` for its peak resident memory and seconds. Then a table: per stage, peak MiB at
+# each size, the ratio of the largest size's peak to the smallest's, and pairs/s at the largest
+# size. Generated data is kept in OUT/data-N and reused.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+SIZES="${SIZES:-10000 100000}"
+STAGES="${STAGES:-ingest embed index augment train-text train-image tokenize pack}"
+IMAGE_SIZE="${IMAGE_SIZE:-64}"
+OUT="${OUT:-$root/target/build-scaling}"
+if [ -z "${CM3:-}" ]; then
+  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cm3-target}"
+  cargo build --release -p cm3 >&2
+  CM3="$CARGO_TARGET_DIR/release/cm3"
+fi
+mkdir -p "$OUT"
+cp "$CM3" "$OUT/cm3"   # a rebuild during the run cannot mix two versions
+CM3="$OUT/cm3"
+bash scripts/setup-onnxruntime.sh >/dev/null
+cat > "$OUT/build.toml" <<EOF
+[ingest]
+image_format = "png"
+image_size = $IMAGE_SIZE
+[pack]
+seq_len = 512
+EOF
+for n in $SIZES; do
+  data="$OUT/data-$n"
+  if [ ! -f "$data/generator.json" ]; then
+    python3 bench/learn/shapes.py "$data" --pairs "$n" --heldout 18 --seed 0 --size "$IMAGE_SIZE" >&2
+  fi
+  ds="$OUT/ds-$n"
+  rm -rf "$ds"
+  # Each stage in its own process (`cm3 build --only`), so that a stage's peak is its own, not
+  # what the allocator kept from the stages before it.
+  for stage in $STAGES; do
+    echo "── $n pairs: $stage" >&2
+    input=()
+    [ "$stage" = ingest ] && input=(--input "$data/train")
+    /usr/bin/time -f '%M %e' -o "$OUT/time-$n-$stage.txt" \
+      "$CM3" build "$ds" --preset demo --config "$OUT/build.toml" "${input[@]}" --only "$stage" \
+      --no-progress --json > "$OUT/build-$n-$stage.json" 2> "$OUT/build-$n-$stage.err"
+  done
+done
+python3 - "$OUT" "$STAGES" $SIZES <<'EOF'
+import json, sys
+out, stages, sizes = sys.argv[1], sys.argv[2].split(), [int(s) for s in sys.argv[3:]]
+lo, hi = sizes[0], sizes[-1]
+def measured(n, stage):
+    kib, secs = open(f"{out}/time-{n}-{stage}.txt").read().split()
+    return int(kib) / 1024, float(secs)
+print("| stage | " + " | ".join(f"peak MiB at {n:,}" for n in sizes)
+      + f" | peak {hi:,} / {lo:,} | seconds at {hi:,} | pairs/s at {hi:,} |")
+print("|---" * (len(sizes) + 4) + "|")
+worst, total = 0.0, 0.0
+for stage in stages:
+    peaks = [measured(n, stage)[0] for n in sizes]
+    secs = measured(hi, stage)[1]
+    total += secs
+    ratio = peaks[-1] / peaks[0]
+    worst = max(worst, ratio)
+    print(f"| {stage} | " + " | ".join(f"{p:,.0f}" for p in peaks)
+          + f" | {ratio:.2f}x | {secs:,.1f} | {hi / secs:,.0f} |")
+print(f"\nlargest stage ratio {worst:.2f}x (target <= 1.3x); {total:,.0f} s in all at {hi:,} pairs")
+EOF
