@@ -8,7 +8,8 @@
 # For each size: the learning benchmark's generator (bench/learn/shapes.py: flat coloured shapes
 # with captions, standard-library Python) writes that many pairs, and `cm3 build --preset demo`
 # builds them from scratch (PNG pairs of IMAGE_SIZE pixels, 512-token sequences, as
-# bench/learn.sh builds), one stage a process (`cm3 build --only STAGE`), each under
+# bench/learn.sh builds, but with the paper preset's HNSW memory bank: the demo's exact flat
+# index makes augment quadratic in the pairs), one stage a process (`cm3 build --only STAGE`), each under
 # `/usr/bin/time` for its peak resident memory and seconds. Then a table: per stage, peak MiB at
 # each size, the ratio of the largest size's peak to the smallest's, and pairs/s at the largest
 # size. Generated data is kept in OUT/data-N and reused.
@@ -34,6 +35,10 @@ image_format = "png"
 image_size = $IMAGE_SIZE
 [pack]
 seq_len = 512
+[index.index]
+kind = "hnsw"
+m = 32
+ef_construction = 200
 EOF
 for n in $SIZES; do
   data="$OUT/data-$n"

@@ -244,13 +244,9 @@ fn temporaries(dir: &Path) -> Vec<String> {
 /// What `manifest.json` records that is not on disk as recorded (a shard file missing, or
 /// with other bytes than its recorded SHA-256).
 fn recorded_but_missing(ds: &Path) -> Vec<String> {
-    let Ok(bytes) = fs::read(ds.join("manifest.json")) else {
-        return Vec::new();
-    };
-    let m: serde_json::Value = serde_json::from_slice(&bytes).expect("a manifest that parses");
     let mut bad = Vec::new();
-    for (stage, rec) in m["stages"].as_object().into_iter().flatten() {
-        for (name, shard) in rec["shards"].as_object().into_iter().flatten() {
+    for (stage, shards) in recorded_shards(ds) {
+        for (name, shard) in &shards {
             let file = ds.join(shard["file"].as_str().unwrap_or_default());
             let sha = shard["sha256"].as_str().unwrap_or_default();
             if !file.exists() {

@@ -364,7 +364,7 @@ pub fn run(opts: &AugmentOptions) -> Result<AugmentReport> {
         let stage = manifest.stages.get_mut(STAGE).ok_or_else(|| {
             AugmentError::Invalid("internal: the augment stage record vanished".into())
         })?;
-        stage.shards.insert(
+        stage.insert_shard(
             name.clone(),
             ShardRecord {
                 file: rel,
@@ -400,6 +400,7 @@ pub fn run(opts: &AugmentOptions) -> Result<AugmentReport> {
         report.select_seconds += shard.stats.select_seconds;
         report.io_seconds += shard.io_seconds;
     }
+    ds.finish_stage(&mut manifest, &opts.worker)?;
     bar.finish_and_clear();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)

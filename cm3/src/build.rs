@@ -364,6 +364,7 @@ pub(crate) fn run(a: BuildArgs) -> Result<()> {
                 out: None,
                 overwrite: false,
                 progress,
+                device: None,
             },
         )?;
         Ok((

@@ -96,7 +96,7 @@ pub(crate) struct TrainImageArgs {
     pub dataset: PathBuf,
     /// Settings file (TOML or JSON: model (taming ddconfig fields + embed_dim, n_embed), steps,
     /// batch_size, learning_rate, commitment, ema_decay, restart_every, dead_code_usage,
-    /// held_out, seed); flags override it.
+    /// held_out, max_images, seed); flags override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
     #[arg(long)]
@@ -113,6 +113,9 @@ pub(crate) struct TrainImageArgs {
     /// Replace an existing image tokenizer.
     #[arg(long)]
     pub overwrite: bool,
+    /// flex (CPU), wgpu or cuda (builds with those features), as `cm3 train --backend`.
+    #[arg(long, value_enum, default_value = "flex")]
+    pub backend: crate::train::BackendArg,
     #[arg(long)]
     pub no_progress: bool,
     /// Print the report as JSON on stdout.
@@ -236,6 +239,7 @@ fn train_image(a: TrainImageArgs) -> Result<()> {
         out: a.out,
         overwrite: a.overwrite,
         progress: !a.no_progress,
+        device: Some(cm3_train::Backend::from(a.backend).device()?),
     };
     let r = cm3_tokenize::train_image(&a.dataset, &cfg, &opts)?;
     if a.json {

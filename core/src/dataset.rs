@@ -284,8 +284,9 @@ impl DatasetDir {
         Ok(m)
     }
 
-    /// Persist a stage's record: into `manifest.json` for a single process, or into the worker's own
-    /// manifest file (holding only that stage) for a worker.
+    /// Persist a stage's record: into `manifest.json` for a single process (its new shards
+    /// appended to the manifest's journal: see [`Manifest::save_stage_incremental`]), or into the
+    /// worker's own manifest file (holding only that stage) for a worker.
     pub fn save_stage(
         &self,
         manifest: &mut Manifest,
@@ -300,8 +301,17 @@ impl DatasetDir {
             own.stages.insert(stage.to_string(), rec.clone());
             own.save(&self.worker_manifest_path(stage, worker), &worker.tag())
         } else {
-            manifest.save(&self.manifest_path(), &worker.tag())
+            manifest.save_stage_incremental(&self.manifest_path(), stage, &worker.tag())
         }
+    }
+
+    /// Folds the manifest's journal into `manifest.json` (see [`Manifest::save`]): what every
+    /// stage does when it ends, so that the file alone is the whole record between runs.
+    pub fn finish_stage(&self, manifest: &mut Manifest, worker: &WorkerSpec) -> Result<()> {
+        if !worker.is_split() && manifest.has_journal() {
+            manifest.save(&self.manifest_path(), &worker.tag())?;
+        }
+        Ok(())
     }
 
     /// Combine all worker manifests into `manifest.json`, then remove them. Idempotent: a crash

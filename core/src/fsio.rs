@@ -2,7 +2,7 @@
 //! directory. A reader (or a resumed run) therefore sees either the previous file or the finished new
 //! one, never a half-written file under the final name.
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -215,6 +215,24 @@ pub fn write_atomic(dst: &Path, bytes: &[u8], tag: &str) -> Result<Written> {
         .write_all(bytes)
         .map_err(|e| CoreError::io("writing", dst, e))?;
     f.commit()
+}
+
+/// Writes `bytes` at offset `at` of `path` (created if missing), cutting off whatever followed
+/// `at` (a line a crash cut short), and syncs it: an append that is on disk when this returns.
+pub fn append_durably(path: &Path, at: u64, bytes: &[u8]) -> Result<()> {
+    let created = !path.exists();
+    let mut f = open_in_place(path)?;
+    f.set_len(at)
+        .map_err(|e| CoreError::io("truncating", path, e))?;
+    f.seek(io::SeekFrom::Start(at))
+        .map_err(|e| CoreError::io("seeking", path, e))?;
+    f.write_all(bytes)
+        .map_err(|e| CoreError::io("writing", path, e))?;
+    f.sync_data().map_err(|e| CoreError::io("fsync", path, e))?;
+    if created {
+        sync_dir(path.parent().unwrap_or(Path::new("")))?;
+    }
+    Ok(())
 }
 
 /// fsync a directory so that a rename inside it survives a power loss.

@@ -10,6 +10,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use crate::error::{CoreError, Result};
 use crate::fsio::write_atomic;
@@ -24,6 +25,9 @@ pub struct Manifest {
     pub format_version: u32,
     #[serde(default)]
     pub stages: BTreeMap<String, StageRecord>,
+    /// What the file on disk holds: the journal's state (never serialised, never compared).
+    #[serde(skip)]
+    journal: JournalState,
 }
 
 impl Default for Manifest {
@@ -31,8 +35,51 @@ impl Default for Manifest {
         Self {
             format_version: MANIFEST_VERSION,
             stages: BTreeMap::new(),
+            journal: JournalState::default(),
         }
     }
+}
+
+/// The manifest's journal (`<manifest>.journal`, JSON lines): each finished shard is appended
+/// there instead of rewriting the whole manifest, so that a build of S shards writes its records
+/// in time linear in S, not quadratic. Every line names the SHA-256 of the manifest file it
+/// extends: a journal left beside a newer manifest (a crash between rewriting the manifest and
+/// removing the journal) is ignored. [`Manifest::load`] replays it; [`Manifest::save`] folds
+/// it into the file and removes it, as every stage does when it ends, and as an append does
+/// when the journal has grown past the manifest's size (so rewrites stay linear in total).
+#[derive(Debug, Clone, Default)]
+struct JournalState {
+    /// SHA-256 of the manifest file as last read or written (`None`: not on disk yet).
+    base: Option<String>,
+    /// Size of that file.
+    manifest_bytes: u64,
+    /// Bytes of the valid journal (a torn last line is cut off at the next append).
+    bytes: u64,
+    /// Shards per stage that the file and the journal hold.
+    saved: BTreeMap<String, usize>,
+}
+
+impl PartialEq for JournalState {
+    /// Where a manifest is stored says nothing about what it records.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// One journal line: a stage's record (every field but its shards) and its new shards.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JournalLine {
+    base: String,
+    stage: String,
+    record: StageRecord,
+}
+
+/// Where the journal of the manifest at `path` lives.
+pub fn journal_path(path: &Path) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".journal");
+    path.with_file_name(name)
 }
 
 /// One stage's record: the configuration it ran with, its inputs, its finished shards, totals.
@@ -52,6 +99,19 @@ pub struct StageRecord {
     /// Sums over `shards` (derived, rewritten on every save).
     #[serde(default)]
     pub totals: Totals,
+    /// Shards added with [`StageRecord::insert_shard`] since the last save.
+    #[serde(skip)]
+    unsaved: Unsaved,
+}
+
+/// Names of shards not yet saved (never serialised, never compared).
+#[derive(Debug, Clone, Default)]
+struct Unsaved(Vec<String>);
+
+impl PartialEq for Unsaved {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,22 +180,46 @@ impl StageRecord {
             inputs: BTreeMap::new(),
             shards: BTreeMap::new(),
             totals: Totals::default(),
+            unsaved: Unsaved::default(),
+        }
+    }
+
+    /// Records a finished shard; [`crate::DatasetDir::save_stage`] then appends it to the
+    /// manifest's journal instead of rewriting the manifest. (A shard inserted into `shards`
+    /// directly is saved too, by a whole rewrite.)
+    pub fn insert_shard(&mut self, name: String, record: ShardRecord) {
+        self.unsaved.0.push(name.clone());
+        self.shards.insert(name, record);
+    }
+
+    fn clone_without_shards(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            tool_version: self.tool_version.clone(),
+            inputs: self.inputs.clone(),
+            shards: BTreeMap::new(),
+            totals: Totals::default(),
+            unsaved: Unsaved::default(),
+        }
+    }
+
+    fn add_to_totals(t: &mut Totals, s: &ShardRecord) {
+        t.shards += 1;
+        t.rows += s.rows;
+        t.rejects += s.rejects;
+        t.bytes += s.bytes;
+        for (k, v) in &s.rejects_by_reason {
+            *t.rejects_by_reason.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &s.counters {
+            *t.counters.entry(k.clone()).or_default() += v;
         }
     }
 
     pub fn recompute_totals(&mut self) {
         let mut t = Totals::default();
         for s in self.shards.values() {
-            t.shards += 1;
-            t.rows += s.rows;
-            t.rejects += s.rejects;
-            t.bytes += s.bytes;
-            for (k, v) in &s.rejects_by_reason {
-                *t.rejects_by_reason.entry(k.clone()).or_default() += v;
-            }
-            for (k, v) in &s.counters {
-                *t.counters.entry(k.clone()).or_default() += v;
-            }
+            Self::add_to_totals(&mut t, s);
         }
         self.totals = t;
     }
@@ -278,12 +362,120 @@ impl Manifest {
                 supported: MANIFEST_VERSION,
             });
         }
-        let m: Self = serde_json::from_value(raw).map_err(|source| CoreError::Json {
+        let mut m: Self = serde_json::from_value(raw).map_err(|source| CoreError::Json {
             path: path.to_path_buf(),
             source,
         })?;
+        m.journal.base = Some(hex::encode(Sha256::digest(&bytes)));
+        m.journal.manifest_bytes = bytes.len() as u64;
+        m.replay_journal(path)?;
         m.check_names(path)?;
+        m.journal.saved = m
+            .stages
+            .iter()
+            .map(|(name, rec)| (name.clone(), rec.shards.len()))
+            .collect();
         Ok(Some(m))
+    }
+
+    /// Applies the journal's lines that extend this manifest file (see [`JournalState`]).
+    fn replay_journal(&mut self, path: &Path) -> Result<()> {
+        let jpath = journal_path(path);
+        let bytes = match fs::read(&jpath) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(CoreError::io("reading", &jpath, e)),
+        };
+        let base = self.journal.base.clone().unwrap_or_default();
+        let mut valid = 0usize;
+        let mut replayed = false;
+        for line in bytes.split_inclusive(|&b| b == b'\n') {
+            if line.last() != Some(&b'\n') {
+                // A line cut short by a crash: it was never acknowledged.
+                break;
+            }
+            let entry: JournalLine =
+                serde_json::from_slice(line).map_err(|source| CoreError::Json {
+                    path: jpath.clone(),
+                    source,
+                })?;
+            if entry.base != base {
+                // Written against an older manifest file, already folded into this one.
+                return Ok(());
+            }
+            let rec = self
+                .stages
+                .entry(entry.stage)
+                .or_insert_with(|| StageRecord::new(Value::Null));
+            let mut shards = std::mem::take(&mut rec.shards);
+            shards.extend(entry.record.shards);
+            *rec = StageRecord {
+                shards,
+                ..entry.record
+            };
+            rec.recompute_totals();
+            valid += line.len();
+            replayed = true;
+        }
+        if replayed {
+            self.journal.bytes = valid as u64;
+        }
+        Ok(())
+    }
+
+    /// Saves the record of `stage` by appending its new shards (those added with
+    /// [`StageRecord::insert_shard`]) to the journal; a whole rewrite ([`Manifest::save`]) when
+    /// the file is not on disk yet, when shards were changed otherwise, or when the journal
+    /// has grown past the manifest's size.
+    pub fn save_stage_incremental(&mut self, path: &Path, stage: &str, tag: &str) -> Result<()> {
+        let Some(base) = self.journal.base.clone() else {
+            return self.save(path, tag);
+        };
+        let Some(rec) = self.stages.get(stage) else {
+            return self.save(path, tag);
+        };
+        let saved = self.journal.saved.get(stage).copied().unwrap_or(0);
+        let only_inserted = rec.shards.len() == saved + rec.unsaved.0.len()
+            && rec.unsaved.0.iter().all(|n| rec.shards.contains_key(n));
+        if !only_inserted || self.journal.bytes > self.journal.manifest_bytes.max(1 << 16) {
+            return self.save(path, tag);
+        }
+        let record = StageRecord {
+            shards: rec
+                .unsaved
+                .0
+                .iter()
+                .filter_map(|n| rec.shards.get(n).map(|r| (n.clone(), r.clone())))
+                .collect(),
+            totals: Totals::default(),
+            unsaved: Unsaved::default(),
+            ..rec.clone_without_shards()
+        };
+        let line = JournalLine {
+            base,
+            stage: stage.to_string(),
+            record,
+        };
+        let jpath = journal_path(path);
+        let mut bytes = serde_json::to_vec(&line).map_err(|source| CoreError::Json {
+            path: jpath.clone(),
+            source,
+        })?;
+        bytes.push(b'\n');
+        crate::fsio::append_durably(&jpath, self.journal.bytes, &bytes)?;
+        self.journal.bytes += bytes.len() as u64;
+        if let Some(rec) = self.stages.get_mut(stage) {
+            let new = std::mem::take(&mut rec.unsaved.0);
+            for n in &new {
+                if let Some(s) = rec.shards.get(n) {
+                    StageRecord::add_to_totals(&mut rec.totals, s);
+                }
+            }
+            self.journal
+                .saved
+                .insert(stage.to_string(), rec.shards.len());
+        }
+        Ok(())
     }
 
     /// Shard names become output paths (`embeddings/<name>`, `tokens/<name>.parquet`) and
@@ -312,8 +504,34 @@ impl Manifest {
             source,
         })?;
         bytes.push(b'\n');
-        write_atomic(path, &bytes, tag)?;
+        let written = write_atomic(path, &bytes, tag)?;
+        // The file now holds everything the journal did (a journal that survives a crash here
+        // names the old file and is ignored).
+        let jpath = journal_path(path);
+        match fs::remove_file(&jpath) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(CoreError::io("removing", &jpath, e)),
+        }
+        self.journal = JournalState {
+            base: Some(written.sha256),
+            manifest_bytes: written.bytes,
+            bytes: 0,
+            saved: self
+                .stages
+                .iter()
+                .map(|(name, rec)| (name.clone(), rec.shards.len()))
+                .collect(),
+        };
+        for rec in self.stages.values_mut() {
+            rec.unsaved.0.clear();
+        }
         Ok(())
+    }
+
+    /// Whether the journal holds records the manifest file does not.
+    pub fn has_journal(&self) -> bool {
+        self.journal.bytes > 0
     }
 
     /// Fold another manifest's records (a worker's) into this one. Configurations must agree, an
@@ -544,6 +762,144 @@ mod tests {
         .map_err(|e| CoreError::io("w", &path, e))?;
         let err = Manifest::load(&path).expect_err("must refuse");
         assert!(err.to_string().contains("format version 99"), "{err}");
+        Ok(())
+    }
+
+    /// Shards saved one by one go to the journal; loading replays them; the journal is folded
+    /// into the file often enough that rewrites stay linear in total (a few, not one a shard);
+    /// `save` leaves the file alone holding everything.
+    #[test]
+    fn the_journal_holds_new_shards_and_rewrites_stay_few() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| CoreError::io("tempdir", "/tmp", e))?;
+        let path = dir.path().join("manifest.json");
+        let jpath = journal_path(&path);
+        let mut m = Manifest::default();
+        m.stages
+            .insert("ingest".into(), StageRecord::new(json!({"k": 1})));
+        m.save(&path, "t")?;
+        let (mut rewrites, mut written) = (0usize, 0u64);
+        let n = 3000;
+        for i in 0..n {
+            if let Some(rec) = m.stages.get_mut("ingest") {
+                rec.insert_shard(format!("s{i:05}"), shard(i, &format!("{i:064}")));
+                rec.inputs.insert(
+                    "src".into(),
+                    InputRecord {
+                        path: "in".into(),
+                        format: "folder".into(),
+                        fingerprint: "f".into(),
+                        records: Some(i),
+                    },
+                );
+            }
+            let journal_before = m.journal.bytes;
+            m.save_stage_incremental(&path, "ingest", "t")?;
+            if m.journal.bytes == 0 {
+                rewrites += 1;
+                written += m.journal.manifest_bytes;
+            } else {
+                written += m.journal.bytes - journal_before;
+            }
+            // What a crash at this moment leaves reads back as what was saved.
+            if i % 997 == 0 || i + 1 == n {
+                let loaded = Manifest::load(&path)?.expect("saved");
+                assert_eq!(loaded, m, "after shard {i}");
+                let rec = &loaded.stages["ingest"];
+                assert_eq!(rec.totals.shards, i + 1);
+                assert_eq!(rec.inputs["src"].records, Some(i));
+            }
+        }
+        let final_bytes = m.journal.manifest_bytes.max(1);
+        assert!(rewrites <= 16, "{rewrites} rewrites for {n} shards");
+        // Linear: everything written is a small multiple of what the manifest finally holds.
+        assert!(
+            written < 4 * (final_bytes + m.journal.bytes),
+            "{written} bytes written for a {final_bytes}-byte manifest"
+        );
+        assert!(jpath.exists() && m.has_journal());
+        m.save(&path, "t")?;
+        assert!(!jpath.exists() && !m.has_journal());
+        assert_eq!(Manifest::load(&path)?.expect("saved"), m);
+        Ok(())
+    }
+
+    /// A line cut short by a crash is ignored and cut off by the next append; a journal left
+    /// beside a newer manifest file (already folded in) is ignored; a damaged complete line is
+    /// an error naming the journal.
+    #[test]
+    fn torn_stale_and_damaged_journals() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| CoreError::io("tempdir", "/tmp", e))?;
+        let path = dir.path().join("manifest.json");
+        let jpath = journal_path(&path);
+        let mut m = Manifest::default();
+        m.stages
+            .insert("tokenize".into(), StageRecord::new(json!({})));
+        m.save(&path, "t")?;
+        for i in 0..3 {
+            if let Some(rec) = m.stages.get_mut("tokenize") {
+                rec.insert_shard(format!("s{i}"), shard(1, "x"));
+            }
+            m.save_stage_incremental(&path, "tokenize", "t")?;
+        }
+        let good = fs::read(&jpath).map_err(|e| CoreError::io("reading", &jpath, e))?;
+        // Torn: half of a fourth line.
+        let mut torn = good.clone();
+        torn.extend_from_slice(&good[..good.len() / 6]);
+        fs::write(&jpath, &torn).map_err(|e| CoreError::io("writing", &jpath, e))?;
+        let mut loaded = Manifest::load(&path)?.expect("saved");
+        assert_eq!(loaded.stages["tokenize"].shards.len(), 3);
+        if let Some(rec) = loaded.stages.get_mut("tokenize") {
+            rec.insert_shard("s3".into(), shard(1, "x"));
+        }
+        loaded.save_stage_incremental(&path, "tokenize", "t")?;
+        assert_eq!(
+            Manifest::load(&path)?.expect("saved").stages["tokenize"]
+                .shards
+                .len(),
+            4
+        );
+
+        // Stale: the manifest rewritten (here by hand, as a crash between the rewrite and the
+        // journal's removal leaves it) without shard s3; the journal names the old file.
+        let journal = fs::read(&jpath).map_err(|e| CoreError::io("reading", &jpath, e))?;
+        let mut fresh = Manifest::default();
+        fresh
+            .stages
+            .insert("tokenize".into(), StageRecord::new(json!({"other": 1})));
+        fresh.save(&path, "t")?;
+        fs::write(&jpath, &journal).map_err(|e| CoreError::io("writing", &jpath, e))?;
+        let reloaded = Manifest::load(&path)?.expect("saved");
+        assert!(reloaded.stages["tokenize"].shards.is_empty());
+
+        // Damaged: a complete line that is not a record.
+        let mut m = Manifest::load(&path)?.expect("saved");
+        if let Some(rec) = m.stages.get_mut("tokenize") {
+            rec.insert_shard("s0".into(), shard(1, "x"));
+        }
+        m.save_stage_incremental(&path, "tokenize", "t")?;
+        let mut bad = fs::read(&jpath).map_err(|e| CoreError::io("reading", &jpath, e))?;
+        bad.extend_from_slice(b"{not json}\n");
+        fs::write(&jpath, &bad).map_err(|e| CoreError::io("writing", &jpath, e))?;
+        let err = Manifest::load(&path).expect_err("a damaged journal");
+        assert!(err.to_string().contains("manifest.json.journal"), "{err}");
+        Ok(())
+    }
+
+    /// A shard replaced in place (not through `insert_shard`) is saved by a whole rewrite, never
+    /// lost.
+    #[test]
+    fn changes_outside_insert_shard_rewrite_the_file() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| CoreError::io("tempdir", "/tmp", e))?;
+        let path = dir.path().join("manifest.json");
+        let mut m = Manifest::default();
+        m.stages.insert("embed".into(), StageRecord::new(json!({})));
+        m.save(&path, "t")?;
+        if let Some(rec) = m.stages.get_mut("embed") {
+            rec.shards.insert("a".into(), shard(1, "x"));
+        }
+        m.save_stage_incremental(&path, "embed", "t")?;
+        assert!(!journal_path(&path).exists());
+        assert_eq!(Manifest::load(&path)?.expect("saved"), m);
         Ok(())
     }
 }

@@ -241,7 +241,7 @@ pub fn run(opts: &EmbedOptions) -> Result<EmbedReport> {
             .upstream
             .insert("ingest".to_string(), shard.sha256.clone());
         if let Some(stage) = manifest.stages.get_mut(STAGE) {
-            stage.shards.insert(name.clone(), record);
+            stage.insert_shard(name.clone(), record);
         }
         dataset.save_stage(&mut manifest, STAGE, &opts.worker)?;
         report.shards_written += 1;
@@ -249,6 +249,7 @@ pub fn run(opts: &EmbedOptions) -> Result<EmbedReport> {
         report.rejects += rejects;
         report.captions_truncated += truncated;
     }
+    dataset.finish_stage(&mut manifest, &opts.worker)?;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
 }

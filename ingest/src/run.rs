@@ -351,6 +351,9 @@ pub fn run(opts: &IngestOptions, cfg: &IngestConfig) -> Result<IngestReport> {
     for src in &sources {
         engine.source(src)?;
     }
+    engine
+        .dataset
+        .finish_stage(&mut engine.manifest, &engine.opts.worker)?;
     engine.bar.finish_and_clear();
     if let Some(first) = engine.unfinished.first() {
         return Err(IngestError::Unfinished {
@@ -669,7 +672,7 @@ impl Engine<'_> {
             upstream: BTreeMap::new(),
         };
         if let Some(stage) = self.manifest.stages.get_mut(STAGE) {
-            stage.shards.insert(name.clone(), record);
+            stage.insert_shard(name.clone(), record);
         }
         // Rewriting the manifest costs its whole size; do it at most once a second (and at the end
         // of every input). Shards finished but not yet recorded when a crash hits are redone by the

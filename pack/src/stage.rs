@@ -485,7 +485,7 @@ pub fn run(opts: &PackOptions) -> Result<PackReport> {
             .stages
             .get_mut(STAGE)
             .ok_or_else(|| PackError::Invalid("internal: the stage record vanished".into()))?;
-        stage.shards.insert(
+        stage.insert_shard(
             name.clone(),
             ShardRecord {
                 file: "packed".into(),
@@ -510,6 +510,7 @@ pub fn run(opts: &PackOptions) -> Result<PackReport> {
     if report.shards_written == 0 {
         write_meta(&ds, &manifest, &layout, cfg, &totals)?;
     }
+    ds.finish_stage(&mut manifest, &worker)?;
     let all_tokens = totals[0].tokens + totals[1].tokens;
     report.padding_fraction =
         (totals[0].padding + totals[1].padding) as f64 / all_tokens.max(1) as f64;

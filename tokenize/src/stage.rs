@@ -209,7 +209,7 @@ pub fn run(opts: &TokenizeOptions, device: &Device) -> Result<TokenizeReport> {
             .stages
             .get_mut(STAGE)
             .ok_or_else(|| TokenizeError::Invalid("internal: the stage record vanished".into()))?;
-        stage.shards.insert(
+        stage.insert_shard(
             name.clone(),
             ShardRecord {
                 file: rel,
@@ -234,6 +234,7 @@ pub fn run(opts: &TokenizeOptions, device: &Device) -> Result<TokenizeReport> {
         report.text_seconds += shard.text_seconds;
         report.image_seconds += shard.image_seconds;
     }
+    ds.finish_stage(&mut manifest, &opts.worker)?;
     bar.finish_and_clear();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)

@@ -30,6 +30,8 @@ pub struct TrainImageOptions {
     pub out: Option<PathBuf>,
     pub overwrite: bool,
     pub progress: bool,
+    /// Where to train (`None`: the flex CPU backend); the saved tokenizer is the same.
+    pub device: Option<Device>,
 }
 
 /// What training reached, measured on held-out images at the size the tokenizer will see.
@@ -124,7 +126,8 @@ pub fn train_image(
         "training the VQ image tokenizer"
     );
 
-    let train_device = Device::flex().autodiff();
+    let device = opts.device.clone().unwrap_or_else(Device::flex);
+    let train_device = device.clone().autodiff();
     let mut trainer = VqTrainer::new(cfg.clone(), &train_device)?;
     let mut rng = SplitMix64::new(cfg.seed);
     // Held-out crops (one fixed crop per image) for the loss curve.
@@ -172,7 +175,7 @@ pub fn train_image(
     let tok = trainer.finish(&Device::flex(), side)?;
     tok.save(&out)?;
     // Measure what was saved: load it as `cm3 tokenize` will, tokenise and decode whole images.
-    let loaded = ImageTokenizer::open(&out, None, &Device::flex())?;
+    let loaded = ImageTokenizer::open(&out, None, &device)?;
     let views: Vec<&[u8]> = held_out.iter().map(|p| p.rgb.as_slice()).collect();
     let codes = loaded.encode_rgb(&views)?;
     let flat: Vec<u32> = codes.iter().flatten().copied().collect();
