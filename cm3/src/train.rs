@@ -44,6 +44,11 @@ pub(crate) struct TrainArgs {
     /// flex (CPU), wgpu or cuda (builds with those features).
     #[arg(long, value_enum, default_value = "flex")]
     pub backend: BackendArg,
+    /// Data parallelism over this many devices of the backend (cuda: GPUs 0..N; flex: N
+    /// replicas on the CPU), the same global batch: a step's micro-batches are shared out, and
+    /// the gradients summed on the first device.
+    #[arg(long, default_value_t = 1)]
+    pub devices: usize,
     #[arg(long)]
     pub no_progress: bool,
     /// Print the report as JSON on stdout.
@@ -107,6 +112,7 @@ pub(crate) fn train(a: TrainArgs) -> Result<()> {
             init_from: None,
             stop_after: a.stop_after,
             backend: a.backend.into(),
+            devices: a.devices,
             progress: !a.no_progress && !a.json,
         },
         None => {
@@ -121,6 +127,7 @@ pub(crate) fn train(a: TrainArgs) -> Result<()> {
                     .map(|path| InitFrom { path, take_shape }),
                 stop_after: a.stop_after,
                 backend: a.backend.into(),
+                devices: a.devices,
                 progress: !a.no_progress && !a.json,
             }
         }

@@ -19,6 +19,27 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// `n` devices of this backend for data-parallel training (`cm3 train --devices n`): flex,
+    /// `n` replicas on the CPU (each in its own thread; the CPU's cores are shared, so this
+    /// tests the data-parallel path rather than speeding it up); CUDA, devices 0 to n − 1
+    /// (untested here: no GPU). wgpu picks one adapter, so it takes one device.
+    pub fn devices(self, n: usize) -> Result<Vec<Device>> {
+        if n == 0 {
+            return Err(TrainError::Config("--devices must be at least 1".into()));
+        }
+        let first = self.device()?;
+        match self {
+            _ if n == 1 => Ok(vec![first]),
+            Backend::Flex => Ok(vec![first; n]),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda => Ok((0..n).map(Device::cuda).collect()),
+            _ => Err(TrainError::Config(format!(
+                "--devices {n}: the {self:?} backend trains on one device here (flex takes \
+                 several replicas, cuda several GPUs)"
+            ))),
+        }
+    }
+
     /// The device (without autodiff), or a clear error when this build lacks the backend.
     pub fn device(self) -> Result<Device> {
         let missing = |feature: &str| {

@@ -67,6 +67,10 @@ pub struct TrainOptions {
     /// time limit; `cm3 train --resume` continues.
     pub stop_after: Option<u64>,
     pub backend: crate::Backend,
+    /// Devices of the backend to train on (data parallelism: each takes its share of a step's
+    /// micro-batches on its own replica; gradients are summed on the first, which steps the
+    /// optimiser). 1: one device.
+    pub devices: usize,
     pub progress: bool,
 }
 
@@ -519,12 +523,106 @@ fn trim_metrics(path: &Path, step: u64) -> Result<()> {
 }
 
 /// Train (a new run, or resume one) until the configured steps, or `stop_after` steps.
+/// What every micro-batch of a step shares.
+#[derive(Debug, Clone, Copy)]
+struct MicroShape {
+    batch: usize,
+    seq_len: usize,
+    pad: u32,
+    output_only: bool,
+    /// Targets the whole step scores: each micro-batch's loss is weighted by its share.
+    targets: u64,
+}
+
+/// The summed gradients and loss of `micro` (ids, scored targets) on one device.
+fn micro_gradients(
+    model: &Cm3Decoder,
+    mcfg: &DecoderConfig,
+    micro: Vec<(Vec<i64>, Vec<i64>)>,
+    device: &Device,
+    shape: MicroShape,
+) -> Result<(GradientsParams, f64)> {
+    let mut accum = GradientsAccumulator::<Cm3Decoder>::new();
+    let mut loss_sum = 0f64;
+    for (ids, scored) in micro {
+        let ids = ids_tensor(ids, shape.batch, shape.seq_len, device);
+        let (loss, n) = if shape.output_only {
+            let scored = ids_tensor(scored, shape.batch, shape.seq_len, device);
+            model.loss_on(mcfg, ids, scored, shape.pad)?
+        } else {
+            model.loss(mcfg, ids, Some(shape.pad))?
+        };
+        let loss = loss.mul_scalar(n as f64 / shape.targets.max(1) as f64);
+        loss_sum += f64::from(loss.clone().detach().into_scalar::<f32>());
+        let grads = GradientsParams::from_grads(loss.backward(), model);
+        accum.accumulate(model, grads);
+    }
+    Ok((accum.grads(), loss_sum))
+}
+
+/// A step's gradients (on the first device) and loss. With several devices, micro-batch i goes
+/// to device i mod n, each device works on its own replica of the model in its own thread, as
+/// Burn's multi-device strategy does, and the gradients are moved to the first device and
+/// summed there: the same sum as one device's, in another order.
+fn step_gradients(
+    model: &Cm3Decoder,
+    mcfg: &DecoderConfig,
+    micro: Vec<(Vec<i64>, Vec<i64>)>,
+    devices: &[Device],
+    shape: MicroShape,
+) -> Result<(GradientsParams, f64)> {
+    let Some(main) = devices.first() else {
+        return Err(TrainError::Config("no device to train on".into()));
+    };
+    if devices.len() == 1 {
+        return micro_gradients(model, mcfg, micro, main, shape);
+    }
+    let mut shares: Vec<Vec<(Vec<i64>, Vec<i64>)>> = vec![Vec::new(); devices.len()];
+    for (i, m) in micro.into_iter().enumerate() {
+        shares[i % devices.len()].push(m);
+    }
+    let results: Vec<Result<(GradientsParams, f64)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = shares
+            .into_iter()
+            .zip(devices)
+            .map(|(share, device)| {
+                let replica = model.clone().fork(device);
+                s.spawn(move || {
+                    let (grads, loss) = micro_gradients(&replica, mcfg, share, device, shape)?;
+                    Ok((grads.to_device(main, &replica), loss))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| {
+                h.join().unwrap_or_else(|_| {
+                    Err(TrainError::Config(format!(
+                        "the thread of device {i} panicked while computing gradients"
+                    )))
+                })
+            })
+            .collect()
+    });
+    let mut accum = GradientsAccumulator::<Cm3Decoder>::new();
+    let mut loss_sum = 0f64;
+    for r in results {
+        let (grads, loss) = r?;
+        accum.accumulate(model, grads);
+        loss_sum += loss;
+    }
+    Ok((accum.grads(), loss_sum))
+}
+
 pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
     let run = Run::open(opts)?;
     let cfg = run.record.config.clone();
     let mcfg = cfg.model.clone();
-    let eval_device = opts.backend.device()?;
+    let replicas = opts.backend.devices(opts.devices)?;
+    let eval_device = replicas[0].clone();
     let device = eval_device.clone().autodiff();
+    let replicas: Vec<Device> = replicas.into_iter().map(Device::autodiff).collect();
     let seq_len = run.data.seq_len;
     let pad = run.data.pad;
 
@@ -570,6 +668,13 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
     let first_step = state.step;
     let mut sampler = Sampler::new(cfg.seed, run.data.train.len(), state.position);
     let accumulation = cfg.accumulation(seq_len);
+    if accumulation < replicas.len() {
+        return Err(TrainError::Config(format!(
+            "{} devices need at least as many micro-batches a step, and a step has {accumulation} \
+             (batch_tokens / (batch_size × seq_len)): raise batch_tokens or lower batch_size",
+            replicas.len()
+        )));
+    }
     let last = match opts.stop_after {
         Some(n) => (state.step + n).min(cfg.steps),
         None => cfg.steps,
@@ -633,21 +738,14 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
             .flat_map(|(ids, scored)| if output_only { scored } else { ids }.chunks(seq_len))
             .map(|s| s[1..].iter().filter(|&&t| t != i64::from(pad)).count() as u64)
             .sum();
-        let mut accum = GradientsAccumulator::<Cm3Decoder>::new();
-        let mut loss_sum = 0f64;
-        for (ids, scored) in micro {
-            let ids = ids_tensor(ids, cfg.batch_size, seq_len, &device);
-            let (loss, n) = if output_only {
-                let scored = ids_tensor(scored, cfg.batch_size, seq_len, &device);
-                model.loss_on(&mcfg, ids, scored, pad)?
-            } else {
-                model.loss(&mcfg, ids, Some(pad))?
-            };
-            let loss = loss.mul_scalar(n as f64 / targets.max(1) as f64);
-            loss_sum += f64::from(loss.clone().detach().into_scalar::<f32>());
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            accum.accumulate(&model, grads);
-        }
+        let shape = MicroShape {
+            batch: cfg.batch_size,
+            seq_len,
+            pad,
+            output_only,
+            targets,
+        };
+        let (grads, loss_sum) = step_gradients(&model, &mcfg, micro, &replicas, shape)?;
         if !loss_sum.is_finite() {
             let kept = if checkpoint.as_os_str().is_empty() {
                 "no checkpoint was written yet".to_string()
@@ -661,7 +759,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
                 state.step + 1
             )));
         }
-        let mut grads = accum.grads();
+        let mut grads = grads;
         let mut norm = SquaredNorm {
             grads: &grads,
             sum: 0.0,

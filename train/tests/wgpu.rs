@@ -5,51 +5,10 @@
 #![cfg(feature = "wgpu")]
 use std::path::Path;
 
-use cm3_core::rng::SplitMix64;
-use cm3_pack::megatron::IndexedWriter;
+mod common;
+
 use cm3_train::{Backend, TrainConfig, TrainOptions, train};
-
-const SEQ_LEN: usize = 64;
-const VOCAB: u64 = 100;
-
-/// A prepared directory of counting sequences over a 100-id vocabulary: what `cm3 train` reads
-/// (`packed/meta.json`, `packed/{train,val}.{idx,bin}`), without the stages before it.
-fn dataset(root: &Path) {
-    let packed = root.join("packed");
-    std::fs::create_dir_all(&packed).expect("dir");
-    let specials = serde_json::json!({
-        "<pad>": 0, "<eos>": 1, "<break>": 2, "<mask>": 3, "<infill>": 4,
-        "<mask:0>": 5, "<mask:1>": 6, "<mask:2>": 7, "<mask:3>": 8,
-        "<mask:4>": 9, "<mask:5>": 10, "<mask:6>": 11, "<mask:7>": 12
-    });
-    let meta = serde_json::json!({
-        "objective_version": cm3_pack::stage::OBJECTIVE_VERSION,
-        "seq_len": SEQ_LEN,
-        "vocab": {
-            "version": 1,
-            "text": {"size": 36, "specials": specials,
-                     "tokenizer": {"path": "tokenizer/text/tokenizer.json", "sha256": "0"}},
-            "image": {"offset": 36, "codes": 64, "grid": 8,
-                      "tokenizer": {"path": "tokenizer/image/model.safetensors", "sha256": "0"}},
-            "size": VOCAB
-        }
-    });
-    std::fs::write(packed.join("meta.json"), meta.to_string()).expect("meta");
-    let mut rng = SplitMix64::new(5);
-    for (split, n) in [("train", 24), ("val", 4)] {
-        let mut w = IndexedWriter::create(&packed.join(split)).expect("writer");
-        for _ in 0..n {
-            // Counting from a random start in steps of 1 to 3: learnable within a few steps, so
-            // that every step's update shows in the next loss.
-            let (start, stride) = (rng.below(VOCAB - 1), 1 + rng.below(3));
-            let seq: Vec<u32> = (0..SEQ_LEN as u64)
-                .map(|i| 1 + ((start + i * stride) % (VOCAB - 1)) as u32)
-                .collect();
-            w.push(&seq).expect("push");
-        }
-        w.finish().expect("finish");
-    }
-}
+use common::{dataset, losses};
 
 fn config() -> TrainConfig {
     let mut cfg = TrainConfig::preset("tiny").expect("tiny");
@@ -71,21 +30,10 @@ fn run(out: &Path, start: Option<&Path>, stop_after: Option<u64>, backend: Backe
         init_from: None,
         stop_after,
         backend,
+        devices: 1,
         progress: false,
     })
     .unwrap_or_else(|e| panic!("training on {backend:?} in {}: {e}", out.display()));
-}
-
-/// (step, loss) of every training step logged.
-fn losses(run: &Path) -> Vec<(u64, f64)> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .expect("metrics")
-        .lines()
-        .filter_map(|l| {
-            let m: serde_json::Value = serde_json::from_str(l).expect("json");
-            Some((m["step"].as_u64()?, m["loss"].as_f64()?))
-        })
-        .collect()
 }
 
 fn assert_close(a: &[(u64, f64)], b: &[(u64, f64)], what: &str) {
