@@ -3,43 +3,17 @@
 //! deterministic), and bad saved files are refused with reasons.
 
 use burn::tensor::Device;
-use cm3_model::vq::{Norm, VqConfig, VqTokenizer, VqTrainConfig, VqTrainer};
+use cm3_model::vq::{VqTokenizer, VqTrainConfig, VqTrainer};
+
+mod common;
 
 fn config() -> VqTrainConfig {
-    VqTrainConfig {
-        model: VqConfig {
-            ch: 32,
-            ch_mult: vec![1, 1, 2, 2],
-            num_res_blocks: 1,
-            attn_resolutions: vec![],
-            resolution: 16,
-            in_channels: 3,
-            out_ch: 3,
-            z_channels: 8,
-            embed_dim: 8,
-            n_embed: 16,
-            norm: Norm::Layer,
-        },
-        steps: 4,
-        batch_size: 2,
-        ..VqTrainConfig::default()
-    }
+    common::tiny_vq_train_config(4, 2)
 }
 
 /// `n` 16 × 16 images of soft colour gradients, NCHW in [-1, 1].
 fn images(n: usize, side: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(n * 3 * side * side);
-    for i in 0..n {
-        for c in 0..3 {
-            for y in 0..side {
-                for x in 0..side {
-                    let t = (x + 2 * y + 5 * i + 7 * c) as f32 / (3 * side) as f32;
-                    out.push((t * 6.0).sin() * 0.8);
-                }
-            }
-        }
-    }
-    out
+    common::soft_images(n, side, 0)
 }
 
 #[test]

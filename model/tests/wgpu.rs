@@ -8,10 +8,10 @@ mod common;
 
 use burn::module::Param;
 use burn::tensor::{Device, Tensor};
-use cm3_model::vq::{Norm, VqConfig, VqTokenizer, VqTrainConfig, VqTrainer};
+use cm3_model::vq::{VqConfig, VqTokenizer, VqTrainer};
 use common::{
-    check_logits_and_loss, expected, fixture, fixture_ids, load_opt, npy, tensor4, values,
-    vq_fixtures,
+    check_logits_and_loss, expected, fixture, fixture_ids, load_opt, npy, soft_images, tensor4,
+    tiny_vq_train_config, values, vq_fixtures,
 };
 
 /// The wgpu device, or `None` with the reason printed (a failure if a device is required).
@@ -149,40 +149,8 @@ fn vq_training_on_wgpu_learns_and_its_tokenizer_runs_on_flex() {
     else {
         return;
     };
-    let cfg = VqTrainConfig {
-        model: VqConfig {
-            ch: 32,
-            ch_mult: vec![1, 1, 2, 2],
-            num_res_blocks: 1,
-            attn_resolutions: vec![],
-            resolution: 16,
-            in_channels: 3,
-            out_ch: 3,
-            z_channels: 8,
-            embed_dim: 8,
-            n_embed: 16,
-            norm: Norm::Layer,
-        },
-        steps: 40,
-        batch_size: 4,
-        ..VqTrainConfig::default()
-    };
-    // Soft colour gradients, NCHW in [-1, 1].
-    let images = |n: usize, offset: usize| -> Vec<f32> {
-        let side = 16;
-        let mut out = Vec::with_capacity(n * 3 * side * side);
-        for i in 0..n {
-            for c in 0..3 {
-                for y in 0..side {
-                    for x in 0..side {
-                        let t = (x + 2 * y + 5 * (i + offset) + 7 * c) as f32 / (3 * side) as f32;
-                        out.push((t * 6.0).sin() * 0.8);
-                    }
-                }
-            }
-        }
-        out
-    };
+    let cfg = tiny_vq_train_config(40, 4);
+    let images = |n: usize, offset: usize| soft_images(n, 16, offset);
     let mut trainer = VqTrainer::new(cfg.clone(), &device.clone().autodiff()).expect("trainer");
     let held = images(4, 100);
     let mut first = None;

@@ -144,3 +144,44 @@ pub fn check_logits_and_loss(dir: &Path, device: &Device) -> f32 {
     assert_eq!(score.tokens, 39 + 39 + 29);
     worst
 }
+
+/// A small VQ training configuration for tests: 16² crops, 16 codes of 8, `steps` steps of
+/// `batch` crops.
+pub fn tiny_vq_train_config(steps: usize, batch: usize) -> cm3_model::vq::VqTrainConfig {
+    use cm3_model::vq::{Norm, VqConfig, VqTrainConfig};
+    VqTrainConfig {
+        model: VqConfig {
+            ch: 32,
+            ch_mult: vec![1, 1, 2, 2],
+            num_res_blocks: 1,
+            attn_resolutions: vec![],
+            resolution: 16,
+            in_channels: 3,
+            out_ch: 3,
+            z_channels: 8,
+            embed_dim: 8,
+            n_embed: 16,
+            norm: Norm::Layer,
+        },
+        steps,
+        batch_size: batch,
+        ..VqTrainConfig::default()
+    }
+}
+
+/// `n` `side` × `side` images of soft colour gradients, NCHW in [-1, 1]; `offset` shifts the
+/// set (another offset, other images).
+pub fn soft_images(n: usize, side: usize, offset: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n * 3 * side * side);
+    for i in 0..n {
+        for c in 0..3 {
+            for y in 0..side {
+                for x in 0..side {
+                    let t = (x + 2 * y + 5 * (i + offset) + 7 * c) as f32 / (3 * side) as f32;
+                    out.push((t * 6.0).sin() * 0.8);
+                }
+            }
+        }
+    }
+    out
+}
