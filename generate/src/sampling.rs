@@ -110,11 +110,19 @@ pub fn constrain(scores: &mut [f32], allowed: &[std::ops::Range<usize>]) {
 /// The ids kept by top-p: the smallest set of the highest-probability ids whose probabilities sum
 /// to at least `p` (ties broken by id), in decreasing probability.
 pub fn top_p_set(probs: &[f64], p: f64) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..probs.len()).filter(|&i| probs[i] > 0.0).collect();
-    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+    // (probability, id) pairs sorted in place, the id breaking ties: a total order, so the
+    // unstable sort gives the one result, without an indirection per comparison (this sort
+    // was a tenth of sampling time at batch 8 over an 8,192-entry vocabulary).
+    let mut order: Vec<(f64, usize)> = probs
+        .iter()
+        .enumerate()
+        .filter(|(_, q)| **q > 0.0)
+        .map(|(i, &q)| (q, i))
+        .collect();
+    order.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     let mut sum = 0.0;
     let mut kept = Vec::new();
-    for i in order {
+    for (_, i) in order {
         kept.push(i);
         sum += probs[i];
         if sum >= p - 1e-12 {
