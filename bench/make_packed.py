@@ -24,6 +24,9 @@ def write_split(prefix, tokens, seq_len):
         f.write(idx)
 
 
+OBJECTIVE_VERSION = 2
+
+
 def main():
     root, n, seq_len, vocab = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     os.makedirs(f"{root}/packed", exist_ok=True)
@@ -42,7 +45,10 @@ def main():
         "size": vocab,
     }
     with open(f"{root}/packed/meta.json", "w") as f:
-        json.dump({"format": "synthetic", "seq_len": seq_len, "vocab": layout}, f)
+        # objective_version: what `cm3 train` accepts (pack/src/stage.rs OBJECTIVE_VERSION);
+        # without it the data reads as packed under the old objective and is refused.
+        json.dump({"format": "synthetic", "objective_version": OBJECTIVE_VERSION,
+                   "seq_len": seq_len, "vocab": layout}, f)
 
 
 if __name__ == "__main__":
