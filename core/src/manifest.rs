@@ -810,6 +810,11 @@ mod tests {
             }
         }
         let final_bytes = m.journal.manifest_bytes.max(1);
+        eprintln!(
+            "{n} shards saved one by one: {rewrites} rewrites, {written} bytes written for a \
+             {final_bytes}-byte manifest and a {}-byte journal",
+            m.journal.bytes
+        );
         assert!(rewrites <= 16, "{rewrites} rewrites for {n} shards");
         // Linear: everything written is a small multiple of what the manifest finally holds.
         assert!(
