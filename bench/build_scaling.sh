@@ -18,6 +18,10 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 SIZES="${SIZES:-10000 100000}"
 STAGES="${STAGES:-ingest embed index augment train-text train-image tokenize pack}"
+# INPUT=folder (default: the generator's folder of .png/.txt/.json files, which ingest lists
+# whole) or wds (the same pairs in WebDataset tars of 10,000, as img2dataset writes them, which
+# ingest reads as a stream).
+INPUT="${INPUT:-folder}"
 IMAGE_SIZE="${IMAGE_SIZE:-64}"
 OUT="${OUT:-$root/target/build-scaling}"
 if [ -z "${CM3:-}" ]; then
@@ -54,7 +58,26 @@ for n in $SIZES; do
   for stage in $STAGES; do
     echo "── $n pairs: $stage" >&2
     input=()
-    [ "$stage" = ingest ] && input=(--input "$data/train")
+    src="$data/train"
+    if [ "$INPUT" = wds ]; then
+      src="$data/wds"
+      [ -f "$src/done" ] || python3 - "$data/train" "$src" <<'PY'
+import os, sys, tarfile
+src, out = sys.argv[1], sys.argv[2]
+os.makedirs(out, exist_ok=True)
+keys = sorted({f.rsplit(".", 1)[0] for f in os.listdir(src)})
+for t in range(0, len(keys), 10000):
+    with tarfile.open(f"{out}/{t // 10000:05d}.tar", "w") as tar:
+        for k in keys[t:t + 10000]:
+            for ext in ("png", "txt", "json"):
+                if os.path.exists(f"{src}/{k}.{ext}"):
+                    tar.add(f"{src}/{k}.{ext}", arcname=f"{k}.{ext}")
+open(f"{out}/done", "w").close()
+PY
+    fi
+    if [ "$stage" = ingest ]; then
+      if [ "$INPUT" = wds ]; then input=(--input "$src"/*.tar); else input=(--input "$src"); fi
+    fi
     /usr/bin/time -f '%M %e' -o "$OUT/time-$n-$stage.txt" \
       "$CM3" build "$ds" --preset demo --config "$OUT/build.toml" "${input[@]}" --only "$stage" \
       --no-progress --json > "$OUT/build-$n-$stage.json" 2> "$OUT/build-$n-$stage.err"
