@@ -76,7 +76,7 @@ struct JournalLine {
 }
 
 /// Where the journal of the manifest at `path` lives.
-pub fn journal_path(path: &Path) -> std::path::PathBuf {
+fn journal_path(path: &Path) -> std::path::PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".journal");
     path.with_file_name(name)
@@ -388,7 +388,7 @@ impl Manifest {
         };
         let base = self.journal.base.clone().unwrap_or_default();
         let mut valid = 0usize;
-        let mut replayed = false;
+        let mut touched = std::collections::BTreeSet::new();
         for line in bytes.split_inclusive(|&b| b == b'\n') {
             if line.last() != Some(&b'\n') {
                 // A line cut short by a crash: it was never acknowledged.
@@ -400,12 +400,13 @@ impl Manifest {
                     source,
                 })?;
             if entry.base != base {
-                // Written against an older manifest file, already folded into this one.
-                return Ok(());
+                // Written against an older manifest file, already folded into this one (a
+                // journal's lines all name one file; the next append starts over the rest).
+                break;
             }
             let rec = self
                 .stages
-                .entry(entry.stage)
+                .entry(entry.stage.clone())
                 .or_insert_with(|| StageRecord::new(Value::Null));
             let mut shards = std::mem::take(&mut rec.shards);
             shards.extend(entry.record.shards);
@@ -413,13 +414,17 @@ impl Manifest {
                 shards,
                 ..entry.record
             };
-            rec.recompute_totals();
+            touched.insert(entry.stage);
             valid += line.len();
-            replayed = true;
         }
-        if replayed {
-            self.journal.bytes = valid as u64;
+        // Totals once per stage, not once per line (a line adds one shard; a sum over all of a
+        // stage's shards per line would make replaying quadratic again).
+        for stage in &touched {
+            if let Some(rec) = self.stages.get_mut(stage) {
+                rec.recompute_totals();
+            }
         }
+        self.journal.bytes = valid as u64;
         Ok(())
     }
 
@@ -440,17 +445,13 @@ impl Manifest {
         if !only_inserted || self.journal.bytes > self.journal.manifest_bytes.max(1 << 16) {
             return self.save(path, tag);
         }
-        let record = StageRecord {
-            shards: rec
-                .unsaved
-                .0
-                .iter()
-                .filter_map(|n| rec.shards.get(n).map(|r| (n.clone(), r.clone())))
-                .collect(),
-            totals: Totals::default(),
-            unsaved: Unsaved::default(),
-            ..rec.clone_without_shards()
-        };
+        let mut record = rec.clone_without_shards();
+        record.shards = rec
+            .unsaved
+            .0
+            .iter()
+            .filter_map(|n| rec.shards.get(n).map(|r| (n.clone(), r.clone())))
+            .collect();
         let line = JournalLine {
             base,
             stage: stage.to_string(),
