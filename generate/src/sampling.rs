@@ -122,9 +122,9 @@ pub fn top_p_set(probs: &[f64], p: f64) -> Vec<usize> {
     order.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     let mut sum = 0.0;
     let mut kept = Vec::new();
-    for (_, i) in order {
+    for (q, i) in order {
         kept.push(i);
-        sum += probs[i];
+        sum += q;
         if sum >= p - 1e-12 {
             break;
         }

@@ -372,10 +372,7 @@ pub fn run(opts: &PackOptions) -> Result<PackReport> {
             .map_err(|e| PackError::Invalid(format!("reading tokens: {e}")))?;
         let pairs_info = read_pairs_info(&ds, &manifest, name)?;
         // What the shard is made from (`Manifest::check_fresh`).
-        let mut upstream = BTreeMap::new();
-        if let Some(t) = tokens_stage.shards.get(name) {
-            upstream.insert("tokenize".to_string(), t.sha256.clone());
-        }
+        let mut upstream = BTreeMap::from([("tokenize".to_string(), rec.sha256.clone())]);
         if let Some(n) = neighbours_stage.as_ref().and_then(|n| n.shards.get(name)) {
             upstream.insert(cm3_augment::stage::STAGE.to_string(), n.sha256.clone());
         }

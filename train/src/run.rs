@@ -522,7 +522,6 @@ fn trim_metrics(path: &Path, step: u64) -> Result<()> {
     Ok(())
 }
 
-/// Train (a new run, or resume one) until the configured steps, or `stop_after` steps.
 /// What every micro-batch of a step shares.
 #[derive(Debug, Clone, Copy)]
 struct MicroShape {
@@ -615,14 +614,16 @@ fn step_gradients(
     Ok((accum.grads(), loss_sum))
 }
 
+/// Train (a new run, or resume one) until the configured steps, or `stop_after` steps.
 pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
     let run = Run::open(opts)?;
     let cfg = run.record.config.clone();
     let mcfg = cfg.model.clone();
-    let replicas = opts.backend.devices(opts.devices)?;
-    let eval_device = replicas[0].clone();
-    let device = eval_device.clone().autodiff();
-    let replicas: Vec<Device> = replicas.into_iter().map(Device::autodiff).collect();
+    let devices = opts.backend.devices(opts.devices)?;
+    let eval_device = devices[0].clone();
+    // One autodiff device per replica; the first is where the model lives and steps.
+    let replicas: Vec<Device> = devices.into_iter().map(Device::autodiff).collect();
+    let device = replicas[0].clone();
     let seq_len = run.data.seq_len;
     let pad = run.data.pad;
 
@@ -745,7 +746,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
             output_only,
             targets,
         };
-        let (grads, loss_sum) = step_gradients(&model, &mcfg, micro, &replicas, shape)?;
+        let (mut grads, loss_sum) = step_gradients(&model, &mcfg, micro, &replicas, shape)?;
         if !loss_sum.is_finite() {
             let kept = if checkpoint.as_os_str().is_empty() {
                 "no checkpoint was written yet".to_string()
@@ -759,7 +760,6 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
                 state.step + 1
             )));
         }
-        let mut grads = grads;
         let mut norm = SquaredNorm {
             grads: &grads,
             sum: 0.0,

@@ -20,9 +20,10 @@ pub struct KvCache {
     capacity: usize,
     device: Device,
     /// The tied vocabulary projection Eᵀ `[d_model, vocab]` as a contiguous copy, made at the
-    /// first step when the cache has more than one row: a product of a few rows with the transposed view of E
-    /// ran 2.7x slower than with this copy (1,355 against 509 µs for 8 rows of 256 against 8,192
-    /// entries, flex, 2 threads), where one row runs faster with the view (123 against 228 µs).
+    /// first step when the cache has more than one row: a product of a few rows with the
+    /// transposed view of E ran 2.7x slower than with this copy (1,355 against 509 µs for 8 rows
+    /// of 256 against 8,192 entries, flex, 2 threads), where one row runs faster with the view
+    /// (123 against 228 µs).
     tied_head: Option<Tensor<2>>,
 }
 
