@@ -247,8 +247,8 @@ fn recorded_but_missing(ds: &Path) -> Vec<String> {
     let mut bad = Vec::new();
     for (stage, shards) in recorded_shards(ds) {
         for (name, shard) in &shards {
-            let file = ds.join(shard["file"].as_str().unwrap_or_default());
-            let sha = shard["sha256"].as_str().unwrap_or_default();
+            let file = ds.join(&shard.file);
+            let sha = shard.sha256.as_str();
             if !file.exists() {
                 bad.push(format!("{stage}/{name}: {} missing", file.display()));
             } else if file.is_file() && sha.len() == 64 {

@@ -641,7 +641,7 @@ fn crash_mid_run_then_resume_matches_uninterrupted_run() {
         // read always parses.
         let recorded = recorded_shards(&crashed)
             .get("ingest")
-            .map_or(0, serde_json::Map::len);
+            .map_or(0, BTreeMap::len);
         if recorded >= 3 {
             if child.try_wait().expect("wait").is_none() {
                 child.kill().expect("kill");
@@ -658,7 +658,7 @@ fn crash_mid_run_then_resume_matches_uninterrupted_run() {
     );
     let partial = recorded_shards(&crashed)
         .get("ingest")
-        .map_or(0, serde_json::Map::len);
+        .map_or(0, BTreeMap::len);
     assert!(partial < 16, "killed after {partial} shards");
 
     run_ok(

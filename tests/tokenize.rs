@@ -243,16 +243,15 @@ fn trains_its_own_image_tokenizer_and_tokenizes_with_it() {
          z_channels = 16\nembed_dim = 16\nn_embed = 64\n",
     )
     .expect("config");
-    let out = run_ok(&[
-        "tokenizer",
-        "train-image",
-        &p(&ds),
-        "--config",
-        &p(&cfg),
-        "--no-progress",
-        "--json",
-    ]);
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report");
+    // `cm3 tokenizer train-image` with a settings file (and more flags), its JSON report.
+    let train_image = |cfg: &Path, more: &[&str]| -> serde_json::Value {
+        let (ds, cfg) = (p(&ds), p(cfg));
+        let mut args = vec!["tokenizer", "train-image", &ds, "--config", &cfg];
+        args.extend(more);
+        args.extend(["--no-progress", "--json"]);
+        serde_json::from_slice(&run_ok(&args).stdout).expect("report")
+    };
+    let r = train_image(&cfg, &[]);
     let first = r["held_out_mse_first"].as_f64().expect("first");
     let last = r["held_out_mse_last"].as_f64().expect("last");
     // Reconstruction error on held-out images falls as it trains.
@@ -281,18 +280,7 @@ fn trains_its_own_image_tokenizer_and_tokenizes_with_it() {
         text.replacen("held_out = 6\n", "held_out = 6\nmax_images = 10\n", 1),
     )
     .expect("config");
-    let out = run_ok(&[
-        "tokenizer",
-        "train-image",
-        &p(&ds),
-        "--config",
-        &p(&capped),
-        "--out",
-        &p(&tmp.path().join("vq-capped")),
-        "--no-progress",
-        "--json",
-    ]);
-    let c: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report");
+    let c = train_image(&capped, &["--out", &p(&tmp.path().join("vq-capped"))]);
     assert_eq!(
         (c["images"].as_u64(), c["images_available"].as_u64()),
         (Some(10), Some(32))

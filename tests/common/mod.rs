@@ -205,43 +205,15 @@ pub fn manifest(dataset: &Path) -> serde_json::Value {
 }
 
 /// What a dataset records, as a running (or killed) stage left it: `manifest.json` with the
-/// complete lines of its journal (`manifest.json.journal`) that extend that file applied, shards
-/// only (stage name → shard name → record). Empty when there is no manifest yet.
+/// complete lines of its journal replayed, as the next run reads it (`Manifest::load`): stage
+/// name → shard name → record. Empty when there is no manifest yet.
 pub fn recorded_shards(
     dataset: &Path,
-) -> BTreeMap<String, serde_json::Map<String, serde_json::Value>> {
-    use sha2::Digest;
-    let mut out: BTreeMap<String, serde_json::Map<String, serde_json::Value>> = BTreeMap::new();
-    let Ok(bytes) = fs::read(dataset.join("manifest.json")) else {
-        return out;
-    };
-    let m: serde_json::Value = serde_json::from_slice(&bytes).expect("a manifest that parses");
-    for (stage, rec) in m["stages"].as_object().into_iter().flatten() {
-        let shards = rec["shards"].as_object().cloned().unwrap_or_default();
-        out.insert(stage.clone(), shards);
-    }
-    let base: String = sha2::Sha256::digest(&bytes)
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect();
-    let journal = fs::read(dataset.join("manifest.json.journal")).unwrap_or_default();
-    for line in journal.split_inclusive(|&b| b == b'\n') {
-        if line.last() != Some(&b'\n') {
-            break;
-        }
-        let l: serde_json::Value =
-            serde_json::from_slice(line).expect("a journal line that parses");
-        if l["base"].as_str() != Some(base.as_str()) {
-            break;
-        }
-        let stage = l["stage"].as_str().expect("stage").to_string();
-        let shards = l["record"]["shards"]
-            .as_object()
-            .cloned()
-            .unwrap_or_default();
-        out.entry(stage).or_default().extend(shards);
-    }
-    out
+) -> BTreeMap<String, BTreeMap<String, cm3_core::ShardRecord>> {
+    cm3_core::Manifest::load(&dataset.join("manifest.json"))
+        .expect("a manifest (and journal) that reads")
+        .map(|m| m.stages.into_iter().map(|(k, r)| (k, r.shards)).collect())
+        .unwrap_or_default()
 }
 
 /// Bytes of every shard and rejects file, by relative name.

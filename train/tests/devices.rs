@@ -11,19 +11,12 @@ mod common;
 use std::path::Path;
 
 use cm3_train::{Backend, TrainConfig, TrainOptions, train};
-use common::{SEQ_LEN, dataset, losses};
+use common::{SEQ_LEN, dataset, losses, tiny_config};
 
 fn config() -> TrainConfig {
-    let mut cfg = TrainConfig::preset("tiny").expect("tiny");
-    cfg.steps = 8;
-    cfg.batch_size = 2;
+    let mut cfg = tiny_config(8, 8);
     // Four micro-batches of 2 × 64 tokens a step: two for each of two devices, 2/1/1 for three.
     cfg.batch_tokens = 4 * 2 * SEQ_LEN;
-    cfg.warmup_steps = 1;
-    cfg.eval_every = 0;
-    cfg.eval_batches = 1;
-    cfg.save_every = 8;
-    cfg.lr = 1e-2;
     cfg
 }
 

@@ -8,19 +8,10 @@ use std::path::Path;
 mod common;
 
 use cm3_train::{Backend, TrainConfig, TrainOptions, train};
-use common::{dataset, losses};
+use common::{dataset, losses, tiny_config};
 
 fn config() -> TrainConfig {
-    let mut cfg = TrainConfig::preset("tiny").expect("tiny");
-    cfg.steps = 12;
-    cfg.batch_size = 2;
-    cfg.batch_tokens = 0;
-    cfg.warmup_steps = 1;
-    cfg.eval_every = 0;
-    cfg.eval_batches = 1;
-    cfg.save_every = 6;
-    cfg.lr = 1e-2;
-    cfg
+    tiny_config(12, 6)
 }
 
 fn run(out: &Path, start: Option<&Path>, stop_after: Option<u64>, backend: Backend) {

@@ -59,3 +59,19 @@ pub fn losses(run: &Path) -> Vec<(u64, f64)> {
         })
         .collect()
 }
+
+/// The tiny preset for these sequences: `steps` steps of one micro-batch of 2 sequences, lr 1e-2
+/// after one warmup step (every update shows in the next loss), a checkpoint every `save_every`
+/// steps, no validation during training.
+pub fn tiny_config(steps: u64, save_every: u64) -> cm3_train::TrainConfig {
+    let mut cfg = cm3_train::TrainConfig::preset("tiny").expect("tiny");
+    cfg.steps = steps;
+    cfg.batch_size = 2;
+    cfg.batch_tokens = 0;
+    cfg.warmup_steps = 1;
+    cfg.eval_every = 0;
+    cfg.eval_batches = 1;
+    cfg.save_every = save_every;
+    cfg.lr = 1e-2;
+    cfg
+}
