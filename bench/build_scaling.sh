@@ -51,17 +51,10 @@ for n in $SIZES; do
   if [ ! -f "$data/generator.json" ]; then
     python3 bench/learn/shapes.py "$data" --pairs "$n" --heldout 18 --seed 0 --size "$IMAGE_SIZE" >&2
   fi
-  ds="$OUT/ds-$n"
-  rm -rf "$ds"
-  # Each stage in its own process (`cm3 build --only`), so that a stage's peak is its own, not
-  # what the allocator kept from the stages before it.
-  for stage in $STAGES; do
-    echo "── $n pairs: $stage" >&2
-    input=()
-    src="$data/train"
-    if [ "$INPUT" = wds ]; then
-      src="$data/wds"
-      [ -f "$src/done" ] || python3 - "$data/train" "$src" <<'PY'
+  # What ingest reads: the folder, or the same pairs as WebDataset tars (made once).
+  input=(--input "$data/train")
+  if [ "$INPUT" = wds ]; then
+    [ -f "$data/wds/done" ] || python3 - "$data/train" "$data/wds" <<'PY'
 import os, sys, tarfile
 src, out = sys.argv[1], sys.argv[2]
 os.makedirs(out, exist_ok=True)
@@ -74,12 +67,18 @@ for t in range(0, len(keys), 10000):
                     tar.add(f"{src}/{k}.{ext}", arcname=f"{k}.{ext}")
 open(f"{out}/done", "w").close()
 PY
-    fi
-    if [ "$stage" = ingest ]; then
-      if [ "$INPUT" = wds ]; then input=(--input "$src"/*.tar); else input=(--input "$src"); fi
-    fi
+    input=(--input "$data/wds"/*.tar)
+  fi
+  ds="$OUT/ds-$n"
+  rm -rf "$ds"
+  # Each stage in its own process (`cm3 build --only`), so that a stage's peak is its own, not
+  # what the allocator kept from the stages before it.
+  for stage in $STAGES; do
+    echo "── $n pairs: $stage" >&2
+    args=()
+    [ "$stage" = ingest ] && args=("${input[@]}")
     /usr/bin/time -f '%M %e' -o "$OUT/time-$n-$stage.txt" \
-      "$CM3" build "$ds" --preset demo --config "$OUT/build.toml" "${input[@]}" --only "$stage" \
+      "$CM3" build "$ds" --preset demo --config "$OUT/build.toml" "${args[@]}" --only "$stage" \
       --no-progress --json > "$OUT/build-$n-$stage.json" 2> "$OUT/build-$n-$stage.err"
   done
 done
