@@ -47,7 +47,7 @@ command -v python3 >/dev/null || { echo "learn.sh: needs python3 (standard libra
 cd "$root"
 PAIRS="${LEARN_PAIRS:-2400}"
 HELDOUT="${LEARN_HELDOUT:-18}"
-STEPS="${LEARN_STEPS:-2000}"
+STEPS="${LEARN_STEPS:-1000}"
 SAMPLES="${LEARN_SAMPLES:-4}"
 SEED="${LEARN_SEED:-0}"
 VQ_STEPS="${LEARN_VQ_STEPS:-}"
@@ -84,7 +84,8 @@ cm3_i2t()        { "$CM3" generate --run "$1" --out "$2" --temperature 0 --seed 
 cm3_infill()     { "$CM3" generate --run "$1" --out "$2" --temperature 0 --seed "$SEED" infill --text "$3" --image "$4" --max-tokens 8; }  # run out text image
 cm3_t2i()        { local run=$1 out=$2 prompt=$3 retrieve=$4; shift 4                                  # run out prompt retrieve [guidance flags]
                    "$CM3" generate --run "$run" --out "$out" --samples "$SAMPLES" --seed "$SEED" --top-p 0.9 "$@" t2i --prompt "$prompt" --retrieve "$retrieve"; }
-# name|documents retrieved at inference|guidance flags. Zero-shot (`<eos> text <break>` alone, the
+# name|documents retrieved at inference|guidance flags. CFG runs with `cm3 generate`'s default
+# plausibility constraint (--min-p 0.1); t2i-cfg3-eq2 is the paper's eq. 2 alone, for comparison. Zero-shot (`<eos> text <break>` alone, the
 # paper's Figure 1 setting) and with two documents retrieved from the run's memory bank for the
 # prompt (Table 2's "one or two retrieved examples during inference"; the held-out pairs are not
 # in the bank, only training pairs are). Both runs are asked both ways: the one trained without
@@ -92,6 +93,7 @@ cm3_t2i()        { local run=$1 out=$2 prompt=$3 retrieve=$4; shift 4           
 T2I_SETTINGS=(
   "t2i-cfg1|0|--cfg 1"
   "t2i-cfg3|0|--cfg 3"
+  "t2i-cfg3-eq2|0|--cfg 3 --min-p 0"
   "t2i-cdk|0|--cd-alpha 0.1 --cd-k 5"
   "t2i-ra-cfg1|2|--cfg 1"
   "t2i-ra-cfg3|2|--cfg 3"

@@ -87,6 +87,7 @@ fn the_learning_benchmark_runs_every_path() {
         "i2t, cm3 eval: CIDEr / BLEU-4 / ROUGE-L",
         "t2i CFG 1: right colour drawn",
         "t2i CFG 3: right colour drawn",
+        "t2i CFG 3, eq. 2 alone (--min-p 0): right colour drawn",
         "t2i CD-K: right colour drawn",
         "t2i CD-K: right shape drawn",
         "t2i +2 retrieved, CFG 3: right colour drawn",
@@ -137,6 +138,7 @@ fn the_learning_benchmark_runs_every_path() {
         for k in [
             "t2i-cfg1",
             "t2i-cfg3",
+            "t2i-cfg3-eq2",
             "t2i-cdk",
             "t2i-ra-cfg1",
             "t2i-ra-cfg3",

@@ -429,7 +429,18 @@ fn generate_text_to_image_image_to_text_and_infill_with_a_trained_run() {
     let b = generate(&tmp.path().join("b"), &t2i);
     assert_eq!(a["outputs"], b["outputs"]);
     assert_eq!(a["settings"]["guidance"]["kind"], "cfg");
+    // Guided sampling keeps to the conditional stream's plausible tokens by default.
+    assert_eq!(a["settings"]["sampling"]["min_p"], 0.1);
     assert_eq!(a["seeds"].as_array().map(Vec::len), Some(2));
+    // --min-p 0 is the paper's eq. 2 alone: recorded, and a bad value is refused.
+    let plain = [&t2i[..], &["--min-p", "0"]].concat();
+    let e = generate(&tmp.path().join("e"), &plain);
+    assert_eq!(e["settings"]["sampling"]["min_p"], 0.0);
+    let bad = [&t2i[..], &["--min-p", "1.5"]].concat();
+    let (r, o) = (p(&run), p(&tmp.path().join("bad")));
+    let refused = [&["generate", "--run", &r, "--out", &o][..], &bad[..]].concat();
+    let err = run_err(&refused);
+    assert!(err.contains("--min-p must be in [0, 1]"), "{err}");
     for o in a["outputs"].as_array().expect("outputs") {
         let codes = o["codes"].as_array().expect("codes");
         assert_eq!(codes.len(), 16, "4 × 4 codes of the VQ fixture");

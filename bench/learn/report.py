@@ -39,7 +39,8 @@ from shapes import COLOURS, SHAPES  # noqa: E402
 
 RUNS = [("retrieval", "ds"), ("no-retrieval", "ds-noretr")]
 # Zero-shot (the prompt alone), then with two documents retrieved for the prompt at inference.
-T2I = [("t2i-cfg1", "t2i CFG 1"), ("t2i-cfg3", "t2i CFG 3"), ("t2i-cdk", "t2i CD-K"),
+T2I = [("t2i-cfg1", "t2i CFG 1"), ("t2i-cfg3", "t2i CFG 3"),
+       ("t2i-cfg3-eq2", "t2i CFG 3, eq. 2 alone (--min-p 0)"), ("t2i-cdk", "t2i CD-K"),
        ("t2i-ra-cfg1", "t2i +2 retrieved, CFG 1"), ("t2i-ra-cfg3", "t2i +2 retrieved, CFG 3"),
        ("t2i-ra-cdk", "t2i +2 retrieved, CD-K")]
 

@@ -107,6 +107,9 @@ pub(crate) struct T2iArgs {
     cd_share: Option<f64>,
     #[arg(long)]
     cfg: Option<f32>,
+    /// The plausibility constraint on the CFG samples, as `cm3 generate --min-p` [default: 0.1].
+    #[arg(long)]
+    min_p: Option<f64>,
     /// Keep every prompt's first sample instead of re-ranking by CLIP.
     #[arg(long)]
     no_rerank: bool,
@@ -174,6 +177,9 @@ fn t2i_config(a: &T2iArgs) -> Result<t2i::T2iConfig> {
     }
     if let Some(v) = a.cfg {
         c.cfg_scale = v;
+    }
+    if let Some(v) = a.min_p {
+        c.min_p = v;
     }
     if a.no_rerank {
         c.rerank = false;

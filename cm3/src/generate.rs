@@ -10,7 +10,8 @@ use std::path::Path;
 
 use cm3_core::fsio::write_atomic;
 use cm3_generate::{
-    ClipScorer, Generator, Guidance, ImageInput, Retrieved, Retriever, Sampling, Settings,
+    ClipScorer, GUIDED_MIN_P, Generator, Guidance, ImageInput, Retrieved, Retriever, Sampling,
+    Settings,
 };
 use cm3_tokenize::ImageTokenizer;
 use cm3_tokenize::image::{load_image, save_png};
@@ -40,6 +41,12 @@ pub(crate) struct GenerateArgs {
     /// Only the k most likely tokens (0: off).
     #[arg(long, global = true, default_value_t = 0)]
     pub top_k: usize,
+    /// Only tokens whose conditional probability is at least this fraction of the most likely
+    /// one's (0: off). With guidance the conditional stream decides what is plausible and
+    /// guidance ranks within it (contrastive decoding's plausibility constraint, on eq. 2)
+    /// [default: 0.1 with CFG or edit guidance, 0 otherwise].
+    #[arg(long, global = true)]
+    pub min_p: Option<f64>,
     /// Classifier-free guidance scale α_c (eq. 2; 1: the conditional stream alone)
     /// [default: 3.0 for t2i, 1 otherwise].
     #[arg(long, global = true)]
@@ -191,6 +198,11 @@ pub(crate) fn run(a: GenerateArgs) -> Result<()> {
     if !(a.top_p > 0.0 && a.top_p <= 1.0) {
         bail!("--top-p must be in (0, 1], got {}", a.top_p);
     }
+    if let Some(m) = a.min_p
+        && !(0.0..=1.0).contains(&m)
+    {
+        bail!("--min-p must be in [0, 1], got {m}");
+    }
     // The image tasks guided by their text at CFG 3 by default (§4.1 and the t2i results).
     let t2i = matches!(
         a.task,
@@ -233,6 +245,10 @@ pub(crate) fn run(a: GenerateArgs) -> Result<()> {
             temperature: a.temperature,
             top_k: a.top_k,
             top_p: a.top_p,
+            min_p: a.min_p.unwrap_or(match guidance {
+                Guidance::Cfg { .. } | Guidance::Edit { .. } => GUIDED_MIN_P,
+                Guidance::None | Guidance::CdK { .. } => 0.0,
+            }),
         },
         seed: a.seed,
     };

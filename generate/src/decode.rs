@@ -7,7 +7,9 @@ use cm3_core::rng::SplitMix64;
 use cm3_model::decoder::{Cm3Decoder, DecoderConfig, KvCache};
 
 use crate::error::{GenerateError, Result};
-use crate::sampling::{Sampling, cd_k_scores, cfg_logits, cfg_logits_two, constrain, sample};
+use crate::sampling::{
+    Sampling, cd_k_scores, cfg_logits, cfg_logits_two, constrain, keep_plausible, sample,
+};
 
 /// How the conditional and unconditional streams are combined.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -201,6 +203,7 @@ pub fn generate(
                         constrain(&mut scores, &ranges);
                     }
                 }
+                keep_plausible(&mut scores, cond, req.sampling.min_p);
                 let t = sample(&scores, &req.sampling, &mut rngs[i]).ok_or_else(|| {
                     GenerateError::Invalid(format!(
                         "sample {i}, step {step}: no allowed token has a finite score"
@@ -341,6 +344,49 @@ mod tests {
         assert_eq!(run(allowed, vec![end])?.remove(0), free[..cut].to_vec());
         // Only the stop allowed: an empty span.
         assert_eq!(run(Vec::new(), vec![end])?.remove(0), Vec::<u32>::new());
+        Ok(())
+    }
+
+    /// The plausibility constraint reads the conditional stream, not the guided scores: at
+    /// `min_p` 1 only the conditional stream's most probable allowed id survives, so CFG at a
+    /// large scale, sampled at temperature 1, gives exactly the conditional stream's greedy ids.
+    #[test]
+    fn plausibility_is_judged_by_the_conditional_stream() -> Result<()> {
+        let (model, cfg, device) = tiny()?;
+        let cond = vec![vec![1, 9, 17, 2], vec![1, 30, 2]];
+        let uncond = vec![vec![1, 3, 2], vec![1, 3, 2]];
+        let run = |guidance: Guidance, sampling: Sampling| {
+            generate(
+                &model,
+                &cfg,
+                &Request {
+                    cond: &cond,
+                    uncond: &uncond,
+                    image_only: &[],
+                    target: Target::Fixed {
+                        count: 12,
+                        allowed: 20..60,
+                    },
+                    guidance,
+                    sampling,
+                    seeds: &[1, 2],
+                },
+                &device,
+            )
+        };
+        let greedy = Sampling {
+            temperature: 0.0,
+            ..Sampling::default()
+        };
+        let conditional = run(Guidance::None, greedy)?;
+        let guided = Guidance::Cfg { cfg_scale: 8.0 };
+        let only_the_best = Sampling {
+            min_p: 1.0,
+            ..Sampling::default()
+        };
+        assert_eq!(run(guided, only_the_best)?, conditional);
+        // Without the constraint guidance at this scale chooses otherwise somewhere.
+        assert_ne!(run(guided, greedy)?, conditional);
         Ok(())
     }
 

@@ -16,5 +16,5 @@ pub use clip::{ClipScorer, ImageInput};
 pub use decode::{Guidance, Request, Target, generate};
 pub use error::{GenerateError, Result};
 pub use retrieval::{Retrieved, Retriever};
-pub use sampling::Sampling;
+pub use sampling::{GUIDED_MIN_P, Sampling};
 pub use tasks::{Generator, Settings};

@@ -278,6 +278,7 @@ pub(crate) fn one_sample(temperature: f64, seed: u64) -> Settings {
             temperature,
             top_k: 0,
             top_p: 1.0,
+            min_p: 0.0,
         },
         seed,
     }

@@ -6,7 +6,9 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use cm3_generate::{ClipScorer, Generator, Guidance, ImageInput, Retriever, Sampling, Settings};
+use cm3_generate::{
+    ClipScorer, GUIDED_MIN_P, Generator, Guidance, ImageInput, Retriever, Sampling, Settings,
+};
 use cm3_tokenize::image::save_png;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -37,6 +39,9 @@ pub struct T2iConfig {
     pub cd_share: f64,
     pub cfg_scale: f32,
     pub top_p: f64,
+    /// The plausibility constraint on the CFG samples (`cm3 generate --min-p`): only tokens at
+    /// least this fraction as probable as the conditional stream's most probable (0: eq. 2 alone).
+    pub min_p: f64,
     pub temperature: f64,
     pub cd_alpha: f64,
     pub cd_k: usize,
@@ -57,6 +62,7 @@ impl Default for T2iConfig {
             cd_share: 0.5,
             cfg_scale: 3.0,
             top_p: 0.9,
+            min_p: GUIDED_MIN_P,
             temperature: 1.0,
             cd_alpha: 0.1,
             cd_k: 5,
@@ -83,6 +89,9 @@ impl T2iConfig {
         let unit = |v: f64| v > 0.0 && v <= 1.0;
         if !unit(self.top_p) || !unit(self.cd_alpha) {
             return bad("top_p and cd_alpha must be in (0, 1]");
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return bad("min_p must be in [0, 1]");
         }
         Ok(())
     }
@@ -159,6 +168,10 @@ fn settings(c: &T2iConfig, guidance: Guidance, samples: usize, seed: u64) -> Set
             temperature: c.temperature,
             top_k: 0,
             top_p: c.top_p,
+            min_p: match guidance {
+                Guidance::Cfg { .. } => c.min_p,
+                _ => 0.0,
+            },
         },
         seed,
     }
