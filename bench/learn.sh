@@ -16,7 +16,7 @@
 # (`cm3 tokenizer encode-image` + `decode-image`): what it reads there bounds what t2i can reach.
 #
 # Usage (from anywhere):
-#   bash bench/learn.sh                 # about 45 min on 2 cores with the release build
+#   bash bench/learn.sh                 # about 20 min on an idle 2-core machine, release build
 #   CM3=/path/to/cm3 bash bench/learn.sh   # any binary, an old one included
 # Knobs (environment): LEARN_OUT (target/learn), LEARN_PAIRS (2400), LEARN_HELDOUT (18: each
 # colour × shape once), LEARN_STEPS (training steps of each run), LEARN_SAMPLES (t2i samples per
@@ -62,8 +62,9 @@ HEADS="${LEARN_HEADS:-4}"
 BATCH="${LEARN_BATCH:-8}"
 # 512-token sequences (the demo preset's are 1,024): an example of three 64-token documents and
 # its spans is about 240 tokens, so nothing is lost, and attention over half the length makes a
-# step of the same 4,096 tokens 1.75x faster here (8.6k against 4.9k tokens/s), which buys the
-# 2,000 steps that made text -> image hold (1,200 steps at 1,024 did not: see the README).
+# step of the same 4,096 tokens 1.75x faster here (8.6k against 4.9k tokens/s). 1,000 steps
+# meet every target with guidance kept to plausible tokens (--min-p, on by default); with eq. 2
+# alone 2,000 were needed and CFG 3 still fell below CFG 1 in one run of two (see the README).
 SEQ_LEN="${LEARN_SEQ_LEN:-512}"
 LR="${LEARN_LR:-3e-3}"
 WARMUP="${LEARN_WARMUP:-50}"
