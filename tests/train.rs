@@ -441,6 +441,10 @@ fn generate_text_to_image_image_to_text_and_infill_with_a_trained_run() {
     let refused = [&["generate", "--run", &r, "--out", &o][..], &bad[..]].concat();
     let err = run_err(&refused);
     assert!(err.contains("--min-p must be in [0, 1]"), "{err}");
+    let cold = [&t2i[..], &["--temperature", "NaN"]].concat();
+    let refused = [&["generate", "--run", &r, "--out", &o][..], &cold[..]].concat();
+    let err = run_err(&refused);
+    assert!(err.contains("--temperature must be a number"), "{err}");
     for o in a["outputs"].as_array().expect("outputs") {
         let codes = o["codes"].as_array().expect("codes");
         assert_eq!(codes.len(), 16, "4 × 4 codes of the VQ fixture");

@@ -198,6 +198,9 @@ pub(crate) fn run(a: GenerateArgs) -> Result<()> {
     if !(a.top_p > 0.0 && a.top_p <= 1.0) {
         bail!("--top-p must be in (0, 1], got {}", a.top_p);
     }
+    if !(a.temperature.is_finite() && a.temperature >= 0.0) {
+        bail!("--temperature must be a number ≥ 0, got {}", a.temperature);
+    }
     if let Some(m) = a.min_p
         && !(0.0..=1.0).contains(&m)
     {

@@ -22,8 +22,9 @@ pub struct Sampling {
     /// Keep the smallest set of top-ranked tokens whose probability reaches p (1: all).
     pub top_p: f64,
     /// Keep only tokens whose *conditional* probability is at least `min_p` times the most
-    /// probable allowed token's (0: off). Without guidance this is min-p sampling; with CFG it
-    /// is the plausibility constraint of contrastive decoding (Li et al., 2022) applied to eq. 2,
+    /// probable allowed token's (0: off), judged before the temperature. Without guidance this is
+    /// min-p sampling (at temperature 1; Hugging Face's applies it after the temperature); with
+    /// CFG it is the plausibility constraint of contrastive decoding (Li et al., 2022) applied to eq. 2,
     /// so that guidance re-ranks what the conditional model finds plausible instead of promoting
     /// tokens it finds unlikely only because the unconditional stream finds them unlikelier.
     pub min_p: f64,
@@ -132,9 +133,10 @@ pub fn constrain(scores: &mut [f32], allowed: &[std::ops::Range<usize>]) {
 /// The plausibility constraint: among the ids whose `scores` are finite (those allowed), keep
 /// those whose conditional logit is within `ln(min_p)` of the largest allowed conditional logit
 /// (p_cond(t) ≥ min_p · max p_cond, a ratio the softmax's normaliser cancels out of); the others
-/// become −inf. The most probable allowed id is always kept. `min_p` ≤ 0 keeps everything.
+/// become −inf. The most probable allowed id is always kept. `min_p` ≤ 0 (or NaN) keeps
+/// everything.
 pub fn keep_plausible(scores: &mut [f32], cond: &[f32], min_p: f64) {
-    if min_p <= 0.0 {
+    if min_p.is_nan() || min_p <= 0.0 {
         return;
     }
     let best = scores
@@ -152,7 +154,9 @@ pub fn keep_plausible(scores: &mut [f32], cond: &[f32], min_p: f64) {
 }
 
 /// The ids kept by top-p: the smallest set of the highest-probability ids whose probabilities sum
-/// to at least `p` (ties broken by id), in no particular order.
+/// to at least `p` (ties broken by id), in no particular order. The sums are taken in another
+/// order than a sorted prefix's, so when `p` lies within rounding error of a prefix sum the set
+/// may differ from a sort's by that one id.
 pub fn top_p_set(probs: &[f64], p: f64) -> Vec<usize> {
     // (probability, id) pairs: the id breaks ties, a total order, so the set is unique. The
     // cut is found by repeated selection (quickselect halving the candidates: linear time on
@@ -209,13 +213,16 @@ pub fn sample(scores: &[f32], s: &Sampling, rng: &mut SplitMix64) -> Option<usiz
         .map(|&v| (f64::from(v) / s.temperature) as f32)
         .collect();
     if s.top_k > 0 && s.top_k < finite {
-        let mut sorted: Vec<f32> = x
-            .iter()
-            .copied()
-            .filter(|v| *v > f32::NEG_INFINITY)
+        // The ids allowed by their scores (a temperature can overflow a finite score to −inf).
+        let mut sorted: Vec<f32> = (0..x.len())
+            .filter(|&i| scores[i] > f32::NEG_INFINITY)
+            .map(|i| x[i])
             .collect();
         sorted.sort_by(|a, b| b.total_cmp(a));
-        let cut = sorted[s.top_k - 1];
+        let cut = sorted
+            .get(s.top_k - 1)
+            .copied()
+            .unwrap_or(f32::NEG_INFINITY);
         // Ties at the cut are kept by id order up to k.
         let mut kept = 0;
         for (i, v) in x.iter_mut().enumerate() {
@@ -227,20 +234,26 @@ pub fn sample(scores: &[f32], s: &Sampling, rng: &mut SplitMix64) -> Option<usiz
         }
     }
     let probs = softmax(&x);
-    let set = if s.top_p < 1.0 {
-        top_p_set(&probs, s.top_p)
-    } else {
-        (0..probs.len()).filter(|&i| probs[i] > 0.0).collect()
-    };
-    let total: f64 = set.iter().map(|&i| probs[i]).sum();
+    // The kept ids are walked in id order, so that a seed's draw depends on the set alone, not
+    // on the order the selection leaves it in.
+    let mut kept = vec![s.top_p >= 1.0; probs.len()];
+    if s.top_p < 1.0 {
+        for i in top_p_set(&probs, s.top_p) {
+            kept[i] = true;
+        }
+    }
+    let set = || (0..probs.len()).filter(|&i| kept[i] && probs[i] > 0.0);
+    let total: f64 = set().map(|i| probs[i]).sum();
     let mut u = rng.next_f64() * total;
-    for &i in &set {
+    let mut last = None;
+    for i in set() {
         u -= probs[i];
+        last = Some(i);
         if u <= 0.0 {
             return Some(i);
         }
     }
-    set.last().copied()
+    last
 }
 
 /// Probabilities from scores with at least one finite entry: one exponential per id (−inf gives
@@ -324,6 +337,13 @@ mod tests {
         let mut s = guided;
         keep_plausible(&mut s, &cond, 0.0);
         assert_eq!(s, guided);
+        // NaN is off, not 1; a row with nothing allowed stays as it is.
+        let mut s = guided;
+        keep_plausible(&mut s, &cond, f64::NAN);
+        assert_eq!(s, guided);
+        let mut none = [f32::NEG_INFINITY; 5];
+        keep_plausible(&mut none, &cond, 0.5);
+        assert!(none.iter().all(|v| *v == f32::NEG_INFINITY));
     }
 
     #[test]
@@ -340,10 +360,15 @@ mod tests {
         assert_eq!(set(&p, 1.0), vec![0, 1, 2, 3]);
         // Ties by id.
         assert_eq!(set(&[0.25, 0.25, 0.25, 0.25], 0.5), vec![0, 1]);
+        // p ≤ 0: the top id alone; p above the total: every positive id; nothing: nothing.
+        assert_eq!(set(&p, 0.0), vec![1]);
+        assert_eq!(set(&[0.2, 0.0, 0.3], 1.5), vec![0, 2]);
+        assert_eq!(set(&[], 0.9), Vec::<usize>::new());
     }
 
     /// The selection gives the set a full sort gives, on vocabularies large enough for the
-    /// quickselect halving to run (hundreds of ids, many tied).
+    /// quickselect halving to run (hundreds of ids, many tied), at p values that are not within
+    /// rounding error of a prefix sum (there the two summation orders may disagree by one id).
     #[test]
     fn top_p_by_selection_equals_top_p_by_sorting() {
         let mut rng = SplitMix64::new(5);
@@ -439,5 +464,16 @@ mod tests {
         assert!((0..100).all(|_| sample(&masked, &Sampling::default(), &mut rng) == Some(2)));
         constrain(&mut masked, std::slice::from_ref(&(0..1)));
         assert_eq!(sample(&masked, &Sampling::default(), &mut rng), None);
+        // A temperature that makes every score NaN or −inf draws nothing, with or without top-k
+        // (no panic).
+        for temperature in [f64::NAN, 1e-300] {
+            let odd = Sampling {
+                temperature,
+                top_k: 2,
+                ..Sampling::default()
+            };
+            let got = sample(&logits, &odd, &mut rng);
+            assert_eq!(got, None, "temperature {temperature}");
+        }
     }
 }

@@ -27,7 +27,8 @@ const CLIP_CHUNK: usize = 256;
 const FID_BATCH: usize = 50;
 
 /// The protocol's settings (defaults: the paper's Table 1 protocol, 8 samples a prompt re-ranked
-/// by CLIP, half CD-K; two retrieved documents; 30K prompts).
+/// by CLIP, half CD-K; two retrieved documents; 30K prompts), except that the CFG samples keep
+/// to the conditional stream's plausible tokens (`min_p` 0.1; 0 is the paper's eq. 2 alone).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct T2iConfig {
@@ -41,6 +42,9 @@ pub struct T2iConfig {
     pub top_p: f64,
     /// The plausibility constraint on the CFG samples (`cm3 generate --min-p`): only tokens at
     /// least this fraction as probable as the conditional stream's most probable (0: eq. 2 alone).
+    /// Not written when 0, so that an evaluation begun before this setting existed resumes with
+    /// `min_p = 0`.
+    #[serde(skip_serializing_if = "is_zero")]
     pub min_p: f64,
     pub temperature: f64,
     pub cd_alpha: f64,
@@ -74,6 +78,10 @@ impl Default for T2iConfig {
     }
 }
 
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
+
 impl T2iConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |r: &str| Err(EvalError::input("t2i settings", r));
@@ -92,6 +100,9 @@ impl T2iConfig {
         }
         if !(0.0..=1.0).contains(&self.min_p) {
             return bad("min_p must be in [0, 1]");
+        }
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return bad("temperature must be a number ≥ 0");
         }
         Ok(())
     }
