@@ -195,17 +195,6 @@ pub(crate) fn run(a: GenerateArgs) -> Result<()> {
     if a.samples == 0 {
         bail!("--samples must be at least 1");
     }
-    if !(a.top_p > 0.0 && a.top_p <= 1.0) {
-        bail!("--top-p must be in (0, 1], got {}", a.top_p);
-    }
-    if !(a.temperature.is_finite() && a.temperature >= 0.0) {
-        bail!("--temperature must be a number ≥ 0, got {}", a.temperature);
-    }
-    if let Some(m) = a.min_p
-        && !(0.0..=1.0).contains(&m)
-    {
-        bail!("--min-p must be in [0, 1], got {m}");
-    }
     // The image tasks guided by their text at CFG 3 by default (§4.1 and the t2i results).
     let t2i = matches!(
         a.task,
@@ -248,13 +237,13 @@ pub(crate) fn run(a: GenerateArgs) -> Result<()> {
             temperature: a.temperature,
             top_k: a.top_k,
             top_p: a.top_p,
-            min_p: a.min_p.unwrap_or(match guidance {
-                Guidance::Cfg { .. } | Guidance::Edit { .. } => GUIDED_MIN_P,
-                Guidance::None | Guidance::CdK { .. } => 0.0,
-            }),
+            min_p: a.min_p.unwrap_or(guidance.min_p(GUIDED_MIN_P)),
         },
         seed: a.seed,
     };
+    if let Err(e) = settings.sampling.check() {
+        bail!("--{e}");
+    }
     // The SFT tasks are text infilling in a Table 5 template, the output field the `<mask>`.
     let task_prompt = match &a.task {
         Task::Vqa {
@@ -321,14 +310,18 @@ pub(crate) fn run(a: GenerateArgs) -> Result<()> {
             let mut codes = Vec::new();
             let mut methods = Vec::new();
             if n_cd > 0 {
+                let guidance = Guidance::CdK {
+                    cd_alpha: a.cd_alpha.unwrap_or(0.1),
+                    cd_k: a.cd_k.unwrap_or(5).max(1),
+                };
                 let cd = Settings {
                     samples: n_cd,
-                    guidance: Guidance::CdK {
-                        cd_alpha: a.cd_alpha.unwrap_or(0.1),
-                        cd_k: a.cd_k.unwrap_or(5).max(1),
+                    guidance,
+                    sampling: Sampling {
+                        min_p: a.min_p.unwrap_or(guidance.min_p(GUIDED_MIN_P)),
+                        ..settings.sampling
                     },
                     seed: settings.seed ^ 0xC0DE,
-                    ..settings.clone()
                 };
                 codes.extend(g.text_to_image(prompt, &context, &cd)?);
                 methods.extend(std::iter::repeat_n(cd.guidance, n_cd));

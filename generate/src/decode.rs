@@ -27,6 +27,17 @@ pub enum Guidance {
 }
 
 impl Guidance {
+    /// The `Sampling::min_p` its samples are drawn with when guided samples take `guided`: CFG
+    /// and edit guidance amplify the streams' differences, so their samples keep to the
+    /// conditional stream's plausible tokens; CD-K has its own plausible set (eq. 3), and the
+    /// conditional stream alone needs none. One rule for `cm3 generate` and `cm3 eval`.
+    pub fn min_p(&self, guided: f64) -> f64 {
+        match self {
+            Guidance::Cfg { .. } | Guidance::Edit { .. } => guided,
+            Guidance::None | Guidance::CdK { .. } => 0.0,
+        }
+    }
+
     /// Streams per sample.
     pub fn streams(&self) -> usize {
         match self {
@@ -307,6 +318,42 @@ mod tests {
         Ok((model, cfg, device))
     }
 
+    /// Two samples (seeds 1 and 2) of 12 ids from 20..60 by `tiny()`'s model, from their
+    /// conditional, unconditional and image-only prompts.
+    fn twelve_ids(
+        tiny: &(Cm3Decoder, DecoderConfig, Device),
+        [cond, uncond, image_only]: [&[Vec<u32>]; 3],
+        guidance: Guidance,
+        sampling: Sampling,
+    ) -> Result<Vec<Vec<u32>>> {
+        let (model, cfg, device) = tiny;
+        generate(
+            model,
+            cfg,
+            &Request {
+                cond,
+                uncond,
+                image_only,
+                target: Target::Fixed {
+                    count: 12,
+                    allowed: 20..60,
+                },
+                guidance,
+                sampling,
+                seeds: &[1, 2],
+            },
+            device,
+        )
+    }
+
+    /// Greedy decoding.
+    const GREEDY: Sampling = Sampling {
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+    };
+
     /// A span stops at a stop id (the scored `<eos>`, say) and returns the ids before it: greedy
     /// decoding with one of its own ids turned into a stop gives its ids up to that one.
     #[test]
@@ -352,33 +399,11 @@ mod tests {
     /// large scale, sampled at temperature 1, gives exactly the conditional stream's greedy ids.
     #[test]
     fn plausibility_is_judged_by_the_conditional_stream() -> Result<()> {
-        let (model, cfg, device) = tiny()?;
+        let tiny = tiny()?;
         let cond = vec![vec![1, 9, 17, 2], vec![1, 30, 2]];
         let uncond = vec![vec![1, 3, 2], vec![1, 3, 2]];
-        let run = |guidance: Guidance, sampling: Sampling| {
-            generate(
-                &model,
-                &cfg,
-                &Request {
-                    cond: &cond,
-                    uncond: &uncond,
-                    image_only: &[],
-                    target: Target::Fixed {
-                        count: 12,
-                        allowed: 20..60,
-                    },
-                    guidance,
-                    sampling,
-                    seeds: &[1, 2],
-                },
-                &device,
-            )
-        };
-        let greedy = Sampling {
-            temperature: 0.0,
-            ..Sampling::default()
-        };
-        let conditional = run(Guidance::None, greedy)?;
+        let run = |guidance, sampling| twelve_ids(&tiny, [&cond, &uncond, &[]], guidance, sampling);
+        let conditional = run(Guidance::None, GREEDY)?;
         let guided = Guidance::Cfg { cfg_scale: 8.0 };
         let only_the_best = Sampling {
             min_p: 1.0,
@@ -386,8 +411,27 @@ mod tests {
         };
         assert_eq!(run(guided, only_the_best)?, conditional);
         // Without the constraint guidance at this scale chooses otherwise somewhere.
-        assert_ne!(run(guided, greedy)?, conditional);
+        assert_ne!(run(guided, GREEDY)?, conditional);
         Ok(())
+    }
+
+    /// The plausibility constraint goes with the guidance that amplifies the streams'
+    /// differences: CFG and edit take the guided value; CD-K (its own plausible set) and the
+    /// conditional stream alone take none.
+    #[test]
+    fn guided_samples_take_min_p_and_the_others_none() {
+        let cd = Guidance::CdK {
+            cd_alpha: 0.1,
+            cd_k: 5,
+        };
+        let edit = Guidance::Edit {
+            text_scale: 7.5,
+            image_scale: 1.5,
+        };
+        assert_eq!(Guidance::Cfg { cfg_scale: 3.0 }.min_p(0.1), 0.1);
+        assert_eq!(edit.min_p(0.2), 0.2);
+        assert_eq!(cd.min_p(0.1), 0.0);
+        assert_eq!(Guidance::None.min_p(0.1), 0.0);
     }
 
     /// The unconditional stream is fed its own separators; the others the conditional ones.
@@ -402,32 +446,12 @@ mod tests {
     /// gives the same ids: the streams are wired to the right rows.
     #[test]
     fn unit_guidance_equals_the_conditional_stream() -> Result<()> {
-        let (model, cfg, device) = tiny()?;
+        let tiny = tiny()?;
+        let (model, cfg, device) = &tiny;
         let cond = vec![vec![1, 9, 17, 2], vec![1, 30, 2]];
         let uncond = vec![vec![1, 3, 2], vec![1, 3, 2]];
         let image_only = vec![vec![1, 3, 2, 40, 41], vec![1, 3, 2, 42]];
-        let run = |guidance: Guidance| {
-            generate(
-                &model,
-                &cfg,
-                &Request {
-                    cond: &cond,
-                    uncond: &uncond,
-                    image_only: &image_only,
-                    target: Target::Fixed {
-                        count: 12,
-                        allowed: 20..60,
-                    },
-                    guidance,
-                    sampling: Sampling {
-                        temperature: 0.0,
-                        ..Sampling::default()
-                    },
-                    seeds: &[1, 2],
-                },
-                &device,
-            )
-        };
+        let run = |guidance| twelve_ids(&tiny, [&cond, &uncond, &image_only], guidance, GREEDY);
         let plain = run(Guidance::None)?;
         assert!(
             plain
@@ -447,8 +471,8 @@ mod tests {
         // A prompt and target longer than the context is refused.
         let long = vec![vec![1u32; 60]; 2];
         let err = generate(
-            &model,
-            &cfg,
+            model,
+            cfg,
             &Request {
                 cond: &long,
                 uncond: &uncond,
@@ -461,15 +485,15 @@ mod tests {
                 sampling: Sampling::default(),
                 seeds: &[1, 2],
             },
-            &device,
+            device,
         );
         assert!(err.is_err_and(|e| e.to_string().contains("context")));
         // Spans: CFG at scale 1 follows the conditional stream whatever the unconditional
         // stream's separators; separators of unequal counts are refused.
         let spans = |uncond_separators: Vec<u32>, guidance: Guidance| {
             generate(
-                &model,
-                &cfg,
+                model,
+                cfg,
                 &Request {
                     cond: &cond,
                     uncond: &uncond,
@@ -487,7 +511,7 @@ mod tests {
                     },
                     seeds: &[1, 2],
                 },
-                &device,
+                device,
             )
         };
         let plain = spans(vec![7], Guidance::None)?;

@@ -30,6 +30,27 @@ pub struct Sampling {
     pub min_p: f64,
 }
 
+impl Sampling {
+    /// Settings a draw can use, or what is wrong with them (named as the command-line flags, so
+    /// that `cm3 generate` and `cm3 eval` say the same): top-p in (0, 1], min-p in [0, 1], a
+    /// temperature that is a number ≥ 0.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(format!("top-p must be in (0, 1], got {}", self.top_p));
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return Err(format!("min-p must be in [0, 1], got {}", self.min_p));
+        }
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(format!(
+                "temperature must be a number ≥ 0, got {}",
+                self.temperature
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for Sampling {
     fn default() -> Self {
         Self {

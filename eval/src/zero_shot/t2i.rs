@@ -94,17 +94,22 @@ impl T2iConfig {
         if !(0.0..=1.0).contains(&self.cd_share) {
             return bad("cd_share must be in [0, 1]");
         }
-        let unit = |v: f64| v > 0.0 && v <= 1.0;
-        if !unit(self.top_p) || !unit(self.cd_alpha) {
-            return bad("top_p and cd_alpha must be in (0, 1]");
+        if !(self.cd_alpha > 0.0 && self.cd_alpha <= 1.0) {
+            return bad("cd_alpha must be in (0, 1]");
         }
-        if !(0.0..=1.0).contains(&self.min_p) {
-            return bad("min_p must be in [0, 1]");
+        // top_p, min_p and temperature: the rule `cm3 generate` checks its flags with.
+        self.sampling(self.min_p).check().or_else(|e| bad(&e))
+    }
+
+    /// How each sample is drawn, with `min_p` (the CFG samples' `self.min_p`, see
+    /// `Guidance::min_p`).
+    fn sampling(&self, min_p: f64) -> Sampling {
+        Sampling {
+            temperature: self.temperature,
+            top_k: 0,
+            top_p: self.top_p,
+            min_p,
         }
-        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return bad("temperature must be a number ≥ 0");
-        }
-        Ok(())
     }
 }
 
@@ -175,15 +180,7 @@ fn settings(c: &T2iConfig, guidance: Guidance, samples: usize, seed: u64) -> Set
     Settings {
         samples,
         guidance,
-        sampling: Sampling {
-            temperature: c.temperature,
-            top_k: 0,
-            top_p: c.top_p,
-            min_p: match guidance {
-                Guidance::Cfg { .. } => c.min_p,
-                _ => 0.0,
-            },
-        },
+        sampling: c.sampling(guidance.min_p(c.min_p)),
         seed,
     }
 }
@@ -436,4 +433,56 @@ fn as_inputs(images: &[Vec<u8>], side: u32) -> Vec<ImageInput<'_>> {
             height: side,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `min_p` 0 is not written, so the settings pinned by an evaluation begun before the field
+    /// existed equal those of a resumed one at `min_p = 0`; the default (0.1) is written, and
+    /// bad sampling settings are refused with `cm3 generate`'s wording.
+    #[test]
+    fn min_p_is_pinned_only_when_set_and_checked_like_generate() {
+        let plain = T2iConfig {
+            min_p: 0.0,
+            ..T2iConfig::default()
+        };
+        let pinned = serde_json::to_value(&plain).expect("settings as JSON");
+        assert!(pinned.get("min_p").is_none(), "{pinned}");
+        assert!(pinned.get("top_p").is_some());
+        let default = serde_json::to_value(T2iConfig::default()).expect("settings as JSON");
+        assert_eq!(default["min_p"], 0.1);
+        assert!(plain.validate().is_ok());
+        for (bad, says) in [
+            (
+                T2iConfig {
+                    min_p: 1.5,
+                    ..T2iConfig::default()
+                },
+                "min-p must be in [0, 1]",
+            ),
+            (
+                T2iConfig {
+                    temperature: f64::NAN,
+                    ..T2iConfig::default()
+                },
+                "temperature must be a number",
+            ),
+            (
+                T2iConfig {
+                    top_p: 0.0,
+                    ..T2iConfig::default()
+                },
+                "top-p must be in (0, 1]",
+            ),
+        ] {
+            let err = bad
+                .validate()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(says), "{err}");
+        }
+    }
 }
