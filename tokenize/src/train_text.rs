@@ -83,20 +83,31 @@ pub fn train_text(
         "training the text BPE"
     );
     let (tok, report) = TextTokenizer::train(texts.iter(), cfg)?;
-    let sha = tok.save(&out)?;
     let record = TrainTextRecord {
         config: cfg.clone(),
         corpus: corpus.into(),
         files,
         report,
-        tokenizer_sha256: sha,
+        tokenizer_sha256: tok.sha256().to_string(),
         tool_version: cm3_core::TOOL_VERSION.into(),
     };
+    // The record first, the tokenizer last: the tokenizer's presence is what says training is
+    // done (`cm3 build` keeps an existing one), so a kill between the two writes must leave no
+    // tokenizer, and a rerun then trains again and replaces both temporary files (a kill after
+    // the tokenizer left the record's temporary file behind, and no record).
     let rec_path = ds.path(TEXT_TOKENIZER_RECORD);
     let mut bytes = serde_json::to_vec_pretty(&record)
         .map_err(|e| TokenizeError::Train(format!("serialising the record: {e}")))?;
     bytes.push(b'\n');
+    if let Some(dir) = rec_path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| TokenizeError::Io {
+            op: "creating",
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+    }
     cm3_core::fsio::write_atomic(&rec_path, &bytes, "tokenizer")?;
+    tok.save(&out)?;
     Ok(record)
 }
 
