@@ -9,6 +9,7 @@
 pub mod decoder;
 pub mod device;
 pub mod error;
+mod fused;
 pub mod vq;
 
 pub use error::{ModelError, Result};

@@ -124,18 +124,35 @@ fn next_token_loss(
     let [_, _, v] = logits.dims();
     let n_targets = b * (t - 1);
     let targets = ids.slice([0..b, 1..t]).reshape([n_targets, 1]);
-    let logp = log_softmax(logits.reshape([n_targets, v]), 1)
-        .gather(1, targets.clone())
-        .reshape([n_targets]);
-    let weights = match pad {
-        Some(p) => targets
+    let logits = logits.reshape([n_targets, v]);
+    let ids_read = crate::vq::ema::read_i64(targets.clone().reshape([n_targets]), "loss targets")?;
+    if let Some(&bad) = ids_read.iter().find(|&&i| i < 0 || i as usize >= v) {
+        return Err(ModelError::Input {
+            op: "loss",
+            reason: format!("target id {bad} outside the vocabulary of {v}"),
+        });
+    }
+    let ids_u32: Vec<u32> = ids_read.iter().map(|&i| i as u32).collect();
+    // One fused pass on flex; the composed -log_softmax(x)[t] elsewhere.
+    let nll = crate::fused::nll_rows(&logits, &ids_u32).unwrap_or_else(|| {
+        log_softmax(logits, 1)
+            .gather(1, targets.clone())
             .reshape([n_targets])
-            .not_equal_elem(p as i64)
-            .float(),
-        None => Tensor::ones([n_targets], &logp.device()),
+            .neg()
+    });
+    let (n, total) = match pad {
+        Some(p) => {
+            let weights: Vec<f32> = ids_read
+                .iter()
+                .map(|&i| f32::from(u8::from(i != i64::from(p))))
+                .collect();
+            let n = weights.iter().filter(|&&w| w > 0.0).count() as u64;
+            let weights =
+                Tensor::<1>::from_data(TensorData::new(weights, [n_targets]), &nll.device());
+            (n, (nll * weights).sum())
+        }
+        None => (n_targets as u64, nll.sum()),
     };
-    let n = read_f32(weights.clone().sum(), "loss weights")?[0] as u64;
-    let total = (logp * weights).sum().neg();
     Ok((total.div_scalar(n.max(1) as f64), n))
 }
 
@@ -452,13 +469,17 @@ const ATTENTION_BLOCK: usize = 128;
 /// computed, nor carried through the softmax and its gradient (at t = 512, 10/16 of the work;
 /// at 4,096, 33/64).
 fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: &Tensor<4>) -> Tensor<4> {
-    let attend = |q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, m: Tensor<4>| {
-        softmax(q.matmul(k.swap_dims(2, 3)) + m, 3).matmul(v)
+    // `start`: the block's first query; on flex the mask is applied inside one fused softmax.
+    let attend = |q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, m: Tensor<4>, start: usize| {
+        let scores = q.matmul(k.swap_dims(2, 3));
+        crate::fused::causal_softmax(&scores, start)
+            .unwrap_or_else(|| softmax(scores + m, 3))
+            .matmul(v)
     };
     let [b, h, t, hd] = q.dims();
     // One block: no slices (each would cost a copy of its gradient), no concatenation.
     if t <= ATTENTION_BLOCK {
-        return attend(q, k, v, mask.clone());
+        return attend(q, k, v, mask.clone(), 0);
     }
     let blocks = (0..t)
         .step_by(ATTENTION_BLOCK)
@@ -469,6 +490,7 @@ fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: &Tensor<4>) 
                 k.clone().slice([0..b, 0..h, 0..e, 0..hd]),
                 v.clone().slice([0..b, 0..h, 0..e, 0..hd]),
                 mask.clone().slice([0..1, 0..1, s..e, 0..e]),
+                s,
             )
         })
         .collect();

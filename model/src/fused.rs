@@ -1,0 +1,640 @@
+//! Fused CPU kernels, with their own backward passes, for the two widest element-wise chains of a
+//! decoder training step on Burn's `flex` backend: the next-token cross-entropy over the
+//! vocabulary, and the causal softmax of attention.
+//!
+//! Composed from Burn's tensor operations, each is a chain of single-threaded passes over the
+//! whole tensor (max, subtract, `exp`, sum, divide or log; then as many again in the backward
+//! pass, which recomputes `exp`), with a scalar `expf` per element. Here each is one
+//! multi-threaded pass forward and one backward, with a vectorised `exp`:
+//! - cross-entropy: `lse(x_i) − x_i[t_i]` per row; backward `g_i (softmax(x_i) − onehot(t_i))`;
+//! - causal softmax: row `i` of a block that starts at query `s` attends keys `0..=s+i` (the rest
+//!   are 0, never computed); backward `y (g − Σ g y)`.
+//!
+//! Both apply only to `f32` tensors on flex (with or without autodiff); callers fall back to the
+//! composed operations everywhere else (wgpu, CUDA), which compute the same function.
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::backend::flex::FlexTensor;
+use burn::backend::{Autodiff, DType, Flex};
+use burn::tensor::{Shape, Tensor};
+use rayon::prelude::*;
+
+/// The CPU's SIMD level, detected once.
+static ARCH: std::sync::LazyLock<pulp::Arch> = std::sync::LazyLock::new(pulp::Arch::new);
+
+/// Lanes of the element-wise loops: written over `[f32; LANES]` so that the compiler vectorises
+/// them at the width `pulp` dispatches to (AVX-512, or two AVX2 registers).
+const LANES: usize = 16;
+
+/// Below this, `exp` is 0 to within f32's normal range (`exp(−87.34) ≈ 1.2e−38`).
+const EXP_MIN: f32 = -87.336_55;
+
+/// `exp(x)` for `x ≤ 0` (and NaN), without branches or library calls, so that loops over it
+/// vectorise: `2^k · p(r)` with `k = round(x / ln 2)`, `r = x − k ln 2` in `[−ln2/2, ln2/2]`,
+/// `p` the degree-6 Taylor polynomial (relative error below 2e−7 on that interval). Arguments
+/// below [`EXP_MIN`] give `exp(EXP_MIN)`; NaN stays NaN.
+#[inline(always)]
+fn exp_nonpositive(x: f32) -> f32 {
+    // `x < EXP_MIN` is false for NaN, which then propagates through the polynomial.
+    let x = if x < EXP_MIN { EXP_MIN } else { x };
+    // Round to nearest by adding 1.5·2^23 (no `round` call, which does not vectorise).
+    const SHIFTER: f32 = 12_582_912.0;
+    let k = (x * std::f32::consts::LOG2_E + SHIFTER) - SHIFTER;
+    let r = x - k * 0.693_145_75 - k * 1.428_606_8e-6;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    // k is in [−126, 0]: 2^k is a normal f32 built from its exponent bits.
+    let scale = f32::from_bits((((k as i32) + 127) as u32) << 23);
+    p * scale
+}
+
+/// The largest element of `x` (NaN ignored; −∞ for an empty slice).
+#[inline(always)]
+fn row_max(x: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            *m = if v > *m { v } else { *m };
+        }
+    }
+    let mut m = tail
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    for &l in &lanes {
+        m = if l > m { l } else { m };
+    }
+    m
+}
+
+/// `out[j] = exp(x[j] − shift)`, returning `Σ out` (summed in lanes, as a vector unit would).
+#[inline(always)]
+fn exp_shifted(x: &[f32], shift: f32, out: &mut [f32]) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let mut oc = out.chunks_exact_mut(LANES);
+    let mut xc = x.chunks_exact(LANES);
+    for (o, c) in (&mut oc).zip(&mut xc) {
+        for ((o, &v), s) in o.iter_mut().zip(c).zip(lanes.iter_mut()) {
+            let e = exp_nonpositive(v - shift);
+            *o = e;
+            *s += e;
+        }
+    }
+    let mut sum = 0.0;
+    for (o, &v) in oc.into_remainder().iter_mut().zip(xc.remainder()) {
+        let e = exp_nonpositive(v - shift);
+        *o = e;
+        sum += e;
+    }
+    sum + lanes.iter().sum::<f32>()
+}
+
+/// Rows per parallel task: enough work per task to pay for rayon's scheduling.
+fn rows_per_task(row_len: usize) -> usize {
+    (16_384 / row_len.max(1)).max(1)
+}
+
+/// `Σ a_j b_j`, summed in lanes.
+#[inline(always)]
+fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for ((s, &x), &y) in lanes.iter_mut().zip(x).zip(y) {
+            *s += x * y;
+        }
+    }
+    tail + lanes.iter().sum::<f32>()
+}
+
+/// The row loops below run inside `pulp`'s dispatch (`WithSimd::with_simd`, inlined into a
+/// function compiled for AVX-512 or AVX2), one call per rayon task: a closure handed to rayon is
+/// compiled for the baseline x86-64 (SSE2) whatever its caller was.
+struct NllRowsKernel<'a> {
+    x: &'a [f32],
+    exps: &'a mut [f32],
+    nll: &'a mut [f32],
+    inv_sum: &'a mut [f32],
+    targets: &'a [u32],
+    v: usize,
+}
+
+impl pulp::WithSimd for NllRowsKernel<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let v = self.v;
+        let rows = self.exps.chunks_exact_mut(v).zip(self.x.chunks_exact(v));
+        let outs = self
+            .nll
+            .iter_mut()
+            .zip(self.inv_sum.iter_mut())
+            .zip(self.targets);
+        for ((e, x), ((nll, inv), &t)) in rows.zip(outs) {
+            let max = row_max(x);
+            let sum = exp_shifted(x, max, e);
+            *nll = max + sum.ln() - x[t as usize];
+            *inv = 1.0 / sum;
+        }
+    }
+}
+
+struct NllGradKernel<'a> {
+    exps: &'a mut [f32],
+    g: &'a [f32],
+    inv_sum: &'a [f32],
+    targets: &'a [u32],
+    v: usize,
+}
+
+impl pulp::WithSimd for NllGradKernel<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let rows = self.exps.chunks_exact_mut(self.v);
+        for (row, ((&g, &inv), &t)) in rows.zip(self.g.iter().zip(self.inv_sum).zip(self.targets)) {
+            let scale = g * inv;
+            for e in row.iter_mut() {
+                *e *= scale;
+            }
+            row[t as usize] -= g;
+        }
+    }
+}
+
+/// Rows `first..` of a causal softmax whose rows cycle through `tq` queries starting at `start`.
+struct CausalRowsKernel<'a> {
+    x: &'a [f32],
+    y: &'a mut [f32],
+    first: usize,
+    start: usize,
+    tq: usize,
+    tk: usize,
+}
+
+impl pulp::WithSimd for CausalRowsKernel<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let tk = self.tk;
+        for (r, (y, x)) in self
+            .y
+            .chunks_exact_mut(tk)
+            .zip(self.x.chunks_exact(tk))
+            .enumerate()
+        {
+            let keys = self.start + (self.first + r) % self.tq + 1;
+            let (live, dead) = y.split_at_mut(keys);
+            let x = &x[..keys];
+            let max = row_max(x);
+            let inv = 1.0 / exp_shifted(x, max, live);
+            for e in live.iter_mut() {
+                *e *= inv;
+            }
+            dead.fill(0.0);
+        }
+    }
+}
+
+struct CausalGradKernel<'a> {
+    y: &'a [f32],
+    g: &'a mut [f32],
+    first: usize,
+    start: usize,
+    tq: usize,
+    tk: usize,
+}
+
+impl pulp::WithSimd for CausalGradKernel<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let tk = self.tk;
+        for (r, (g, y)) in self
+            .g
+            .chunks_exact_mut(tk)
+            .zip(self.y.chunks_exact(tk))
+            .enumerate()
+        {
+            let keys = self.start + (self.first + r) % self.tq + 1;
+            let (live, dead) = g.split_at_mut(keys);
+            let y = &y[..keys];
+            let dot = dot_lanes(live, y);
+            for (g, &y) in live.iter_mut().zip(y) {
+                *g = y * (*g - dot);
+            }
+            dead.fill(0.0);
+        }
+    }
+}
+
+/// `t` with its elements in row-major order from the start of its storage (copied only when they
+/// are not).
+fn contiguous(t: FlexTensor) -> FlexTensor {
+    if t.is_contiguous() && t.layout().start_offset() == 0 {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
+/// [`contiguous`] for `f32` tensors; `None` for any other type.
+fn contiguous_f32(t: &FlexTensor) -> Option<FlexTensor> {
+    (t.dtype() == DType::F32).then(|| contiguous(t.clone()))
+}
+
+// ------------------------------------------------------------------------------------------------
+// Cross-entropy
+
+/// Forward: the per-row negative log-likelihoods `[n]`, and the state of the backward pass (the
+/// unnormalised softmax `[n, v]` and each row's `1 / Σ exp`).
+fn nll_forward(logits: &FlexTensor, targets: &[u32]) -> Option<(FlexTensor, NllState)> {
+    let dims = logits.layout().shape().to_vec();
+    let &[n, v] = dims.as_slice() else {
+        return None;
+    };
+    if n != targets.len() || v == 0 || targets.iter().any(|&t| t as usize >= v) {
+        return None;
+    }
+    let x = contiguous_f32(logits)?;
+    let x: &[f32] = x.storage();
+    let mut exps = FlexTensor::empty(Shape::new([n, v]), DType::F32);
+    let mut nll = vec![0f32; n];
+    let mut inv_sum = vec![0f32; n];
+    let rows = rows_per_task(v);
+    exps.storage_mut::<f32>()
+        .par_chunks_mut(rows * v)
+        .zip(x.par_chunks(rows * v))
+        .zip(nll.par_chunks_mut(rows))
+        .zip(inv_sum.par_chunks_mut(rows))
+        .zip(targets.par_chunks(rows))
+        .for_each(|((((exps, x), nll), inv_sum), targets)| {
+            ARCH.dispatch(NllRowsKernel {
+                x,
+                exps,
+                nll,
+                inv_sum,
+                targets,
+                v,
+            })
+        });
+    let nll = FlexTensor::from_data(burn::tensor::TensorData::new(nll, [n]));
+    Some((
+        nll,
+        NllState {
+            exps,
+            inv_sum: inv_sum.into(),
+            targets: targets.to_vec().into(),
+        },
+    ))
+}
+
+#[derive(Debug, Clone)]
+struct NllState {
+    exps: FlexTensor,
+    inv_sum: std::sync::Arc<[f32]>,
+    targets: std::sync::Arc<[u32]>,
+}
+
+/// Backward: `grad[i, j] = g_i (exp_ij / Σ_i − [j = t_i])`, written over the saved exponentials
+/// (copied first only if something else still holds them).
+fn nll_backward(state: NllState, grad: FlexTensor) -> FlexTensor {
+    let NllState {
+        exps,
+        inv_sum,
+        targets,
+    } = state;
+    let g = contiguous(grad);
+    let g: &[f32] = g.storage();
+    let v = exps.layout().shape().to_vec()[1];
+    let rows = rows_per_task(v);
+    let mut out = exps;
+    out.storage_mut::<f32>()
+        .par_chunks_mut(rows * v)
+        .zip(g.par_chunks(rows))
+        .zip(inv_sum.par_chunks(rows))
+        .zip(targets.par_chunks(rows))
+        .for_each(|(((exps, g), inv_sum), targets)| {
+            ARCH.dispatch(NllGradKernel {
+                exps,
+                g,
+                inv_sum,
+                targets,
+                v,
+            })
+        });
+    out
+}
+
+#[derive(Debug)]
+struct NllBackward;
+
+impl Backward<Flex, 1> for NllBackward {
+    type State = NllState;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let state = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |g| nll_backward(state, g));
+    }
+}
+
+/// Per-row negative log-likelihood of `targets` under `logits` `[n, v]`
+/// (`log Σ_j exp x_ij − x_i[t_i]`, as `-log_softmax(x).gather(t)`), fused, or `None` when the
+/// logits are not `f32` on flex (the caller then composes it from tensor operations).
+pub(crate) fn nll_rows(logits: &Tensor<2>, targets: &[u32]) -> Option<Tensor<1>> {
+    if let Ok(ad) = logits.clone().try_into_primitive::<Autodiff<Flex>>() {
+        let (x, node) = ad.into_parts();
+        let (nll, state) = nll_forward(&x, targets)?;
+        drop(x);
+        let out = match NllBackward
+            .prepare::<NoCheckpointing>([node])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(state, nll),
+            OpsKind::UnTracked(prep) => prep.finish(nll),
+        };
+        return Some(Tensor::from_primitive::<Autodiff<Flex>>(out));
+    }
+    let x = logits.clone().try_into_primitive::<Flex>().ok()?;
+    let (nll, _) = nll_forward(&x, targets)?;
+    Some(Tensor::from_primitive::<Flex>(nll))
+}
+
+// ------------------------------------------------------------------------------------------------
+// Causal softmax
+
+/// Forward over `[.., tq, tk]` scores whose row `i` is query `start + i`: softmax over keys
+/// `0..=start+i`, zeros after.
+fn causal_softmax_forward(scores: &FlexTensor, start: usize) -> Option<FlexTensor> {
+    let dims = scores.layout().shape().to_vec();
+    let [.., tq, tk] = dims.as_slice() else {
+        return None;
+    };
+    let (tq, tk) = (*tq, *tk);
+    if tk == 0 || start + tq > tk {
+        return None;
+    }
+    let x = contiguous_f32(scores)?;
+    let x: &[f32] = x.storage();
+    let mut y = FlexTensor::empty(Shape::from(dims.clone()), DType::F32);
+    let rows = rows_per_task(tk);
+    y.storage_mut::<f32>()
+        .par_chunks_mut(rows * tk)
+        .zip(x.par_chunks(rows * tk))
+        .enumerate()
+        .for_each(|(task, (y, x))| {
+            let first = task * rows;
+            ARCH.dispatch(CausalRowsKernel {
+                x,
+                y,
+                first,
+                start,
+                tq,
+                tk,
+            })
+        });
+    Some(y)
+}
+
+/// Backward: `dx = y (g − Σ_j g_j y_j)` on each row's attended keys, 0 elsewhere.
+fn causal_softmax_backward(y: &FlexTensor, grad: FlexTensor, start: usize) -> FlexTensor {
+    let dims = y.layout().shape().to_vec();
+    let (tq, tk) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+    let mut g = contiguous(grad);
+    let y: &[f32] = y.storage();
+    let rows = rows_per_task(tk);
+    g.storage_mut::<f32>()
+        .par_chunks_mut(rows * tk)
+        .zip(y.par_chunks(rows * tk))
+        .enumerate()
+        .for_each(|(task, (g, y))| {
+            let first = task * rows;
+            ARCH.dispatch(CausalGradKernel {
+                y,
+                g,
+                first,
+                start,
+                tq,
+                tk,
+            })
+        });
+    g
+}
+
+#[derive(Debug)]
+struct CausalSoftmaxBackward;
+
+impl Backward<Flex, 1> for CausalSoftmaxBackward {
+    /// The softmax and the block's first query.
+    type State = (FlexTensor, usize);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (y, start) = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |g| {
+            causal_softmax_backward(&y, g, start)
+        });
+    }
+}
+
+/// Softmax over the last axis of `scores` `[.., tq, tk]` where row `i` (query `start + i`)
+/// attends keys `0..=start + i` only, fused, or `None` when not `f32` on flex.
+pub(crate) fn causal_softmax(scores: &Tensor<4>, start: usize) -> Option<Tensor<4>> {
+    if let Ok(ad) = scores.clone().try_into_primitive::<Autodiff<Flex>>() {
+        let (x, node) = ad.into_parts();
+        let y = causal_softmax_forward(&x, start)?;
+        drop(x);
+        let out = match CausalSoftmaxBackward
+            .prepare::<NoCheckpointing>([node])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((y.clone(), start), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        return Some(Tensor::from_primitive::<Autodiff<Flex>>(out));
+    }
+    let x = scores.clone().try_into_primitive::<Flex>().ok()?;
+    Some(Tensor::from_primitive::<Flex>(causal_softmax_forward(
+        &x, start,
+    )?))
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::activation::{log_softmax, softmax};
+    use burn::tensor::{Device, Int, TensorData};
+    use cm3_core::rng::SplitMix64;
+
+    use super::*;
+
+    fn read(t: Tensor<1>) -> Vec<f32> {
+        t.into_data().try_to_vec::<f32>().unwrap_or_default()
+    }
+
+    fn random(n: usize, scale: f32, seed: u64) -> Vec<f32> {
+        let mut rng = SplitMix64::new(seed);
+        (0..n)
+            .map(|_| (rng.next_f64() as f32 * 2.0 - 1.0) * scale)
+            .collect()
+    }
+
+    /// Largest difference relative to the largest magnitude of `want` (at least 1).
+    fn worst(got: &[f32], want: &[f32]) -> f32 {
+        assert_eq!(got.len(), want.len());
+        let scale = want.iter().map(|x| x.abs()).fold(1.0, f32::max);
+        got.iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max)
+            / scale
+    }
+
+    #[test]
+    fn exp_is_within_three_ulp_of_libm_and_keeps_nan() {
+        let mut max_rel = 0f64;
+        for i in 0..=200_000 {
+            let x = -87.0 * i as f32 / 200_000.0;
+            let want = f64::from(x).exp();
+            let rel = ((f64::from(exp_nonpositive(x)) - want) / want).abs();
+            max_rel = max_rel.max(rel);
+        }
+        assert!(max_rel < 3.6e-7, "largest relative error {max_rel}");
+        assert!(exp_nonpositive(f32::NAN).is_nan());
+        assert_eq!(exp_nonpositive(0.0), 1.0);
+        // Far below the range: the smallest normal value, 0 for any sum it joins.
+        for x in [-100.0, -1e30, f32::NEG_INFINITY] {
+            let e = exp_nonpositive(x);
+            assert!((0.0..1.3e-38).contains(&e), "exp({x}) = {e}");
+        }
+    }
+
+    /// The fused loss and its gradient equal the composed `-log_softmax(x)[t]`'s, on an autodiff
+    /// flex device, over rows that are not a multiple of the lanes or the rows per task.
+    #[test]
+    fn fused_nll_matches_the_composed_log_softmax() {
+        let device = Device::flex().autodiff();
+        let (n, v) = (37, 1_001);
+        let x = random(n * v, 30.0, 1);
+        let targets: Vec<u32> = (0..n as u32).map(|i| (i * 97 + 5) % v as u32).collect();
+        let w = random(n, 1.0, 2);
+        let run = |fused: bool| {
+            let logits =
+                Tensor::<2>::from_data(TensorData::new(x.clone(), [n, v]), &device).require_grad();
+            let nll = if fused {
+                nll_rows(&logits, &targets).expect("f32 on flex")
+            } else {
+                let t: Vec<i64> = targets.iter().map(|&t| i64::from(t)).collect();
+                let t = Tensor::<2, Int>::from_data(TensorData::new(t, [n, 1]), &device);
+                log_softmax(logits.clone(), 1)
+                    .gather(1, t)
+                    .reshape([n])
+                    .neg()
+            };
+            let weights = Tensor::<1>::from_data(TensorData::new(w.clone(), [n]), &device);
+            let grads = (nll.clone() * weights).sum().backward();
+            let g = logits.grad(&grads).expect("a gradient");
+            (
+                read(nll),
+                g.into_data().try_to_vec::<f32>().unwrap_or_default(),
+            )
+        };
+        let (fused, fused_grad) = run(true);
+        let (composed, composed_grad) = run(false);
+        assert!(
+            worst(&fused, &composed) < 1e-6,
+            "loss {}",
+            worst(&fused, &composed)
+        );
+        assert!(
+            worst(&fused_grad, &composed_grad) < 1e-6,
+            "gradient {}",
+            worst(&fused_grad, &composed_grad)
+        );
+        // Without autodiff: the same values.
+        let plain = Tensor::<2>::from_data(TensorData::new(x.clone(), [n, v]), &Device::flex());
+        let values = read(nll_rows(&plain, &targets).expect("f32 on flex"));
+        assert!(worst(&values, &composed) < 1e-6);
+    }
+
+    #[test]
+    fn fused_nll_of_a_nan_row_is_nan_and_bad_targets_are_refused() {
+        let device = Device::flex();
+        let mut x = random(3 * 40, 5.0, 3);
+        x[40 + 7] = f32::NAN;
+        let logits = Tensor::<2>::from_data(TensorData::new(x, [3, 40]), &device);
+        let nll = read(nll_rows(&logits, &[1, 2, 3]).expect("f32 on flex"));
+        assert!(
+            nll[0].is_finite() && nll[1].is_nan() && nll[2].is_finite(),
+            "{nll:?}"
+        );
+        // A target outside the vocabulary is for the caller to report: no fused result.
+        assert!(nll_rows(&logits, &[1, 40, 3]).is_none());
+        assert!(nll_rows(&logits, &[1, 2]).is_none());
+    }
+
+    /// A block of queries starting at `start` attends keys `0..=start + i`: values and gradients
+    /// equal the composed softmax under the −∞ mask.
+    #[test]
+    fn fused_causal_softmax_matches_the_masked_softmax() {
+        let device = Device::flex().autodiff();
+        let (b, h, tq, start) = (2, 3, 21, 11);
+        let tk = start + tq;
+        let shape = [b, h, tq, tk];
+        let n = b * h * tq * tk;
+        let x = random(n, 8.0, 4);
+        let w = random(n, 1.0, 5);
+        let mut mask = vec![0f32; tq * tk];
+        for i in 0..tq {
+            for j in start + i + 1..tk {
+                mask[i * tk + j] = f32::NEG_INFINITY;
+            }
+        }
+        let run = |fused: bool| {
+            let s =
+                Tensor::<4>::from_data(TensorData::new(x.clone(), shape), &device).require_grad();
+            let y = if fused {
+                causal_softmax(&s, start).expect("f32 on flex")
+            } else {
+                let m =
+                    Tensor::<4>::from_data(TensorData::new(mask.clone(), [1, 1, tq, tk]), &device);
+                softmax(s.clone() + m, 3)
+            };
+            let weights = Tensor::<4>::from_data(TensorData::new(w.clone(), shape), &device);
+            let grads = (y.clone() * weights).sum().backward();
+            let g = s.grad(&grads).expect("a gradient");
+            (
+                y.into_data().try_to_vec::<f32>().unwrap_or_default(),
+                g.into_data().try_to_vec::<f32>().unwrap_or_default(),
+            )
+        };
+        let (fused, fused_grad) = run(true);
+        let (composed, composed_grad) = run(false);
+        assert!(
+            worst(&fused, &composed) < 1e-6,
+            "softmax {}",
+            worst(&fused, &composed)
+        );
+        assert!(
+            worst(&fused_grad, &composed_grad) < 1e-6,
+            "gradient {}",
+            worst(&fused_grad, &composed_grad)
+        );
+        // Above the diagonal: exactly 0.
+        assert_eq!(fused[tk - 1], 0.0);
+        // More queries than keys allow is not this kernel's: no result.
+        let s = Tensor::<4>::from_data(TensorData::new(x, shape), &device);
+        assert!(causal_softmax(&s, start + 1).is_none());
+    }
+}
