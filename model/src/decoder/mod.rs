@@ -134,7 +134,7 @@ fn next_token_loss(
     }
     let ids_u32: Vec<u32> = ids_read.iter().map(|&i| i as u32).collect();
     // One fused pass on flex; the composed -log_softmax(x)[t] elsewhere.
-    let nll = crate::fused::nll_rows(&logits, &ids_u32).unwrap_or_else(|| {
+    let nll = crate::fused::nll_rows(logits, &ids_u32).unwrap_or_else(|logits| {
         log_softmax(logits, 1)
             .gather(1, targets.clone())
             .reshape([n_targets])
@@ -472,8 +472,8 @@ fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: &Tensor<4>) 
     // `start`: the block's first query; on flex the mask is applied inside one fused softmax.
     let attend = |q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, m: Tensor<4>, start: usize| {
         let scores = q.matmul(k.swap_dims(2, 3));
-        crate::fused::causal_softmax(&scores, start)
-            .unwrap_or_else(|| softmax(scores + m, 3))
+        crate::fused::causal_softmax(scores, start)
+            .unwrap_or_else(|scores| softmax(scores + m, 3))
             .matmul(v)
     };
     let [b, h, t, hd] = q.dims();
