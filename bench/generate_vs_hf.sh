@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BATCHES="${BATCHES:-1 8}" REPS="${REPS:-3}" THREADS="${THREADS:-2}"
-PYTHON="${PYTHON:-$HOME/.cache/cm3-bench/torch-venv/bin/python}"
+PYTHON="${PYTHON:-$HOME/.cache/cm3-bench/torch2-venv/bin/python}"
 "$PYTHON" -c 'import torch, transformers' || { echo "generate_vs_hf: $PYTHON lacks torch or transformers; set PYTHON" >&2; exit 2; }
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cm3-target}"
 cargo bench -q -p cm3-generate --bench t2i_vs_hf --no-run >&2

@@ -8,11 +8,11 @@
 #   [BATCH=4] [REPS=5] [THREADS=2] [BACKEND=flex|wgpu] [PYTHON=<python with torch>] bash bench/vq_vs_taming.sh
 #
 # PYTHON needs torch; taming-transformers-rom1504 (--no-deps) and einops are installed into it
-# when missing. Default: ~/.cache/cm3-bench/torch-venv (bench/train_vs_torch.sh makes it).
+# when missing. Default: ~/.cache/cm3-bench/torch2-venv (torch 2.15; bench/train_vs_torch.sh makes it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BATCH="${BATCH:-4}" REPS="${REPS:-5}" THREADS="${THREADS:-2}" BACKEND="${BACKEND:-flex}"
-PYTHON="${PYTHON:-$HOME/.cache/cm3-bench/torch-venv/bin/python}"
+PYTHON="${PYTHON:-$HOME/.cache/cm3-bench/torch2-venv/bin/python}"
 "$PYTHON" -c 'import torch' || { echo "vq_vs_taming: $PYTHON has no torch; set PYTHON" >&2; exit 2; }
 if ! "$PYTHON" -c 'import einops, taming.modules.diffusionmodules.model' 2>/dev/null; then
   "$PYTHON" -m pip install -q --no-deps taming-transformers-rom1504==0.0.6
