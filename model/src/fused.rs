@@ -480,6 +480,195 @@ pub(crate) fn causal_softmax(scores: Tensor<4>, start: usize) -> Result<Tensor<4
     })
 }
 
+// ------------------------------------------------------------------------------------------------
+// Inference: GroupNorm (+ SiLU) and the argmax over channels, for the VQ tokenizer on flex
+
+/// `t` as a plain (no autodiff) `f32` flex tensor, or `t` back.
+fn plain_flex<const D: usize>(t: Tensor<D>) -> Result<FlexTensor, Tensor<D>> {
+    match on_flex(t)? {
+        OnFlex::Plain(x) => Ok(x),
+        OnFlex::Tracked(ad) => Err(Tensor::from_primitive::<Autodiff<Flex>>(ad)),
+    }
+}
+
+/// `y · sigmoid(y)`, with the exponential's argument kept non-positive.
+#[inline(always)]
+fn silu(y: f32) -> f32 {
+    let e = exp_nonpositive(-y.abs());
+    let s = if y >= 0.0 {
+        1.0 / (1.0 + e)
+    } else {
+        e / (1.0 + e)
+    };
+    y * s
+}
+
+/// One (image, group) block of `channels × hw` values, normalised in place.
+struct GroupNormKernel<'a> {
+    x: &'a mut [f32],
+    /// Per channel of the group: scale (γ) and shift (β).
+    gamma: &'a [f32],
+    beta: &'a [f32],
+    hw: usize,
+    eps: f64,
+    silu: bool,
+}
+
+impl pulp::WithSimd for GroupNormKernel<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let n = self.x.len() as f64;
+        // Two passes, summed in f64 lanes: the mean, then the biased variance about it.
+        let mut lanes = [0f64; 8];
+        let chunks = self.x.chunks_exact(8);
+        let mut sum: f64 = chunks.remainder().iter().map(|&v| f64::from(v)).sum();
+        for c in chunks {
+            for (l, &v) in lanes.iter_mut().zip(c) {
+                *l += f64::from(v);
+            }
+        }
+        let mean = (sum + lanes.iter().sum::<f64>()) / n;
+        lanes = [0f64; 8];
+        let chunks = self.x.chunks_exact(8);
+        sum = chunks
+            .remainder()
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum();
+        for c in chunks {
+            for (l, &v) in lanes.iter_mut().zip(c) {
+                let d = f64::from(v) - mean;
+                *l += d * d;
+            }
+        }
+        let var = (sum + lanes.iter().sum::<f64>()) / n;
+        let rstd = 1.0 / (var + self.eps).sqrt();
+        for ((x, &g), &b) in self
+            .x
+            .chunks_exact_mut(self.hw)
+            .zip(self.gamma)
+            .zip(self.beta)
+        {
+            let scale = (rstd * f64::from(g)) as f32;
+            let shift = (f64::from(b) - mean * rstd * f64::from(g)) as f32;
+            if self.silu {
+                for v in x.iter_mut() {
+                    *v = silu(*v * scale + shift);
+                }
+            } else {
+                for v in x.iter_mut() {
+                    *v = *v * scale + shift;
+                }
+            }
+        }
+    }
+}
+
+/// GroupNorm of `x` `[b, c, h, w]` (statistics over each group's `c / groups` channels and all
+/// positions, biased variance, as PyTorch), scaled by `gamma` and shifted by `beta` per channel,
+/// then SiLU when `silu`; fused, or `x` back when it is not a plain `f32` flex tensor (autodiff
+/// included: training composes it) or the shapes do not fit.
+pub(crate) fn group_norm(
+    x: Tensor<4>,
+    gamma: &[f32],
+    beta: &[f32],
+    groups: usize,
+    eps: f64,
+    silu: bool,
+) -> Result<Tensor<4>, Tensor<4>> {
+    let [b, c, h, w] = x.dims();
+    if groups == 0 || c % groups != 0 || gamma.len() != c || beta.len() != c || h * w == 0 {
+        return Err(x);
+    }
+    let mut y = contiguous(plain_flex(x)?);
+    let (per_group, hw) = (c / groups, h * w);
+    let params = gamma
+        .chunks_exact(per_group)
+        .zip(beta.chunks_exact(per_group));
+    let params: Vec<_> = (0..b).flat_map(|_| params.clone()).collect();
+    y.storage_mut::<f32>()[..b * c * hw]
+        .par_chunks_mut(per_group * hw)
+        .zip(params)
+        .for_each(|(x, (gamma, beta))| {
+            ARCH.dispatch(GroupNormKernel {
+                x,
+                gamma,
+                beta,
+                hw,
+                eps,
+                silu,
+            })
+        });
+    Ok(Tensor::from_primitive::<Flex>(y))
+}
+
+/// Positions per argmax task.
+const ARGMAX_POSITIONS: usize = 256;
+
+/// The first maximal channel at each of `best.len()` positions, the channels `stride` apart in `x`.
+struct ArgmaxKernel<'a> {
+    x: &'a [f32],
+    best: &'a mut [f32],
+    index: &'a mut [i64],
+    channels: usize,
+    stride: usize,
+}
+
+impl pulp::WithSimd for ArgmaxKernel<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let n = self.best.len();
+        self.best.copy_from_slice(&self.x[..n]);
+        self.index.fill(0);
+        for ch in 1..self.channels {
+            let row = &self.x[ch * self.stride..ch * self.stride + n];
+            for ((b, i), &v) in self.best.iter_mut().zip(self.index.iter_mut()).zip(row) {
+                let better = v > *b;
+                *b = if better { v } else { *b };
+                *i = if better { ch as i64 } else { *i };
+            }
+        }
+    }
+}
+
+/// `x.argmax(1)` of `x` `[b, c, h, w]` as `[b, h, w]` (the first maximal channel; NaN never
+/// wins), reading each channel's plane in order rather than striding across planes per
+/// position; or `x` back when it is not a plain `f32` flex tensor.
+pub(crate) fn argmax_channels(x: Tensor<4>) -> Result<Tensor<3, burn::tensor::Int>, Tensor<4>> {
+    let [b, c, h, w] = x.dims();
+    if c == 0 || h * w == 0 {
+        return Err(x);
+    }
+    let x = contiguous(plain_flex(x)?);
+    let v: &[f32] = x.storage();
+    let hw = h * w;
+    let mut best = vec![0f32; b * hw];
+    let mut index = vec![0i64; b * hw];
+    best.par_chunks_mut(hw)
+        .zip(index.par_chunks_mut(hw))
+        .enumerate()
+        .for_each(|(image, (best, index))| {
+            best.par_chunks_mut(ARGMAX_POSITIONS)
+                .zip(index.par_chunks_mut(ARGMAX_POSITIONS))
+                .enumerate()
+                .for_each(|(task, (best, index))| {
+                    let first = image * c * hw + task * ARGMAX_POSITIONS;
+                    let x = &v[first..first + (c - 1) * hw + best.len()];
+                    ARCH.dispatch(ArgmaxKernel {
+                        x,
+                        best,
+                        index,
+                        channels: c,
+                        stride: hw,
+                    })
+                })
+        });
+    let data = burn::tensor::TensorData::new(index, [b, h, w]);
+    Ok(Tensor::from_primitive::<Flex>(FlexTensor::from_data(data)))
+}
+
 #[cfg(test)]
 mod tests {
     use burn::tensor::activation::{log_softmax, softmax};
@@ -645,5 +834,75 @@ mod tests {
         // More queries than keys allow is not this kernel's: no result.
         let s = Tensor::<4>::from_data(TensorData::new(x, shape), &device);
         assert!(causal_softmax(s, start + 1).is_err());
+    }
+
+    /// GroupNorm (+ SiLU) equals Burn's GroupNorm module (then `silu`) within 1e-5, on a shape
+    /// whose planes are not a multiple of the lanes.
+    #[test]
+    fn fused_group_norm_matches_burns_module() {
+        use burn::nn::GroupNormConfig;
+        let device = Device::flex();
+        let (b, c, h, w, groups) = (2, 64, 5, 7, 32);
+        let x = random(b * c * h * w, 3.0, 6)
+            .iter()
+            .map(|v| v + 1.5)
+            .collect::<Vec<_>>();
+        let gamma = random(c, 2.0, 7);
+        let beta = random(c, 1.0, 8);
+        let mut module = GroupNormConfig::new(groups, c)
+            .with_epsilon(1e-6)
+            .init(&device);
+        let param = |v: &[f32]| {
+            burn::module::Param::from_tensor(Tensor::<1>::from_data(
+                TensorData::new(v.to_vec(), [c]),
+                &device,
+            ))
+        };
+        module.gamma = Some(param(&gamma));
+        module.beta = Some(param(&beta));
+        let input = || Tensor::<4>::from_data(TensorData::new(x.clone(), [b, c, h, w]), &device);
+        for then_silu in [false, true] {
+            let want = module.forward(input());
+            let want = if then_silu {
+                burn::tensor::activation::silu(want)
+            } else {
+                want
+            };
+            let got = group_norm(input(), &gamma, &beta, groups, 1e-6, then_silu)
+                .unwrap_or_else(|_| panic!("f32 on flex"));
+            let (got, want) = (
+                read(got.reshape([b * c * h * w])),
+                read(want.reshape([b * c * h * w])),
+            );
+            assert!(
+                worst(&got, &want) < 1e-5,
+                "silu {then_silu}: {}",
+                worst(&got, &want)
+            );
+        }
+        // Channels that do not split into the groups, or an autodiff input: handed back.
+        assert!(group_norm(input(), &gamma, &beta, 3, 1e-6, false).is_err());
+        let tracked =
+            Tensor::<4>::from_data(TensorData::new(x.clone(), [b, c, h, w]), &device.autodiff());
+        assert!(group_norm(tracked, &gamma, &beta, groups, 1e-6, false).is_err());
+    }
+
+    /// The channel argmax equals Burn's `argmax(1)`, ties included (the first maximal channel).
+    #[test]
+    fn fused_argmax_over_channels_matches_burn() {
+        let device = Device::flex();
+        let (b, c, h, w) = (2, 300, 17, 19);
+        // Few distinct values: many ties.
+        let x: Vec<f32> = random(b * c * h * w, 1.0, 9)
+            .iter()
+            .map(|v| (v * 8.0).round())
+            .collect();
+        let input = || Tensor::<4>::from_data(TensorData::new(x.clone(), [b, c, h, w]), &device);
+        let want = input().argmax(1).reshape([b, h, w]);
+        let got = argmax_channels(input()).unwrap_or_else(|_| panic!("f32 on flex"));
+        let read = |t: Tensor<3, Int>| t.into_data().try_into_vec_as::<i64>().unwrap_or_default();
+        let (got, want) = (read(got), read(want));
+        assert_eq!(got.len(), b * h * w);
+        assert_eq!(got, want);
     }
 }

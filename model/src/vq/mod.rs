@@ -303,7 +303,9 @@ impl VqTokenizer {
             Model::Gumbel(_) => {
                 let logits = self.logits(x)?;
                 let [b, _, h, w] = logits.dims();
-                Ok(logits.argmax(1).reshape([b, h, w]))
+                // On flex: one pass over the channel planes instead of a strided argmax.
+                Ok(crate::fused::argmax_channels(logits)
+                    .unwrap_or_else(|logits| logits.argmax(1).reshape([b, h, w])))
             }
             Model::Ema(m) => {
                 let z = self.prequant(x)?;

@@ -28,8 +28,43 @@ fn normalize(kind: Norm, channels: usize, device: &Device) -> GroupNorm {
 
 /// Apply a normalisation made by [`normalize`].
 fn norm(n: &GroupNorm, kind: Norm, x: Tensor<4>) -> Tensor<4> {
-    match kind {
-        Norm::Group => n.forward(x),
+    norm_then(n, kind, x, false)
+}
+
+/// [`norm`] followed by SiLU, as every ResnetBlock and the trunks' ends apply them.
+fn norm_silu(n: &GroupNorm, kind: Norm, x: Tensor<4>) -> Tensor<4> {
+    norm_then(n, kind, x, true)
+}
+
+/// The affine parameters of `n`, when it has them and they are readable.
+fn affine(n: &GroupNorm) -> Option<(Vec<f32>, Vec<f32>)> {
+    let read =
+        |p: &burn::module::Param<Tensor<1>>| p.val().into_data().try_into_vec_as::<f32>().ok();
+    Some((read(n.gamma.as_ref()?)?, read(n.beta.as_ref()?)?))
+}
+
+/// GroupNorm (one fused pass on flex when not training, Burn's module otherwise), then SiLU when
+/// `then_silu`; the per-position LayerNorm of [`Norm::Layer`].
+fn norm_then(n: &GroupNorm, kind: Norm, x: Tensor<4>, then_silu: bool) -> Tensor<4> {
+    let y = match kind {
+        Norm::Group => {
+            // Only a plain flex tensor takes the fused pass (reading γ and β from a GPU would
+            // cost a transfer per call).
+            let on_flex = matches!(
+                x.device().as_dispatch(),
+                burn::backend::DispatchDevice::Flex(_)
+            );
+            let fused = match if on_flex { affine(n) } else { None } {
+                Some((g, b)) => {
+                    crate::fused::group_norm(x, &g, &b, n.num_groups, n.epsilon, then_silu)
+                }
+                None => Err(x),
+            };
+            match fused {
+                Ok(y) => return y,
+                Err(x) => n.forward(x),
+            }
+        }
         Norm::Layer => {
             let [_, c, _, _] = x.dims();
             let mean = x.clone().mean_dim(1);
@@ -43,7 +78,8 @@ fn norm(n: &GroupNorm, kind: Norm, x: Tensor<4>) -> Tensor<4> {
                 _ => y,
             }
         }
-    }
+    };
+    if then_silu { silu(y) } else { y }
 }
 
 /// How a fresh model's weights are drawn (a loaded checkpoint replaces them all).
@@ -134,9 +170,9 @@ impl ResnetBlock {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let h = self
             .conv1
-            .forward(silu(norm(&self.norm1, self.stats, x.clone())));
+            .forward(norm_silu(&self.norm1, self.stats, x.clone()));
         // Dropout is 0 in every released VQGAN, so there is none.
-        let h = self.conv2.forward(silu(norm(&self.norm2, self.stats, h)));
+        let h = self.conv2.forward(norm_silu(&self.norm2, self.stats, h));
         let x = match &self.nin_shortcut {
             Some(c) => c.forward(x),
             None => x,
@@ -322,7 +358,7 @@ impl Encoder {
         }
         let h = self.mid.forward(h);
         self.conv_out
-            .forward(silu(norm(&self.norm_out, self.stats, h)))
+            .forward(norm_silu(&self.norm_out, self.stats, h))
     }
 }
 
@@ -392,7 +428,7 @@ impl Decoder {
             }
         }
         self.conv_out
-            .forward(silu(norm(&self.norm_out, self.stats, h)))
+            .forward(norm_silu(&self.norm_out, self.stats, h))
     }
 }
 
