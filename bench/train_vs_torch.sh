@@ -10,7 +10,7 @@
 # PyTorch: TORCH_PYTHON=<python> uses an interpreter that already has torch and transformers;
 # otherwise they come from PyPI into ~/.cache/cm3-bench/torch2-venv (torch 2.15.0, transformers
 # 5.25.0) on first use. The peer is a current PyTorch on purpose: torch 1.12.1 (the oracle
-# fixture's) links MKL 2020, which takes its generic, non-vectorised sgemm on AMD CPUs (measured
+# fixture's) links MKL 2020, which runs its generic (`def`) sgemm kernels on AMD CPUs (measured
 # on an AMD EPYC: 1,262 tokens/s against torch 2.15's 3,569 at sequence 512). cm3 is the
 # dev-profile binary, whose dependencies (Burn, where the arithmetic runs) are built with
 # opt-level 3, unless CM3 names another.
