@@ -35,8 +35,10 @@ static ARCH: std::sync::LazyLock<pulp::Arch> = std::sync::LazyLock::new(pulp::Ar
 /// them at the width `pulp` dispatches to (AVX-512, or two AVX2 registers).
 const LANES: usize = 16;
 
-/// Below this, `exp` is 0 to within f32's normal range (`exp(−87.34) ≈ 1.2e−38`).
-const EXP_MIN: f32 = -87.336_55;
+/// Below this, `exp` is 0 to within f32's normal range: `exp(EXP_MIN)` is the smallest normal
+/// value, 2^−126 (a little above ln 2^−126 = −87.3365447, so that the result is never subnormal,
+/// which some CPUs multiply slowly).
+const EXP_MIN: f32 = -87.336_54;
 
 /// `exp(x)` for `x ≤ 0` (and NaN), without branches or library calls, so that loops over it
 /// vectorise: `2^k · p(r)` with `k = round(x / ln 2)`, `r = x − k ln 2` in `[−ln2/2, ln2/2]`,
@@ -259,7 +261,7 @@ fn nll_forward(logits: FlexTensor, targets: &[u32]) -> (FlexTensor, NllState) {
     let mut nll = vec![0f32; n];
     let mut inv_sum = vec![0f32; n];
     let rows = rows_per_task(v);
-    exps.storage_mut::<f32>()
+    exps.storage_mut::<f32>()[..n * v]
         .par_chunks_mut(rows * v)
         .zip(nll.par_chunks_mut(rows))
         .zip(inv_sum.par_chunks_mut(rows))
@@ -302,7 +304,8 @@ fn nll_backward(state: NllState, grad: FlexTensor) -> FlexTensor {
     let v = exps.layout().shape().to_vec()[1];
     let rows = rows_per_task(v);
     let mut out = exps;
-    out.storage_mut::<f32>()
+    let numel = inv_sum.len() * v;
+    out.storage_mut::<f32>()[..numel]
         .par_chunks_mut(rows * v)
         .zip(g.par_chunks(rows))
         .zip(inv_sum.par_chunks(rows))
@@ -396,9 +399,11 @@ pub(crate) fn nll_rows(logits: Tensor<2>, targets: &[u32]) -> Result<Tensor<1>, 
 fn causal_softmax_forward(scores: FlexTensor, start: usize) -> FlexTensor {
     let dims = scores.layout().shape().to_vec();
     let (tq, tk) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+    let numel: usize = dims.iter().product();
     let mut y = contiguous(scores);
     let rows = rows_per_task(tk);
-    y.storage_mut::<f32>()
+    // The tensor's own elements: a view may start a longer buffer.
+    y.storage_mut::<f32>()[..numel]
         .par_chunks_mut(rows * tk)
         .enumerate()
         .for_each(|(task, x)| {
@@ -418,10 +423,11 @@ fn causal_softmax_forward(scores: FlexTensor, start: usize) -> FlexTensor {
 fn causal_softmax_backward(y: &FlexTensor, grad: FlexTensor, start: usize) -> FlexTensor {
     let dims = y.layout().shape().to_vec();
     let (tq, tk) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+    let numel: usize = dims.iter().product();
     let mut g = contiguous(grad);
-    let y: &[f32] = y.storage();
+    let y: &[f32] = &y.storage()[..numel];
     let rows = rows_per_task(tk);
-    g.storage_mut::<f32>()
+    g.storage_mut::<f32>()[..numel]
         .par_chunks_mut(rows * tk)
         .zip(y.par_chunks(rows * tk))
         .enumerate()
@@ -459,7 +465,7 @@ impl Backward<Flex, 1> for CausalSoftmaxBackward {
 /// or have more queries than keys.
 pub(crate) fn causal_softmax(scores: Tensor<4>, start: usize) -> Result<Tensor<4>, Tensor<4>> {
     let [_, _, tq, tk] = scores.dims();
-    if tk == 0 || start + tq > tk {
+    if tq == 0 || tk == 0 || start + tq > tk {
         return Err(scores);
     }
     Ok(match on_flex(scores)? {
@@ -578,7 +584,8 @@ pub(crate) fn group_norm(
     silu: bool,
 ) -> Result<Tensor<4>, Tensor<4>> {
     let [b, c, h, w] = x.dims();
-    if groups == 0 || c % groups != 0 || gamma.len() != c || beta.len() != c || h * w == 0 {
+    if groups == 0 || c == 0 || c % groups != 0 || gamma.len() != c || beta.len() != c || h * w == 0
+    {
         return Err(x);
     }
     let mut y = contiguous(plain_flex(x)?);
@@ -625,7 +632,8 @@ impl pulp::WithSimd for ArgmaxKernel<'_> {
         for ch in 1..self.channels {
             let row = &self.x[ch * self.stride..ch * self.stride + n];
             for ((b, i), &v) in self.best.iter_mut().zip(self.index.iter_mut()).zip(row) {
-                let better = v > *b;
+                // As Burn's argmax: the first NaN wins and keeps its place.
+                let better = !b.is_nan() && (v.is_nan() || v > *b);
                 *b = if better { v } else { *b };
                 *i = if better { ch as i64 } else { *i };
             }
@@ -633,8 +641,8 @@ impl pulp::WithSimd for ArgmaxKernel<'_> {
     }
 }
 
-/// `x.argmax(1)` of `x` `[b, c, h, w]` as `[b, h, w]` (the first maximal channel; NaN never
-/// wins), reading each channel's plane in order rather than striding across planes per
+/// `x.argmax(1)` of `x` `[b, c, h, w]` as `[b, h, w]` (the first maximal channel, or the first
+/// NaN, as Burn's), reading each channel's plane in order rather than striding across planes per
 /// position; or `x` back when it is not a plain `f32` flex tensor.
 pub(crate) fn argmax_channels(x: Tensor<4>) -> Result<Tensor<3, burn::tensor::Int>, Tensor<4>> {
     let [b, c, h, w] = x.dims();
@@ -669,6 +677,152 @@ pub(crate) fn argmax_channels(x: Tensor<4>) -> Result<Tensor<3, burn::tensor::In
     Ok(Tensor::from_primitive::<Flex>(FlexTensor::from_data(data)))
 }
 
+/// Elements of one band's column matrix in [`conv3x3`] (16 MiB of `f32`).
+const CONV_BAND_ELEMS: usize = 4 << 20;
+
+/// A 3 × 3 convolution of `x` `[b, ci, h, w]` by `weight` `[co, ci, 3, 3]` (+ `bias` `[co]`), of
+/// stride 1 or 2, zero padding `pad` (top, left, bottom, right), as one matrix product per band
+/// of output rows: the band's column matrix `[9 ci, rows · ow]` is built from shifted rows of the
+/// NCHW planes (whole-row copies at stride 1), and `weight` as `[co, 9 ci]` multiplies it
+/// straight into NCHW output. flex's own convolution transposes the input to NHWC and gathers its
+/// columns element by element. `x` comes back when it is not a plain `f32` flex tensor (autodiff
+/// included) or the shapes do not fit; the caller checks the dilation (1) and groups (1).
+pub(crate) fn conv3x3(
+    x: Tensor<4>,
+    weight: &Tensor<4>,
+    bias: Option<&Tensor<1>>,
+    stride: usize,
+    pad: [usize; 4],
+) -> Result<Tensor<4>, Tensor<4>> {
+    conv3x3_in_bands(x, weight, bias, stride, pad, CONV_BAND_ELEMS)
+}
+
+/// The geometry of one [`conv3x3`].
+#[derive(Debug, Clone, Copy)]
+struct Taps {
+    h: usize,
+    w: usize,
+    ow: usize,
+    stride: usize,
+    top: usize,
+    left: usize,
+}
+
+/// [`conv3x3`] with column matrices of at most `band_elems` elements (at least one row).
+fn conv3x3_in_bands(
+    x: Tensor<4>,
+    weight: &Tensor<4>,
+    bias: Option<&Tensor<1>>,
+    stride: usize,
+    [top, left, bottom, right]: [usize; 4],
+    band_elems: usize,
+) -> Result<Tensor<4>, Tensor<4>> {
+    let [b, ci, h, w] = x.dims();
+    let [co, wci, kh, kw] = weight.dims();
+    let (ph, pw) = (h + top + bottom, w + left + right);
+    if wci != ci || kh != 3 || kw != 3 || ci == 0 || !(1..=2).contains(&stride) || ph < 3 || pw < 3
+    {
+        return Err(x);
+    }
+    if bias.is_some_and(|b| b.dims() != [co]) {
+        return Err(x);
+    }
+    let (oh, ow) = ((ph - 3) / stride + 1, (pw - 3) / stride + 1);
+    let device = x.device();
+    // Read, never written: kept to hand back should a step below not apply after all.
+    let original = x.clone();
+    // The input first: the parameters are read to the host only for a flex input.
+    let x = contiguous(plain_flex(x)?);
+    let bias: Vec<f32> = match bias.map(|b| b.clone().into_data().try_into_vec_as::<f32>()) {
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return Err(original),
+        None => vec![0.0; co],
+    };
+    let weight = match plain_flex(weight.clone()) {
+        Ok(wt) => Tensor::<4>::from_primitive::<Flex>(wt).reshape([co, 9 * ci]),
+        Err(_) => return Err(original),
+    };
+    let xv: &[f32] = x.storage();
+    let (k, hw, ohw) = (9 * ci, h * w, oh * ow);
+    let taps = Taps {
+        h,
+        w,
+        ow,
+        stride,
+        top,
+        left,
+    };
+    let band = (band_elems / (k * ow)).clamp(1, oh);
+    let mut out = vec![0f32; b * co * ohw];
+    for img in 0..b {
+        let planes = &xv[img * ci * hw..(img + 1) * ci * hw];
+        for y0 in (0..oh).step_by(band) {
+            let rows = band.min(oh - y0);
+            let n = rows * ow;
+            let mut cols = vec![0f32; k * n];
+            cols.par_chunks_mut(9 * n)
+                .zip(planes.par_chunks(hw))
+                .for_each(|(block, plane)| shifted_rows(block, plane, y0, rows, taps));
+            let cols = Tensor::<2>::from_data(burn::tensor::TensorData::new(cols, [k, n]), &device);
+            let Ok(y) = weight.clone().matmul(cols).try_into_primitive::<Flex>() else {
+                // The product of two flex tensors is one; were it not, Burn's convolution runs.
+                return Err(original);
+            };
+            let y = contiguous(y);
+            let yv: &[f32] = y.storage();
+            out[img * co * ohw..(img + 1) * co * ohw]
+                .par_chunks_mut(ohw)
+                .zip(yv.par_chunks(n))
+                .zip(bias.par_iter())
+                .for_each(|((plane, y), &bias)| {
+                    for (o, &v) in plane[y0 * ow..y0 * ow + n].iter_mut().zip(y) {
+                        *o = v + bias;
+                    }
+                });
+        }
+    }
+    let data = burn::tensor::TensorData::new(out, [b, co, oh, ow]);
+    Ok(Tensor::from_primitive::<Flex>(FlexTensor::from_data(data)))
+}
+
+/// The nine rows (ky, kx) of one input channel's column block for output rows `y0..y0+rows`:
+/// row (ky, kx) holds, at output (y, x), the input at (y·s + ky − top, x·s + kx − left), 0
+/// outside the plane.
+fn shifted_rows(block: &mut [f32], plane: &[f32], y0: usize, rows: usize, t: Taps) {
+    let n = rows * t.ow;
+    for (tap, row) in block.chunks_exact_mut(n).enumerate() {
+        let (ky, kx) = (tap / 3, tap % 3);
+        for (r, dst) in row.chunks_exact_mut(t.ow).enumerate() {
+            let iy = ((y0 + r) * t.stride + ky)
+                .checked_sub(t.top)
+                .filter(|&iy| iy < t.h);
+            let Some(iy) = iy else {
+                dst.fill(0.0);
+                continue;
+            };
+            let src = &plane[iy * t.w..(iy + 1) * t.w];
+            if t.stride == 1 {
+                // dst[x] = src[x + kx − left]: a run of whole copies between zero edges.
+                let lo = t.left.saturating_sub(kx).min(t.ow);
+                let hi = (t.w + t.left).saturating_sub(kx).clamp(lo, t.ow);
+                dst[..lo].fill(0.0);
+                if hi > lo {
+                    // lo ≥ left − kx here (lo was not clamped to ow), so no underflow.
+                    dst[lo..hi].copy_from_slice(&src[lo + kx - t.left..hi + kx - t.left]);
+                }
+                dst[hi..].fill(0.0);
+            } else {
+                for (x, d) in dst.iter_mut().enumerate() {
+                    let ix = (x * t.stride + kx)
+                        .checked_sub(t.left)
+                        .filter(|&ix| ix < t.w);
+                    *d = ix.map_or(0.0, |ix| src[ix]);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use burn::tensor::activation::{log_softmax, softmax};
@@ -678,7 +832,7 @@ mod tests {
     use super::*;
 
     fn read(t: Tensor<1>) -> Vec<f32> {
-        t.into_data().try_to_vec::<f32>().unwrap_or_default()
+        t.into_data().try_into_vec_as::<f32>().expect("f32 values")
     }
 
     fn random(n: usize, scale: f32, seed: u64) -> Vec<f32> {
@@ -691,6 +845,7 @@ mod tests {
     /// Largest difference relative to the largest magnitude of `want` (at least 1).
     fn worst(got: &[f32], want: &[f32]) -> f32 {
         assert_eq!(got.len(), want.len());
+        assert!(!want.is_empty(), "nothing compared");
         let scale = want.iter().map(|x| x.abs()).fold(1.0, f32::max);
         got.iter()
             .zip(want)
@@ -714,7 +869,7 @@ mod tests {
         // Far below the range: the smallest normal value, 0 for any sum it joins.
         for x in [-100.0, -1e30, f32::NEG_INFINITY] {
             let e = exp_nonpositive(x);
-            assert!((0.0..1.3e-38).contains(&e), "exp({x}) = {e}");
+            assert!((f32::MIN_POSITIVE..1.3e-38).contains(&e), "exp({x}) = {e}");
         }
     }
 
@@ -745,7 +900,7 @@ mod tests {
             let g = logits.grad(&grads).expect("a gradient");
             (
                 read(nll),
-                g.into_data().try_to_vec::<f32>().unwrap_or_default(),
+                g.into_data().try_into_vec_as::<f32>().expect("f32 values"),
             )
         };
         let (fused, fused_grad) = run(true);
@@ -813,8 +968,8 @@ mod tests {
             let grads = (y.clone() * weights).sum().backward();
             let g = s.grad(&grads).expect("a gradient");
             (
-                y.into_data().try_to_vec::<f32>().unwrap_or_default(),
-                g.into_data().try_to_vec::<f32>().unwrap_or_default(),
+                y.into_data().try_into_vec_as::<f32>().expect("f32 values"),
+                g.into_data().try_into_vec_as::<f32>().expect("f32 values"),
             )
         };
         let (fused, fused_grad) = run(true);
@@ -893,16 +1048,107 @@ mod tests {
         let device = Device::flex();
         let (b, c, h, w) = (2, 300, 17, 19);
         // Few distinct values: many ties.
-        let x: Vec<f32> = random(b * c * h * w, 1.0, 9)
+        let mut x: Vec<f32> = random(b * c * h * w, 1.0, 9)
             .iter()
             .map(|v| (v * 8.0).round())
             .collect();
+        // NaN at channel 0 of one position, at two later channels of another: Burn's argmax
+        // keeps the first NaN.
+        x[5] = f32::NAN;
+        x[40 * h * w + 6] = f32::NAN;
+        x[90 * h * w + 6] = f32::NAN;
         let input = || Tensor::<4>::from_data(TensorData::new(x.clone(), [b, c, h, w]), &device);
         let want = input().argmax(1).reshape([b, h, w]);
         let got = argmax_channels(input()).unwrap_or_else(|_| panic!("f32 on flex"));
-        let read = |t: Tensor<3, Int>| t.into_data().try_into_vec_as::<i64>().unwrap_or_default();
+        let read = |t: Tensor<3, Int>| t.into_data().try_into_vec_as::<i64>().expect("ids");
         let (got, want) = (read(got), read(want));
         assert_eq!(got.len(), b * h * w);
+        assert_eq!((got[5], got[6]), (0, 40));
         assert_eq!(got, want);
+    }
+
+    /// The band products equal Burn's `conv2d` (stride 1, padding 1), in one band and in bands
+    /// of two rows and of one, with and without a bias, and for planes one pixel wide.
+    #[test]
+    fn fused_conv3x3_matches_burns_conv2d() {
+        use burn::tensor::module::conv2d;
+        use burn::tensor::ops::ConvOptions;
+        let device = Device::flex();
+        for (b, ci, co, h, w) in [(2, 5, 6, 7, 9), (1, 3, 4, 4, 1)] {
+            let x = random(b * ci * h * w, 2.0, 10);
+            let wt = random(co * ci * 9, 0.5, 11);
+            let bias = random(co, 1.0, 12);
+            let input =
+                || Tensor::<4>::from_data(TensorData::new(x.clone(), [b, ci, h, w]), &device);
+            let weight =
+                Tensor::<4>::from_data(TensorData::new(wt.clone(), [co, ci, 3, 3]), &device);
+            let bias = Tensor::<1>::from_data(TensorData::new(bias.clone(), [co]), &device);
+            let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+            for with_bias in [true, false] {
+                let want = conv2d(
+                    input(),
+                    weight.clone(),
+                    with_bias.then(|| bias.clone()),
+                    options.clone(),
+                );
+                let want = read(want.reshape([b * co * h * w]));
+                for band_elems in [usize::MAX / 2, 2 * 9 * ci * w, 1] {
+                    let got = conv3x3_in_bands(
+                        input(),
+                        &weight,
+                        with_bias.then_some(&bias),
+                        1,
+                        [1; 4],
+                        band_elems,
+                    )
+                    .unwrap_or_else(|_| panic!("f32 on flex"));
+                    let got = read(got.reshape([b * co * h * w]));
+                    assert!(
+                        worst(&got, &want) < 1e-5,
+                        "{b}x{ci}x{h}x{w}, bias {with_bias}, band {band_elems}: {}",
+                        worst(&got, &want)
+                    );
+                }
+            }
+        }
+        // Stride 2 after padding the bottom and right by one (taming's Downsample), odd and
+        // even sizes.
+        for (h, w) in [(8, 8), (7, 10)] {
+            let (b, ci, co) = (2, 3, 5);
+            let x = random(b * ci * h * w, 2.0, 14);
+            let wt = random(co * ci * 9, 0.5, 15);
+            let input = Tensor::<4>::from_data(TensorData::new(x, [b, ci, h, w]), &device);
+            let weight = Tensor::<4>::from_data(TensorData::new(wt, [co, ci, 3, 3]), &device);
+            let padded = input
+                .clone()
+                .pad((0, 1, 0, 1), burn::tensor::ops::PadMode::Constant(0.0));
+            let want = conv2d(
+                padded,
+                weight.clone(),
+                None,
+                ConvOptions::new([2, 2], [0, 0], [1, 1], 1),
+            );
+            let dims = want.dims();
+            let got = conv3x3(input, &weight, None, 2, [0, 0, 1, 1])
+                .unwrap_or_else(|_| panic!("f32 on flex"));
+            assert_eq!(got.dims(), dims);
+            let n: usize = dims.iter().product();
+            let (got, want) = (read(got.reshape([n])), read(want.reshape([n])));
+            assert!(
+                worst(&got, &want) < 1e-5,
+                "stride 2 {h}x{w}: {}",
+                worst(&got, &want)
+            );
+        }
+        // Not a 3 x 3 kernel, or an autodiff input: handed back.
+        let x = Tensor::<4>::from_data(
+            TensorData::new(random(2 * 3 * 3, 1.0, 13), [1, 2, 3, 3]),
+            &device,
+        );
+        let one = Tensor::<4>::from_data(TensorData::new(vec![1f32; 4], [2, 2, 1, 1]), &device);
+        assert!(conv3x3(x.clone(), &one, None, 1, [1; 4]).is_err());
+        let three = Tensor::<4>::from_data(TensorData::new(vec![1f32; 36], [2, 2, 3, 3]), &device);
+        let tracked = Tensor::<4>::from_data(x.into_data(), &device.autodiff());
+        assert!(conv3x3(tracked, &three, None, 1, [1; 4]).is_err());
     }
 }

@@ -127,6 +127,42 @@ pub(crate) fn conv(
     }
 }
 
+/// `c.forward(x)`; a 3 × 3 convolution on a flex input (not training) as
+/// [`crate::fused::conv3x3`]'s band products.
+fn run_conv(c: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    run_conv_padded(c, x, [0; 4])
+}
+
+/// [`run_conv`] of `x` zero-padded first by `extra` (top, left, bottom, right) beyond the
+/// convolution's own padding.
+fn run_conv_padded(c: &Conv2d, x: Tensor<4>, extra: [usize; 4]) -> Tensor<4> {
+    let own = match c.padding {
+        PaddingConfig2d::Explicit(top, left, bottom, right) => Some([top, left, bottom, right]),
+        _ => None,
+    };
+    let fits = c.kernel_size == [3, 3]
+        && (c.stride == [1, 1] || c.stride == [2, 2])
+        && c.dilation == [1, 1]
+        && c.groups == 1;
+    let burn = |x: Tensor<4>| {
+        let [top, left, bottom, right] = extra;
+        if extra == [0; 4] {
+            c.forward(x)
+        } else {
+            c.forward(x.pad((left, right, top, bottom), PadMode::Constant(0.0)))
+        }
+    };
+    match own {
+        Some(own) if fits => {
+            let pad = [0, 1, 2, 3].map(|i| own[i] + extra[i]);
+            let bias = c.bias.as_ref().map(|b| b.val());
+            crate::fused::conv3x3(x, &c.weight.val(), bias.as_ref(), c.stride[0], pad)
+                .unwrap_or_else(burn)
+        }
+        _ => burn(x),
+    }
+}
+
 /// The last convolution of a residual branch: zero under [`Init::Train`].
 fn branch_out(
     cin: usize,
@@ -168,11 +204,9 @@ impl ResnetBlock {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let h = self
-            .conv1
-            .forward(norm_silu(&self.norm1, self.stats, x.clone()));
+        let h = run_conv(&self.conv1, norm_silu(&self.norm1, self.stats, x.clone()));
         // Dropout is 0 in every released VQGAN, so there is none.
-        let h = self.conv2.forward(norm_silu(&self.norm2, self.stats, h));
+        let h = run_conv(&self.conv2, norm_silu(&self.norm2, self.stats, h));
         let x = match &self.nin_shortcut {
             Some(c) => c.forward(x),
             None => x,
@@ -230,8 +264,8 @@ pub struct Downsample {
 
 impl Downsample {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.conv
-            .forward(x.pad((0, 1, 0, 1), PadMode::Constant(0.0)))
+        // Bottom and right (Burn's pad takes left, right, top, bottom).
+        run_conv_padded(&self.conv, x, [0, 0, 1, 1])
     }
 }
 
@@ -247,7 +281,7 @@ impl Upsample {
             x,
             InterpolateOptions::new(InterpolateMode::Nearest).with_scale_factor([2.0, 2.0]),
         );
-        self.conv.forward(up)
+        run_conv(&self.conv, up)
     }
 }
 
@@ -349,7 +383,7 @@ impl Encoder {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut h = self.conv_in.forward(x);
+        let mut h = run_conv(&self.conv_in, x);
         for level in &self.down {
             h = run_level(&level.block, &level.attn, h);
             if let Some(d) = &level.downsample {
@@ -357,8 +391,7 @@ impl Encoder {
             }
         }
         let h = self.mid.forward(h);
-        self.conv_out
-            .forward(norm_silu(&self.norm_out, self.stats, h))
+        run_conv(&self.conv_out, norm_silu(&self.norm_out, self.stats, h))
     }
 }
 
@@ -420,15 +453,14 @@ impl Decoder {
     }
 
     pub fn forward(&self, z: Tensor<4>) -> Tensor<4> {
-        let mut h = self.mid.forward(self.conv_in.forward(z));
+        let mut h = self.mid.forward(run_conv(&self.conv_in, z));
         for level in self.up.iter().rev() {
             h = run_level(&level.block, &level.attn, h);
             if let Some(u) = &level.upsample {
                 h = u.forward(h);
             }
         }
-        self.conv_out
-            .forward(norm_silu(&self.norm_out, self.stats, h))
+        run_conv(&self.conv_out, norm_silu(&self.norm_out, self.stats, h))
     }
 }
 
