@@ -12,6 +12,10 @@
 //!
 //! Both apply only to `f32` tensors on flex (with or without autodiff); callers fall back to the
 //! composed operations everywhere else (wgpu, CUDA), which compute the same function.
+//!
+//! For the VQ tokenizer at inference (plain flex, no autodiff) there are three more, forward
+//! only: GroupNorm (+ SiLU) in one pass per (image, group), the argmax over channels plane by
+//! plane, and 3 × 3 convolutions as one matrix product per band of output rows.
 // `Err` carries the caller's own tensor back, untouched, when the kernel does not apply: a
 // 256-byte move once per call, not an error passed up through `?` chains.
 #![allow(clippy::result_large_err)]
