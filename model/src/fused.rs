@@ -867,6 +867,12 @@ mod tests {
             / scale
     }
 
+    /// `got` within `tol` of `want`, as [`worst`] measures it.
+    fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
+        let w = worst(got, want);
+        assert!(w < tol, "{what}: {w}");
+    }
+
     #[test]
     fn exp_is_within_three_ulp_of_libm_and_keeps_nan() {
         let mut max_rel = 0f64;
@@ -918,16 +924,8 @@ mod tests {
         };
         let (fused, fused_grad) = run(true);
         let (composed, composed_grad) = run(false);
-        assert!(
-            worst(&fused, &composed) < 1e-6,
-            "loss {}",
-            worst(&fused, &composed)
-        );
-        assert!(
-            worst(&fused_grad, &composed_grad) < 1e-6,
-            "gradient {}",
-            worst(&fused_grad, &composed_grad)
-        );
+        assert_close(&fused, &composed, 1e-6, "loss");
+        assert_close(&fused_grad, &composed_grad, 1e-6, "gradient");
         // Without autodiff: the same values.
         let plain = Tensor::<2>::from_data(TensorData::new(x.clone(), [n, v]), &Device::flex());
         let values = read(nll_rows(plain, &targets).expect("f32 on flex"));
@@ -987,16 +985,8 @@ mod tests {
         };
         let (fused, fused_grad) = run(true);
         let (composed, composed_grad) = run(false);
-        assert!(
-            worst(&fused, &composed) < 1e-6,
-            "softmax {}",
-            worst(&fused, &composed)
-        );
-        assert!(
-            worst(&fused_grad, &composed_grad) < 1e-6,
-            "gradient {}",
-            worst(&fused_grad, &composed_grad)
-        );
+        assert_close(&fused, &composed, 1e-6, "softmax");
+        assert_close(&fused_grad, &composed_grad, 1e-6, "gradient");
         // Above the diagonal: exactly 0.
         assert_eq!(fused[tk - 1], 0.0);
         // More queries than keys allow is not this kernel's: no result.
