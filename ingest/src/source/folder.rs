@@ -1,39 +1,30 @@
 //! A folder of images with sidecar captions: `a/b.jpg` + `a/b.txt` (+ optional `a/b.json` with
-//! `license`, `url`, ... as img2dataset writes them). Searched recursively, in sorted order.
-use std::collections::BTreeMap;
-use std::fs;
+//! `license`, `url`, ... as img2dataset writes them). Searched recursively; pairs come in the
+//! order of their keys (the path without its extension), listed by an external sort so that a
+//! folder of any size costs its listing the same memory.
 use std::path::{Path, PathBuf};
 
-use crate::error::{IngestError, Result};
+use crate::error::Result;
 use crate::normalize::{RejectReason, Rejection};
 
+use super::listing::{component_order, sorted_files};
 use super::{
     Emit, ImageData, RawCaption, RawRecord, SourceSpec, is_image_ext, license_from_json,
     url_from_json,
 };
 
-/// Every regular file below `root`, sorted, hidden files and folders excluded.
+/// Every regular file below `root`, sorted, hidden files and folders excluded. Holds every path:
+/// for small folders (an SFT set); a dataset's folder input streams them instead.
 pub fn list_files(root: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in fs::read_dir(&dir).map_err(|e| IngestError::io("listing", &dir, e))? {
-            let e = e.map_err(|e| IngestError::io("listing", &dir, e))?;
-            if e.file_name().to_string_lossy().starts_with('.') {
-                continue;
-            }
-            let ft = e
-                .file_type()
-                .map_err(|err| IngestError::io("reading", e.path(), err))?;
-            if ft.is_dir() {
-                stack.push(e.path());
-            } else if ft.is_file() || ft.is_symlink() {
-                out.push(e.path());
-            }
-        }
+    sorted_files(root, |rel| Some(component_order(rel)))?.collect()
+}
+
+/// The paths below `root` in [`list_files`]'s order, without holding them all.
+pub fn for_each_file(root: &Path, mut f: impl FnMut(PathBuf) -> Result<()>) -> Result<()> {
+    for path in sorted_files(root, |rel| Some(component_order(rel)))? {
+        f(path?)?;
     }
-    out.sort();
-    Ok(out)
+    Ok(())
 }
 
 #[derive(Default)]
@@ -44,51 +35,87 @@ struct Entry {
     json: Option<PathBuf>,
 }
 
+/// A pair's key (its path below the folder without the extension, `/`-separated) and its
+/// extension, lower-cased.
+fn key_and_ext(rel: &Path) -> (String, String) {
+    let ext = rel
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let key = rel.with_extension("").to_string_lossy().replace('\\', "/");
+    (key, ext)
+}
+
+/// The files of one pair sort together, keys in string order, and a key's files by path: the
+/// key's bytes, a 0 byte (below any character, so a key sorts before the keys it prefixes),
+/// then the relative path's bytes. Files that are no part of a pair are not listed.
+fn pair_order(rel: &Path) -> Option<Vec<u8>> {
+    let (key, ext) = key_and_ext(rel);
+    if !(is_image_ext(&ext) || ext == "txt" || ext == "json") {
+        return None;
+    }
+    let mut out = key.into_bytes();
+    out.push(0);
+    out.extend_from_slice(&component_order(rel));
+    Some(out)
+}
+
 pub fn read(src: &SourceSpec, cfg: &crate::IngestConfig, emit: Emit<'_>) -> Result<()> {
-    let mut by_key: BTreeMap<String, Entry> = BTreeMap::new();
-    for path in list_files(&src.path)? {
+    let mut current: Option<(String, Entry)> = None;
+    for path in sorted_files(&src.path, pair_order)? {
+        let path = path?;
         let rel = path.strip_prefix(&src.path).unwrap_or(&path);
-        let ext = rel
-            .extension()
-            .map(|e| e.to_string_lossy().to_ascii_lowercase())
-            .unwrap_or_default();
-        let key = rel.with_extension("").to_string_lossy().replace('\\', "/");
+        let (key, ext) = key_and_ext(rel);
+        if current.as_ref().is_none_or(|(k, _)| *k != key) {
+            // A new key: the previous one's files are all listed.
+            if let Some((k, e)) = current.replace((key, Entry::default()))
+                && !emit_entry(&k, e, cfg, &mut *emit)
+            {
+                return Ok(());
+            }
+        }
+        let Some((_, e)) = current.as_mut() else {
+            continue;
+        };
         if is_image_ext(&ext) {
-            let e = by_key.entry(key).or_default();
             if e.image.is_none() {
                 e.image = Some(path);
             } else {
                 e.extra_images.push(path);
             }
         } else if ext == "txt" {
-            by_key.entry(key).or_default().caption = Some(path);
-        } else if ext == "json" {
-            by_key.entry(key).or_default().json = Some(path);
+            e.caption = Some(path);
+        } else {
+            e.json = Some(path);
         }
     }
-    for (key, e) in by_key {
-        for extra in &e.extra_images {
-            let prov = extra.to_string_lossy().into_owned();
-            let r = RawRecord::rejected(
-                key.clone(),
-                prov,
-                Rejection::new(
-                    RejectReason::DuplicateKey,
-                    "another image with the same name and caption comes first",
-                ),
-            );
-            if !emit(r) {
-                return Ok(());
-            }
-        }
-        let Some(rec) = entry_record(&key, e, cfg) else {
-            continue;
-        };
-        if !emit(rec) {
-            return Ok(());
-        }
+    if let Some((k, e)) = current {
+        emit_entry(&k, e, cfg, emit);
     }
     Ok(())
+}
+
+/// The records of one key: a rejection per extra image, then the pair (if it is one). False
+/// when `emit` wants no more.
+fn emit_entry(key: &str, e: Entry, cfg: &crate::IngestConfig, emit: Emit<'_>) -> bool {
+    for extra in &e.extra_images {
+        let prov = extra.to_string_lossy().into_owned();
+        let r = RawRecord::rejected(
+            key.to_string(),
+            prov,
+            Rejection::new(
+                RejectReason::DuplicateKey,
+                "another image with the same name and caption comes first",
+            ),
+        );
+        if !emit(r) {
+            return false;
+        }
+    }
+    match entry_record(key, e, cfg) {
+        Some(rec) => emit(rec),
+        None => true,
+    }
 }
 
 fn entry_record(key: &str, e: Entry, cfg: &crate::IngestConfig) -> Option<RawRecord> {
@@ -173,4 +200,89 @@ fn entry_record(key: &str, e: Entry, cfg: &crate::IngestConfig) -> Option<RawRec
         metadata: meta.map(|m| m.to_string()),
         problem: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// Keys that prefix others, sort around a separator, or repeat under a second image format,
+    /// in subfolders too: records come in the order of the keys as strings (as when every
+    /// path was held in a map), a key's images in path order.
+    #[test]
+    fn pairs_come_in_key_order_with_their_extra_images() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let names = [
+            "b.jpg",
+            "b.txt",
+            "b.k.jpg",
+            "b.k.txt",
+            "b-c.png",
+            "b-c.txt",
+            "b.png",
+            "sub/x.jpg",
+            "sub/x.txt",
+            "sub.a/y.jpg",
+            "sub.a/y.txt",
+            "sub/x.json",
+            "lone.txt",
+            "img.jpg",
+            "notes.md",
+            ".hidden.jpg",
+        ];
+        for n in names {
+            let p = dir.path().join(n);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(
+                &p,
+                if n.ends_with(".json") {
+                    "{}"
+                } else {
+                    "a caption"
+                },
+            )
+            .expect("write");
+        }
+        let src = SourceSpec {
+            path: dir.path().to_path_buf(),
+            format: crate::config::InputFormat::Folder,
+            id: "t".into(),
+            image_root: None,
+        };
+        let mut got = Vec::new();
+        read(&src, &crate::IngestConfig::default(), &mut |r| {
+            got.push((r.key.clone(), r.problem.map(|p| p.reason)));
+            true
+        })
+        .expect("read");
+        // The keys as a map of every path orders them.
+        let mut want: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+        for n in names
+            .iter()
+            .filter(|n| !n.starts_with('.') && !n.ends_with(".md"))
+        {
+            let key = n.rsplit_once('.').map_or(*n, |(k, _)| k).to_string();
+            want.entry(key).or_default().push(n);
+        }
+        let keys: Vec<&String> = got.iter().map(|(k, _)| k).collect();
+        let mut want_keys: Vec<&String> = Vec::new();
+        for (k, files) in &want {
+            let images = files
+                .iter()
+                .filter(|f| !f.ends_with(".txt") && !f.ends_with(".json"));
+            // One record per extra image, then the pair.
+            for _ in images.skip(1) {
+                want_keys.push(k);
+            }
+            want_keys.push(k);
+        }
+        assert_eq!(keys, want_keys);
+        let reason = |key: &str| got.iter().find(|(k, _)| k == key).and_then(|(_, r)| *r);
+        assert_eq!(reason("b"), Some(RejectReason::DuplicateKey));
+        assert_eq!(reason("lone"), Some(RejectReason::MissingImage));
+        assert_eq!(reason("img"), Some(RejectReason::MissingCaption));
+        assert_eq!(reason("sub/x"), None);
+    }
 }

@@ -11,6 +11,7 @@ use crate::normalize::Rejection;
 
 pub mod coco;
 pub mod folder;
+pub mod listing;
 pub mod table;
 pub mod webdataset;
 
@@ -167,9 +168,7 @@ impl SourceSpec {
             Ok(())
         };
         if self.format == InputFormat::Folder {
-            for f in folder::list_files(&self.path)? {
-                add(&f)?;
-            }
+            folder::for_each_file(&self.path, |f| add(&f))?;
         } else {
             add(&self.path)?;
         }
