@@ -15,7 +15,8 @@
 //!
 //! For the VQ tokenizer at inference (plain flex, no autodiff) there are three more, forward
 //! only: GroupNorm (+ SiLU) in one pass per (image, group), the argmax over channels plane by
-//! plane, and 3 × 3 convolutions as one matrix product per band of output rows.
+//! plane, and 3 × 3 convolutions: Winograd's F(2 × 2, 3 × 3) at stride 1 ([`winograd`]), one
+//! matrix product per band of output rows otherwise.
 // `Err` carries the caller's own tensor back, untouched, when the kernel does not apply: a
 // 256-byte move once per call, not an error passed up through `?` chains.
 #![allow(clippy::result_large_err)]
@@ -31,6 +32,8 @@ use burn::backend::{
 };
 use burn::tensor::{Shape, Tensor};
 use rayon::prelude::*;
+
+mod winograd;
 
 /// The CPU's SIMD level, detected once.
 static ARCH: std::sync::LazyLock<pulp::Arch> = std::sync::LazyLock::new(pulp::Arch::new);
@@ -684,13 +687,28 @@ pub(crate) fn argmax_channels(x: Tensor<4>) -> Result<Tensor<3, burn::tensor::In
 /// Elements of one band's column matrix in [`conv3x3`] (16 MiB of `f32`).
 const CONV_BAND_ELEMS: usize = 4 << 20;
 
+/// Input channels from which a stride-1 [`conv3x3`] runs as Winograd's F(2 × 2, 3 × 3): below,
+/// its 16 products are too thin (an image's 3 channels) to pay for writing 16 values per tile.
+const WINOGRAD_MIN_CHANNELS: usize = 16;
+
+/// How [`conv3x3_in_bands`] computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConvMethod {
+    /// One product of the weights by a band's column matrix.
+    Columns,
+    /// Winograd's F(2 × 2, 3 × 3), stride 1 only ([`winograd`]).
+    Winograd,
+}
+
 /// A 3 × 3 convolution of `x` `[b, ci, h, w]` by `weight` `[co, ci, 3, 3]` (+ `bias` `[co]`), of
-/// stride 1 or 2, zero padding `pad` (top, left, bottom, right), as one matrix product per band
-/// of output rows: the band's column matrix `[9 ci, rows · ow]` is built from shifted rows of the
-/// NCHW planes (whole-row copies at stride 1), and `weight` as `[co, 9 ci]` multiplies it
-/// straight into NCHW output. flex's own convolution transposes the input to NHWC and gathers its
-/// columns element by element. `x` comes back when it is not a plain `f32` flex tensor (autodiff
-/// included) or the shapes do not fit; the caller checks the dilation (1) and groups (1).
+/// stride 1 or 2, zero padding `pad` (top, left, bottom, right). At stride 1 from
+/// [`WINOGRAD_MIN_CHANNELS`] input channels it is Winograd's F(2 × 2, 3 × 3), 2.25 times fewer
+/// multiply-adds ([`winograd`]). Otherwise it is one matrix product per band of output rows: the
+/// band's column matrix `[9 ci, rows · ow]` is built from shifted rows of the NCHW planes
+/// (whole-row copies at stride 1), and `weight` as `[co, 9 ci]` multiplies it straight into NCHW
+/// output. flex's own convolution transposes the input to NHWC and gathers its columns element
+/// by element. `x` comes back when it is not a plain `f32` flex tensor (autodiff included) or the
+/// shapes do not fit; the caller checks the dilation (1) and groups (1).
 pub(crate) fn conv3x3(
     x: Tensor<4>,
     weight: &Tensor<4>,
@@ -698,7 +716,17 @@ pub(crate) fn conv3x3(
     stride: usize,
     pad: [usize; 4],
 ) -> Result<Tensor<4>, Tensor<4>> {
-    conv3x3_in_bands(x, weight, bias, stride, pad, CONV_BAND_ELEMS)
+    let [_, ci, _, _] = x.dims();
+    let method = if stride == 1 && ci >= WINOGRAD_MIN_CHANNELS {
+        ConvMethod::Winograd
+    } else {
+        ConvMethod::Columns
+    };
+    let band_elems = match method {
+        ConvMethod::Columns => CONV_BAND_ELEMS,
+        ConvMethod::Winograd => winograd::WINOGRAD_BAND_ELEMS,
+    };
+    conv3x3_in_bands(x, weight, bias, stride, pad, band_elems, method)
 }
 
 /// The geometry of one [`conv3x3`].
@@ -712,7 +740,8 @@ struct Taps {
     left: usize,
 }
 
-/// [`conv3x3`] with column matrices of at most `band_elems` elements (at least one row).
+/// [`conv3x3`] by `method`, with column matrices (or transformed tiles) of at most `band_elems`
+/// elements (at least one row).
 fn conv3x3_in_bands(
     x: Tensor<4>,
     weight: &Tensor<4>,
@@ -720,12 +749,16 @@ fn conv3x3_in_bands(
     stride: usize,
     [top, left, bottom, right]: [usize; 4],
     band_elems: usize,
+    method: ConvMethod,
 ) -> Result<Tensor<4>, Tensor<4>> {
     let [b, ci, h, w] = x.dims();
     let [co, wci, kh, kw] = weight.dims();
     let (ph, pw) = (h + top + bottom, w + left + right);
     if wci != ci || kh != 3 || kw != 3 || ci == 0 || !(1..=2).contains(&stride) || ph < 3 || pw < 3
     {
+        return Err(x);
+    }
+    if method == ConvMethod::Winograd && stride != 1 {
         return Err(x);
     }
     if bias.is_some_and(|b| b.dims() != [co]) {
@@ -741,11 +774,37 @@ fn conv3x3_in_bands(
         Some(Err(_)) => return Err(original),
         None => vec![0.0; co],
     };
-    let weight = match plain_flex(weight.clone()) {
-        Ok(wt) => Tensor::<4>::from_primitive::<Flex>(wt).reshape([co, 9 * ci]),
-        Err(_) => return Err(original),
+    let Ok(weight) = plain_flex(weight.clone()) else {
+        return Err(original);
     };
     let xv: &[f32] = x.storage();
+    if method == ConvMethod::Winograd {
+        let weight = contiguous(weight);
+        let geometry = winograd::Geometry {
+            ci,
+            co,
+            h,
+            w,
+            oh,
+            ow,
+            top,
+            left,
+        };
+        let out = winograd::conv3x3_winograd(
+            xv,
+            b,
+            &weight.storage::<f32>()[..co * ci * 9],
+            &bias,
+            geometry,
+            band_elems,
+        );
+        let Some(out) = out else {
+            return Err(original);
+        };
+        let data = burn::tensor::TensorData::new(out, [b, co, oh, ow]);
+        return Ok(Tensor::from_primitive::<Flex>(FlexTensor::from_data(data)));
+    }
+    let weight = Tensor::<4>::from_primitive::<Flex>(weight).reshape([co, 9 * ci]);
     let (k, hw, ohw) = (9 * ci, h * w, oh * ow);
     let taps = Taps {
         h,
@@ -1077,7 +1136,20 @@ mod tests {
         use burn::tensor::module::conv2d;
         use burn::tensor::ops::ConvOptions;
         let device = Device::flex();
-        for (b, ci, co, h, w) in [(2, 5, 6, 7, 9), (1, 3, 4, 4, 1)] {
+        // Stride 1, both methods: odd and even sizes (a last tile half outside the output),
+        // one-pixel planes, and uneven paddings (Burn's by explicit zeros first).
+        let shapes = [
+            (2, 5, 6, 7, 9),
+            (1, 3, 4, 4, 1),
+            (1, 17, 3, 6, 5),
+            (2, 4, 2, 3, 3),
+        ];
+        let pads = [[1; 4], [0; 4], [2, 0, 1, 3]];
+        for ((b, ci, co, h, w), pad) in shapes.into_iter().flat_map(|s| pads.map(|p| (s, p))) {
+            let [top, left, bottom, right] = pad;
+            if h + top + bottom < 3 || w + left + right < 3 {
+                continue;
+            }
             let x = random(b * ci * h * w, 2.0, 10);
             let wt = random(co * ci * 9, 0.5, 11);
             let bias = random(co, 1.0, 12);
@@ -1086,30 +1158,44 @@ mod tests {
             let weight =
                 Tensor::<4>::from_data(TensorData::new(wt.clone(), [co, ci, 3, 3]), &device);
             let bias = Tensor::<1>::from_data(TensorData::new(bias.clone(), [co]), &device);
-            let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+            let padded = input().pad(
+                (left, right, top, bottom),
+                burn::tensor::ops::PadMode::Constant(0.0),
+            );
+            let options = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
             for with_bias in [true, false] {
                 let want = conv2d(
-                    input(),
+                    padded.clone(),
                     weight.clone(),
                     with_bias.then(|| bias.clone()),
                     options.clone(),
                 );
-                let want = read(want.reshape([b * co * h * w]));
-                for band_elems in [usize::MAX / 2, 2 * 9 * ci * w, 1] {
+                let dims = want.dims();
+                let n: usize = dims.iter().product();
+                let want = read(want.reshape([n]));
+                let methods = [ConvMethod::Columns, ConvMethod::Winograd];
+                for (method, band_elems) in methods
+                    .into_iter()
+                    .flat_map(|m| [usize::MAX / 2, 2 * 16 * ci.max(co) * w, 1].map(|e| (m, e)))
+                {
                     let got = conv3x3_in_bands(
                         input(),
                         &weight,
                         with_bias.then_some(&bias),
                         1,
-                        [1; 4],
+                        pad,
                         band_elems,
+                        method,
                     )
                     .unwrap_or_else(|_| panic!("f32 on flex"));
-                    let got = read(got.reshape([b * co * h * w]));
-                    assert!(
-                        worst(&got, &want) < 1e-5,
-                        "{b}x{ci}x{h}x{w}, bias {with_bias}, band {band_elems}: {}",
-                        worst(&got, &want)
+                    assert_eq!(got.dims(), dims);
+                    assert_close(
+                        &read(got.reshape([n])),
+                        &want,
+                        1e-5,
+                        &format!(
+                            "{method:?} {b}x{ci}x{h}x{w}, pad {pad:?}, bias {with_bias}, band {band_elems}"
+                        ),
                     );
                 }
             }
