@@ -15,12 +15,10 @@
 //!      [0  1  0 −1]        [0    0    1]
 //! ```
 
-use burn::backend::Flex;
-use burn::backend::flex::{FlexTensor, Layout};
-use burn::tensor::{Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{ARCH, contiguous};
+use super::ARCH;
+use super::gemm_into::matmul_into;
 
 /// Elements of one band's transformed tiles, `16 · max(ci, co) · tiles` (16 MiB of `f32`).
 pub(super) const WINOGRAD_BAND_ELEMS: usize = 4 << 20;
@@ -133,7 +131,7 @@ impl pulp::WithSimd for InputTransform<'_> {
 }
 
 /// `Aᵀ m A` (+ bias) of one output channel's tiles in tile rows `ty0..ty0 + rows`, from `m`
-/// `[16, co, rows · tw]`, into `out` (the channel's `oh × ow` plane).
+/// `[16, co, nt]`, into `out` (the channel's `oh × ow` plane).
 struct OutputTransform<'a> {
     m: &'a [f32],
     out: &'a mut [f32],
@@ -142,6 +140,8 @@ struct OutputTransform<'a> {
     ty0: usize,
     rows: usize,
     tw: usize,
+    /// Tiles in the band: `m`'s row length.
+    nt: usize,
     g: Geometry,
 }
 
@@ -150,7 +150,7 @@ impl pulp::WithSimd for OutputTransform<'_> {
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _: S) {
         let Geometry { co, oh, ow, .. } = self.g;
-        let (tw, nt) = (self.tw, self.rows * self.tw);
+        let (tw, nt) = (self.tw, self.nt);
         let mut y = vec![0f32; 4 * tw];
         let mut line = vec![0f32; 2 * tw];
         for r in 0..self.rows {
@@ -185,8 +185,8 @@ impl pulp::WithSimd for OutputTransform<'_> {
 }
 
 /// The convolution of the contiguous `[b, ci, h, w]` values `xv` by `weight` `[co, ci, 3, 3]`
-/// (+ `bias`), at stride 1, as `[b, co, oh, ow]` values; `None` should a product of flex tensors
-/// not be one (it always is).
+/// (+ `bias`), at stride 1, as `[b, co, oh, ow]` values; `None` should a product's extents not
+/// fit its buffers (they always do).
 pub(super) fn conv3x3_winograd(
     xv: &[f32],
     b: usize,
@@ -207,23 +207,19 @@ pub(super) fn conv3x3_winograd(
     let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
     let band = (band_elems / (16 * ci.max(co) * tw)).clamp(1, th);
     let (hw, ohw) = (h * w, oh * ow);
-    let u = Tensor::<3>::from_primitive::<Flex>(FlexTensor::from_data(
-        burn::tensor::TensorData::new(filter_transform(weight, co, ci), [16, co, ci]),
-    ));
+    let u = filter_transform(weight, co, ci);
     let mut out = vec![0f32; b * co * ohw];
-    // One buffer of transformed tiles for every band, laid out `[ci, 16, tiles]` so that each
-    // input channel fills a contiguous block; the product reads it as `[16, ci, tiles]`.
-    let mut v = FlexTensor::from_data(burn::tensor::TensorData::new(
-        vec![0f32; 16 * ci * band * tw],
-        [16 * ci * band * tw],
-    ));
+    // The transformed tiles of a band, `[ci, 16, tiles]` so that each input channel fills a
+    // contiguous block, and their products `[16, co, tiles]`: both reused for every band.
+    let mut v = vec![0f32; 16 * ci * band * tw];
+    let mut m = vec![0f32; 16 * co * band * tw];
     for img in 0..b {
         let planes = &xv[img * ci * hw..(img + 1) * ci * hw];
         for ty0 in (0..th).step_by(band) {
             let rows = band.min(th - ty0);
             let nt = rows * tw;
-            v.storage_mut::<f32>()[..16 * ci * nt]
-                .par_chunks_mut(16 * nt)
+            let v = &mut v[..16 * ci * nt];
+            v.par_chunks_mut(16 * nt)
                 .zip(planes.par_chunks(hw))
                 .for_each(|(v, plane)| {
                     ARCH.dispatch(InputTransform {
@@ -235,14 +231,30 @@ pub(super) fn conv3x3_winograd(
                         g,
                     })
                 });
-            let layout = Layout::new(
-                Shape::new([16, ci, nt]),
-                vec![nt as isize, (16 * nt) as isize, 1],
-                0,
-            );
-            let view = Tensor::<3>::from_primitive::<Flex>(v.clone().with_layout(layout));
-            let m = contiguous(u.clone().matmul(view).try_into_primitive::<Flex>().ok()?);
-            let m: &[f32] = m.storage();
+            let v: &[f32] = v;
+            // Product kl: U[kl] `[co, ci]` times the tiles' kl-th values, rows 16·nt apart.
+            let fits = m[..16 * co * nt]
+                .par_chunks_mut(co * nt)
+                .zip(u.par_chunks(co * ci))
+                .enumerate()
+                .map(|(kl, (dst, lhs))| {
+                    matmul_into(
+                        dst,
+                        nt,
+                        lhs,
+                        ci,
+                        &v[kl * nt..],
+                        16 * nt,
+                        [co, nt, ci],
+                        false,
+                        false,
+                    )
+                })
+                .all(|fits| fits);
+            if !fits {
+                return None;
+            }
+            let m: &[f32] = &m;
             out[img * co * ohw..(img + 1) * co * ohw]
                 .par_chunks_mut(ohw)
                 .zip(bias.par_iter())
@@ -256,6 +268,7 @@ pub(super) fn conv3x3_winograd(
                         ty0,
                         rows,
                         tw,
+                        nt,
                         g,
                     })
                 });
