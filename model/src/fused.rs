@@ -755,8 +755,8 @@ fn conv3x3_in_bands(
     let [b, ci, h, w] = x.dims();
     let [co, wci, kh, kw] = weight.dims();
     let (ph, pw) = (h + top + bottom, w + left + right);
-    if wci != ci || kh != 3 || kw != 3 || ci == 0 || !(1..=2).contains(&stride) || ph < 3 || pw < 3
-    {
+    let empty = [ci, co, h, w].contains(&0);
+    if wci != ci || kh != 3 || kw != 3 || empty || !(1..=2).contains(&stride) || ph < 3 || pw < 3 {
         return Err(x);
     }
     if method == ConvMethod::Winograd && stride != 1 {
@@ -1225,7 +1225,14 @@ mod tests {
         let one = Tensor::<4>::from_data(TensorData::new(vec![1f32; 4], [2, 2, 1, 1]), &device);
         assert!(conv3x3(x.clone(), &one, None, 1, [1; 4]).is_err());
         let three = Tensor::<4>::from_data(TensorData::new(vec![1f32; 36], [2, 2, 3, 3]), &device);
-        let tracked = Tensor::<4>::from_data(x.into_data(), &device.autodiff());
+        let tracked = Tensor::<4>::from_data(x.clone().into_data(), &device.clone().autodiff());
         assert!(conv3x3(tracked, &three, None, 1, [1; 4]).is_err());
+        // No output channels, or an empty plane: handed back, not a panic.
+        let none =
+            Tensor::<4>::from_data(TensorData::new(Vec::<f32>::new(), [0, 2, 3, 3]), &device);
+        assert!(conv3x3(x, &none, None, 1, [1; 4]).is_err());
+        let flat =
+            Tensor::<4>::from_data(TensorData::new(Vec::<f32>::new(), [1, 2, 0, 3]), &device);
+        assert!(conv3x3(flat, &three, None, 1, [2; 4]).is_err());
     }
 }

@@ -1,9 +1,11 @@
 //! The files below a folder, in a sorted order, listed in memory bounded by [`RUN_ENTRIES`]
 //! whatever the folder's size: an external merge sort. Entries are sorted in runs of
-//! [`RUN_ENTRIES`], each run spilled to an anonymous temporary file (unlinked from the start, so
-//! a crash leaves nothing behind), and the runs merged, [`FAN_IN`] at a time. A folder input of
-//! 100M images thus costs its listing a few MiB, not the 660 B a pair that one sorted `Vec` of
-//! every path did, and records come out in exactly the order that sort gave.
+//! [`RUN_ENTRIES`], each run spilled to an anonymous temporary file in the system's temporary
+//! folder (`$TMPDIR`; unlinked from the start, so a crash leaves nothing behind), and the runs
+//! merged by level, [`FAN_IN`] at a time, so that each entry is rewritten once per level. A folder
+//! input of 100M images thus costs its listing a few MiB of memory (and about 200 bytes a file of
+//! temporary disk), not the 660 B a pair that one sorted `Vec` of every path did, and records
+//! come out in exactly the order that sort gave.
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fs::{self, File};
@@ -71,7 +73,9 @@ pub fn sorted_files(
     root: &Path,
     sort_key: impl Fn(&Path) -> Option<Vec<u8>>,
 ) -> Result<SortedFiles> {
-    let mut runs: Vec<File> = Vec::new();
+    // Spilled runs by level: level i holds merges of FAN_IN^i runs, and a level that reaches
+    // FAN_IN is merged into one run of the next, so each entry is rewritten once per level.
+    let mut levels: Vec<Vec<File>> = Vec::new();
     let mut run: Vec<Entry> = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -98,17 +102,14 @@ pub fn sorted_files(
                 };
                 run.push((key, bytes));
                 if run.len() == RUN_ENTRIES {
-                    runs.push(spill(root, &mut run)?);
-                    if runs.len() == 2 * FAN_IN {
-                        // Keep the open files few: fold the oldest runs into one.
-                        let oldest: Vec<File> = runs.drain(..FAN_IN).collect();
-                        runs.insert(0, merge_to_file(root, oldest)?);
-                    }
+                    let spilled = spill(root, &mut run)?;
+                    add_run(root, &mut levels, spilled)?;
                 }
             }
         }
     }
     run.sort_unstable();
+    let mut runs: Vec<File> = levels.into_iter().flatten().collect();
     if runs.is_empty() {
         return Ok(SortedFiles {
             merge: Merge::Memory(run.into_iter()),
@@ -126,6 +127,23 @@ pub fn sorted_files(
         merge: Merge::Runs(RunMerge::new(root, runs)?),
         root: root.to_path_buf(),
     })
+}
+
+/// `file` added to level 0 of `levels`, merging every level that reaches [`FAN_IN`] runs into
+/// one run of the next.
+fn add_run(root: &Path, levels: &mut Vec<Vec<File>>, file: File) -> Result<()> {
+    let mut carry = file;
+    for level in 0.. {
+        if levels.len() == level {
+            levels.push(Vec::new());
+        }
+        levels[level].push(carry);
+        if levels[level].len() < FAN_IN {
+            return Ok(());
+        }
+        carry = merge_to_file(root, std::mem::take(&mut levels[level]))?;
+    }
+    Ok(())
 }
 
 fn sort_error(root: &Path, e: std::io::Error) -> IngestError {
@@ -177,9 +195,20 @@ fn read_entry(r: &mut impl Read) -> std::io::Result<Option<Entry>> {
     let mut fields = [Vec::new(), Vec::new()];
     for (i, field) in fields.iter_mut().enumerate() {
         let mut len = [0u8; 4];
-        match r.read_exact(&mut len) {
-            Err(e) if i == 0 && e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-            other => other?,
+        if i == 0 {
+            // The run's end is a clean end only between entries: a cut-off length is an error.
+            let first = loop {
+                match r.read(&mut len[..1]) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    other => break other?,
+                }
+            };
+            if first == 0 {
+                return Ok(None);
+            }
+            r.read_exact(&mut len[1..])?;
+        } else {
+            r.read_exact(&mut len)?;
         }
         let len = u32::from_le_bytes(len) as usize;
         if len > MAX_FIELD_BYTES {
@@ -200,6 +229,8 @@ struct RunMerge {
     root: PathBuf,
     readers: Vec<BufReader<File>>,
     heap: BinaryHeap<Reverse<(Entry, usize)>>,
+    /// A run failed to read: the merge ends with that error, never skips the run's rest.
+    failed: bool,
 }
 
 impl RunMerge {
@@ -208,6 +239,7 @@ impl RunMerge {
             root: root.to_path_buf(),
             readers: runs.into_iter().map(BufReader::new).collect(),
             heap: BinaryHeap::new(),
+            failed: false,
         };
         for i in 0..merge.readers.len() {
             merge.refill(i)?;
@@ -229,8 +261,13 @@ impl Iterator for RunMerge {
     type Item = Result<Entry>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
         let Reverse((entry, i)) = self.heap.pop()?;
-        Some(self.refill(i).map(|()| entry))
+        let refilled = self.refill(i);
+        self.failed = refilled.is_err();
+        Some(refilled.map(|()| entry))
     }
 }
 
@@ -306,12 +343,12 @@ mod tests {
         }
     }
 
-    /// More runs than the fan-in, of interleaved entries: merged in passes, then in one.
+    /// More runs than the fan-in, of interleaved entries: merged by level, then in one.
     #[test]
     fn runs_are_spilled_and_merged_in_passes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let n_runs = 3 * FAN_IN + 5;
-        let mut runs = Vec::new();
+        let mut levels = Vec::new();
         for r in 0..n_runs {
             let mut run: Vec<Entry> = (0..4)
                 .rev()
@@ -320,8 +357,12 @@ mod tests {
                     (k.clone(), k)
                 })
                 .collect();
-            runs.push(spill(dir.path(), &mut run).expect("spill"));
+            let spilled = spill(dir.path(), &mut run).expect("spill");
+            add_run(dir.path(), &mut levels, spilled).expect("level");
         }
+        // Three merges into level 1, five runs left at level 0.
+        assert_eq!(levels.iter().map(Vec::len).collect::<Vec<_>>(), [5, 3]);
+        let mut runs: Vec<File> = levels.into_iter().flatten().collect();
         while runs.len() > FAN_IN {
             let oldest: Vec<File> = runs.drain(..FAN_IN).collect();
             runs.push(merge_to_file(dir.path(), oldest).expect("merge"));
@@ -355,10 +396,14 @@ mod tests {
     }
 
     #[test]
-    fn a_damaged_run_is_an_error_not_an_allocation() {
+    fn a_damaged_run_is_an_error_not_an_allocation_or_an_end() {
         let mut bytes = Vec::new();
         bytes.extend_from_slice(&u32::MAX.to_le_bytes());
         let err = read_entry(&mut bytes.as_slice()).expect_err("refused");
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        // A length cut off after its first byte is not the run's end.
+        let err = read_entry(&mut [3u8, 0].as_slice()).expect_err("cut off");
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+        assert!(read_entry(&mut [0u8; 0].as_slice()).expect("end").is_none());
     }
 }
