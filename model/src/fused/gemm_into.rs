@@ -136,50 +136,23 @@ mod tests {
             }
         }
         let mut dst = vec![2.0f32; (m - 1) * dst_rs + n];
-        assert!(!matmul_into(
-            &mut dst,
-            dst_rs,
-            &lhs[1..],
-            lhs_rs,
-            &rhs,
-            rhs_rs,
-            [m, n, k],
-            false,
-            false
-        ));
-        assert!(!matmul_into(
-            &mut dst,
-            dst_rs,
-            &lhs,
-            lhs_rs,
-            &rhs[1..],
-            rhs_rs,
-            [m, n, k],
-            false,
-            false
-        ));
-        assert!(!matmul_into(
-            &mut dst[1..],
-            dst_rs,
-            &lhs,
-            lhs_rs,
-            &rhs,
-            rhs_rs,
-            [m, n, k],
-            false,
-            false
-        ));
-        assert!(!matmul_into(
-            &mut dst,
-            n - 1,
-            &lhs,
-            lhs_rs,
-            &rhs,
-            rhs_rs,
-            [m, n, k],
-            false,
-            false
-        ));
+        let refused = |dst: &mut [f32], dst_rs: usize, lhs: &[f32], rhs: &[f32]| {
+            !matmul_into(
+                dst,
+                dst_rs,
+                lhs,
+                lhs_rs,
+                rhs,
+                rhs_rs,
+                [m, n, k],
+                false,
+                false,
+            )
+        };
+        assert!(refused(&mut dst, dst_rs, &lhs[1..], &rhs), "lhs short");
+        assert!(refused(&mut dst, dst_rs, &lhs, &rhs[1..]), "rhs short");
+        assert!(refused(&mut dst[1..], dst_rs, &lhs, &rhs), "dst short");
+        assert!(refused(&mut dst, n - 1, &lhs, &rhs), "rows of dst overlap");
         assert!(
             dst.iter().all(|&v| v == 2.0),
             "a refused product writes nothing"
