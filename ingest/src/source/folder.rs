@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::error::Result;
 use crate::normalize::{RejectReason, Rejection};
 
-use super::listing::{component_order, sorted_files};
+use super::listing::sorted_files;
 use super::{
     Emit, ImageData, RawCaption, RawRecord, SourceSpec, is_image_ext, license_from_json,
     url_from_json,
@@ -16,12 +16,12 @@ use super::{
 /// Every regular file below `root`, sorted, hidden files and folders excluded. Holds every path:
 /// for small folders (an SFT set); a dataset's folder input streams them instead.
 pub fn list_files(root: &Path) -> Result<Vec<PathBuf>> {
-    sorted_files(root, |rel| Some(component_order(rel)))?.collect()
+    sorted_files(root, |_| Some(Vec::new()))?.collect()
 }
 
 /// The paths below `root` in [`list_files`]'s order, without holding them all.
 pub fn for_each_file(root: &Path, mut f: impl FnMut(PathBuf) -> Result<()>) -> Result<()> {
-    for path in sorted_files(root, |rel| Some(component_order(rel)))? {
+    for path in sorted_files(root, |_| Some(Vec::new()))? {
         f(path?)?;
     }
     Ok(())
@@ -46,18 +46,11 @@ fn key_and_ext(rel: &Path) -> (String, String) {
     (key, ext)
 }
 
-/// The files of one pair sort together, keys in string order, and a key's files by path: the
-/// key's bytes, a 0 byte (below any character, so a key sorts before the keys it prefixes),
-/// then the relative path's bytes. Files that are no part of a pair are not listed.
+/// The files of one pair sort together, keys in string order (the listing then orders a key's
+/// files by path): the key's bytes. Files that are no part of a pair are not listed.
 fn pair_order(rel: &Path) -> Option<Vec<u8>> {
     let (key, ext) = key_and_ext(rel);
-    if !(is_image_ext(&ext) || ext == "txt" || ext == "json") {
-        return None;
-    }
-    let mut out = key.into_bytes();
-    out.push(0);
-    out.extend_from_slice(&component_order(rel));
-    Some(out)
+    (is_image_ext(&ext) || ext == "txt" || ext == "json").then(|| key.into_bytes())
 }
 
 pub fn read(src: &SourceSpec, cfg: &crate::IngestConfig, emit: Emit<'_>) -> Result<()> {

@@ -3,9 +3,9 @@
 //! [`RUN_ENTRIES`], each run spilled to an anonymous temporary file in the system's temporary
 //! folder (`$TMPDIR`; unlinked from the start, so a crash leaves nothing behind), and the runs
 //! merged by level, [`FAN_IN`] at a time, so that each entry is rewritten once per level. A folder
-//! input of 100M images thus costs its listing a few MiB of memory (and about 200 bytes a file of
-//! temporary disk), not the 660 B a pair that one sorted `Vec` of every path did, and records
-//! come out in exactly the order that sort gave.
+//! input of 100M images thus costs its listing a few MiB of memory (and, per level, 8 bytes a
+//! file plus its sort prefix and relative path of temporary disk), not the 660 B a pair that one
+//! sorted `Vec` of every path did, and records come out in exactly the order that sort gave.
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fs::{self, File};
@@ -24,55 +24,53 @@ pub const FAN_IN: usize = 64;
 /// damaged one could make us allocate).
 const MAX_FIELD_BYTES: usize = 1 << 20;
 
-/// One listed file: the bytes it sorts by, and its path.
+/// One listed file: the prefix it sorts by first, then its path relative to the root as
+/// [`component_order`] writes it (from which the path is rebuilt: it is not stored twice).
 type Entry = (Vec<u8>, Vec<u8>);
 
-/// The bytes of `path` as the OS spells it.
+/// The bytes of `name` (one path component) as the OS spells it; `None` for a name that is not
+/// UTF-8 where the OS's names are not bytes.
 #[cfg(unix)]
-fn path_bytes(path: &Path) -> Option<Vec<u8>> {
+fn name_bytes(name: &std::ffi::OsStr) -> Option<&[u8]> {
     use std::os::unix::ffi::OsStrExt;
-    Some(path.as_os_str().as_bytes().to_vec())
+    Some(name.as_bytes())
 }
 
 #[cfg(not(unix))]
-fn path_bytes(path: &Path) -> Option<Vec<u8>> {
-    path.to_str().map(|s| s.as_bytes().to_vec())
+fn name_bytes(name: &std::ffi::OsStr) -> Option<&[u8]> {
+    name.to_str().map(str::as_bytes)
 }
 
 #[cfg(unix)]
-fn path_from(bytes: Vec<u8>) -> PathBuf {
-    use std::os::unix::ffi::OsStringExt;
-    PathBuf::from(std::ffi::OsString::from_vec(bytes))
+fn name_from(bytes: &[u8]) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::OsStr::from_bytes(bytes).to_os_string()
 }
 
 #[cfg(not(unix))]
-fn path_from(bytes: Vec<u8>) -> PathBuf {
-    PathBuf::from(String::from_utf8_lossy(&bytes).into_owned())
+fn name_from(bytes: &[u8]) -> std::ffi::OsString {
+    // Only UTF-8 names are listed here (`name_bytes`).
+    String::from_utf8_lossy(bytes).into_owned().into()
 }
 
 /// The order of [`Path`]'s `Ord` (component by component) as bytes: the components of `rel`
-/// joined by a 0 byte, which sorts below every byte a file name can hold.
-pub fn component_order(rel: &Path) -> Vec<u8> {
+/// joined by a 0 byte, which sorts below every byte a file name can hold. `None` when a name
+/// cannot be spelt as bytes (not UTF-8, off Unix).
+fn component_order(rel: &Path) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     for (i, c) in rel.components().enumerate() {
         if i > 0 {
             out.push(0);
         }
-        match path_bytes(Path::new(c.as_os_str())) {
-            Some(b) => out.extend_from_slice(&b),
-            None => out.extend_from_slice(c.as_os_str().to_string_lossy().as_bytes()),
-        }
+        out.extend_from_slice(name_bytes(c.as_os_str())?);
     }
-    out
+    Some(out)
 }
 
-/// Every regular file (or link) below `root`, hidden files and folders excluded, in the order of
-/// the bytes `sort_key` gives its path relative to `root` (then by path); files for which it
-/// gives `None` are left out.
-pub fn sorted_files(
-    root: &Path,
-    sort_key: impl Fn(&Path) -> Option<Vec<u8>>,
-) -> Result<SortedFiles> {
+/// Every regular file (or link) below `root`, hidden files and folders excluded, ordered by the
+/// bytes `prefix` gives its path relative to `root`, then by that path (component by component,
+/// as [`Path`] orders); files for which `prefix` gives `None` are left out.
+pub fn sorted_files(root: &Path, prefix: impl Fn(&Path) -> Option<Vec<u8>>) -> Result<SortedFiles> {
     // Spilled runs by level: level i holds merges of FAN_IN^i runs, and a level that reaches
     // FAN_IN is merged into one run of the next, so each entry is rewritten once per level.
     let mut levels: Vec<Vec<File>> = Vec::new();
@@ -92,15 +90,15 @@ pub fn sorted_files(
                 stack.push(path);
             } else if ft.is_file() || ft.is_symlink() {
                 let rel = path.strip_prefix(root).unwrap_or(&path);
-                let Some(key) = sort_key(rel) else { continue };
-                let Some(bytes) = path_bytes(&path) else {
+                let Some(first) = prefix(rel) else { continue };
+                let Some(rel) = component_order(rel) else {
                     return Err(IngestError::io(
                         "listing",
                         &path,
                         std::io::Error::new(std::io::ErrorKind::InvalidData, "name is not UTF-8"),
                     ));
                 };
-                run.push((key, bytes));
+                run.push((first, rel));
                 if run.len() == RUN_ENTRIES {
                     let spilled = spill(root, &mut run)?;
                     add_run(root, &mut levels, spilled)?;
@@ -181,8 +179,8 @@ fn merge_to_file(root: &Path, runs: Vec<File>) -> Result<File> {
     rewind(root, w)
 }
 
-fn write_entry(w: &mut impl Write, (key, path): &Entry) -> std::io::Result<()> {
-    for field in [key, path] {
+fn write_entry(w: &mut impl Write, (prefix, rel): &Entry) -> std::io::Result<()> {
+    for field in [prefix, rel] {
         let len = u32::try_from(field.len()).map_err(std::io::Error::other)?;
         w.write_all(&len.to_le_bytes())?;
         w.write_all(field)?;
@@ -220,8 +218,8 @@ fn read_entry(r: &mut impl Read) -> std::io::Result<Option<Entry>> {
         field.resize(len, 0);
         r.read_exact(field)?;
     }
-    let [key, path] = fields;
-    Ok(Some((key, path)))
+    let [prefix, rel] = fields;
+    Ok(Some((prefix, rel)))
 }
 
 /// A k-way merge of sorted runs.
@@ -298,7 +296,13 @@ impl Iterator for SortedFiles {
             Merge::Memory(it) => Ok(it.next()?),
             Merge::Runs(m) => m.next()?,
         };
-        Some(entry.map(|(_, path)| path_from(path)))
+        Some(entry.map(|(_, rel)| {
+            let mut path = self.root.clone();
+            for name in rel.split(|&b| b == 0) {
+                path.push(name_from(name));
+            }
+            path
+        }))
     }
 }
 
@@ -335,7 +339,7 @@ mod tests {
                 made.push(p);
             }
             made.sort();
-            let listed: Vec<PathBuf> = sorted_files(dir.path(), |rel| Some(component_order(rel)))
+            let listed: Vec<PathBuf> = sorted_files(dir.path(), |_| Some(Vec::new()))
                 .expect("list")
                 .collect::<Result<_>>()
                 .expect("read");
@@ -385,7 +389,7 @@ mod tests {
             // Names whose creation order is not their sorted order.
             touch(dir.path(), &format!("d{}/{:06}.txt", i % 3, (i * 7919) % n));
         }
-        let listed: Vec<PathBuf> = sorted_files(dir.path(), |rel| Some(component_order(rel)))
+        let listed: Vec<PathBuf> = sorted_files(dir.path(), |_| Some(Vec::new()))
             .expect("list")
             .collect::<Result<_>>()
             .expect("read");
