@@ -778,44 +778,56 @@ fn conv3x3_in_bands(
     let Ok(weight) = plain_flex(weight.clone()) else {
         return Err(original);
     };
-    let xv: &[f32] = x.storage();
-    if method == ConvMethod::Winograd {
-        let weight = contiguous(weight);
-        let geometry = winograd::Geometry {
-            ci,
-            co,
-            h,
-            w,
-            oh,
-            ow,
-            top,
-            left,
-        };
-        let out = winograd::conv3x3_winograd(
-            xv,
-            b,
-            &weight.storage::<f32>()[..co * ci * 9],
-            &bias,
-            geometry,
-            band_elems,
-        );
-        let Some(out) = out else {
-            return Err(original);
-        };
-        let data = burn::tensor::TensorData::new(out, [b, co, oh, ow]);
-        return Ok(Tensor::from_primitive::<Flex>(FlexTensor::from_data(data)));
-    }
     let weight = contiguous(weight);
     let weight: &[f32] = &weight.storage::<f32>()[..co * ci * 9];
-    let (k, hw, ohw) = (9 * ci, h * w, oh * ow);
-    let taps = Taps {
-        h,
-        w,
-        ow,
-        stride,
-        top,
-        left,
+    let xv: &[f32] = x.storage();
+    let out = match method {
+        ConvMethod::Winograd => {
+            let geometry = winograd::Geometry {
+                ci,
+                co,
+                h,
+                w,
+                oh,
+                ow,
+                top,
+                left,
+            };
+            winograd::conv3x3_winograd(xv, b, weight, &bias, geometry, band_elems)
+        }
+        ConvMethod::Columns => {
+            let taps = Taps {
+                h,
+                w,
+                ow,
+                stride,
+                top,
+                left,
+            };
+            conv3x3_columns(xv, b, [ci, co, oh], weight, &bias, taps, band_elems)
+        }
     };
+    let Some(out) = out else {
+        return Err(original);
+    };
+    let data = burn::tensor::TensorData::new(out, [b, co, oh, ow]);
+    Ok(Tensor::from_primitive::<Flex>(FlexTensor::from_data(data)))
+}
+
+/// The column path of [`conv3x3_in_bands`] over the contiguous `[b, ci, h, w]` values `xv`, as
+/// `[b, co, oh, ow]` values; `None` should a product's extents not fit its buffers (they
+/// always do).
+fn conv3x3_columns(
+    xv: &[f32],
+    b: usize,
+    [ci, co, oh]: [usize; 3],
+    weight: &[f32],
+    bias: &[f32],
+    taps: Taps,
+    band_elems: usize,
+) -> Option<Vec<f32>> {
+    let Taps { h, w, ow, .. } = taps;
+    let (k, hw, ohw) = (9 * ci, h * w, oh * ow);
     let band = (band_elems / (k * ow)).clamp(1, oh);
     let mut out = vec![0f32; b * co * ohw];
     // Each band of rows starts as the bias, and the product adds to it in place.
@@ -837,12 +849,11 @@ fn conv3x3_in_bands(
             // every output plane of this image (planes ohw apart).
             let dst = &mut out[img * co * ohw + y0 * ow..(img + 1) * co * ohw];
             if !gemm_into::matmul_into(dst, ohw, weight, k, &cols, n, [co, n, k], true, true) {
-                return Err(original);
+                return None;
             }
         }
     }
-    let data = burn::tensor::TensorData::new(out, [b, co, oh, ow]);
-    Ok(Tensor::from_primitive::<Flex>(FlexTensor::from_data(data)))
+    Some(out)
 }
 
 /// The nine rows (ky, kx) of one input channel's column block for output rows `y0..y0+rows`:
