@@ -602,6 +602,133 @@ fn rerun_is_incremental_and_byte_identical() {
     assert!(err.contains("changed since it was processed"), "{err}");
 }
 
+/// The sampling factors (horizontal << 4 | vertical) of the first component of a JPEG's frame
+/// header: 0x22 for 4:2:0 colour, 0x11 for 4:4:4.
+fn luma_sampling(jpeg: &[u8]) -> u8 {
+    let mut i = 2;
+    while i + 4 <= jpeg.len() {
+        assert_eq!(jpeg[i], 0xFF, "not at a marker at byte {i}");
+        let marker = jpeg[i + 1];
+        let len = usize::from(u16::from_be_bytes([jpeg[i + 2], jpeg[i + 3]]));
+        if matches!(marker, 0xC0..=0xC2) {
+            // Length, precision, height, width, component count, then (id, sampling, table).
+            return jpeg[i + 2 + 2 + 1 + 2 + 2 + 1 + 1];
+        }
+        i += 2 + len;
+    }
+    panic!("no frame header")
+}
+
+/// The luma sampling of every stored image of a dataset, by shard file name.
+fn samplings(dataset: &Path) -> BTreeMap<String, BTreeSet<u8>> {
+    let mut m = BTreeMap::new();
+    for f in shard_files(dataset) {
+        let name = f.file_name().expect("name").to_string_lossy().into_owned();
+        for b in read_columns(&f, &["image"]).expect("read") {
+            let img = column::<BinaryArray>(&b, "image").expect("image");
+            for i in 0..b.num_rows() {
+                m.entry(name.clone())
+                    .or_insert_with(BTreeSet::new)
+                    .insert(luma_sampling(img.value(i)));
+            }
+        }
+    }
+    m
+}
+
+#[test]
+fn jpeg_subsampling_is_recorded_and_older_datasets_keep_their_rule() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pairs = sample_pairs();
+    let wds = tmp.path().join("wds");
+    write_webdataset(&wds, &pairs[..8], 8);
+    let week2 = write_webdataset(&tmp.path().join("week2"), &pairs[8..16], 8);
+    let run = |ds: &Path, extra: &[&str]| {
+        let mut v = vec![
+            "ingest",
+            "--input",
+            s(&wds),
+            "--out",
+            s(ds),
+            "--no-progress",
+        ];
+        v.extend_from_slice(extra);
+        run_ok(&v)
+    };
+    let all = |m: &BTreeMap<String, BTreeSet<u8>>| -> BTreeSet<u8> {
+        m.values().flatten().copied().collect()
+    };
+    // A new dataset: 4:2:0, recorded.
+    let new = tmp.path().join("new");
+    run(&new, &[]);
+    assert_eq!(
+        manifest(&new)["stages"]["ingest"]["config"]["jpeg_subsampling"],
+        "4:2:0"
+    );
+    assert_eq!(all(&samplings(&new)), BTreeSet::from([0x22]));
+    // Asking for the other on it is a changed configuration, refused by name.
+    let err = run_err(&[
+        "ingest",
+        "--input",
+        s(&wds),
+        "--out",
+        s(&new),
+        "--no-progress",
+        "--jpeg-subsampling",
+        "4:4:4",
+    ]);
+    assert!(err.contains("jpeg_subsampling"), "{err}");
+    // 4:4:4 when asked for.
+    let full = tmp.path().join("full");
+    run(&full, &["--jpeg-subsampling", "4:4:4"]);
+    assert_eq!(all(&samplings(&full)), BTreeSet::from([0x11]));
+
+    // A dataset made before the setting existed records none; its pure-Rust encoder wrote
+    // 4:4:4 at quality 95. Made here as such: 4:4:4, then the setting taken out of the record.
+    let old = tmp.path().join("old");
+    run(
+        &old,
+        &["--jpeg-subsampling", "4:4:4", "--jpeg-codec", "rust"],
+    );
+    let path = old.join("manifest.json");
+    let mut m = manifest(&old);
+    let config = m["stages"]["ingest"]["config"]
+        .as_object_mut()
+        .expect("config object");
+    assert!(config.remove("jpeg_subsampling").is_some());
+    fs::write(&path, serde_json::to_vec_pretty(&m).expect("json")).expect("write manifest");
+    let before = output_bytes(&old);
+    // Next week's run with the defaults extends it with the same rule, not refused.
+    let out = run_ok(&[
+        "ingest",
+        "--input",
+        s(&wds),
+        s(&week2[0]),
+        "--out",
+        s(&old),
+        "--no-progress",
+        "--jpeg-codec",
+        "rust",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("1 already done"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = samplings(&old);
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert_eq!(all(&after), BTreeSet::from([0x11]));
+    for (k, bytes) in &before {
+        assert_eq!(output_bytes(&old).get(k), Some(bytes), "{k} changed");
+    }
+    assert!(
+        manifest(&old)["stages"]["ingest"]["config"]
+            .get("jpeg_subsampling")
+            .is_none(),
+        "the record keeps saying nothing"
+    );
+}
+
 #[test]
 fn crash_mid_run_then_resume_matches_uninterrupted_run() {
     let tmp = tempfile::tempdir().expect("tempdir");

@@ -7,7 +7,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 use cm3_core::{DatasetDir, Manifest, WorkerSpec};
-use cm3_ingest::config::{CocoPairs, InvalidUtf8, JpegCodec, OutputImageFormat, ResizeFilter};
+use cm3_ingest::config::{
+    CocoPairs, InvalidUtf8, JpegCodec, JpegSubsampling, OutputImageFormat, ResizeFilter,
+};
 use cm3_ingest::{IngestConfig, IngestOptions, InputFormat};
 
 mod augment;
@@ -238,6 +240,10 @@ struct IngestArgs {
     /// `rust-scaled` (pure Rust, large JPEGs decoded scaled in the DCT: faster on big photos).
     #[arg(long, value_enum)]
     jpeg_codec: Option<CodecArg>,
+    /// Chroma subsampling of written JPEGs: 4:2:0 (what libjpeg, Pillow and OpenCV write; the
+    /// default for a new dataset) or 4:4:4. Unset, an existing dataset keeps what it recorded.
+    #[arg(long, value_parser = ["4:2:0", "4:4:4"])]
+    jpeg_subsampling: Option<String>,
     /// Reject images whose declared size exceeds this many pixels.
     #[arg(long)]
     max_image_pixels: Option<u64>,
@@ -422,6 +428,13 @@ fn ingest(a: IngestArgs) -> Result<()> {
             CodecArg::Rust => JpegCodec::Rust,
             CodecArg::RustScaled => JpegCodec::RustScaled,
             CodecArg::Turbojpeg => JpegCodec::Turbojpeg,
+        })
+    );
+    set!(
+        cfg.jpeg_subsampling,
+        a.jpeg_subsampling.map(|s| match s.as_str() {
+            "4:4:4" => Some(JpegSubsampling::S444),
+            _ => Some(JpegSubsampling::S420),
         })
     );
     set!(cfg.max_image_pixels, a.max_image_pixels);

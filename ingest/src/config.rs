@@ -87,6 +87,27 @@ impl Default for JpegCodec {
     }
 }
 
+/// Chroma subsampling of written JPEGs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JpegSubsampling {
+    /// Colour at half the resolution both ways: what libjpeg, Pillow and OpenCV (so img2dataset)
+    /// write by default, and the default of new datasets.
+    #[serde(rename = "4:2:0")]
+    S420,
+    /// Colour at full resolution: about a quarter larger files and more encoding work.
+    #[serde(rename = "4:4:4")]
+    S444,
+}
+
+impl JpegSubsampling {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::S420 => "4:2:0",
+            Self::S444 => "4:4:4",
+        }
+    }
+}
+
 /// What to do with a caption that is not valid UTF-8.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -134,6 +155,12 @@ pub struct IngestConfig {
     pub jpeg_quality: u8,
     pub resize_filter: ResizeFilter,
     pub jpeg_codec: JpegCodec,
+    /// Chroma subsampling of written JPEGs. Unset, `cm3 ingest` takes what the dataset recorded,
+    /// and 4:2:0 for a new dataset. A dataset made before this setting existed records none and
+    /// keeps its encoders' old rule (see [`IngestConfig::subsampling`]), so that its re-runs
+    /// write the same bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jpeg_subsampling: Option<JpegSubsampling>,
     /// Reject images whose declared size exceeds this many pixels (decompression bombs).
     /// Pillow's default `MAX_IMAGE_PIXELS`.
     pub max_image_pixels: u64,
@@ -168,6 +195,7 @@ impl Default for IngestConfig {
             jpeg_quality: 95,
             resize_filter: ResizeFilter::Lanczos3,
             jpeg_codec: JpegCodec::default(),
+            jpeg_subsampling: None,
             max_image_pixels: 89_478_485,
             max_caption_chars: 4096,
             invalid_utf8: InvalidUtf8::Repair,
@@ -183,6 +211,34 @@ impl Default for IngestConfig {
 }
 
 impl IngestConfig {
+    /// The subsampling the JPEG encoder uses. Without a recorded setting (datasets made before
+    /// it existed): jpeg-encoder's own rule for the pure-Rust codecs (4:4:4 from quality 90 up,
+    /// 4:2:0 below), and 4:2:0 for libjpeg-turbo, as they were written.
+    pub fn subsampling(&self) -> JpegSubsampling {
+        match self.jpeg_subsampling {
+            Some(s) => s,
+            None if self.jpeg_codec == JpegCodec::Turbojpeg || self.jpeg_quality < 90 => {
+                JpegSubsampling::S420
+            }
+            None => JpegSubsampling::S444,
+        }
+    }
+
+    /// Settle the unset subsampling before the configuration is recorded: the value `recorded`
+    /// in the dataset's ingest record (a JSON object), if it has made shards, else 4:2:0.
+    pub fn resolve_subsampling(&mut self, recorded: Option<&serde_json::Value>) {
+        if self.jpeg_subsampling.is_some() {
+            return;
+        }
+        self.jpeg_subsampling = match recorded {
+            // An existing dataset keeps what it recorded, including nothing (the old rule).
+            Some(config) => config
+                .get("jpeg_subsampling")
+                .and_then(|v| serde_json::from_value(v.clone()).ok()),
+            None => Some(JpegSubsampling::S420),
+        };
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if !(8..=8192).contains(&self.image_size) {
             return Err(format!(
@@ -227,4 +283,47 @@ pub struct IngestOptions {
     /// Discard this stage's previous outputs and redo it (needed to change the configuration).
     pub rebuild: bool,
     pub progress: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unset_subsampling_follows_the_dataset_record() {
+        let resolved = |given: Option<JpegSubsampling>, recorded: Option<serde_json::Value>| {
+            let mut c = IngestConfig {
+                jpeg_subsampling: given,
+                jpeg_codec: JpegCodec::Rust,
+                ..IngestConfig::default()
+            };
+            c.resolve_subsampling(recorded.as_ref());
+            (c.jpeg_subsampling, c.subsampling())
+        };
+        use JpegSubsampling::{S420, S444};
+        // A new dataset: 4:2:0.
+        assert_eq!(resolved(None, None), (Some(S420), S420));
+        // An existing one keeps what it recorded.
+        let rec = serde_json::json!({"jpeg_subsampling": "4:4:4"});
+        assert_eq!(resolved(None, Some(rec)), (Some(S444), S444));
+        // Recorded nothing (made before the setting): the encoder's old rule, 4:4:4 at 95.
+        let rec = serde_json::json!({"jpeg_quality": 95});
+        assert_eq!(resolved(None, Some(rec.clone())), (None, S444));
+        // A given value is kept, whatever the record (the record comparison refuses a change).
+        assert_eq!(resolved(Some(S420), Some(rec)), (Some(S420), S420));
+        // The old rule below quality 90, and for libjpeg-turbo.
+        let old = |codec, quality| {
+            IngestConfig {
+                jpeg_codec: codec,
+                jpeg_quality: quality,
+                ..IngestConfig::default()
+            }
+            .subsampling()
+        };
+        assert_eq!(old(JpegCodec::Rust, 89), S420);
+        assert_eq!(old(JpegCodec::RustScaled, 90), S444);
+        assert_eq!(old(JpegCodec::Turbojpeg, 95), S420);
+        // The recorded spelling.
+        assert_eq!(serde_json::to_value(S420).ok(), Some("4:2:0".into()));
+    }
 }

@@ -6,7 +6,9 @@ use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits};
 use sha2::{Digest, Sha256};
 
-use crate::config::{IngestConfig, InvalidUtf8, JpegCodec, OutputImageFormat, ResizeFilter};
+use crate::config::{
+    IngestConfig, InvalidUtf8, JpegCodec, JpegSubsampling, OutputImageFormat, ResizeFilter,
+};
 
 mod scaled;
 
@@ -311,11 +313,11 @@ mod turbo {
     };
 
     use super::{Decoded, RejectReason, Rejection, check_pixels};
-    use crate::config::IngestConfig;
+    use crate::config::{IngestConfig, JpegSubsampling};
 
     thread_local! {
         static DECOMPRESSOR: RefCell<Option<Decompressor>> = const { RefCell::new(None) };
-        static COMPRESSOR: RefCell<Option<(Compressor, u8)>> = const { RefCell::new(None) };
+        static COMPRESSOR: RefCell<Option<(Compressor, u8, JpegSubsampling)>> = const { RefCell::new(None) };
     }
 
     fn internal(e: turbojpeg::Error) -> Rejection {
@@ -392,17 +394,29 @@ mod turbo {
         })
     }
 
-    pub(super) fn encode(pixels: &[u8], side: u32, quality: u8) -> Result<Vec<u8>, String> {
+    pub(super) fn encode(
+        pixels: &[u8],
+        side: u32,
+        quality: u8,
+        subsampling: JpegSubsampling,
+    ) -> Result<Vec<u8>, String> {
         COMPRESSOR.with(|cell| {
             let mut slot = cell.borrow_mut();
-            if slot.as_ref().is_none_or(|(_, q)| *q != quality) {
+            if slot
+                .as_ref()
+                .is_none_or(|(_, q, s)| (*q, *s) != (quality, subsampling))
+            {
                 let mut c = Compressor::new().map_err(|e| e.to_string())?;
                 c.set_quality(i32::from(quality))
                     .map_err(|e| e.to_string())?;
-                c.set_subsamp(Subsamp::Sub2x2).map_err(|e| e.to_string())?;
-                *slot = Some((c, quality));
+                c.set_subsamp(match subsampling {
+                    JpegSubsampling::S420 => Subsamp::Sub2x2,
+                    JpegSubsampling::S444 => Subsamp::None,
+                })
+                .map_err(|e| e.to_string())?;
+                *slot = Some((c, quality, subsampling));
             }
-            let Some((c, _)) = slot.as_mut() else {
+            let Some((c, _, _)) = slot.as_mut() else {
                 return Err("no compressor".to_string());
             };
             let side = side as usize;
@@ -449,6 +463,16 @@ pub fn jpeg_is_complete(data: &[u8]) -> bool {
 /// 8-bit RGB; transparent pixels are composited on white (what a viewer shows, and what keeps
 /// transparent logos from turning into black squares).
 fn to_rgb_on_white(img: DynamicImage) -> Vec<u8> {
+    match img {
+        // Already 8-bit RGB (most JPEGs): the buffer itself, not a converted copy.
+        DynamicImage::ImageRgb8(rgb) => return rgb.into_raw(),
+        // Grey: each value three times (the `image` crate's conversion goes through f32 colour
+        // management, 2% of an ingest when some of the photos are grey).
+        DynamicImage::ImageLuma8(grey) => {
+            return grey.into_raw().into_iter().flat_map(|v| [v; 3]).collect();
+        }
+        _ => {}
+    }
     if !img.color().has_alpha() {
         return img.into_rgb8().into_raw();
     }
@@ -504,11 +528,16 @@ fn encode(pixels: &[u8], side: u32, cfg: &IngestConfig) -> Result<Vec<u8>, Rejec
     match cfg.image_format {
         #[cfg(feature = "turbojpeg")]
         OutputImageFormat::Jpeg if cfg.jpeg_codec == JpegCodec::Turbojpeg => {
-            out = turbo::encode(pixels, side, cfg.jpeg_quality).map_err(err)?;
+            out = turbo::encode(pixels, side, cfg.jpeg_quality, cfg.subsampling()).map_err(err)?;
         }
         OutputImageFormat::Jpeg => {
             let s = u16::try_from(side).map_err(|e| err(e.to_string()))?;
-            jpeg_encoder::Encoder::new(&mut out, cfg.jpeg_quality)
+            let mut encoder = jpeg_encoder::Encoder::new(&mut out, cfg.jpeg_quality);
+            encoder.set_sampling_factor(match cfg.subsampling() {
+                JpegSubsampling::S420 => jpeg_encoder::SamplingFactor::F_2_2,
+                JpegSubsampling::S444 => jpeg_encoder::SamplingFactor::F_1_1,
+            });
+            encoder
                 .encode(pixels, s, s, jpeg_encoder::ColorType::Rgb)
                 .map_err(|e| err(e.to_string()))?;
         }
@@ -898,6 +927,22 @@ mod tests {
             assert_eq!((b.orig_width, b.orig_height), upright, "{orientation}");
             let p = psnr(&pa, &pb);
             assert!(p >= 40.0, "orientation {orientation}: {p:.2} dB");
+        }
+    }
+
+    #[test]
+    fn grey_and_rgb_become_what_the_image_crate_converts_them_to() {
+        // Every grey level, and a grey photo, against `image`'s own conversion.
+        let levels = image::GrayImage::from_fn(256, 3, |x, y| image::Luma([(x as u8) ^ (y as u8)]));
+        let (_, data) = sample_photos().swap_remove(1);
+        let photo = image::load_from_memory(&data).expect("decode");
+        for img in [
+            DynamicImage::ImageLuma8(levels),
+            DynamicImage::ImageLuma8(photo.to_luma8()),
+            DynamicImage::ImageRgb8(photo.to_rgb8()),
+        ] {
+            let expected = img.to_rgb8().into_raw();
+            assert_eq!(to_rgb_on_white(img), expected);
         }
     }
 

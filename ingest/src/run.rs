@@ -289,6 +289,15 @@ pub fn run(opts: &IngestOptions, cfg: &IngestConfig) -> Result<IngestReport> {
         rebuild(&dataset, &worker)?;
     }
     let mut manifest = dataset.load_stage_state(STAGE, &worker)?;
+    let mut cfg = cfg.clone();
+    cfg.resolve_subsampling(
+        manifest
+            .stages
+            .get(STAGE)
+            .filter(|r| !r.shards.is_empty())
+            .map(|r| &r.config),
+    );
+    let cfg = &cfg;
     let config_json = serde_json::to_value(cfg)
         .map_err(|e| IngestError::Config(format!("serialising the configuration: {e}")))?;
     let rec = dataset.stage_record(&mut manifest, STAGE, &config_json)?;
