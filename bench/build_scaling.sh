@@ -33,12 +33,18 @@ mkdir -p "$OUT"
 [ -n "${REPORT_ONLY:-}" ] || cp "$CM3" "$OUT/cm3"   # a rebuild during the run cannot mix two versions
 CM3="$OUT/cm3"
 bash scripts/setup-onnxruntime.sh >/dev/null
+# PART_ROWS=N builds the memory bank in parts of at most N vectors (`cm3 index build
+# --part-rows`): the index stage then holds one part in memory.
+part_rows_line=""
+[ -n "${PART_ROWS:-}" ] && part_rows_line="part_rows = $PART_ROWS"
 cat > "$OUT/build.toml" <<EOF
 [ingest]
 image_format = "png"
 image_size = $IMAGE_SIZE
 [pack]
 seq_len = 512
+[index]
+$part_rows_line
 [index.index]
 kind = "hnsw"
 m = 32

@@ -468,3 +468,64 @@ fn retrieves_from_another_bank_without_leaking_duplicates_or_excluded_ids() {
     // A failed run leaves the earlier output in place.
     assert_eq!(neighbours(&ds).len(), 12);
 }
+
+#[test]
+fn a_bank_in_parts_gives_the_neighbours_of_one_index() {
+    runtime();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let input = tmp.path().join("in");
+    sample_part(&input, 0..sample_pairs().len());
+    let ds = tmp.path().join("ds");
+    prepare(&ds, &input);
+    run_ok(&["augment", &p(&ds), "--no-progress"]);
+    let whole = neighbours(&ds);
+    // The same exact (flat) bank in parts of 6 vectors.
+    run_ok(&[
+        "index",
+        "build",
+        &p(&ds),
+        "--rebuild",
+        "--part-rows",
+        "6",
+        "--no-progress",
+    ]);
+    let dir = ds.join("index").join("doc");
+    let meta: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("INDEX.json")).expect("INDEX.json"))
+            .expect("json");
+    assert_eq!(meta["part_rows"], 6);
+    let count = meta["count"].as_u64().expect("count") as usize;
+    assert_eq!(count, sample_pairs().len());
+    let generation = dir.join(format!(
+        "gen-{:06}",
+        meta["generation"].as_u64().expect("generation")
+    ));
+    let parts = fs::read_dir(&generation)
+        .expect("generation")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("part-"))
+        })
+        .count();
+    assert_eq!(parts, count.div_ceil(6));
+    // Every file of every part is recorded with its size.
+    let files = meta["files"].as_object().expect("files");
+    assert!(
+        files.keys().any(|k| k.starts_with("part-00000/")),
+        "{files:?}"
+    );
+    run_ok(&["augment", &p(&ds), "--rebuild", "--no-progress"]);
+    let parted = neighbours(&ds);
+    assert_eq!(parted.len(), whole.len());
+    for (id, nbs) in &whole {
+        let got = &parted[id];
+        let ids = |v: &[Nb]| v.iter().map(|n| n.id).collect::<Vec<_>>();
+        assert_eq!(ids(got), ids(nbs), "pair {id:016x}");
+        for (a, b) in got.iter().zip(nbs) {
+            assert!((a.score - b.score).abs() < 1e-6, "pair {id:016x}");
+        }
+    }
+    // Asking for one index again is a changed configuration.
+    let err = run_err(&["index", "build", &p(&ds), "--no-progress"]);
+    assert!(err.contains("part"), "{err}");
+}

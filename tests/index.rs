@@ -561,6 +561,108 @@ fn killed_builds_leave_the_previous_index_usable() {
     assert_eq!(&ids[..5], &[0, 1, 2, 3, 4]);
 }
 
+/// The files of part `part` of the committed generation of index `dir`, with their inodes.
+fn part_inodes(dir: &Path, part: usize) -> Vec<(String, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("INDEX.json")).expect("INDEX.json"))
+            .expect("json");
+    let folder = dir
+        .join(format!(
+            "gen-{:06}",
+            meta["generation"].as_u64().expect("generation")
+        ))
+        .join(format!("part-{part:05}"));
+    let mut v: Vec<(String, u64)> = fs::read_dir(&folder)
+        .expect("part folder")
+        .flatten()
+        .map(|e| {
+            let ino = e.metadata().expect("stat").ino();
+            (e.file_name().to_string_lossy().into_owned(), ino)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn raw_bank_in_parts_answers_as_one_index_and_appends_to_its_last_part() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let t = |n: &str| tmp.path().join(n);
+    random_npy(&t("a.npy"), 300, 32, 11);
+    random_npy(&t("q.npy"), 40, 32, 12);
+    random_npy(&t("b.npy"), 200, 32, 13);
+    fs::write(
+        t("bids.npy"),
+        cm3_embed::npy::encode_u64(&(1000..1200).collect::<Vec<_>>()),
+    )
+    .expect("w");
+    let build = |out: &Path, vectors: &str, extra: &[&str]| {
+        let (out, vectors) = (p(out), p(&t(vectors)));
+        let mut args = vec![
+            "index",
+            "build",
+            "--vectors",
+            &vectors,
+            "--kind",
+            "flat",
+            "--storage",
+            "f32",
+            "--out",
+            &out,
+        ];
+        args.extend_from_slice(extra);
+        run_ok(&args)
+    };
+    let (whole, parted) = (t("whole"), t("parted"));
+    build(&whole, "a.npy", &[]);
+    build(&parted, "a.npy", &["--part-rows", "64"]);
+    // Exact search, so the same neighbours: per part, then merged.
+    let (shape, a) = search_ids(&whole, &t("q.npy"), "10", &t("n1.npy"), &[]);
+    let (_, b) = search_ids(&parted, &t("q.npy"), "10", &t("n2.npy"), &[]);
+    assert_eq!(shape, vec![40, 10]);
+    assert_eq!(a, b);
+    // Appending fills the last part, then new ones; full parts are linked, not written again.
+    let full_before = part_inodes(&parted, 0);
+    let last_before = part_inodes(&parted, 4);
+    let bids = p(&t("bids.npy"));
+    build(&whole, "b.npy", &["--ids", &bids, "--append"]);
+    build(
+        &parted,
+        "b.npy",
+        &["--ids", &bids, "--append", "--part-rows", "64"],
+    );
+    assert_eq!(index_count(&parted), Some(500));
+    assert_eq!(part_inodes(&parted, 0), full_before);
+    assert_ne!(
+        part_inodes(&parted, 4),
+        last_before,
+        "the part filled up was written"
+    );
+    assert!(
+        !part_inodes(&parted, 7).is_empty(),
+        "500 vectors in parts of 64: 8 parts"
+    );
+    let (_, a) = search_ids(&whole, &t("q.npy"), "10", &t("n1.npy"), &[]);
+    let (_, b) = search_ids(&parted, &t("q.npy"), "10", &t("n2.npy"), &[]);
+    assert_eq!(a, b);
+    // Another part size, or none, is refused.
+    let err = run_err(&[
+        "index",
+        "build",
+        "--vectors",
+        &p(&t("b.npy")),
+        "--kind",
+        "flat",
+        "--storage",
+        "f32",
+        "--out",
+        &p(&parted),
+        "--append",
+    ]);
+    assert!(err.contains("parts of"), "{err}");
+}
+
 /// `-k` and `--ef-search` size allocations: above the bound they are refused with the flag named
 /// (they aborted the process on an allocation failure); below it, a `k` or an `ef` larger than
 /// the index gives every vector, padded with -1 as FAISS does.

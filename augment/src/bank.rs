@@ -67,7 +67,10 @@ pub struct Bank {
 impl Bank {
     /// Open the bank of dataset `root` over `set`, removing `exclusions` from it.
     pub fn open(root: &Path, set: VectorSet, exclusions: Vec<Exclusion>) -> Result<Self> {
-        let (meta, index) = open_dataset_index(root, set)?;
+        let (meta, mut index) = open_dataset_index(root, set)?;
+        // Augment searches the bank once per pair: a bank in parts is loaded whole, not part
+        // by part for every batch of queries.
+        index.make_resident()?;
         let ds = DatasetDir::open(root)?;
         let m = ds.load_manifest()?;
         let embed = m
@@ -256,6 +259,7 @@ impl Bank {
                 files: Default::default(),
                 vector_set: None,
                 shards: Default::default(),
+                part_rows: index.part_rows(),
             },
             index,
             dim,

@@ -16,7 +16,7 @@ use cm3_index::spec::{DEFAULT_EF_CONSTRUCTION, DEFAULT_M};
 use cm3_index::stage::{BuildOptions, IndexConfig};
 use cm3_index::vectors::{check_unit_rows, read_ids, read_vectors};
 use cm3_index::{
-    Hit, IndexSpec, MipsIndex, SearchParams, Storage, VectorSet, new_index, stage, store,
+    Hit, IndexSpec, MipsIndex, SearchParams, Storage, VectorSet, new_index_in_parts, stage, store,
 };
 
 #[derive(Subcommand, Debug)]
@@ -51,6 +51,11 @@ pub(crate) struct BuildArgs {
     /// HNSW candidate list while building [default: 200].
     #[arg(long)]
     pub ef_construction: Option<usize>,
+    /// Build the bank in parts of at most this many vectors, each a complete index of --kind,
+    /// so that the build holds one part in memory (searches ask every part) [default: one
+    /// index].
+    #[arg(long)]
+    pub part_rows: Option<usize>,
     /// Refuse vectors that are not unit-norm instead of normalising them (with a warning).
     #[arg(long)]
     pub strict: bool,
@@ -145,6 +150,9 @@ fn build_config(a: &BuildArgs) -> Result<IndexConfig> {
     if let Some(s) = a.set {
         cfg.vector_set = s;
     }
+    if a.part_rows.is_some() {
+        cfg.part_rows = a.part_rows;
+    }
     let (storage, m, efc) = match &cfg.index {
         IndexSpec::Flat { storage } => (*storage, DEFAULT_M, DEFAULT_EF_CONSTRUCTION),
         IndexSpec::Hnsw { m, ef_construction } => (Storage::default(), *m, *ef_construction),
@@ -169,7 +177,7 @@ fn build(a: BuildArgs) -> Result<()> {
     let config = build_config(&a)?;
     if let Some(vectors) = &a.vectors {
         let out = a.out.as_deref().context("--vectors needs --out")?;
-        return build_raw(vectors, a.ids.as_deref(), out, &config.index, &a);
+        return build_raw(vectors, a.ids.as_deref(), out, &config, &a);
     }
     let dataset = a
         .dataset
@@ -217,10 +225,11 @@ fn build_raw(
     vectors: &Path,
     ids: Option<&Path>,
     out: &Path,
-    spec: &IndexSpec,
+    config: &IndexConfig,
     a: &BuildArgs,
 ) -> Result<()> {
     let started = Instant::now();
+    let spec = &config.index;
     let mut v = read_vectors(vectors)?;
     let ids: Vec<u64> = match ids {
         Some(p) => read_ids(p)?,
@@ -277,9 +286,18 @@ fn build_raw(
                     out.display()
                 );
             }
+            if meta.part_rows != config.part_rows {
+                bail!(
+                    "{} holds an index in parts of {:?} vectors, not {:?}: pass --rebuild to \
+                     replace it",
+                    out.display(),
+                    meta.part_rows,
+                    config.part_rows
+                );
+            }
             (Some(meta), index)
         }
-        None => (None, new_index(spec, v.dim)?),
+        None => (None, new_index_in_parts(spec, v.dim, config.part_rows)?),
     };
     if index.dim() != v.dim {
         bail!(

@@ -13,6 +13,7 @@ pub mod faiss;
 mod files;
 pub mod flat;
 pub mod hnsw;
+pub mod parts;
 pub mod product;
 pub mod spec;
 pub mod stage;
@@ -88,6 +89,19 @@ pub trait MipsIndex: Send + Sync + Debug {
     /// Write the index's files into the empty directory `dir`. `previous` is the directory of the
     /// generation this index was loaded from, whose unchanged files may be hard-linked.
     fn save(&self, dir: &Path, previous: Option<&Path>) -> Result<()>;
+
+    /// For an index in parts ([`parts::PartedIndex`]): the most vectors a part holds.
+    fn part_rows(&self) -> Option<usize> {
+        None
+    }
+    /// Told that what [`MipsIndex::save`] wrote is now committed as generation folder
+    /// `generation`: an index in parts lets its saved parts leave memory.
+    fn committed(&mut self, _generation: &Path) {}
+    /// Load whatever is kept on disk until searched (the parts of a parted index), for an index
+    /// about to be searched many times.
+    fn make_resident(&mut self) -> Result<()> {
+        Ok(())
+    }
 
     /// The `k` best hits for one query.
     fn search(&self, query: &[f32], k: usize) -> Result<Vec<Hit>> {
@@ -172,6 +186,18 @@ pub fn new_index(spec: &IndexSpec, dim: usize) -> Result<Box<dyn MipsIndex>> {
                 Err(IndexError::FeatureOff(format!("faiss:{factory}")))
             }
         }
+    }
+}
+
+/// A new, empty index of the given kind, in parts of at most `part_rows` vectors if given.
+pub fn new_index_in_parts(
+    spec: &IndexSpec,
+    dim: usize,
+    part_rows: Option<usize>,
+) -> Result<Box<dyn MipsIndex>> {
+    match part_rows {
+        Some(rows) => Ok(Box::new(parts::PartedIndex::new(spec.clone(), dim, rows)?)),
+        None => new_index(spec, dim),
     }
 }
 

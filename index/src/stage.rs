@@ -19,7 +19,7 @@ use crate::error::{IndexError, Result};
 use crate::spec::{IndexSpec, VectorSet};
 use crate::store::{self, IndexMeta, IndexedShard};
 use crate::vectors::{check_unit_rows, read_ids, read_vectors};
-use crate::{MipsIndex, new_index};
+use crate::{MipsIndex, new_index_in_parts};
 
 /// The manifest stage of an index over `set`.
 pub fn stage_name(set: VectorSet) -> String {
@@ -39,6 +39,10 @@ pub struct IndexConfig {
     pub vector_set: VectorSet,
     #[serde(default)]
     pub index: IndexSpec,
+    /// Build the bank in parts of at most this many vectors ([`crate::parts`]): the build then
+    /// holds one part in memory, not the bank. Unset: one index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part_rows: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -97,6 +101,18 @@ fn check_existing(
             format!(
                 "the index was built as {}, this build asks for {}; pass --rebuild to replace it",
                 meta.spec, config.index
+            ),
+        ));
+    }
+    if meta.part_rows != config.part_rows {
+        let says =
+            |p: Option<usize>| p.map_or("one index".to_string(), |n| format!("parts of {n}"));
+        return Err(mismatch(
+            dir,
+            format!(
+                "the index was built as {}, this build asks for {}; pass --rebuild to replace it",
+                says(meta.part_rows),
+                says(config.part_rows)
             ),
         ));
     }
@@ -277,11 +293,19 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         .map(|m| m.shards.clone())
         .unwrap_or_default();
     let (mut added_rows, mut normalised) = (0usize, 0usize);
+    let mut prev_meta = prev_meta;
+    // A bank in parts is committed as each part fills, so that memory holds the part being
+    // filled (and a crash loses at most that part's work).
+    let mut since_commit = 0usize;
     for (name, rec) in &todo {
         let (ids, vecs, dim, norm) = read_shard(&ds, rec, set, opts.strict)?;
         let idx = match &mut index {
             Some(i) => i,
-            None => index.insert(new_index(&opts.config.index, dim)?),
+            None => index.insert(new_index_in_parts(
+                &opts.config.index,
+                dim,
+                opts.config.part_rows,
+            )?),
         };
         if dim != idx.dim() {
             return Err(IndexError::Dimension {
@@ -300,6 +324,24 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
                 embeddings_sha256: rec.sha256.clone(),
             },
         );
+        since_commit += ids.len();
+        if opts
+            .config
+            .part_rows
+            .is_some_and(|rows| since_commit >= rows)
+        {
+            let meta = store::commit(
+                &dir,
+                idx.as_ref(),
+                prev_meta.as_ref(),
+                Some(set),
+                shards.clone(),
+                "index",
+            )?;
+            idx.committed(&meta.generation_dir(&dir));
+            prev_meta = Some(meta);
+            since_commit = 0;
+        }
         bar.inc(1);
         bar.set_message(format!("{added_rows} vectors"));
     }

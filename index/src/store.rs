@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use cm3_core::fsio::{sync_dir, write_atomic};
 
 use crate::error::{IndexError, Result};
+use crate::parts::{PartedIndex, is_part_name};
 use crate::spec::{IndexSpec, VectorSet};
 use crate::{MipsIndex, load_index};
 
@@ -53,6 +54,9 @@ pub struct IndexMeta {
     pub vector_set: Option<VectorSet>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub shards: BTreeMap<String, IndexedShard>,
+    /// An index in parts of at most this many vectors ([`crate::parts`]); absent for one index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part_rows: Option<usize>,
 }
 
 impl IndexMeta {
@@ -229,7 +233,20 @@ fn open_generation(dir: &Path, meta: &IndexMeta) -> Result<Box<dyn MipsIndex>> {
             });
         }
     }
-    let index = load_index(&meta.spec, &gen_dir)?;
+    let index: Box<dyn MipsIndex> = match meta.part_rows {
+        Some(_) => Box::new(PartedIndex::load(meta.spec.clone(), &gen_dir)?),
+        None => load_index(&meta.spec, &gen_dir)?,
+    };
+    if index.part_rows() != meta.part_rows {
+        return Err(IndexError::Corrupt {
+            path: gen_dir,
+            reason: format!(
+                "parts of {:?} vectors, {INDEX_FILE} says {:?}",
+                index.part_rows(),
+                meta.part_rows
+            ),
+        });
+    }
     if index.len() != meta.count || index.dim() != meta.dim {
         return Err(IndexError::Corrupt {
             path: gen_dir,
@@ -284,21 +301,7 @@ pub fn commit(
     let prev_dir = previous.map(|p| p.generation_dir(dir));
     index.save(&tmp, prev_dir.as_deref())?;
     let mut files = BTreeMap::new();
-    for entry in fs::read_dir(&tmp).map_err(|e| IndexError::io("listing", &tmp, e))? {
-        let entry = entry.map_err(|e| IndexError::io("listing", &tmp, e))?;
-        let md = entry
-            .metadata()
-            .map_err(|e| IndexError::io("stat", entry.path(), e))?;
-        if md.is_file() {
-            // Every file of the generation is made durable here, whichever library wrote it.
-            let path = entry.path();
-            fs::File::open(&path)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| IndexError::io("fsync", &path, e))?;
-            files.insert(entry.file_name().to_string_lossy().into_owned(), md.len());
-        }
-    }
-    sync_dir(&tmp)?;
+    sync_files(&tmp, "", &mut files)?;
     fs::rename(&tmp, &final_dir)
         .map_err(|e| IndexError::io("renaming into place", &final_dir, e))?;
     sync_dir(dir)?;
@@ -313,11 +316,35 @@ pub fn commit(
         files,
         vector_set,
         shards,
+        part_rows: index.part_rows(),
     };
     let text = serde_json::to_vec_pretty(&meta).map_err(|e| IndexError::Invalid(e.to_string()))?;
     write_atomic(&dir.join(INDEX_FILE), &text, tag)?;
     remove_old_generations(dir, generation);
     Ok(meta)
+}
+
+/// Fsync every file of generation folder `dir` (and of its part folders, named `prefix` +
+/// file name), then the folder itself, recording each file's size in `files`. Every file of a
+/// generation is made durable here, whichever library wrote it.
+fn sync_files(dir: &Path, prefix: &str, files: &mut BTreeMap<String, u64>) -> Result<()> {
+    for entry in fs::read_dir(dir).map_err(|e| IndexError::io("listing", dir, e))? {
+        let entry = entry.map_err(|e| IndexError::io("listing", dir, e))?;
+        let path = entry.path();
+        let md = entry
+            .metadata()
+            .map_err(|e| IndexError::io("stat", &path, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if md.is_file() {
+            fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| IndexError::io("fsync", &path, e))?;
+            files.insert(format!("{prefix}{name}"), md.len());
+        } else if md.is_dir() && prefix.is_empty() && is_part_name(&name) {
+            sync_files(&path, &format!("{name}/"), files)?;
+        }
+    }
+    Ok(sync_dir(dir)?)
 }
 
 /// Remove every generation but `keep`, and temporaries of interrupted updates: only entries
