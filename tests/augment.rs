@@ -514,15 +514,23 @@ fn a_bank_in_parts_gives_the_neighbours_of_one_index() {
         files.keys().any(|k| k.starts_with("part-00000/")),
         "{files:?}"
     );
-    run_ok(&["augment", &p(&ds), "--rebuild", "--no-progress"]);
-    let parted = neighbours(&ds);
-    assert_eq!(parted.len(), whole.len());
-    for (id, nbs) in &whole {
-        let got = &parted[id];
-        let ids = |v: &[Nb]| v.iter().map(|n| n.id).collect::<Vec<_>>();
-        assert_eq!(ids(got), ids(nbs), "pair {id:016x}");
-        for (a, b) in got.iter().zip(nbs) {
-            assert!((a.score - b.score).abs() < 1e-6, "pair {id:016x}");
+    // Read part by part (the default for a bank in parts), then held whole: the same documents.
+    for extra in [None, Some("--resident-bank")] {
+        let mut args = vec!["augment", &*p(&ds), "--rebuild", "--no-progress"]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>();
+        args.extend(extra.map(String::from));
+        run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let parted = neighbours(&ds);
+        assert_eq!(parted.len(), whole.len());
+        for (id, nbs) in &whole {
+            let got = &parted[id];
+            let ids = |v: &[Nb]| v.iter().map(|n| n.id).collect::<Vec<_>>();
+            assert_eq!(ids(got), ids(nbs), "pair {id:016x} ({extra:?})");
+            for (a, b) in got.iter().zip(nbs) {
+                assert!((a.score - b.score).abs() < 1e-6, "pair {id:016x}");
+            }
         }
     }
     // Asking for one index again is a changed configuration.

@@ -11,7 +11,7 @@ use cm3_core::DatasetDir;
 use cm3_core::schema::{column, read_columns};
 use cm3_index::stage::open_dataset_index;
 use cm3_index::store::IndexMeta;
-use cm3_index::vectors::{check_unit_rows, read_ids, read_vectors};
+use cm3_index::vectors::{RowReader, check_unit_rows, read_ids, read_vectors};
 use cm3_index::{MipsIndex, VectorSet};
 
 use crate::error::{AugmentError, Result};
@@ -48,6 +48,22 @@ impl Exclusion {
     }
 }
 
+/// The bank's document vectors, for the diversity rule's similarities between candidates.
+#[derive(Debug)]
+enum BankVectors {
+    /// In memory (float16), by row.
+    Resident {
+        rows: HashMap<u64, u32>,
+        data: Vec<f16>,
+    },
+    /// Read from the embedding files when a similarity is asked for: (id, file, row), sorted by
+    /// id. 16 bytes a document instead of its vector.
+    OnDisk {
+        at: Vec<(u64, u32, u32)>,
+        files: Vec<RowReader>,
+    },
+}
+
 /// An opened memory bank.
 #[derive(Debug)]
 pub struct Bank {
@@ -55,8 +71,7 @@ pub struct Bank {
     pub meta: IndexMeta,
     pub index: Box<dyn MipsIndex>,
     dim: usize,
-    rows: HashMap<u64, u32>,
-    vectors: Vec<f16>,
+    vectors: BankVectors,
     /// (image key, id), sorted: the bank's pairs by image.
     by_image: Vec<(u64, u64)>,
     /// Ids never retrieved, with the exclusion that removed each.
@@ -66,11 +81,22 @@ pub struct Bank {
 
 impl Bank {
     /// Open the bank of dataset `root` over `set`, removing `exclusions` from it.
-    pub fn open(root: &Path, set: VectorSet, exclusions: Vec<Exclusion>) -> Result<Self> {
+    ///
+    /// A bank in one index is held in memory, with its documents' vectors. A bank in parts
+    /// (`cm3 index build --part-rows`) is one that need not fit in memory: unless `resident`, its
+    /// parts are loaded one at a time by each search and its vectors are read from the embedding
+    /// files when needed, so that memory holds one part. Either way the answers are the same.
+    pub fn open(
+        root: &Path,
+        set: VectorSet,
+        exclusions: Vec<Exclusion>,
+        resident: bool,
+    ) -> Result<Self> {
         let (meta, mut index) = open_dataset_index(root, set)?;
-        // Augment searches the bank once per pair: a bank in parts is loaded whole, not part
-        // by part for every batch of queries.
-        index.make_resident()?;
+        let resident = resident || index.part_rows().is_none();
+        if resident {
+            index.make_resident()?;
+        }
         let ds = DatasetDir::open(root)?;
         let m = ds.load_manifest()?;
         let embed = m
@@ -78,8 +104,10 @@ impl Bank {
             .get(cm3_embed::stage::STAGE)
             .ok_or_else(|| AugmentError::dataset(root, "the bank has no embeddings"))?;
         let dim = index.dim();
-        let mut rows = HashMap::with_capacity(index.len());
-        let mut vectors: Vec<f16> = Vec::with_capacity(index.len() * dim);
+        let mut rows = HashMap::with_capacity(if resident { index.len() } else { 0 });
+        let mut vectors: Vec<f16> =
+            Vec::with_capacity(if resident { index.len() * dim } else { 0 });
+        let (mut at, mut files) = (Vec::new(), Vec::new());
         // The vectors of exactly the shards the index holds, checked against what was indexed.
         for (name, held) in &meta.shards {
             let Some(rec) = embed.shards.get(name) else {
@@ -105,6 +133,20 @@ impl Bank {
             let dir = ds.path(&rec.file);
             let ids = read_ids(&dir.join("ids.npy"))?;
             let vpath = dir.join(format!("{set}.npy"));
+            if !resident {
+                let reader = RowReader::open(&vpath, dim)?;
+                if reader.rows() != ids.len() {
+                    return Err(AugmentError::dataset(
+                        &vpath,
+                        format!("{} vectors for {} ids", reader.rows(), ids.len()),
+                    ));
+                }
+                let file = u32::try_from(files.len())
+                    .map_err(|_| AugmentError::dataset(root, "more than 2^32 embedding shards"))?;
+                at.extend(ids.iter().enumerate().map(|(i, &id)| (id, file, i as u32)));
+                files.push(reader);
+                continue;
+            }
             let mut v = read_vectors(&vpath)?;
             if v.rows() != ids.len() || v.dim != dim {
                 return Err(AugmentError::dataset(
@@ -123,14 +165,21 @@ impl Bank {
                 vectors.extend(v.row(i).iter().map(|&x| f16::from_f32(x)));
             }
         }
-        if rows.len() != index.len() {
+        let distinct = if resident {
+            rows.len()
+        } else {
+            at.sort_unstable();
+            at.dedup_by_key(|e| e.0);
+            at.len()
+        };
+        if distinct != index.len() {
             return Err(AugmentError::dataset(
                 root,
                 format!(
                     "the `{set}` index holds {} vectors but its shards' embeddings hold {} distinct \
                      ids; run `cm3 index build {} --set {set} --rebuild`",
                     index.len(),
-                    rows.len(),
+                    distinct,
                     root.display()
                 ),
             ));
@@ -140,8 +189,14 @@ impl Bank {
             meta,
             index,
             dim,
-            rows,
-            vectors,
+            vectors: if resident {
+                BankVectors::Resident {
+                    rows,
+                    data: vectors,
+                }
+            } else {
+                BankVectors::OnDisk { at, files }
+            },
             by_image: Vec::new(),
             excluded: HashMap::new(),
             exclusions: Vec::new(),
@@ -263,12 +318,14 @@ impl Bank {
             },
             index,
             dim,
-            rows: ids
-                .iter()
-                .enumerate()
-                .map(|(i, &id)| (id, i as u32))
-                .collect(),
-            vectors: vectors.iter().map(|&x| f16::from_f32(x)).collect(),
+            vectors: BankVectors::Resident {
+                rows: ids
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &id)| (id, i as u32))
+                    .collect(),
+                data: vectors.iter().map(|&x| f16::from_f32(x)).collect(),
+            },
             by_image,
             excluded: excluded.iter().map(|&id| (id, 0)).collect(),
             exclusions,
@@ -314,14 +371,46 @@ impl Bank {
     /// The inner product of two bank documents (NaN when one is not in the bank, which the
     /// diversity rule treats as "not diverse").
     pub fn similarity(&self, a: u64, b: u64) -> f32 {
-        let (Some(&ra), Some(&rb)) = (self.rows.get(&a), self.rows.get(&b)) else {
-            return f32::NAN;
+        let dot = |x: &[f16], y: &[f16]| -> f32 {
+            x.iter().zip(y).map(|(p, q)| p.to_f32() * q.to_f32()).sum()
         };
-        let (ra, rb) = (ra as usize * self.dim, rb as usize * self.dim);
-        let (x, y) = (
-            &self.vectors[ra..ra + self.dim],
-            &self.vectors[rb..rb + self.dim],
-        );
-        x.iter().zip(y).map(|(p, q)| p.to_f32() * q.to_f32()).sum()
+        match &self.vectors {
+            BankVectors::Resident { rows, data } => {
+                let (Some(&ra), Some(&rb)) = (rows.get(&a), rows.get(&b)) else {
+                    return f32::NAN;
+                };
+                let (ra, rb) = (ra as usize * self.dim, rb as usize * self.dim);
+                dot(&data[ra..ra + self.dim], &data[rb..rb + self.dim])
+            }
+            BankVectors::OnDisk { .. } => match (self.read_vector(a), self.read_vector(b)) {
+                (Some(x), Some(y)) => dot(&x, &y),
+                _ => f32::NAN,
+            },
+        }
+    }
+
+    /// A document's vector read from its embedding file, made exactly what the resident bank
+    /// holds (normalised as the index normalised it, then float16), so that both give the same
+    /// similarities. `None` when it is not in the bank or cannot be read.
+    fn read_vector(&self, id: u64) -> Option<Vec<f16>> {
+        let BankVectors::OnDisk { at, files } = &self.vectors else {
+            return None;
+        };
+        let i = at.binary_search_by_key(&id, |e| e.0).ok()?;
+        let (_, file, row) = at[i];
+        let mut v = match files.get(file as usize)?.row(row as usize) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(id, error = %e, "a bank vector could not be read");
+                return None;
+            }
+        };
+        check_unit_rows("bank vector", &mut v, self.dim, false).ok()?;
+        Some(v.into_iter().map(f16::from_f32).collect())
+    }
+
+    /// Whether memory holds the whole bank (a bank in parts read part by part does not).
+    pub fn is_resident(&self) -> bool {
+        matches!(self.vectors, BankVectors::Resident { .. })
     }
 }

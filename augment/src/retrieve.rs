@@ -1,7 +1,7 @@
 //! Retrieval for a batch of pairs: batched searches of the bank with the image and the text
 //! queries, then, per pair and in parallel, [`choose`] with the paper's rules, searching again with
 //! a longer candidate list when the first did not leave enough documents, and [`sample`].
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
 use cm3_index::{Hit, SearchParams};
@@ -69,9 +69,24 @@ pub fn search(
         .search_batch(queries, &params(cfg, k.min(bank.len()).max(1), excluded))?)
 }
 
+/// A pair's candidate lists while it is being chosen for.
+struct Pending {
+    img: Vec<Hit>,
+    txt: Vec<Hit>,
+    /// The length each list was searched with.
+    k_img: usize,
+    k_txt: usize,
+    widened: bool,
+    done: Option<Choice>,
+}
+
 /// Choose and sample the documents of each pair from its first candidate lists (`image_hits[i]`,
-/// `text_hits[i]`, searched with [`first_fetch`] hits), searching again for a pair whose lists
+/// `text_hits[i]`, searched with [`first_fetch`] hits), searching again for the pairs whose lists
 /// ran out. `image_queries`/`text_queries` are the query vectors (row-major), needed only then.
+///
+/// The searches again go in rounds: every pair is chosen for in parallel, then the lists that
+/// ran out are searched again together, four times longer, one batch per length. A bank read
+/// part by part then reads its parts once per batch, not once per pair.
 #[allow(clippy::too_many_arguments)]
 pub fn choose_all(
     bank: &Bank,
@@ -91,51 +106,92 @@ pub fn choose_all(
         by_text: cfg.by_text,
     };
     let fetch = first_fetch(cfg).min(bank.len()).max(1);
-    let results: Vec<Result<(Choice, bool)>> = pairs
-        .par_iter()
-        .zip(image_hits.into_par_iter().zip(text_hits.into_par_iter()))
-        .enumerate()
-        .map(|(i, (pair, (mut img, mut txt)))| {
-            let dupes: Vec<u64> = bank.same_image(pair.image_key).collect();
-            let skip = |id: u64| id == pair.id || dupes.contains(&id) || excluded.contains(&id);
-            let (mut k_img, mut k_txt) = (fetch, fetch);
-            let mut widened = false;
-            loop {
-                let mut c = choose(&img, &txt, &rules, skip, |a, b| bank.similarity(a, b));
+    let mut state: Vec<Pending> = image_hits
+        .into_iter()
+        .zip(text_hits)
+        .map(|(img, txt)| Pending {
+            img,
+            txt,
+            k_img: fetch,
+            k_txt: fetch,
+            widened: false,
+            done: None,
+        })
+        .collect();
+    let mut search_seconds = 0.0;
+    loop {
+        // Each pair not done: its choice, or which of its lists to search again.
+        let wants: Vec<(usize, bool, bool)> = state
+            .par_iter_mut()
+            .zip(pairs.par_iter())
+            .enumerate()
+            .filter(|(_, (st, _))| st.done.is_none())
+            .filter_map(|(i, (st, pair))| {
+                let dupes: Vec<u64> = bank.same_image(pair.image_key).collect();
+                let skip = |id: u64| id == pair.id || dupes.contains(&id) || excluded.contains(&id);
+                let mut c = choose(&st.img, &st.txt, &rules, skip, |a, b| bank.similarity(a, b));
                 // A list that came back full may hold more behind it; a shorter one is all there is.
                 let more = |by: FoundBy, hits: &[Hit], k: usize| {
                     c.short(by) && hits.len() >= k && k < bank.len()
                 };
                 let (more_img, more_txt) = (
-                    more(FoundBy::Image, &img, k_img),
-                    more(FoundBy::Text, &txt, k_txt),
+                    more(FoundBy::Image, &st.img, st.k_img),
+                    more(FoundBy::Text, &st.txt, st.k_txt),
                 );
                 if !more_img && !more_txt {
                     sample(&mut c.neighbours, cfg.sample, cfg.seed, pair.id);
-                    return Ok((c, widened));
+                    st.done = Some(c);
+                    return None;
                 }
-                widened = true;
-                if more_img {
-                    k_img = (k_img * 4).min(bank.len());
-                    let q = &image_queries[i * dim..(i + 1) * dim];
-                    img = bank.index.search_with(q, &params(cfg, k_img, excluded))?;
-                }
-                if more_txt {
-                    k_txt = (k_txt * 4).min(bank.len());
-                    let q = &text_queries[i * dim..(i + 1) * dim];
-                    txt = bank.index.search_with(q, &params(cfg, k_txt, excluded))?;
+                st.widened = true;
+                Some((i, more_img, more_txt))
+            })
+            .collect();
+        if wants.is_empty() {
+            break;
+        }
+        // The lists to search again, by their new length: (pair, image?) per length.
+        let mut by_k: BTreeMap<usize, Vec<(usize, bool)>> = BTreeMap::new();
+        for &(i, more_img, more_txt) in &wants {
+            let st = &state[i];
+            if more_img {
+                let k = (st.k_img * 4).min(bank.len());
+                by_k.entry(k).or_default().push((i, true));
+            }
+            if more_txt {
+                let k = (st.k_txt * 4).min(bank.len());
+                by_k.entry(k).or_default().push((i, false));
+            }
+        }
+        let t = Instant::now();
+        for (k, lists) in by_k {
+            let mut queries = Vec::with_capacity(lists.len() * dim);
+            for &(i, image) in &lists {
+                let from = if image { image_queries } else { text_queries };
+                queries.extend_from_slice(&from[i * dim..(i + 1) * dim]);
+            }
+            let hits = bank
+                .index
+                .search_batch(&queries, &params(cfg, k, excluded))?;
+            for ((i, image), h) in lists.into_iter().zip(hits) {
+                let st = &mut state[i];
+                if image {
+                    (st.img, st.k_img) = (h, k);
+                } else {
+                    (st.txt, st.k_txt) = (h, k);
                 }
             }
-        })
-        .collect();
-    let mut stats = RetrieveStats::default();
-    let mut out = Vec::with_capacity(results.len());
-    for r in results {
-        let (c, widened) = r?;
-        stats.widened += u64::from(widened);
-        out.push(c);
+        }
+        search_seconds += t.elapsed().as_secs_f64();
     }
-    stats.select_seconds = started.elapsed().as_secs_f64();
+    let mut stats = RetrieveStats::default();
+    let mut out = Vec::with_capacity(state.len());
+    for st in state {
+        stats.widened += u64::from(st.widened);
+        out.push(st.done.unwrap_or_default());
+    }
+    stats.search_seconds = search_seconds;
+    stats.select_seconds = started.elapsed().as_secs_f64() - search_seconds;
     Ok((out, stats))
 }
 

@@ -45,8 +45,11 @@ pub struct AugmentOptions {
     pub text_model: Option<PathBuf>,
     /// The leakage guard: split names of the bank, or files of pair ids, removed from the bank.
     pub exclude: Vec<String>,
-    /// Queries per text-encoder batch and per search batch.
+    /// Queries per text-encoder batch.
     pub batch_size: usize,
+    /// Hold a bank in parts in memory whole (faster when it fits) instead of reading it part
+    /// by part (memory for one part). A bank in one index is always held whole.
+    pub resident_bank: bool,
     /// ONNX Runtime intra-op threads (0 = its default).
     pub session_threads: usize,
     pub worker: WorkerSpec,
@@ -260,7 +263,7 @@ pub fn run(opts: &AugmentOptions) -> Result<AugmentReport> {
     let bank_is_self = bank_root == root;
     let exclusions = parse_exclusions(&opts.exclude)?;
     let load_started = Instant::now();
-    let bank = Bank::open(&bank_root, cfg.vector_set, exclusions)?;
+    let bank = Bank::open(&bank_root, cfg.vector_set, exclusions, opts.resident_bank)?;
     tracing::info!(
         bank = %bank_root.display(),
         vectors = bank.len(),
@@ -556,7 +559,7 @@ fn augment_shard(
     let mut text_queries: Vec<f32> = vec![0.0; if cfg.by_text > 0 { n * dim } else { 0 }];
     let mut text_hits: Vec<Vec<Hit>> = vec![Vec::new(); n];
     let mut text_done = 0usize;
-    let mut image_hits = Vec::with_capacity(n);
+    let mut image_hits = Vec::new();
     // Captions are encoded shortest first, so that each batch holds rows of similar length (an
     // encoder with a dynamic sequence axis runs each batch at its longest row, not at 77).
     let mut order: Vec<usize> = (0..n).collect();
@@ -585,34 +588,26 @@ fn augment_shard(
         } else {
             drop(tx);
         }
+        // One search for the shard's queries of each modality: a bank read part by part reads
+        // each part once per search.
         let t = Instant::now();
-        for chunk in image_queries.chunks(ctx.batch_size * dim) {
-            let rows = chunk.len() / dim;
-            image_hits.extend(maybe_search(
-                bank,
-                cfg,
-                &excluded,
-                chunk,
-                k,
-                cfg.by_image,
-                rows,
-            )?);
-        }
+        image_hits = maybe_search(bank, cfg, &excluded, &image_queries, k, cfg.by_image, n)?;
         stats.search_seconds += t.elapsed().as_secs_f64();
         for r in rx {
             let (chunk, v, secs) = r?;
             text_encode_seconds += secs;
-            let t = Instant::now();
-            let hits = maybe_search(bank, cfg, &excluded, &v, k, cfg.by_text, chunk.len())?;
-            stats.search_seconds += t.elapsed().as_secs_f64();
-            for ((&i, h), q) in chunk.iter().zip(hits).zip(v.chunks_exact(dim)) {
-                text_hits[i] = h;
+            for (&i, q) in chunk.iter().zip(v.chunks_exact(dim)) {
                 text_queries[i * dim..(i + 1) * dim].copy_from_slice(q);
             }
             text_done += chunk.len();
         }
         Ok(())
     })?;
+    if cfg.by_text > 0 && text_done == n {
+        let t = Instant::now();
+        text_hits = maybe_search(bank, cfg, &excluded, &text_queries, k, cfg.by_text, n)?;
+        stats.search_seconds += t.elapsed().as_secs_f64();
+    }
     if cfg.by_text > 0 && text_done != n {
         return Err(AugmentError::Invalid(format!(
             "shard {}: the text encoder returned {text_done} of {n} queries",

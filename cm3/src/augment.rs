@@ -55,6 +55,10 @@ pub(crate) struct AugmentArgs {
     /// Pairs per text-encoder and search batch.
     #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
+    /// Hold a bank built in parts (`cm3 index build --part-rows`) in memory whole: faster when it
+    /// fits. By default such a bank is read part by part, in memory for one part.
+    #[arg(long)]
+    pub resident_bank: bool,
     /// ONNX Runtime intra-op threads [default: 0, its own default].
     #[arg(long, default_value_t = 0)]
     pub session_threads: usize,
@@ -93,6 +97,7 @@ pub(crate) fn run(a: AugmentArgs) -> Result<()> {
         text_model,
         exclude: a.exclude,
         batch_size: a.batch_size,
+        resident_bank: a.resident_bank,
         session_threads: a.session_threads,
         worker: WorkerSpec::new(a.workers.num_workers, a.workers.worker_index)?,
         rebuild: a.rebuild,

@@ -301,6 +301,7 @@ pub(crate) fn run(a: BuildArgs) -> Result<()> {
             text_model: None,
             exclude: Vec::new(),
             batch_size: 256,
+            resident_bank: false,
             session_threads: cfg.embed.session_threads,
             worker: WorkerSpec::default(),
             rebuild: false,

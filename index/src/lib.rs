@@ -90,10 +90,16 @@ pub trait MipsIndex: Send + Sync + Debug {
     /// generation this index was loaded from, whose unchanged files may be hard-linked.
     fn save(&self, dir: &Path, previous: Option<&Path>) -> Result<()>;
 
+    /// Announce that about `additional` more vectors will be added (an index may allocate for
+    /// them at once).
+    fn reserve(&mut self, _additional: usize) {}
     /// For an index in parts ([`parts::PartedIndex`]): the most vectors a part holds.
     fn part_rows(&self) -> Option<usize> {
         None
     }
+    /// For an index in parts: a folder where each part that fills up is written at once, so
+    /// that it leaves memory before the next commit (which links it).
+    fn set_staging(&mut self, _dir: &Path) {}
     /// Told that what [`MipsIndex::save`] wrote is now committed as generation folder
     /// `generation`: an index in parts lets its saved parts leave memory.
     fn committed(&mut self, _generation: &Path) {}

@@ -65,6 +65,8 @@ pub struct PartedIndex {
     dim: usize,
     part_rows: usize,
     parts: Vec<Part>,
+    /// Where a part that fills up is written at once, to leave memory before the next commit.
+    staging: Option<PathBuf>,
 }
 
 impl PartedIndex {
@@ -81,6 +83,7 @@ impl PartedIndex {
             dim,
             part_rows,
             parts: Vec::new(),
+            staging: None,
         })
     }
 
@@ -125,6 +128,7 @@ impl PartedIndex {
             dim: meta.dim,
             part_rows: meta.part_rows,
             parts,
+            staging: None,
         })
     }
 
@@ -161,9 +165,11 @@ impl PartedIndex {
         let i = match self.parts.last() {
             Some(p) if p.len < self.part_rows => self.parts.len() - 1,
             _ => {
+                let mut index = new_index(&self.spec, self.dim)?;
+                index.reserve(self.part_rows);
                 self.parts.push(Part {
                     len: 0,
-                    index: Some(new_index(&self.spec, self.dim)?),
+                    index: Some(index),
                     saved: None,
                 });
                 self.parts.len() - 1
@@ -173,13 +179,44 @@ impl PartedIndex {
             let folder = self.parts[i].saved.clone().ok_or_else(|| {
                 IndexError::Invalid(format!("internal: part {i} is neither in memory nor saved"))
             })?;
-            let loaded = self.load_part(i, &folder)?;
+            let mut loaded = self.load_part(i, &folder)?;
+            loaded.reserve(self.part_rows - self.parts[i].len);
             self.parts[i].index = Some(loaded);
         }
         self.parts[i]
             .index
             .as_mut()
             .ok_or_else(|| IndexError::Invalid(format!("internal: part {i} is not in memory")))
+    }
+}
+
+impl PartedIndex {
+    /// Write the last part to the staging folder and let it leave memory, if it is full and a
+    /// staging folder is set.
+    fn stage_if_full(&mut self) -> Result<()> {
+        let Some(staging) = self.staging.clone() else {
+            return Ok(());
+        };
+        let i = self.parts.len().saturating_sub(1);
+        let Some(part) = self.parts.get_mut(i) else {
+            return Ok(());
+        };
+        if part.len < self.part_rows || part.saved.is_some() {
+            return Ok(());
+        }
+        let Some(index) = part.index.take() else {
+            return Ok(());
+        };
+        fs::create_dir_all(&staging).map_err(|e| IndexError::io("creating", &staging, e))?;
+        let to = staging.join(part_name(i));
+        // Left by an interrupted build of this index (the staging folder is this index's own).
+        if to.exists() {
+            fs::remove_dir_all(&to).map_err(|e| IndexError::io("removing", &to, e))?;
+        }
+        fs::create_dir(&to).map_err(|e| IndexError::io("creating", &to, e))?;
+        index.save(&to, None)?;
+        part.saved = Some(to);
+        Ok(())
     }
 }
 
@@ -247,6 +284,7 @@ impl MipsIndex for PartedIndex {
                 p.saved = None;
             }
             done += n;
+            self.stage_if_full()?;
         }
         Ok(())
     }
@@ -299,9 +337,19 @@ impl MipsIndex for PartedIndex {
         )
     }
 
+    fn set_staging(&mut self, dir: &Path) {
+        self.staging = Some(dir.to_path_buf());
+    }
+
     fn committed(&mut self, generation: &Path) {
         let last = self.parts.len().saturating_sub(1);
         for (i, part) in self.parts.iter_mut().enumerate() {
+            // A staged part is now linked into the generation: its staging copy goes.
+            if let (Some(staging), Some(saved)) = (&self.staging, &part.saved)
+                && saved.starts_with(staging)
+            {
+                let _ = fs::remove_dir_all(saved);
+            }
             part.saved = Some(generation.join(part_name(i)));
             // What is on disk leaves memory, but for the part still being filled.
             if i < last || part.len >= self.part_rows {
@@ -442,6 +490,32 @@ mod tests {
         assert_eq!(resident.resident_parts(), 3);
         let all = resident.search_batch(&data, &SearchParams::top(1))?;
         assert!(all.iter().zip(&ids).all(|(h, &id)| h[0].id == id));
+        Ok(())
+    }
+
+    #[test]
+    fn full_parts_wait_in_staging_out_of_memory_until_committed() -> Result<()> {
+        let tmp = tempfile::tempdir().map_err(|e| IndexError::io("tempdir", "/tmp", e))?;
+        let (dim, rows) = (8, 250);
+        let data = unit_rows(rows, dim, 5);
+        let ids: Vec<u64> = (0..rows as u64).collect();
+        let staging = tmp.path().join("staging");
+        let mut parted = PartedIndex::new(FLAT, dim, 100)?;
+        parted.set_staging(&staging);
+        parted.add(&ids, &data)?;
+        // Two full parts written out; the third, being filled, in memory.
+        assert_eq!((parted.parts(), parted.resident_parts()), (3, 1));
+        assert!(staging.join(part_name(0)).is_dir() && staging.join(part_name(1)).is_dir());
+        assert!(!staging.join(part_name(2)).exists());
+        let top = parted.search_batch(&data, &SearchParams::top(1))?;
+        assert!(top.iter().zip(&ids).all(|(h, &id)| h[0].id == id));
+        let g1 = tmp.path().join("gen-1");
+        fs::create_dir(&g1).map_err(|e| IndexError::io("mkdir", &g1, e))?;
+        parted.save(&g1, None)?;
+        parted.committed(&g1);
+        assert!(!staging.join(part_name(0)).exists(), "linked, then removed");
+        let loaded = PartedIndex::load(FLAT, &g1)?;
+        assert_eq!(loaded.search_batch(&data, &SearchParams::top(1))?, top);
         Ok(())
     }
 

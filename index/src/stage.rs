@@ -5,6 +5,7 @@
 //! checksum of the embeddings indexed. Running the build again after `cm3 embed` has added shards
 //! adds only those; a crash leaves the previous index usable and the next run finishes the job.
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -20,6 +21,9 @@ use crate::spec::{IndexSpec, VectorSet};
 use crate::store::{self, IndexMeta, IndexedShard};
 use crate::vectors::{check_unit_rows, read_ids, read_vectors};
 use crate::{MipsIndex, new_index_in_parts};
+
+/// The folder of an index directory where the parts of a bank in parts wait for their commit.
+const STAGING: &str = ".parts-staging";
 
 /// The manifest stage of an index over `set`.
 pub fn stage_name(set: VectorSet) -> String {
@@ -294,9 +298,16 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         .unwrap_or_default();
     let (mut added_rows, mut normalised) = (0usize, 0usize);
     let mut prev_meta = prev_meta;
-    // A bank in parts is committed as each part fills, so that memory holds the part being
-    // filled (and a crash loses at most that part's work).
-    let mut since_commit = 0usize;
+    // A bank in parts is committed at the end of each shard in which a part filled up, so that
+    // memory holds the part being filled, a full one at most a shard before its commit, and a
+    // crash loses at most a part's work.
+    let mut committed_len = index.as_ref().map_or(0, |i| i.len());
+    // Full parts wait here for their commit, out of memory. A folder left by an interrupted
+    // build holds nothing committed: it goes.
+    let staging = dir.join(STAGING);
+    if staging.exists() {
+        fs::remove_dir_all(&staging).map_err(|e| IndexError::io("removing", &staging, e))?;
+    }
     for (name, rec) in &todo {
         let (ids, vecs, dim, norm) = read_shard(&ds, rec, set, opts.strict)?;
         let idx = match &mut index {
@@ -307,6 +318,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
                 opts.config.part_rows,
             )?),
         };
+        idx.set_staging(&staging);
         if dim != idx.dim() {
             return Err(IndexError::Dimension {
                 what: format!("{}/{set}.npy", ds.path(&rec.file).display()),
@@ -324,11 +336,10 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
                 embeddings_sha256: rec.sha256.clone(),
             },
         );
-        since_commit += ids.len();
         if opts
             .config
             .part_rows
-            .is_some_and(|rows| since_commit >= rows)
+            .is_some_and(|rows| idx.len() / rows > committed_len / rows)
         {
             let meta = store::commit(
                 &dir,
@@ -340,7 +351,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
             )?;
             idx.committed(&meta.generation_dir(&dir));
             prev_meta = Some(meta);
-            since_commit = 0;
+            committed_len = idx.len();
         }
         bar.inc(1);
         bar.set_message(format!("{added_rows} vectors"));
@@ -367,6 +378,10 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         shards,
         "index",
     )?;
+    // Every staged part is linked into the committed generation now.
+    if staging.exists() {
+        let _ = fs::remove_dir_all(&staging);
+    }
     record_in_manifest(&ds, &mut m, &opts.config, &meta, &embed)?;
     Ok(BuildReport {
         index_dir: dir,

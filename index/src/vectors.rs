@@ -117,6 +117,79 @@ impl NpyStream {
     }
 }
 
+/// Rows of a float `.npy` [n, dim] read one at a time at their offset, without reading the file:
+/// what a search over a bank larger than memory reads its documents' vectors with. Reads take
+/// `&self` (positioned reads), so threads share one reader.
+#[derive(Debug)]
+pub struct RowReader {
+    file: File,
+    path: PathBuf,
+    rows: usize,
+    dim: usize,
+    /// Bytes per value: 2 (float16) or 4 (float32).
+    item: usize,
+    data_start: u64,
+}
+
+impl RowReader {
+    /// Open `path`, checking that it is a whole float16/float32 matrix of `dim` columns.
+    pub fn open(path: &Path, dim: usize) -> Result<Self> {
+        let npy = NpyStream::open(path)?;
+        let item = match npy.descr.as_str() {
+            "<f2" => 2,
+            "<f4" => 4,
+            d => return Err(bad(path, format!("dtype {d}: expected float32 or float16"))),
+        };
+        npy.check_size(item)?;
+        let rows = match npy.shape.as_slice() {
+            &[n, d] if d == dim => n,
+            s => return Err(bad(path, format!("shape {s:?}: expected [n, {dim}]"))),
+        };
+        let file_len = npy
+            .file
+            .metadata()
+            .map_err(|e| IndexError::io("reading", path, e))?
+            .len();
+        Ok(Self {
+            data_start: file_len - npy.data_len,
+            file: npy.file,
+            path: path.to_path_buf(),
+            rows,
+            dim,
+            item,
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Row `row` as f32.
+    pub fn row(&self, row: usize) -> Result<Vec<f32>> {
+        use std::os::unix::fs::FileExt;
+        if row >= self.rows {
+            return Err(bad(
+                &self.path,
+                format!("row {row} of a file of {} rows", self.rows),
+            ));
+        }
+        let len = self.dim * self.item;
+        let mut buf = vec![0u8; len];
+        self.file
+            .read_exact_at(&mut buf, self.data_start + (row * len) as u64)
+            .map_err(|e| IndexError::io("reading", &self.path, e))?;
+        Ok(if self.item == 2 {
+            buf.chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect()
+        } else {
+            buf.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
+        })
+    }
+}
+
 /// A float `.npy` [n, dim] as f32, read a megabyte at a time.
 fn read_npy_vectors(path: &Path) -> Result<Vectors> {
     let npy = NpyStream::open(path)?;

@@ -217,6 +217,20 @@ impl Builder {
         self.entry = entry;
     }
 
+    /// Make room for `nodes` more nodes at once, so that a graph whose final size is known
+    /// (a part of a parted bank) is allocated once instead of grown by doubling: the reallocated
+    /// buffers are what the allocator kept after a part was dropped.
+    pub(super) fn reserve(&mut self, nodes: usize) {
+        let (cap0, dim) = (self.cap(0), self.dim);
+        self.data.reserve(nodes * dim);
+        self.position.reserve(nodes);
+        self.levels.reserve(nodes);
+        self.slots0.reserve(nodes * cap0);
+        self.count0.reserve(nodes);
+        self.upper_start.reserve(nodes);
+        self.locks.reserve(nodes);
+    }
+
     /// Room for new nodes: their vectors, positions, levels and empty link lists.
     fn grow(&mut self, vectors: &[f32], positions: &[u32], levels: &[u8]) {
         self.data.extend_from_slice(vectors);

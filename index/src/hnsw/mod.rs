@@ -46,6 +46,8 @@ pub struct HnswIndex {
     ef_construction: usize,
     /// Why an `add` failed part-way (a panic inside the builder): the graph is gone with it.
     broken: Option<String>,
+    /// The size [`MipsIndex::reserve`] announced, reserved when the builder exists.
+    reserved: usize,
 }
 
 impl std::fmt::Debug for HnswIndex {
@@ -91,6 +93,7 @@ impl HnswIndex {
             m,
             ef_construction,
             broken: None,
+            reserved: 0,
         })
     }
 
@@ -130,6 +133,7 @@ impl HnswIndex {
             m: meta.m,
             ef_construction: meta.ef_construction,
             broken: None,
+            reserved: 0,
         })
     }
 
@@ -228,6 +232,7 @@ impl MipsIndex for HnswIndex {
                     None => Builder::new(self.dim, self.m, self.ef_construction),
                 },
             };
+        builder.reserve(self.reserved.saturating_sub(builder.len()));
         self.links = OnceLock::new();
         let positions: Vec<u32> = (base as u32..(base + ids.len()) as u32).collect();
         let grown = catch_unwind(AssertUnwindSafe(move || {
@@ -247,6 +252,14 @@ impl MipsIndex for HnswIndex {
         self.ids.extend_from_slice(ids);
         self.links = OnceLock::new();
         Ok(())
+    }
+
+    fn reserve(&mut self, additional: usize) {
+        self.reserved = self.ids.len() + additional;
+        self.ids.reserve(additional);
+        if let Some(b) = &mut self.builder {
+            b.reserve(additional);
+        }
     }
 
     fn search_batch(&self, queries: &[f32], params: &SearchParams<'_>) -> Result<Vec<Vec<Hit>>> {
