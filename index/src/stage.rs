@@ -218,6 +218,76 @@ fn read_shard(
     Ok((ids, v.data, v.dim, report.normalised))
 }
 
+/// A build adding shards to an index.
+struct Adding<'a> {
+    ds: &'a DatasetDir,
+    opts: &'a BuildOptions,
+    dir: &'a Path,
+    /// Where a bank in parts writes each part that fills up, out of memory until its commit.
+    staging: &'a Path,
+    index: Option<Box<dyn MipsIndex>>,
+    /// The committed generation the index was loaded from or last committed as.
+    prev_meta: Option<IndexMeta>,
+    shards: BTreeMap<String, IndexedShard>,
+    added_rows: usize,
+    normalised: usize,
+    /// Vectors in the index at its last commit.
+    committed_len: usize,
+}
+
+impl Adding<'_> {
+    fn add_shard(&mut self, name: &str, rec: &ShardRecord) -> Result<()> {
+        let (opts, set) = (self.opts, self.opts.config.vector_set);
+        let (ids, vecs, dim, norm) = read_shard(self.ds, rec, set, opts.strict)?;
+        let idx = match &mut self.index {
+            Some(i) => i,
+            None => self.index.insert(new_index_in_parts(
+                &opts.config.index,
+                dim,
+                opts.config.part_rows,
+            )?),
+        };
+        idx.set_staging(self.staging);
+        if dim != idx.dim() {
+            return Err(IndexError::Dimension {
+                what: format!("{}/{set}.npy", self.ds.path(&rec.file).display()),
+                expected: idx.dim(),
+                found: dim,
+            });
+        }
+        idx.add(&ids, &vecs)?;
+        self.added_rows += ids.len();
+        self.normalised += norm;
+        self.shards.insert(
+            name.to_string(),
+            IndexedShard {
+                rows: ids.len() as u64,
+                embeddings_sha256: rec.sha256.clone(),
+            },
+        );
+        // A bank in parts is committed at the end of each shard in which a part filled up: its
+        // full parts are linked from staging, and a crash loses at most a part's work.
+        if opts
+            .config
+            .part_rows
+            .is_some_and(|rows| idx.len() / rows > self.committed_len / rows)
+        {
+            let meta = store::commit(
+                self.dir,
+                idx.as_ref(),
+                self.prev_meta.as_ref(),
+                Some(set),
+                self.shards.clone(),
+                "index",
+            )?;
+            idx.committed(&meta.generation_dir(self.dir));
+            self.committed_len = idx.len();
+            self.prev_meta = Some(meta);
+        }
+        Ok(())
+    }
+}
+
 /// Index the embedding shards of `opts.dataset` that the index does not hold yet.
 pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let started = Instant::now();
@@ -259,7 +329,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         .iter()
         .filter(|(name, _)| !held.contains(*name))
         .collect();
-    let (prev_meta, mut index): (Option<IndexMeta>, Option<Box<dyn MipsIndex>>) = match existing {
+    let (prev_meta, index): (Option<IndexMeta>, Option<Box<dyn MipsIndex>>) = match existing {
         Some((m, i)) => (Some(m), Some(i)),
         None => (None, None),
     };
@@ -292,70 +362,39 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     } else {
         ProgressBar::hidden()
     };
-    let mut shards = prev_meta
-        .as_ref()
-        .map(|m| m.shards.clone())
-        .unwrap_or_default();
-    let (mut added_rows, mut normalised) = (0usize, 0usize);
-    let mut prev_meta = prev_meta;
-    // A bank in parts is committed at the end of each shard in which a part filled up, so that
-    // memory holds the part being filled, a full one at most a shard before its commit, and a
-    // crash loses at most a part's work.
-    let mut committed_len = index.as_ref().map_or(0, |i| i.len());
-    // Full parts wait here for their commit, out of memory. A folder left by an interrupted
-    // build holds nothing committed: it goes.
     let staging = dir.join(STAGING);
     if staging.exists() {
+        // Left by an interrupted build: nothing in it was committed.
         fs::remove_dir_all(&staging).map_err(|e| IndexError::io("removing", &staging, e))?;
     }
+    let mut run = Adding {
+        ds: &ds,
+        opts,
+        dir: &dir,
+        staging: &staging,
+        committed_len: index.as_ref().map_or(0, |i| i.len()),
+        index,
+        shards: prev_meta
+            .as_ref()
+            .map(|m| m.shards.clone())
+            .unwrap_or_default(),
+        prev_meta,
+        added_rows: 0,
+        normalised: 0,
+    };
     for (name, rec) in &todo {
-        let (ids, vecs, dim, norm) = read_shard(&ds, rec, set, opts.strict)?;
-        let idx = match &mut index {
-            Some(i) => i,
-            None => index.insert(new_index_in_parts(
-                &opts.config.index,
-                dim,
-                opts.config.part_rows,
-            )?),
-        };
-        idx.set_staging(&staging);
-        if dim != idx.dim() {
-            return Err(IndexError::Dimension {
-                what: format!("{}/{set}.npy", ds.path(&rec.file).display()),
-                expected: idx.dim(),
-                found: dim,
-            });
-        }
-        idx.add(&ids, &vecs)?;
-        added_rows += ids.len();
-        normalised += norm;
-        shards.insert(
-            (*name).clone(),
-            IndexedShard {
-                rows: ids.len() as u64,
-                embeddings_sha256: rec.sha256.clone(),
-            },
-        );
-        if opts
-            .config
-            .part_rows
-            .is_some_and(|rows| idx.len() / rows > committed_len / rows)
-        {
-            let meta = store::commit(
-                &dir,
-                idx.as_ref(),
-                prev_meta.as_ref(),
-                Some(set),
-                shards.clone(),
-                "index",
-            )?;
-            idx.committed(&meta.generation_dir(&dir));
-            prev_meta = Some(meta);
-            committed_len = idx.len();
-        }
+        run.add_shard(name, rec)?;
         bar.inc(1);
-        bar.set_message(format!("{added_rows} vectors"));
+        bar.set_message(format!("{} vectors", run.added_rows));
     }
+    let Adding {
+        index,
+        prev_meta,
+        shards,
+        added_rows,
+        normalised,
+        ..
+    } = run;
     bar.finish_and_clear();
     if normalised > 0 {
         tracing::warn!(
