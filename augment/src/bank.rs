@@ -64,6 +64,10 @@ enum BankVectors {
     },
 }
 
+/// Vectors a bank read part by part has read for one pair's choice.
+#[derive(Debug, Default)]
+pub struct VectorCache(std::cell::RefCell<HashMap<u64, Option<Vec<f16>>>>);
+
 /// An opened memory bank.
 #[derive(Debug)]
 pub struct Bank {
@@ -382,10 +386,28 @@ impl Bank {
                 let (ra, rb) = (ra as usize * self.dim, rb as usize * self.dim);
                 dot(&data[ra..ra + self.dim], &data[rb..rb + self.dim])
             }
-            BankVectors::OnDisk { .. } => match (self.read_vector(a), self.read_vector(b)) {
-                (Some(x), Some(y)) => dot(&x, &y),
-                _ => f32::NAN,
-            },
+            BankVectors::OnDisk { .. } => {
+                let cache = VectorCache::default();
+                self.similarity_in(&cache, a, b)
+            }
+        }
+    }
+
+    /// [`Bank::similarity`], keeping the vectors a bank read part by part reads in `cache`: the
+    /// diversity rule compares each candidate of a pair with each document chosen so far.
+    pub fn similarity_in(&self, cache: &VectorCache, a: u64, b: u64) -> f32 {
+        if self.is_resident() {
+            return self.similarity(a, b);
+        }
+        let mut map = cache.0.borrow_mut();
+        for id in [a, b] {
+            map.entry(id).or_insert_with(|| self.read_vector(id));
+        }
+        match (map.get(&a), map.get(&b)) {
+            (Some(Some(x)), Some(Some(y))) => {
+                x.iter().zip(y).map(|(p, q)| p.to_f32() * q.to_f32()).sum()
+            }
+            _ => f32::NAN,
         }
     }
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 use cm3_index::{Hit, SearchParams};
 use rayon::prelude::*;
 
-use crate::bank::Bank;
+use crate::bank::{Bank, VectorCache};
 use crate::config::AugmentConfig;
 use crate::error::Result;
 use crate::select::{Choice, FoundBy, Rules, choose, sample};
@@ -129,7 +129,10 @@ pub fn choose_all(
             .filter_map(|(i, (st, pair))| {
                 let dupes: Vec<u64> = bank.same_image(pair.image_key).collect();
                 let skip = |id: u64| id == pair.id || dupes.contains(&id) || excluded.contains(&id);
-                let mut c = choose(&st.img, &st.txt, &rules, skip, |a, b| bank.similarity(a, b));
+                let cache = VectorCache::default();
+                let mut c = choose(&st.img, &st.txt, &rules, skip, |a, b| {
+                    bank.similarity_in(&cache, a, b)
+                });
                 // A list that came back full may hold more behind it; a shorter one is all there is.
                 let more = |by: FoundBy, hits: &[Hit], k: usize| {
                     c.short(by) && hits.len() >= k && k < bank.len()
