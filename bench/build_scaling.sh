@@ -88,9 +88,12 @@ PY
       --no-progress --json > "$OUT/build-$n-$stage.json" 2> "$OUT/build-$n-$stage.err"
   done
 done
-python3 - "$OUT" "$STAGES" $SIZES <<'EOF'
+python3 - "$OUT" "$STAGES" "${PART_ROWS:-}" "${PROJECT_PART_ROWS:-1000000}" $SIZES <<'EOF'
 import json, sys
-out, stages, sizes = sys.argv[1], sys.argv[2].split(), [int(s) for s in sys.argv[3:]]
+out, stages = sys.argv[1], sys.argv[2].split()
+part_rows = int(sys.argv[3]) if sys.argv[3] else None
+project_part_rows = int(sys.argv[4])
+sizes = [int(s) for s in sys.argv[5:]]
 lo, hi = sizes[0], sizes[-1]
 def measured(n, stage):
     kib, secs = open(f"{out}/time-{n}-{stage}.txt").read().split()
@@ -116,24 +119,33 @@ print(f"\nlargest stage ratio {worst:.2f}x (target <= 1.3x); {total:,.0f} s in a
 # --num-workers (ingest, embed, augment, tokenize) split their shards over the nodes; index
 # (one memory bank) and pack (one sequence stream) run on one node; the two tokenizers train on
 # a bounded sample (fixed cost). Linear in the pairs, except the HNSW bank's insertions and
-# searches (index, augment), scaled by log(100M) / log(size) as well.
+# searches (index, augment): one graph's are scaled by log(100M) / log(size) as well. A bank in
+# parts (PART_ROWS) is projected with parts of PROJECT_PART_ROWS (default 1,000,000, about 2.3 GB
+# of 512-d HNSW each): an insertion costs log(part size), and a query visits every part, so
+# augment scales by (parts at 100M x log(its part size)) / (parts measured x log(theirs)).
 import math
 target = 100_000_000
 grow = target / hi
-log_grow = math.log(target) / math.log(hi)
 secs = {st: measured(hi, st)[1] for st in stages}
 split = {"ingest", "embed", "augment", "tokenize"}
 fixed = {"train-text", "train-image"}
-bank = {"index", "augment"}
-print(f"\nprojected {target:,}-pair build (model above; demo settings, {sizes[-1]:,}-pair rates):")
+if part_rows:
+    measured_part = min(part_rows, hi)
+    insert = math.log(project_part_rows) / math.log(measured_part)
+    parts_then, parts_now = math.ceil(target / project_part_rows), math.ceil(hi / part_rows)
+    factor = {"index": insert, "augment": parts_then * insert / parts_now}
+    how = (f"bank in parts of {project_part_rows:,} ({parts_then:,} parts), measured in parts of "
+           f"{part_rows:,} ({parts_now:,} parts)")
+else:
+    log_grow = math.log(target) / math.log(hi)
+    factor = {"index": log_grow, "augment": log_grow}
+    how = "bank in one graph"
+def projected(st):
+    return secs[st] * grow * factor.get(st, 1.0)
+print(f"\nprojected {target:,}-pair build (model above; demo settings, {sizes[-1]:,}-pair rates; {how}):")
 for nodes in (1, 10, 100, 1000):
-    t = 0.0
-    for st, x in secs.items():
-        if st in fixed:
-            t += x
-            continue
-        y = x * grow * (log_grow if st in bank else 1.0)
-        t += y / nodes if st in split else y
-    serial = sum(secs[st] * grow * (log_grow if st in bank else 1.0) for st in secs if st not in split | fixed)
+    t = sum(secs[st] if st in fixed else projected(st) / (nodes if st in split else 1)
+            for st in secs)
+    serial = sum(projected(st) for st in secs if st not in split | fixed)
     print(f"  {nodes:>4} node(s): {t / 3600:,.1f} h (of which {serial / 3600:,.1f} h on one node: index and pack)")
 EOF

@@ -69,6 +69,9 @@ pub fn search(
         .search_batch(queries, &params(cfg, k.min(bank.len()).max(1), excluded))?)
 }
 
+/// Hits searched again at once, at most (beyond one list): 16 bytes each.
+const WIDEN_HITS: usize = 1 << 17;
+
 /// A pair's candidate lists while it is being chosen for.
 struct Pending {
     img: Vec<Hit>,
@@ -144,6 +147,8 @@ pub fn choose_all(
                 if !more_img && !more_txt {
                     sample(&mut c.neighbours, cfg.sample, cfg.seed, pair.id);
                     st.done = Some(c);
+                    // Its lists are no longer needed (a widened one may be thousands long).
+                    (st.img, st.txt) = (Vec::new(), Vec::new());
                     return None;
                 }
                 st.widened = true;
@@ -168,20 +173,24 @@ pub fn choose_all(
         }
         let t = Instant::now();
         for (k, lists) in by_k {
-            let mut queries = Vec::with_capacity(lists.len() * dim);
-            for &(i, image) in &lists {
-                let from = if image { image_queries } else { text_queries };
-                queries.extend_from_slice(&from[i * dim..(i + 1) * dim]);
-            }
-            let hits = bank
-                .index
-                .search_batch(&queries, &params(cfg, k, excluded))?;
-            for ((i, image), h) in lists.into_iter().zip(hits) {
-                let st = &mut state[i];
-                if image {
-                    (st.img, st.k_img) = (h, k);
-                } else {
-                    (st.txt, st.k_txt) = (h, k);
+            // Long lists in batches of about WIDEN_HITS hits: a round of lists thousands long
+            // would otherwise hold them all at once (and a bank in parts, each part's as well).
+            for batch in lists.chunks((WIDEN_HITS / k).max(1)) {
+                let mut queries = Vec::with_capacity(batch.len() * dim);
+                for &(i, image) in batch {
+                    let from = if image { image_queries } else { text_queries };
+                    queries.extend_from_slice(&from[i * dim..(i + 1) * dim]);
+                }
+                let hits = bank
+                    .index
+                    .search_batch(&queries, &params(cfg, k, excluded))?;
+                for (&(i, image), h) in batch.iter().zip(hits) {
+                    let st = &mut state[i];
+                    if image {
+                        (st.img, st.k_img) = (h, k);
+                    } else {
+                        (st.txt, st.k_txt) = (h, k);
+                    }
                 }
             }
         }

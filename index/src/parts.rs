@@ -220,13 +220,38 @@ impl PartedIndex {
     }
 }
 
-/// Merge per-part answers into `into`: per query, the `k` best by score (then by id, so that the
-/// result does not depend on the parts' order).
+/// Best first: higher score, then lower id (so that the result does not depend on the parts'
+/// order).
+fn better(a: &Hit, b: &Hit) -> std::cmp::Ordering {
+    b.score.total_cmp(&a.score).then(a.id.cmp(&b.id))
+}
+
+/// Merge per-part answers into `into`: per query, the `k` best. Each list is merged into a new
+/// one of at most `k` hits (not appended, sorted and cut: a part's lists thousands long would
+/// be held twice over).
 fn merge_into(into: &mut [Vec<Hit>], from: Vec<Vec<Hit>>, k: usize) {
-    for (acc, hits) in into.iter_mut().zip(from) {
-        acc.extend(hits);
-        acc.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
-        acc.truncate(k);
+    for (acc, mut hits) in into.iter_mut().zip(from) {
+        hits.sort_by(better);
+        if acc.is_empty() {
+            hits.truncate(k);
+            *acc = hits;
+            continue;
+        }
+        let mut merged = Vec::with_capacity(k.min(acc.len() + hits.len()));
+        let (mut a, mut b) = (acc.iter().peekable(), hits.iter().peekable());
+        while merged.len() < k {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if better(x, y).is_le() => a.next(),
+                (Some(_), Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, _) => b.next(),
+            };
+            match next {
+                Some(h) => merged.push(*h),
+                None => break,
+            }
+        }
+        *acc = merged;
     }
 }
 
