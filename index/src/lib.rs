@@ -225,3 +225,20 @@ pub fn load_index(spec: &IndexSpec, dir: &Path) -> Result<Box<dyn MipsIndex>> {
         }
     }
 }
+
+/// Data for the unit tests.
+#[cfg(test)]
+pub(crate) mod test_data {
+    use cm3_core::rng::SplitMix64;
+
+    /// `n` random unit vectors of dimension `dim`, row-major.
+    pub(crate) fn unit_rows(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+        let mut rng = SplitMix64::new(seed);
+        let mut v: Vec<f32> = (0..n * dim).map(|_| rng.next_f64() as f32 - 0.5).collect();
+        for row in v.chunks_exact_mut(dim) {
+            let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+            row.iter_mut().for_each(|x| *x /= norm);
+        }
+        v
+    }
+}

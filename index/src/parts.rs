@@ -401,23 +401,7 @@ mod tests {
     use super::*;
     use crate::flat::FlatIndex;
     use crate::spec::Storage;
-
-    fn unit_rows(n: usize, dim: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let mut v: Vec<f32> = (0..n * dim)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect();
-        for r in v.chunks_exact_mut(dim) {
-            let norm = r.iter().map(|x| x * x).sum::<f32>().sqrt();
-            r.iter_mut().for_each(|x| *x /= norm);
-        }
-        v
-    }
+    use crate::test_data::unit_rows;
 
     const FLAT: IndexSpec = IndexSpec::Flat {
         storage: Storage::F32,

@@ -446,15 +446,7 @@ impl Builder {
 mod tests {
     use super::*;
 
-    fn unit_rows(n: usize, dim: usize, seed: u64) -> Vec<f32> {
-        let mut rng = SplitMix64::new(seed);
-        let mut v: Vec<f32> = (0..n * dim).map(|_| rng.next_f64() as f32 - 0.5).collect();
-        for row in v.chunks_exact_mut(dim) {
-            let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
-            row.iter_mut().for_each(|x| *x /= norm);
-        }
-        v
-    }
+    use crate::test_data::unit_rows;
 
     /// Every list within its layer's capacity, on the layers its node reaches, without the node
     /// itself or a repeat; all but a few nodes reachable from the entry on layer 0.
