@@ -588,14 +588,24 @@ fn augment_shard(
         } else {
             drop(tx);
         }
-        // One search for the shard's queries of each modality: a bank read part by part reads
-        // each part once per search.
+        // One search for the shard's image queries (and, for a bank read part by part, one for
+        // its text queries once all are encoded): such a bank reads each part once per search.
         let t = Instant::now();
         image_hits = maybe_search(bank, cfg, &excluded, &image_queries, k, cfg.by_image, n)?;
         stats.search_seconds += t.elapsed().as_secs_f64();
+        let resident = bank.is_resident();
         for r in rx {
             let (chunk, v, secs) = r?;
             text_encode_seconds += secs;
+            // A bank in memory is searched batch by batch, while the encoder makes the next.
+            if resident {
+                let t = Instant::now();
+                let hits = maybe_search(bank, cfg, &excluded, &v, k, cfg.by_text, chunk.len())?;
+                stats.search_seconds += t.elapsed().as_secs_f64();
+                for (&i, h) in chunk.iter().zip(hits) {
+                    text_hits[i] = h;
+                }
+            }
             for (&i, q) in chunk.iter().zip(v.chunks_exact(dim)) {
                 text_queries[i * dim..(i + 1) * dim].copy_from_slice(q);
             }
@@ -603,7 +613,7 @@ fn augment_shard(
         }
         Ok(())
     })?;
-    if cfg.by_text > 0 && text_done == n {
+    if !bank.is_resident() && cfg.by_text > 0 && text_done == n {
         let t = Instant::now();
         text_hits = maybe_search(bank, cfg, &excluded, &text_queries, k, cfg.by_text, n)?;
         stats.search_seconds += t.elapsed().as_secs_f64();
