@@ -161,14 +161,17 @@ pub fn choose_all(
         // The lists to search again, by their new length: (pair, image?) per length.
         let mut by_k: BTreeMap<usize, Vec<(usize, bool)>> = BTreeMap::new();
         for &(i, more_img, more_txt) in &wants {
-            let st = &state[i];
+            // The lists searched again are replaced: the old ones go before the new arrive.
+            let st = &mut state[i];
             if more_img {
                 let k = (st.k_img * 4).min(bank.len());
                 by_k.entry(k).or_default().push((i, true));
+                st.img = Vec::new();
             }
             if more_txt {
                 let k = (st.k_txt * 4).min(bank.len());
                 by_k.entry(k).or_default().push((i, false));
+                st.txt = Vec::new();
             }
         }
         let t = Instant::now();
