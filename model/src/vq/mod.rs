@@ -332,8 +332,14 @@ impl VqTokenizer {
         }
         let x = Tensor::<4>::from_data(TensorData::new(pixels, [b, c, h, w]), &self.device);
         let codes = self.encode(x)?;
+        // A device that failed the work (on lavapipe, a batch whose activations pass its buffer
+        // limit) is an error here, not a panic.
         let ids = codes
-            .into_data()
+            .try_into_data()
+            .map_err(|e| ModelError::Tensor {
+                op: "encoding images on the device",
+                reason: format!("{e:?} (a smaller batch may fit the device)"),
+            })?
             .try_into_vec_as::<i64>()
             .map_err(|e| ModelError::Tensor {
                 op: "reading codes",
