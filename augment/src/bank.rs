@@ -64,6 +64,11 @@ enum BankVectors {
     },
 }
 
+/// The inner product of two float16 vectors, in f32.
+fn dot(x: &[f16], y: &[f16]) -> f32 {
+    x.iter().zip(y).map(|(p, q)| p.to_f32() * q.to_f32()).sum()
+}
+
 /// Vectors a bank read part by part has read for one pair's choice.
 #[derive(Debug, Default)]
 pub struct VectorCache(std::cell::RefCell<HashMap<u64, Option<Vec<f16>>>>);
@@ -375,9 +380,6 @@ impl Bank {
     /// The inner product of two bank documents (NaN when one is not in the bank, which the
     /// diversity rule treats as "not diverse").
     pub fn similarity(&self, a: u64, b: u64) -> f32 {
-        let dot = |x: &[f16], y: &[f16]| -> f32 {
-            x.iter().zip(y).map(|(p, q)| p.to_f32() * q.to_f32()).sum()
-        };
         match &self.vectors {
             BankVectors::Resident { rows, data } => {
                 let (Some(&ra), Some(&rb)) = (rows.get(&a), rows.get(&b)) else {
@@ -404,9 +406,7 @@ impl Bank {
             map.entry(id).or_insert_with(|| self.read_vector(id));
         }
         match (map.get(&a), map.get(&b)) {
-            (Some(Some(x)), Some(Some(y))) => {
-                x.iter().zip(y).map(|(p, q)| p.to_f32() * q.to_f32()).sum()
-            }
+            (Some(Some(x)), Some(Some(y))) => dot(x, y),
             _ => f32::NAN,
         }
     }

@@ -176,9 +176,7 @@ impl PartedIndex {
             }
         };
         if self.parts[i].index.is_none() {
-            let folder = self.parts[i].saved.clone().ok_or_else(|| {
-                IndexError::Invalid(format!("internal: part {i} is neither in memory nor saved"))
-            })?;
+            let folder = self.parts[i].saved.clone().ok_or_else(|| lost_part(i))?;
             let mut loaded = self.load_part(i, &folder)?;
             loaded.reserve(self.part_rows - self.parts[i].len);
             self.parts[i].index = Some(loaded);
@@ -218,6 +216,11 @@ impl PartedIndex {
         part.saved = Some(to);
         Ok(())
     }
+}
+
+/// A part neither in memory nor on disk: a bug in this module, reported rather than panicked on.
+fn lost_part(i: usize) -> IndexError {
+    IndexError::Invalid(format!("internal: part {i} is neither in memory nor saved"))
 }
 
 /// Best first: higher score, then lower id (so that the result does not depend on the parts'
@@ -322,11 +325,7 @@ impl MipsIndex for PartedIndex {
                 (Some(index), _) => index.search_batch(queries, params)?,
                 // Loaded for this search only: memory holds one saved part at a time.
                 (None, Some(folder)) => self.load_part(i, folder)?.search_batch(queries, params)?,
-                (None, None) => {
-                    return Err(IndexError::Invalid(format!(
-                        "internal: part {i} is neither in memory nor saved"
-                    )));
-                }
+                (None, None) => return Err(lost_part(i)),
             };
             merge_into(&mut out, hits, params.k);
         }
@@ -345,11 +344,7 @@ impl MipsIndex for PartedIndex {
                         .filter(|p| p.is_dir());
                     index.save(&to, prev.as_deref())?;
                 }
-                (None, None) => {
-                    return Err(IndexError::Invalid(format!(
-                        "internal: part {i} is neither in memory nor saved"
-                    )));
-                }
+                (None, None) => return Err(lost_part(i)),
             }
         }
         write_json(

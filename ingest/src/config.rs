@@ -99,15 +99,6 @@ pub enum JpegSubsampling {
     S444,
 }
 
-impl JpegSubsampling {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::S420 => "4:2:0",
-            Self::S444 => "4:4:4",
-        }
-    }
-}
-
 /// What to do with a caption that is not valid UTF-8.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
