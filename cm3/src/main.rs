@@ -236,8 +236,9 @@ struct IngestArgs {
     #[arg(long, value_enum)]
     resize_filter: Option<FilterArg>,
     /// JPEG codec: `turbojpeg` (libjpeg-turbo, scaled decoding; only in builds with the
-    /// `turbojpeg` feature, where it is the default), `rust` (the default otherwise) or
-    /// `rust-scaled` (pure Rust, large JPEGs decoded scaled in the DCT: faster on big photos).
+    /// `turbojpeg` feature, where it is the default), `rust` (the default otherwise),
+    /// `rust-dct` (pure Rust, large baseline JPEGs decoded scaled in the DCT per component by
+    /// cm3's own decoder) or `rust-scaled` (the same with jpeg-decoder, chroma upsampled).
     #[arg(long, value_enum)]
     jpeg_codec: Option<CodecArg>,
     /// Chroma subsampling of written JPEGs: 4:2:0 (what libjpeg, Pillow and OpenCV write; the
@@ -317,6 +318,7 @@ enum FilterArg {
 enum CodecArg {
     Rust,
     RustScaled,
+    RustDct,
     Turbojpeg,
 }
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -427,6 +429,7 @@ fn ingest(a: IngestArgs) -> Result<()> {
         a.jpeg_codec.map(|c| match c {
             CodecArg::Rust => JpegCodec::Rust,
             CodecArg::RustScaled => JpegCodec::RustScaled,
+            CodecArg::RustDct => JpegCodec::RustDct,
             CodecArg::Turbojpeg => JpegCodec::Turbojpeg,
         })
     );

@@ -10,6 +10,7 @@ use crate::config::{
     IngestConfig, InvalidUtf8, JpegCodec, JpegSubsampling, OutputImageFormat, ResizeFilter,
 };
 
+mod dct;
 mod scaled;
 
 /// Why an input did not become a row. The code (kebab-case) is what rejects files and the
@@ -196,6 +197,11 @@ fn normalize_image_inner(data: &[u8], cfg: &IngestConfig) -> Result<NormalImage,
             // CMYK and anything libjpeg-turbo cannot read go through the general decoder.
             None => decode_generic(reader, cfg)?,
         },
+        (ImageFormat::Jpeg, JpegCodec::RustDct) => match dct::decode(data, cfg)? {
+            Some(d) => d,
+            // Too small to scale, or not a JPEG this decoder handles: full size, as `rust`.
+            None => decode_generic(reader, cfg)?,
+        },
         (ImageFormat::Jpeg, JpegCodec::RustScaled) => match scaled::decode(data, cfg)? {
             Some(d) => d,
             // Too small to scale, or unusual (CMYK, 16-bit): full size, as the `rust` codec.
@@ -217,7 +223,7 @@ fn normalize_image_inner(data: &[u8], cfg: &IngestConfig) -> Result<NormalImage,
         side,
         cfg.resize_filter,
     )?;
-    let bytes = encode(&pixels, side, cfg)?;
+    let bytes = encode(pixels, decoded.ycbcr, side, cfg)?;
     let sha256 = hex::encode(Sha256::digest(&bytes));
     Ok(NormalImage {
         bytes,
@@ -237,7 +243,11 @@ fn normalize_image_inner(data: &[u8], cfg: &IngestConfig) -> Result<NormalImage,
 /// Decoded pixels (8-bit RGB, upright), possibly already reduced, and the original size as
 /// displayed.
 struct Decoded {
+    /// 3 bytes a pixel: RGB, or YCbCr (JFIF, full range) when `ycbcr`.
     rgb: Vec<u8>,
+    /// The pixels are still YCbCr, as a JPEG stores them: resized as they are, and written to
+    /// a JPEG without a conversion there and back.
+    ycbcr: bool,
     width: u32,
     height: u32,
     orig_width: u32,
@@ -294,6 +304,7 @@ fn decode_generic(
     let (width, height) = (img.width(), img.height());
     Ok(Decoded {
         rgb: to_rgb_on_white(img),
+        ycbcr: false,
         width,
         height,
         orig_width: width,
@@ -385,6 +396,7 @@ mod turbo {
             let (width, height) = (img.width(), img.height());
             Ok(Some(Decoded {
                 rgb: img.into_rgb8().into_raw(),
+                ycbcr: false,
                 width,
                 height,
                 orig_width,
@@ -522,9 +534,32 @@ fn resize_center_crop(
     Ok(dst.into_vec())
 }
 
-fn encode(pixels: &[u8], side: u32, cfg: &IngestConfig) -> Result<Vec<u8>, Rejection> {
+/// JFIF YCbCr (full range, BT.601) to RGB, in place, 3 bytes a pixel.
+fn ycbcr_to_rgb(pixels: &mut [u8]) {
+    for px in pixels.chunks_exact_mut(3) {
+        let y = f32::from(px[0]) + 0.5;
+        let cb = f32::from(px[1]) - 128.0;
+        let cr = f32::from(px[2]) - 128.0;
+        px[0] = (y + 1.402 * cr).clamp(0.0, 255.0) as u8;
+        px[1] = (y - 0.344_136 * cb - 0.714_136 * cr).clamp(0.0, 255.0) as u8;
+        px[2] = (y + 1.772 * cb).clamp(0.0, 255.0) as u8;
+    }
+}
+
+fn encode(
+    mut pixels: Vec<u8>,
+    ycbcr: bool,
+    side: u32,
+    cfg: &IngestConfig,
+) -> Result<Vec<u8>, Rejection> {
     let err = |e: String| Rejection::new(RejectReason::CorruptImage, format!("encode: {e}"));
     let mut out = Vec::with_capacity(64 << 10);
+    let jpeg_encoder_takes_ycbcr =
+        cfg.image_format == OutputImageFormat::Jpeg && cfg.jpeg_codec != JpegCodec::Turbojpeg;
+    if ycbcr && !jpeg_encoder_takes_ycbcr {
+        ycbcr_to_rgb(&mut pixels);
+    }
+    let pixels = &pixels[..];
     match cfg.image_format {
         #[cfg(feature = "turbojpeg")]
         OutputImageFormat::Jpeg if cfg.jpeg_codec == JpegCodec::Turbojpeg => {
@@ -537,8 +572,13 @@ fn encode(pixels: &[u8], side: u32, cfg: &IngestConfig) -> Result<Vec<u8>, Rejec
                 JpegSubsampling::S420 => jpeg_encoder::SamplingFactor::F_2_2,
                 JpegSubsampling::S444 => jpeg_encoder::SamplingFactor::F_1_1,
             });
+            let colour = if ycbcr {
+                jpeg_encoder::ColorType::Ycbcr
+            } else {
+                jpeg_encoder::ColorType::Rgb
+            };
             encoder
-                .encode(pixels, s, s, jpeg_encoder::ColorType::Rgb)
+                .encode(pixels, s, s, colour)
                 .map_err(|e| err(e.to_string()))?;
         }
         OutputImageFormat::Png => {
@@ -853,49 +893,68 @@ mod tests {
             .collect()
     }
 
-    /// `rust-scaled` against the full decode (`rust`) on real photos: the sample's JPEGs at a
-    /// 128 output (shorter sides 375 to 621: decoded at 1/2 from 384 up), and the same photos
-    /// enlarged 2x and re-encoded for a 256 output (1/2 from 768 up). Every image >= 40 dB; the
-    /// others give the `rust` codec's bytes.
+    /// The two scaled decoders' own decode: `Some` when they scale, `None` when they leave the
+    /// image to the general decoder.
+    fn scaled_decode(codec: JpegCodec, data: &[u8], cfg: &IngestConfig) -> Option<Decoded> {
+        match codec {
+            JpegCodec::RustScaled => scaled::decode(data, cfg),
+            JpegCodec::RustDct => dct::decode(data, cfg),
+            other => panic!("{other:?} is not a scaled codec"),
+        }
+        .expect("no error")
+    }
+
+    const SCALED_CODECS: [JpegCodec; 2] = [JpegCodec::RustScaled, JpegCodec::RustDct];
+
+    /// `rust-scaled` and `rust-dct` against the full decode (`rust`) on real photos: the
+    /// sample's JPEGs at a 128 output (shorter sides 375 to 621: decoded at 1/2 from 384 up),
+    /// and the same photos enlarged 2x and re-encoded for a 256 output (1/2 from 768 up). Every
+    /// image >= 40 dB; the others give the `rust` codec's bytes.
     #[test]
     fn scaled_decode_matches_the_full_decode_on_real_photos() {
         let cfg = |image_size| IngestConfig {
             image_size,
             ..IngestConfig::default()
         };
-        let (mut worst, mut scaled_count) = (f64::INFINITY, 0);
-        for (path, data) in sample_photos() {
-            let img = image::load_from_memory(&data).expect("decode").into_rgb8();
-            let (w, h) = img.dimensions();
-            let mut big = Vec::new();
-            DynamicImage::ImageRgb8(image::imageops::resize(
-                &img,
-                2 * w,
-                2 * h,
-                image::imageops::FilterType::Lanczos3,
-            ))
-            .write_to(&mut Cursor::new(&mut big), ImageFormat::Jpeg)
-            .expect("encode");
-            for (bytes, side, short) in [(&data, 128, w.min(h)), (&big, 256, 2 * w.min(h))] {
-                let scaled = scaled::decode(bytes, &cfg(side)).expect("decodes");
-                let (a, pa) = pixels_with(bytes, JpegCodec::Rust, side);
-                let (b, pb) = pixels_with(bytes, JpegCodec::RustScaled, side);
-                assert_eq!((a.orig_width, a.orig_height), (b.orig_width, b.orig_height));
-                if scaled.is_none() {
-                    // Not scaled: the `rust` codec's exact bytes.
-                    assert!(short < 3 * side, "{}", path.display());
-                    assert_eq!(a.bytes, b.bytes, "{}", path.display());
-                    continue;
+        for codec in SCALED_CODECS {
+            let (mut worst, mut scaled_count) = (f64::INFINITY, 0);
+            for (path, data) in sample_photos() {
+                let img = image::load_from_memory(&data).expect("decode").into_rgb8();
+                let (w, h) = img.dimensions();
+                let mut big = Vec::new();
+                DynamicImage::ImageRgb8(image::imageops::resize(
+                    &img,
+                    2 * w,
+                    2 * h,
+                    image::imageops::FilterType::Lanczos3,
+                ))
+                .write_to(&mut Cursor::new(&mut big), ImageFormat::Jpeg)
+                .expect("encode");
+                for (bytes, side, short) in [(&data, 128, w.min(h)), (&big, 256, 2 * w.min(h))] {
+                    let scaled = scaled_decode(codec, bytes, &cfg(side));
+                    let (a, pa) = pixels_with(bytes, JpegCodec::Rust, side);
+                    let (b, pb) = pixels_with(bytes, codec, side);
+                    assert_eq!((a.orig_width, a.orig_height), (b.orig_width, b.orig_height));
+                    if scaled.is_none() {
+                        // Not scaled: the `rust` codec's exact bytes.
+                        assert!(short < 3 * side, "{codec:?} {}", path.display());
+                        assert_eq!(a.bytes, b.bytes, "{codec:?} {}", path.display());
+                        continue;
+                    }
+                    scaled_count += 1;
+                    let p = psnr(&pa, &pb);
+                    worst = worst.min(p);
+                    assert!(
+                        p >= 40.0,
+                        "{codec:?} {} at {side}: {p:.2} dB",
+                        path.display()
+                    );
                 }
-                scaled_count += 1;
-                let p = psnr(&pa, &pb);
-                worst = worst.min(p);
-                assert!(p >= 40.0, "{} at {side}: {p:.2} dB", path.display());
             }
+            // 23 of the 27 photos each time (4 have a shorter side under 384 px, 768 enlarged).
+            assert_eq!(scaled_count, 46, "{codec:?}");
+            println!("{codec:?}: {scaled_count} scaled decodes, worst PSNR {worst:.2} dB");
         }
-        // 23 of the 27 photos each time (4 have a shorter side under 384 px, 768 enlarged).
-        assert_eq!(scaled_count, 46);
-        println!("{scaled_count} scaled decodes, worst PSNR vs full decode {worst:.2} dB");
     }
 
     /// A detailed photo at odd sizes (so the scaled decode pads the right and bottom edges) with
@@ -915,18 +974,20 @@ mod tests {
             enc.encode(stored.as_raw(), 1203, 811, jpeg_encoder::ColorType::Rgb)
                 .expect("encode");
             let cfg = IngestConfig::default();
-            assert!(scaled::decode(&jpg, &cfg).expect("decodes").is_some());
             let (a, pa) = pixels_with(&jpg, JpegCodec::Rust, 256);
-            let (b, pb) = pixels_with(&jpg, JpegCodec::RustScaled, 256);
             let upright = if orientation >= 5 {
                 (811, 1203)
             } else {
                 (1203, 811)
             };
             assert_eq!((a.orig_width, a.orig_height), upright, "{orientation}");
-            assert_eq!((b.orig_width, b.orig_height), upright, "{orientation}");
-            let p = psnr(&pa, &pb);
-            assert!(p >= 40.0, "orientation {orientation}: {p:.2} dB");
+            for codec in SCALED_CODECS {
+                assert!(scaled_decode(codec, &jpg, &cfg).is_some());
+                let (b, pb) = pixels_with(&jpg, codec, 256);
+                assert_eq!((b.orig_width, b.orig_height), upright, "{orientation}");
+                let p = psnr(&pa, &pb);
+                assert!(p >= 40.0, "{codec:?} orientation {orientation}: {p:.2} dB");
+            }
         }
     }
 
@@ -957,15 +1018,17 @@ mod tests {
             .write_to(&mut Cursor::new(&mut jpg), ImageFormat::Jpeg)
             .expect("encode");
         let cfg = IngestConfig::default();
-        assert!(scaled::decode(&jpg, &cfg).expect("decodes").is_some());
         let (_, pa) = pixels_with(&jpg, JpegCodec::Rust, 256);
-        let (_, pb) = pixels_with(&jpg, JpegCodec::RustScaled, 256);
-        assert!(
-            pb.chunks(3).all(|p| p[0] == p[1] && p[1] == p[2]),
-            "still grey"
-        );
-        let p = psnr(&pa, &pb);
-        assert!(p >= 40.0, "grayscale: {p:.2} dB");
+        for codec in SCALED_CODECS {
+            assert!(scaled_decode(codec, &jpg, &cfg).is_some());
+            let (_, pb) = pixels_with(&jpg, codec, 256);
+            assert!(
+                pb.chunks(3).all(|p| p[0] == p[1] && p[1] == p[2]),
+                "{codec:?} still grey"
+            );
+            let p = psnr(&pa, &pb);
+            assert!(p >= 40.0, "{codec:?} grayscale: {p:.2} dB");
+        }
 
         // CMYK: not scaled, decoded (and converted) by the general decoder, same bytes as `rust`.
         let cmyk: Vec<u8> = (0..800 * 1000)
@@ -975,11 +1038,13 @@ mod tests {
         jpeg_encoder::Encoder::new(&mut jpg, 90)
             .encode(&cmyk, 1000, 800, jpeg_encoder::ColorType::Cmyk)
             .expect("encode");
-        assert!(scaled::decode(&jpg, &cfg).expect("no error").is_none());
-        assert_eq!(
-            pixels_with(&jpg, JpegCodec::Rust, 256).0,
-            pixels_with(&jpg, JpegCodec::RustScaled, 256).0
-        );
+        for codec in SCALED_CODECS {
+            assert!(scaled_decode(codec, &jpg, &cfg).is_none());
+            assert_eq!(
+                pixels_with(&jpg, JpegCodec::Rust, 256).0,
+                pixels_with(&jpg, codec, 256).0
+            );
+        }
     }
 
     #[test]
@@ -996,5 +1061,113 @@ mod tests {
             scaled::decode(&jpg, &cfg).map(|_| ()).map_err(|r| r.reason),
             Err(RejectReason::TooManyPixels)
         );
+        assert_eq!(
+            dct::decode(&jpg, &cfg).map(|_| ()).map_err(|r| r.reason),
+            Err(RejectReason::TooManyPixels)
+        );
+    }
+
+    /// A detailed photo at odd sizes (1203 x 811: partial MCUs on both edges), as a baseline JPEG.
+    fn detailed_photo(encode: impl FnOnce(&mut jpeg_encoder::Encoder<&mut Vec<u8>>)) -> Vec<u8> {
+        let (_, data) = sample_photos().swap_remove(0);
+        let photo = image::load_from_memory(&data).expect("decode").into_rgb8();
+        let stored =
+            image::imageops::resize(&photo, 1203, 811, image::imageops::FilterType::Lanczos3);
+        let mut jpg = Vec::new();
+        let mut enc = jpeg_encoder::Encoder::new(&mut jpg, 90);
+        encode(&mut enc);
+        enc.encode(stored.as_raw(), 1203, 811, jpeg_encoder::ColorType::Rgb)
+            .expect("encode");
+        jpg
+    }
+
+    /// `rust-dct` decodes every chroma sampling it accepts, with and without restart intervals,
+    /// at each scale (1/2, 1/4, 1/8: outputs 256, 128, 64 of an 811-pixel shorter side), to
+    /// within 40 dB of the full decode.
+    #[test]
+    fn dct_decoder_handles_each_sampling_scale_and_restart_interval() {
+        use jpeg_encoder::SamplingFactor as F;
+        let mut worst = f64::INFINITY;
+        for sampling in [F::F_1_1, F::F_2_1, F::F_1_2, F::F_2_2] {
+            for restart in [0u16, 1, 7] {
+                let jpg = detailed_photo(|enc| {
+                    enc.set_sampling_factor(sampling);
+                    enc.set_restart_interval(restart);
+                });
+                if restart > 0 {
+                    assert!(jpg.windows(2).any(|w| w == [0xFF, 0xD0]), "has RST markers");
+                }
+                for side in [256, 128, 64] {
+                    let cfg = IngestConfig {
+                        image_size: side,
+                        ..IngestConfig::default()
+                    };
+                    assert!(
+                        dct::decode(&jpg, &cfg).expect("no error").is_some(),
+                        "{sampling:?} restart {restart} side {side}: scaled"
+                    );
+                    let (a, pa) = pixels_with(&jpg, JpegCodec::Rust, side);
+                    let (b, pb) = pixels_with(&jpg, JpegCodec::RustDct, side);
+                    assert_eq!((b.orig_width, b.orig_height), (a.orig_width, a.orig_height));
+                    let p = psnr(&pa, &pb);
+                    worst = worst.min(p);
+                    assert!(
+                        p >= 40.0,
+                        "{sampling:?} restart {restart} side {side}: {p:.2} dB"
+                    );
+                }
+            }
+        }
+        println!("worst {worst:.2} dB");
+    }
+
+    /// What `rust-dct` does not decode completely goes to the general decoder, which then
+    /// decides exactly as for `rust`: progressive JPEGs, and scans that are cut short or
+    /// corrupt. Its own decoder never panics on them.
+    #[test]
+    fn dct_decoder_leaves_progressive_cut_and_corrupt_jpegs_to_the_general_decoder() {
+        let cfg = IngestConfig::default();
+        let same_as_rust = |jpg: &[u8], what: &str| {
+            let cfg = |codec| IngestConfig {
+                jpeg_codec: codec,
+                ..IngestConfig::default()
+            };
+            let a = normalize_image(jpg, &cfg(JpegCodec::Rust)).map_err(|r| r.reason);
+            let b = normalize_image(jpg, &cfg(JpegCodec::RustDct)).map_err(|r| r.reason);
+            assert_eq!(a.map(|n| n.bytes), b.map(|n| n.bytes), "{what}");
+        };
+        let progressive = detailed_photo(|enc| enc.set_progressive(true));
+        assert!(dct::decode(&progressive, &cfg).expect("no error").is_none());
+        same_as_rust(&progressive, "progressive");
+
+        let baseline = detailed_photo(|enc| enc.set_restart_interval(4));
+        let scan = baseline
+            .windows(2)
+            .position(|w| w == [0xFF, 0xDA])
+            .expect("SOS");
+        // Cut in the middle of the scan, with the end-of-image marker put back.
+        let mut cut = baseline[..(scan + baseline.len()) / 2].to_vec();
+        cut.extend_from_slice(&[0xFF, 0xD9]);
+        assert!(dct::decode(&cut, &cfg).expect("no error").is_none(), "cut");
+        same_as_rust(&cut, "cut");
+        // Bytes of the scan overwritten (stuffing, markers and all): never a panic. Such a scan
+        // may still decode (to wrong pixels, as with any decoder) or be given up.
+        let mut given_up = 0;
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        for round in 0..200 {
+            let mut bad = baseline.clone();
+            for _ in 0..1 + round % 8 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let at = scan + 20 + (state as usize) % (baseline.len() - scan - 22);
+                bad[at] = (state >> 32) as u8;
+            }
+            if dct::decode(&bad, &cfg).expect("no error").is_none() {
+                given_up += 1;
+                same_as_rust(&bad, "corrupt, given up");
+            }
+        }
+        assert!(given_up > 0, "some corruptions are noticed");
     }
 }

@@ -114,6 +114,7 @@ pub(super) fn decode(data: &[u8], cfg: &IngestConfig) -> Result<Option<Decoded>,
     let (left, top) = content_origin(orientation, pad_w, pad_h);
     Ok(Some(Decoded {
         rgb: img.into_rgb8().into_raw(),
+        ycbcr: false,
         width,
         height,
         orig_width,
