@@ -564,14 +564,15 @@ fn to_u8(v: f32) -> u8 {
     (v.max(0.0).min(255.0) + 12_582_912.0).to_bits() as u8
 }
 
-/// Inverse DCT of one block's dequantised coefficients `coef` (natural order) to `ow` x `oh`
+/// Inverse DCT of one block's coefficients `coef` (natural order, dequantised by `quant`) to `ow` x `oh`
 /// samples of one channel of `out`: interleaved, 3 bytes a pixel, row stride `stride` bytes.
 /// Level-shifted, rounded and clamped. Only the first `rows` x `cols` coefficients may be
 /// non-zero (most blocks end early in zig-zag order), so only they are read. All 8 lanes are
 /// computed whatever `ow`: one vector.
 #[inline(always)]
 fn idct(
-    coef: &[f32; 64],
+    coef: &[i32; 64],
+    quant: &[f32; 64],
     (rows, cols): (usize, usize),
     (ow, oh): (usize, usize),
     bases: &Bases,
@@ -585,7 +586,7 @@ fn idct(
     let mut t = [[0f32; 8]; 8];
     for (v, tv) in t.iter_mut().enumerate().take(rows) {
         for (u, au) in aw.iter().enumerate().take(cols) {
-            let f = coef[8 * v + u];
+            let f = coef[8 * v + u] as f32 * quant[8 * v + u];
             for x in 0..8 {
                 tv[x] += f * au[x];
             }
@@ -608,17 +609,16 @@ fn idct(
     }
 }
 
-/// Decode one block's coefficients into `block`, dequantised (natural order, only the positions
-/// the inverse DCT reads: `keep`, by zig-zag index). Returns the zig-zag index of the last
-/// coefficient kept (0: only DC), `None` for a corrupt block.
+/// Decode one block's coefficients into `block` (quantised, natural order; `block` is all
+/// zeros before). Returns the zig-zag index of the last coefficient decoded (0: only DC),
+/// `None` for a corrupt block. Every coefficient is stored, kept or not: one store is cheaper
+/// than asking, and the inverse DCT reads only what it keeps.
 #[inline(always)]
 fn decode_block(
     bits: &mut Bits<'_>,
     (dc, ac): (&Huffman, &Huffman),
     pred: &mut i32,
-    block: &mut [f32; 64],
-    keep: &[bool; 64],
-    quant: &[f32; 64],
+    block: &mut [i32; 64],
 ) -> Option<usize> {
     if bits.n < 32 {
         bits.refill();
@@ -628,39 +628,40 @@ fn decode_block(
         return None;
     }
     *pred = pred.wrapping_add(bits.receive(size));
-    block[0] = *pred as f32 * quant[0];
-    let mut last = 0;
+    block[0] = *pred;
     let mut k = 1;
-    while k < 64 {
+    loop {
         if bits.n < 32 {
             bits.refill();
         }
         let fast = ac.fast_ac[bits.peek(LOOKUP_BITS) as usize];
-        let value = if fast != 0 {
+        if fast != 0 {
             k += ((fast >> 4) & 15) as usize;
             bits.consume((fast & 15) as u32);
-            i32::from(fast >> 8)
+            // Past 63 only in a corrupt block, which the check below gives up.
+            block[UNZIGZAG[k & 63]] = i32::from(fast >> 8);
         } else {
             let rs = bits.symbol(ac)?;
             let (run, size) = (usize::from(rs >> 4), u32::from(rs & 15));
             if size == 0 {
                 if run != 15 {
-                    return Some(last);
+                    // End of block.
+                    return Some(k - 1);
                 }
                 k += 16;
+                if k >= 64 {
+                    return (k == 64).then_some(63);
+                }
                 continue;
             }
             k += run;
-            bits.receive(size)
-        };
-        if k < 64 && keep[k] {
-            let at = UNZIGZAG[k];
-            block[at] = value as f32 * quant[at];
-            last = k;
+            block[UNZIGZAG[k & 63]] = bits.receive(size);
+        }
+        if k >= 63 {
+            return (k == 63).then_some(63);
         }
         k += 1;
     }
-    (k == 64).then_some(last)
 }
 
 /// A scaled decode: YCbCr interleaved, 3 bytes a pixel, `width` x `height` (whole MCUs, so a
@@ -738,17 +739,6 @@ fn decode_scan_body(data: &[u8], hd: &mut Header<'_>, n: usize) -> Option<Planes
     } else {
         vec![0u8; stride * height]
     };
-    let keeps: Vec<[bool; 64]> = hd
-        .components
-        .iter()
-        .map(|c| {
-            let mut keep = [false; 64];
-            for (k, &nat) in UNZIGZAG.iter().enumerate() {
-                keep[k] = nat % 8 < c.out_w && nat / 8 < c.out_h;
-            }
-            keep
-        })
-        .collect();
     let quant: Vec<[f32; 64]> = hd
         .components
         .iter()
@@ -767,7 +757,7 @@ fn decode_scan_body(data: &[u8], hd: &mut Header<'_>, n: usize) -> Option<Planes
         padding: 0,
     };
     let mut preds = [0i32; 3];
-    let mut block = [0f32; 64];
+    let mut block = [0i32; 64];
     let mut left = hd.restart_interval;
     for my in 0..mcus_y {
         for mx in 0..mcus_x {
@@ -783,35 +773,26 @@ fn decode_scan_body(data: &[u8], hd: &mut Header<'_>, n: usize) -> Option<Planes
                 let c = &hd.components[ci];
                 for by in 0..c.v {
                     for bx in 0..c.h {
-                        let last = decode_block(
-                            &mut bits,
-                            tables[ci],
-                            &mut preds[ci],
-                            &mut block,
-                            &keeps[ci],
-                            &quant[ci],
-                        )?;
+                        let last =
+                            decode_block(&mut bits, tables[ci], &mut preds[ci], &mut block)?;
                         let x = (mx * c.h + bx) * c.out_w;
                         let y = (my * c.v + by) * c.out_h;
                         let out = &mut ycbcr[y * stride + 3 * x + ci..];
                         if last == 0 {
                             // Only DC: a flat block.
-                            let level = to_u8(block[0] / 8.0 + 128.0);
+                            let level = to_u8(block[0] as f32 * quant[ci][0] / 8.0 + 128.0);
                             for row in 0..c.out_h {
                                 let span = row * stride..row * stride + 3 * (c.out_w - 1) + 1;
                                 for dst in out[span].iter_mut().step_by(3) {
                                     *dst = level;
                                 }
                             }
-                            block[0] = 0.0;
+                            block[0] = 0;
                             continue;
                         }
                         let (extent, size) = (ZIGZAG_EXTENT[last], (c.out_w, c.out_h));
-                        idct(&block, extent, size, &bases, out, stride);
-                        // What was written: the coefficients kept.
-                        for row in block.chunks_exact_mut(8).take(c.out_h) {
-                            row[..c.out_w].fill(0.0);
-                        }
+                        idct(&block, &quant[ci], extent, size, &bases, out, stride);
+                        block = [0; 64];
                     }
                 }
             }
