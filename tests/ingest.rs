@@ -729,6 +729,68 @@ fn jpeg_subsampling_is_recorded_and_older_datasets_keep_their_rule() {
     );
 }
 
+/// A new dataset gets this build's fastest codec (`rust-dct` without the `turbojpeg` feature),
+/// recorded by name; a dataset that recorded `rust` (every one a pure-Rust cm3 made before
+/// `rust-dct`) is extended with `rust` when the flag is not given, its shards untouched; asking
+/// it for another codec is refused by name.
+#[test]
+fn jpeg_codec_is_recorded_and_older_datasets_keep_theirs() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pairs = sample_pairs();
+    let wds = tmp.path().join("wds");
+    write_webdataset(&wds, &pairs[..8], 8);
+    let week2 = write_webdataset(&tmp.path().join("week2"), &pairs[8..16], 8);
+    let ingest = |ds: &Path, inputs: &[&Path], extra: &[&str]| {
+        let mut v = vec!["ingest", "--input"];
+        v.extend(inputs.iter().map(|p| s(p)));
+        v.extend_from_slice(&["--out", s(ds), "--no-progress"]);
+        v.extend_from_slice(extra);
+        v.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let codec = |ds: &Path| manifest(ds)["stages"]["ingest"]["config"]["jpeg_codec"].clone();
+    let new = tmp.path().join("new");
+    run_ok(
+        &ingest(&new, &[&wds], &[])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(codec(&new), "rust-dct");
+
+    let old = tmp.path().join("old");
+    run_ok(
+        &ingest(&old, &[&wds], &["--jpeg-codec", "rust"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let before = output_bytes(&old);
+    let out = run_ok(
+        &ingest(&old, &[&wds, &week2[0]], &[])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("1 already done"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(codec(&old), "rust", "the record keeps its codec");
+    let after = output_bytes(&old);
+    assert!(after.len() > before.len(), "week 2 added");
+    for (k, bytes) in &before {
+        assert_eq!(after.get(k), Some(bytes), "{k} changed");
+    }
+    let err = run_err(
+        &ingest(&old, &[&wds, &week2[0]], &["--jpeg-codec", "rust-dct"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(err.contains("jpeg_codec"), "{err}");
+}
+
 #[test]
 fn crash_mid_run_then_resume_matches_uninterrupted_run() {
     let tmp = tempfile::tempdir().expect("tempdir");

@@ -236,9 +236,10 @@ struct IngestArgs {
     #[arg(long, value_enum)]
     resize_filter: Option<FilterArg>,
     /// JPEG codec: `turbojpeg` (libjpeg-turbo, scaled decoding; only in builds with the
-    /// `turbojpeg` feature, where it is the default), `rust` (the default otherwise),
-    /// `rust-dct` (pure Rust, large baseline JPEGs decoded scaled in the DCT per component by
-    /// cm3's own decoder) or `rust-scaled` (the same with jpeg-decoder, chroma upsampled).
+    /// `turbojpeg` feature, where it is a new dataset's default), `rust-dct` (pure Rust, large
+    /// baseline JPEGs decoded scaled in the DCT per component by cm3's own decoder; the default
+    /// otherwise), `rust` (pure Rust, every pixel decoded) or `rust-scaled` (scaled by
+    /// jpeg-decoder, chroma upsampled). Unset, an existing dataset keeps what it recorded.
     #[arg(long, value_enum)]
     jpeg_codec: Option<CodecArg>,
     /// Chroma subsampling of written JPEGs: 4:2:0 (what libjpeg, Pillow and OpenCV write; the
@@ -426,12 +427,12 @@ fn ingest(a: IngestArgs) -> Result<()> {
     );
     set!(
         cfg.jpeg_codec,
-        a.jpeg_codec.map(|c| match c {
+        a.jpeg_codec.map(|c| Some(match c {
             CodecArg::Rust => JpegCodec::Rust,
             CodecArg::RustScaled => JpegCodec::RustScaled,
             CodecArg::RustDct => JpegCodec::RustDct,
             CodecArg::Turbojpeg => JpegCodec::Turbojpeg,
-        })
+        }))
     );
     set!(
         cfg.jpeg_subsampling,

@@ -60,7 +60,7 @@ pub enum ResizeFilter {
 #[serde(rename_all = "kebab-case")]
 pub enum JpegCodec {
     /// Pure Rust (zune-jpeg to decode, jpeg-encoder to encode): no system dependencies. Decodes
-    /// every pixel at full size; what datasets made before `rust-scaled` recorded as `rust`.
+    /// every pixel at full size; what pure-Rust datasets made before `rust-dct` recorded.
     Rust,
     /// Pure Rust like `rust`, but a JPEG whose shorter side is at least 3 x `image_size` is
     /// decoded scaled in the DCT (jpeg-decoder; 1/2, 1/4 or 1/8) to the smallest such size whose
@@ -72,7 +72,8 @@ pub enum JpegCodec {
     /// `image_size`: scaled in the DCT per component (1/2, 1/4 or 1/8) to the smallest size whose
     /// shorter side is still `image_size` or more, chroma brought to the luma's resolution by its
     /// own inverse DCT rather than upsampled, as libjpeg does. Every other JPEG (smaller,
-    /// progressive, CMYK, 12-bit) is decoded as `rust` does, to the same bytes.
+    /// progressive, CMYK, 12-bit) is decoded as `rust` does, to the same bytes. What new
+    /// datasets get from a pure-Rust build.
     RustDct,
     /// libjpeg-turbo (cargo feature `turbojpeg`): decodes scaled in the DCT to the smallest
     /// n/8 size not below `image_size`, which skips most of the work on large photos.
@@ -80,15 +81,13 @@ pub enum JpegCodec {
 }
 
 impl Default for JpegCodec {
-    /// The fastest codec this binary was built with.
+    /// The fastest codec this binary was built with: what a new dataset gets. An existing
+    /// dataset keeps the codec it recorded (see [`IngestConfig::resolve_codec`]).
     fn default() -> Self {
         if cfg!(feature = "turbojpeg") {
             JpegCodec::Turbojpeg
         } else {
-            // Not `RustScaled`: a default that changed would refuse every existing pure-Rust
-            // dataset's next incremental run (its recorded codec is `rust`), for a gain measured
-            // only on large photos (README, ingest benchmark).
-            JpegCodec::Rust
+            JpegCodec::RustDct
         }
     }
 }
@@ -151,7 +150,11 @@ pub struct IngestConfig {
     pub image_format: OutputImageFormat,
     pub jpeg_quality: u8,
     pub resize_filter: ResizeFilter,
-    pub jpeg_codec: JpegCodec,
+    /// JPEG codec. Unset, `cm3 ingest` takes what the dataset recorded, and for a new dataset
+    /// the fastest this binary has ([`JpegCodec::default`]), so that a dataset's re-runs write
+    /// the same bytes whichever cm3 made them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jpeg_codec: Option<JpegCodec>,
     /// Chroma subsampling of written JPEGs. Unset, `cm3 ingest` takes what the dataset recorded,
     /// and 4:2:0 for a new dataset. A dataset made before this setting existed records none and
     /// keeps its encoders' old rule (see [`IngestConfig::subsampling`]), so that its re-runs
@@ -191,7 +194,7 @@ impl Default for IngestConfig {
             image_format: OutputImageFormat::Jpeg,
             jpeg_quality: 95,
             resize_filter: ResizeFilter::Lanczos3,
-            jpeg_codec: JpegCodec::default(),
+            jpeg_codec: None,
             jpeg_subsampling: None,
             max_image_pixels: 89_478_485,
             max_caption_chars: 4096,
@@ -208,13 +211,34 @@ impl Default for IngestConfig {
 }
 
 impl IngestConfig {
+    /// The JPEG codec used: the one set or resolved, else this binary's default.
+    pub fn codec(&self) -> JpegCodec {
+        self.jpeg_codec.unwrap_or_default()
+    }
+
+    /// Settle the unset codec before the configuration is recorded: the one `recorded` in the
+    /// dataset's ingest record (a JSON object), if it has made shards, else this binary's
+    /// default. A record without one predates the choice: `rust`.
+    pub fn resolve_codec(&mut self, recorded: Option<&serde_json::Value>) {
+        if self.jpeg_codec.is_some() {
+            return;
+        }
+        self.jpeg_codec = Some(match recorded {
+            Some(config) => config
+                .get("jpeg_codec")
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+                .unwrap_or(JpegCodec::Rust),
+            None => JpegCodec::default(),
+        });
+    }
+
     /// The subsampling the JPEG encoder uses. Without a recorded setting (datasets made before
     /// it existed): jpeg-encoder's own rule for the pure-Rust codecs (4:4:4 from quality 90 up,
     /// 4:2:0 below), and 4:2:0 for libjpeg-turbo, as they were written.
     pub fn subsampling(&self) -> JpegSubsampling {
         match self.jpeg_subsampling {
             Some(s) => s,
-            None if self.jpeg_codec == JpegCodec::Turbojpeg || self.jpeg_quality < 90 => {
+            None if self.codec() == JpegCodec::Turbojpeg || self.jpeg_quality < 90 => {
                 JpegSubsampling::S420
             }
             None => JpegSubsampling::S444,
@@ -249,9 +273,9 @@ impl IngestConfig {
                 self.jpeg_quality
             ));
         }
-        if self.jpeg_codec == JpegCodec::Turbojpeg && !cfg!(feature = "turbojpeg") {
+        if self.codec() == JpegCodec::Turbojpeg && !cfg!(feature = "turbojpeg") {
             return Err("jpeg_codec = turbojpeg needs cm3 built with `--features turbojpeg` (see the README); \
-                 this binary has only the `rust` codec"
+                 this binary has only the pure-Rust codecs (rust-dct, rust, rust-scaled)"
                 .into());
         }
         if self.shard_rows == 0 {
@@ -291,7 +315,7 @@ mod tests {
         let resolved = |given: Option<JpegSubsampling>, recorded: Option<serde_json::Value>| {
             let mut c = IngestConfig {
                 jpeg_subsampling: given,
-                jpeg_codec: JpegCodec::Rust,
+                jpeg_codec: Some(JpegCodec::Rust),
                 ..IngestConfig::default()
             };
             c.resolve_subsampling(recorded.as_ref());
@@ -311,7 +335,7 @@ mod tests {
         // The old rule below quality 90, and for libjpeg-turbo.
         let old = |codec, quality| {
             IngestConfig {
-                jpeg_codec: codec,
+                jpeg_codec: Some(codec),
                 jpeg_quality: quality,
                 ..IngestConfig::default()
             }
@@ -322,5 +346,41 @@ mod tests {
         assert_eq!(old(JpegCodec::Turbojpeg, 95), S420);
         // The recorded spelling.
         assert_eq!(serde_json::to_value(S420).ok(), Some("4:2:0".into()));
+    }
+
+    #[test]
+    fn unset_codec_follows_the_dataset_record() {
+        let resolved = |given: Option<JpegCodec>, recorded: Option<serde_json::Value>| {
+            let mut c = IngestConfig {
+                jpeg_codec: given,
+                ..IngestConfig::default()
+            };
+            c.resolve_codec(recorded.as_ref());
+            let json = serde_json::to_value(&c).expect("serialises");
+            (c.codec(), json["jpeg_codec"].clone())
+        };
+        let fastest = if cfg!(feature = "turbojpeg") {
+            (JpegCodec::Turbojpeg, serde_json::json!("turbojpeg"))
+        } else {
+            (JpegCodec::RustDct, serde_json::json!("rust-dct"))
+        };
+        // A new dataset: this binary's fastest, recorded by name.
+        assert_eq!(resolved(None, None), fastest);
+        // An existing one keeps its codec, so its re-runs write the same bytes.
+        let rec = serde_json::json!({"jpeg_codec": "rust"});
+        assert_eq!(
+            resolved(None, Some(rec.clone())),
+            (JpegCodec::Rust, serde_json::json!("rust"))
+        );
+        // A record without one predates the choice.
+        assert_eq!(
+            resolved(None, Some(serde_json::json!({}))).0,
+            JpegCodec::Rust
+        );
+        // A given codec is kept, whatever the record (the record comparison refuses a change).
+        assert_eq!(
+            resolved(Some(JpegCodec::RustScaled), Some(rec)).0,
+            JpegCodec::RustScaled
+        );
     }
 }

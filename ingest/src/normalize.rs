@@ -190,7 +190,7 @@ fn normalize_image_inner(data: &[u8], cfg: &IngestConfig) -> Result<NormalImage,
             "JPEG is truncated (no end-of-image marker)",
         ));
     }
-    let decoded = match (format, cfg.jpeg_codec) {
+    let decoded = match (format, cfg.codec()) {
         #[cfg(feature = "turbojpeg")]
         (ImageFormat::Jpeg, JpegCodec::Turbojpeg) => match turbo::decode(data, cfg)? {
             Some(d) => d,
@@ -555,14 +555,14 @@ fn encode(
     let err = |e: String| Rejection::new(RejectReason::CorruptImage, format!("encode: {e}"));
     let mut out = Vec::with_capacity(64 << 10);
     let jpeg_encoder_takes_ycbcr =
-        cfg.image_format == OutputImageFormat::Jpeg && cfg.jpeg_codec != JpegCodec::Turbojpeg;
+        cfg.image_format == OutputImageFormat::Jpeg && cfg.codec() != JpegCodec::Turbojpeg;
     if ycbcr && !jpeg_encoder_takes_ycbcr {
         ycbcr_to_rgb(&mut pixels);
     }
     let pixels = &pixels[..];
     match cfg.image_format {
         #[cfg(feature = "turbojpeg")]
-        OutputImageFormat::Jpeg if cfg.jpeg_codec == JpegCodec::Turbojpeg => {
+        OutputImageFormat::Jpeg if cfg.codec() == JpegCodec::Turbojpeg => {
             out = turbo::encode(pixels, side, cfg.jpeg_quality, cfg.subsampling()).map_err(err)?;
         }
         OutputImageFormat::Jpeg => {
@@ -855,7 +855,7 @@ mod tests {
     /// Normalised to PNG with `codec`, decoded back: the pipeline's pixels without JPEG re-encoding.
     fn pixels_with(data: &[u8], codec: JpegCodec, image_size: u32) -> (NormalImage, Vec<u8>) {
         let cfg = IngestConfig {
-            jpeg_codec: codec,
+            jpeg_codec: Some(codec),
             image_format: OutputImageFormat::Png,
             image_size,
             ..IngestConfig::default()
@@ -1129,7 +1129,7 @@ mod tests {
         let cfg = IngestConfig::default();
         let same_as_rust = |jpg: &[u8], what: &str| {
             let cfg = |codec| IngestConfig {
-                jpeg_codec: codec,
+                jpeg_codec: Some(codec),
                 ..IngestConfig::default()
             };
             let a = normalize_image(jpg, &cfg(JpegCodec::Rust)).map_err(|r| r.reason);

@@ -290,13 +290,14 @@ pub fn run(opts: &IngestOptions, cfg: &IngestConfig) -> Result<IngestReport> {
     }
     let mut manifest = dataset.load_stage_state(STAGE, &worker)?;
     let mut cfg = cfg.clone();
-    cfg.resolve_subsampling(
-        manifest
-            .stages
-            .get(STAGE)
-            .filter(|r| !r.shards.is_empty())
-            .map(|r| &r.config),
-    );
+    let recorded = manifest
+        .stages
+        .get(STAGE)
+        .filter(|r| !r.shards.is_empty())
+        .map(|r| &r.config);
+    // The codec first: the subsampling's old rule depends on it.
+    cfg.resolve_codec(recorded);
+    cfg.resolve_subsampling(recorded);
     let cfg = &cfg;
     let config_json = serde_json::to_value(cfg)
         .map_err(|e| IngestError::Config(format!("serialising the configuration: {e}")))?;

@@ -25,14 +25,14 @@ fn encode(img: DynamicImage, format: ImageFormat) -> Vec<u8> {
 
 /// The JPEG codecs of this build: every check runs with each.
 fn configs() -> Vec<IngestConfig> {
-    let mut codecs = vec![JpegCodec::Rust];
+    let mut codecs = vec![JpegCodec::Rust, JpegCodec::RustDct];
     if cfg!(feature = "turbojpeg") {
         codecs.push(JpegCodec::Turbojpeg);
     }
     codecs
         .into_iter()
-        .map(|jpeg_codec| IngestConfig {
-            jpeg_codec,
+        .map(|codec| IngestConfig {
+            jpeg_codec: Some(codec),
             ..IngestConfig::default()
         })
         .collect()
@@ -42,7 +42,7 @@ fn configs() -> Vec<IngestConfig> {
 fn check(name: &str, bytes: &[u8], orig_format: &str) {
     for cfg in configs() {
         check_with(
-            &format!("{name} ({:?})", cfg.jpeg_codec),
+            &format!("{name} ({:?})", cfg.codec()),
             bytes,
             orig_format,
             &cfg,
@@ -179,12 +179,12 @@ fn cmyk_jpeg_becomes_rgb() {
         assert!(
             top[0] > 200 && top[1] < 60 && top[2] < 60,
             "{:?}: top {top:?}",
-            cfg.jpeg_codec
+            cfg.codec()
         );
         assert!(
             bottom[2] > 200 && bottom[0] < 60 && bottom[1] < 60,
             "{:?}: bottom {bottom:?}",
-            cfg.jpeg_codec
+            cfg.codec()
         );
     }
 }
@@ -226,11 +226,11 @@ fn turbojpeg_matches_the_rust_codec_on_real_photos() {
     photos.sort();
     assert!(photos.len() >= 20);
     let rust = IngestConfig {
-        jpeg_codec: JpegCodec::Rust,
+        jpeg_codec: Some(JpegCodec::Rust),
         ..IngestConfig::default()
     };
     let turbo = IngestConfig {
-        jpeg_codec: JpegCodec::Turbojpeg,
+        jpeg_codec: Some(JpegCodec::Turbojpeg),
         ..IngestConfig::default()
     };
     let mut worst = f64::INFINITY;

@@ -773,8 +773,7 @@ fn decode_scan_body(data: &[u8], hd: &mut Header<'_>, n: usize) -> Option<Planes
                 let c = &hd.components[ci];
                 for by in 0..c.v {
                     for bx in 0..c.h {
-                        let last =
-                            decode_block(&mut bits, tables[ci], &mut preds[ci], &mut block)?;
+                        let last = decode_block(&mut bits, tables[ci], &mut preds[ci], &mut block)?;
                         let x = (mx * c.h + bx) * c.out_w;
                         let y = (my * c.v + by) * c.out_h;
                         let out = &mut ycbcr[y * stride + 3 * x + ci..];
