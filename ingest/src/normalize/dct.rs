@@ -600,11 +600,12 @@ fn idct(
                 acc[x] += a * tv[x];
             }
         }
-        // Clamped and rounded as whole vectors, then spread to every third byte.
-        let px: [u8; 8] = std::array::from_fn(|x| to_u8(acc[x]));
-        let row = &mut out[y * stride..y * stride + 3 * (ow - 1) + 1];
-        for (dst, &p) in row.iter_mut().step_by(3).zip(&px[..ow]) {
-            *dst = p;
+        // All 8 lanes are written, to every third byte, whatever `ow`: a fixed-length loop
+        // the compiler turns into one extract-and-store per byte. Lanes past `ow` land on the
+        // next block to the right, written after this one, or in the buffer's right margin.
+        let row = &mut out[y * stride..y * stride + 3 * 7 + 1];
+        for x in 0..8 {
+            row[3 * x] = to_u8(acc[x]);
         }
     }
 }
@@ -664,8 +665,8 @@ fn decode_block(
     }
 }
 
-/// A scaled decode: YCbCr interleaved, 3 bytes a pixel, `width` x `height` (whole MCUs, so a
-/// little more than the picture).
+/// A scaled decode: YCbCr interleaved, 3 bytes a pixel, `width` x `height` (whole MCUs and a
+/// margin, so a little more than the picture).
 struct Planes {
     ycbcr: Vec<u8>,
     width: usize,
@@ -732,7 +733,8 @@ fn decode_scan_body(data: &[u8], hd: &mut Header<'_>, n: usize) -> Option<Planes
         let c = &mut hd.components[0];
         (c.h, c.v, c.out_w, c.out_h) = (1, 1, n, n);
     }
-    let (width, height) = (mcus_x * mcu_w * n / 8, mcus_y * mcu_h * n / 8);
+    // A margin of 8 pixels on the right, for the inverse DCT's whole-vector writes.
+    let (width, height) = (mcus_x * mcu_w * n / 8 + 8, mcus_y * mcu_h * n / 8);
     let stride = 3 * width;
     let mut ycbcr = if single {
         [0u8, 128, 128].repeat(width * height)
@@ -799,6 +801,16 @@ fn decode_scan_body(data: &[u8], hd: &mut Header<'_>, n: usize) -> Option<Planes
     }
     if bits.overran() {
         return None;
+    }
+    // The margin holds what the inverse DCT wrote past the last blocks; the resize may read a
+    // few pixels beyond the picture, so it gets the last decoded column instead.
+    let last = 3 * (width - 9);
+    for row in ycbcr.chunks_exact_mut(stride) {
+        let (body, margin) = row.split_at_mut(last + 3);
+        let px = [body[last], body[last + 1], body[last + 2]];
+        for m in margin.chunks_exact_mut(3) {
+            m.copy_from_slice(&px);
+        }
     }
     Some(Planes {
         ycbcr,
