@@ -1121,6 +1121,89 @@ mod tests {
         println!("worst {worst:.2} dB");
     }
 
+    /// The `rust-dct` decoder reads bytes nobody checked: mutated JPEGs (bytes overwritten in
+    /// the headers and in the scan, cut short with and without the end marker put back, bytes
+    /// inserted) must each come back as a picture, `None` or an error, never a panic. Called
+    /// directly: `normalize_image` would turn a panic into a rejection and hide it.
+    #[test]
+    fn dct_decoder_survives_mutated_jpegs() {
+        use jpeg_encoder::SamplingFactor as F;
+        let (_, data) = sample_photos().swap_remove(2);
+        let photo = image::load_from_memory(&data).expect("decode").into_rgb8();
+        let small =
+            image::imageops::resize(&photo, 203, 131, image::imageops::FilterType::Triangle);
+        let cfg = IngestConfig {
+            image_size: 32,
+            ..IngestConfig::default()
+        };
+        let mut seeds = Vec::new();
+        for (sampling, restart) in [(F::F_2_2, 0u16), (F::F_2_1, 3), (F::F_1_1, 1)] {
+            let mut jpg = Vec::new();
+            let mut enc = jpeg_encoder::Encoder::new(&mut jpg, 85);
+            enc.set_sampling_factor(sampling);
+            enc.set_restart_interval(restart);
+            enc.encode(small.as_raw(), 203, 131, jpeg_encoder::ColorType::Rgb)
+                .expect("encode");
+            assert!(
+                dct::decode(&jpg, &cfg).expect("no error").is_some(),
+                "seed decodes"
+            );
+            seeds.push(jpg);
+        }
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let (mut decoded, mut declined) = (0, 0);
+        // More with CM3_FUZZ_CASES, as the fuzz campaign (tests/fuzz.rs) takes.
+        let rounds = std::env::var("CM3_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3000usize);
+        for round in 0..rounds {
+            let seed = &seeds[round % seeds.len()];
+            let mut bad = seed.clone();
+            match round % 5 {
+                // Headers (markers, tables, frame and scan fields).
+                0 => {
+                    for _ in 0..1 + next() % 3 {
+                        let at = 2 + (next() as usize) % 620.min(bad.len() - 2);
+                        bad[at] = next() as u8;
+                    }
+                }
+                // Anywhere.
+                1 | 2 => {
+                    for _ in 0..1 + next() % 6 {
+                        let at = (next() as usize) % bad.len();
+                        bad[at] = next() as u8;
+                    }
+                }
+                3 => {
+                    let at = 2 + (next() as usize) % (bad.len() - 2);
+                    bad.truncate(at);
+                    if next() % 2 == 0 {
+                        bad.extend_from_slice(&[0xFF, 0xD9]);
+                    }
+                }
+                _ => {
+                    let at = (next() as usize) % bad.len();
+                    let n = 1 + (next() as usize) % 40;
+                    let junk: Vec<u8> = (0..n).map(|_| next() as u8).collect();
+                    bad.splice(at..at, junk);
+                }
+            }
+            match dct::decode(&bad, &cfg) {
+                Ok(Some(_)) => decoded += 1,
+                Ok(None) | Err(_) => declined += 1,
+            }
+        }
+        println!("{rounds} mutated JPEGs: {decoded} decoded, {declined} declined or refused");
+        assert!(decoded > 0 && declined > 0, "{decoded} / {declined}");
+    }
+
     /// What `rust-dct` does not decode completely goes to the general decoder, which then
     /// decides exactly as for `rust`: progressive JPEGs, and scans that are cut short or
     /// corrupt. Its own decoder never panics on them.
