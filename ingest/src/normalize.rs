@@ -850,6 +850,17 @@ mod tests {
         assert_eq!(pick(769, 256), (4, 385));
         assert_eq!(pick(383, 128), (8, 383));
         assert_eq!(pick(384, 128), (4, 192));
+        // `rust-dct` scales by the same rule; full size is not its job.
+        for short in [200, 767, 768, 1535, 1536, 3071, 3072, 12000, 769] {
+            let n = scaled::dct_scale_for(short, 256);
+            assert_eq!(
+                dct::dct_scale_for(short, 256),
+                (n < 8).then_some(n),
+                "{short}"
+            );
+        }
+        assert_eq!(dct::dct_scale_for(383, 128), None);
+        assert_eq!(dct::dct_scale_for(384, 128), Some(4));
     }
 
     /// Normalised to PNG with `codec`, decoded back: the pipeline's pixels without JPEG re-encoding.

@@ -4,8 +4,8 @@
 //! Each component gets the inverse DCT size that brings it to the same resolution: at 1/2 the
 //! luma blocks of a 4:2:0 JPEG are inverse-transformed to 4 x 4 pixels and its chroma blocks to
 //! 8 x 8, so colour needs no upsampling and keeps all the resolution the file stored. Only the
-//! Huffman decoding covers every coefficient; the inverse DCT, colour conversion and resize run
-//! on a quarter of the pixels or fewer.
+//! Huffman decoding covers every coefficient; the inverse DCT and the resize run on a quarter of
+//! the pixels or fewer, and the pixels stay YCbCr up to the encoder.
 //!
 //! Only what this decoder handles completely is decoded here: 8-bit baseline (or extended
 //! sequential Huffman) JPEGs, grey or YCbCr, one interleaved scan, luma sampled at most twice
@@ -13,11 +13,10 @@
 //! RGB, 12-bit, several scans, a stream that breaks off or is corrupt) returns `None`, and the
 //! general decoder decodes it at full size exactly as the `rust` codec does, with its own errors.
 
-use image::DynamicImage;
-use image::RgbImage;
 use image::metadata::Orientation;
 
-use super::{Decoded, RejectReason, Rejection, check_pixels, scaled::content_origin};
+use super::scaled::upright;
+use super::{Decoded, Rejection, check_pixels};
 use crate::config::IngestConfig;
 
 /// Bits looked up at once in the Huffman tables.
@@ -853,43 +852,6 @@ pub(super) fn decode(data: &[u8], cfg: &IngestConfig) -> Result<Option<Decoded>,
         .exif
         .and_then(Orientation::from_exif_chunk)
         .unwrap_or(Orientation::NoTransforms);
-    let buf = RgbImage::from_raw(pw, ph, planes.ycbcr).ok_or_else(|| {
-        Rejection::new(
-            RejectReason::CorruptImage,
-            "scaled JPEG decode: buffer has the wrong size",
-        )
-    })?;
-    let mut img = DynamicImage::ImageRgb8(buf);
-    img.apply_orientation(orientation);
-    let swapped = matches!(
-        orientation,
-        Orientation::Rotate90
-            | Orientation::Rotate270
-            | Orientation::Rotate90FlipH
-            | Orientation::Rotate270FlipH
-    );
-    let (orig_width, orig_height) = if swapped { (h, w) } else { (w, h) };
-    let (width, height) = (img.width(), img.height());
-    // Block b of the original covers pixels 8b..8b+8 and n*b..n*b+n once scaled: exactly n/8.
-    // The decoded buffer holds whole MCUs; what lies beyond the picture is padding.
-    let ratio = f64::from(n) / 8.0;
-    let (pad_w, pad_h) = (
-        f64::from(pw) - f64::from(w) * ratio,
-        f64::from(ph) - f64::from(h) * ratio,
-    );
-    let (left, top) = content_origin(orientation, pad_w, pad_h);
-    Ok(Some(Decoded {
-        rgb: img.into_rgb8().into_raw(),
-        ycbcr: true,
-        width,
-        height,
-        orig_width,
-        orig_height,
-        content: Some([
-            left,
-            top,
-            f64::from(orig_width) * ratio,
-            f64::from(orig_height) * ratio,
-        ]),
-    }))
+    // The decoded buffer holds whole MCUs and a margin: padding right and below the picture.
+    upright(planes.ycbcr, (pw, ph), (w, h), n, orientation, true).map(Some)
 }

@@ -87,7 +87,21 @@ pub(super) fn decode(data: &[u8], cfg: &IngestConfig) -> Result<Option<Decoded>,
         .exif_data()
         .and_then(Orientation::from_exif_chunk)
         .unwrap_or(Orientation::NoTransforms);
-    let buf = RgbImage::from_raw(sw, sh, rgb).ok_or_else(|| {
+    upright(rgb, (sw, sh), (w, h), n, orientation, false).map(Some)
+}
+
+/// A decode at `n`/8 (`pixels`, 3 bytes a pixel, `buffer` wide and high: the scaled picture
+/// and any padding right and below) of a JPEG stored `stored` wide and high, turned upright by
+/// `orientation`, with where the picture lies in it. `ycbcr` says what the pixels are.
+pub(super) fn upright(
+    pixels: Vec<u8>,
+    buffer: (u32, u32),
+    (w, h): (u32, u32),
+    n: u32,
+    orientation: Orientation,
+    ycbcr: bool,
+) -> Result<Decoded, Rejection> {
+    let buf = RgbImage::from_raw(buffer.0, buffer.1, pixels).ok_or_else(|| {
         Rejection::new(
             RejectReason::CorruptImage,
             "scaled JPEG decode: buffer has the wrong size",
@@ -108,13 +122,13 @@ pub(super) fn decode(data: &[u8], cfg: &IngestConfig) -> Result<Option<Decoded>,
     // Block b of the original covers pixels 8b..8b+8 and n*b..n*b+n once scaled: exactly n/8.
     let ratio = f64::from(n) / 8.0;
     let (pad_w, pad_h) = (
-        f64::from(sw) - f64::from(w) * ratio,
-        f64::from(sh) - f64::from(h) * ratio,
+        f64::from(buffer.0) - f64::from(w) * ratio,
+        f64::from(buffer.1) - f64::from(h) * ratio,
     );
     let (left, top) = content_origin(orientation, pad_w, pad_h);
-    Ok(Some(Decoded {
+    Ok(Decoded {
         rgb: img.into_rgb8().into_raw(),
-        ycbcr: false,
+        ycbcr,
         width,
         height,
         orig_width,
@@ -125,7 +139,7 @@ pub(super) fn decode(data: &[u8], cfg: &IngestConfig) -> Result<Option<Decoded>,
             f64::from(orig_width) * ratio,
             f64::from(orig_height) * ratio,
         ]),
-    }))
+    })
 }
 
 /// Where the picture starts in the upright decoded image. A scaled decode pads the stored right
