@@ -68,7 +68,7 @@ pub enum JpegCodec {
     /// are decoded as `rust` does, to the same bytes. A value of its own, not a flag, so that
     /// datasets recorded as `rust` keep their bytes on a re-run.
     RustScaled,
-    /// Pure Rust, cm3's own decoder for baseline JPEGs whose shorter side is at least twice
+    /// Pure Rust, cm3's own decoder for baseline JPEGs whose shorter side is at least 3 x
     /// `image_size`: scaled in the DCT per component (1/2, 1/4 or 1/8) to the smallest size whose
     /// shorter side is still `image_size` or more, chroma brought to the luma's resolution by its
     /// own inverse DCT rather than upsampled, as libjpeg does. Every other JPEG (smaller,

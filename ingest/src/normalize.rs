@@ -1263,5 +1263,71 @@ mod tests {
             }
         }
         assert!(given_up > 0, "some corruptions are noticed");
+
+        // Restart markers out of order (all RST0), and junk before one: the blocks would land
+        // in the wrong places, so both are declined.
+        let first_rst = scan
+            + baseline[scan..]
+                .windows(2)
+                .position(|w| w[0] == 0xFF && (0xD0..=0xD7).contains(&w[1]))
+                .expect("RST");
+        let mut renumbered = baseline.clone();
+        for i in scan..renumbered.len() - 1 {
+            if renumbered[i] == 0xFF && (0xD1..=0xD7).contains(&renumbered[i + 1]) {
+                renumbered[i + 1] = 0xD0;
+            }
+        }
+        assert!(
+            dct::decode(&renumbered, &cfg).expect("no error").is_none(),
+            "renumbered"
+        );
+        same_as_rust(&renumbered, "renumbered");
+        let mut junk = baseline.clone();
+        junk.splice(first_rst..first_rst, [0x12, 0x34]);
+        assert!(
+            dct::decode(&junk, &cfg).expect("no error").is_none(),
+            "junk"
+        );
+        same_as_rust(&junk, "junk before a restart");
+
+        // A frame declared at 9000 x 9000 (within the pixel limit) with no entropy data: given
+        // up within the first row of MCUs, not decoded from zeros to the end.
+        let sof = baseline
+            .windows(2)
+            .position(|w| w == [0xFF, 0xC0])
+            .expect("SOF0");
+        // Everything up to the end of the scan header, then the end marker.
+        let len = usize::from(u16::from_be_bytes([baseline[scan + 2], baseline[scan + 3]]));
+        let mut empty = baseline[..scan + 2 + len].to_vec();
+        empty.extend_from_slice(&[0xFF, 0xD9]);
+        empty[sof + 5..sof + 9].copy_from_slice(&[0x23, 0x28, 0x23, 0x28]);
+        assert!(
+            dct::decode(&empty, &cfg).expect("no error").is_none(),
+            "empty scan"
+        );
+        // The same with tables whose only codes are 16 zero bits (DC size 11, AC run 0 size 15):
+        // zeros fed past the end decode as valid blocks of 1,980 bits each, 7.5e9 bits over the
+        // frame, had the decoder not stopped at the first row.
+        let mut bomb = vec![0xFF, 0xD8, 0xFF, 0xDB, 0, 67, 0];
+        bomb.extend([1u8; 64]);
+        bomb.extend([0xFF, 0xC0, 0, 17, 8, 0x23, 0x28, 0x23, 0x28, 3]);
+        for id in 1..=3 {
+            bomb.extend([id, 0x11, 0]);
+        }
+        for (class, symbol) in [(0x00, 11), (0x10, 0x0F)] {
+            bomb.extend([0xFF, 0xC4, 0, 20, class]);
+            bomb.extend([0u8; 15]);
+            bomb.extend([1, symbol]);
+        }
+        bomb.extend([0xFF, 0xDA, 0, 12, 3, 1, 0, 2, 0, 3, 0, 0, 63, 0, 0xFF, 0xD9]);
+        let started = std::time::Instant::now();
+        assert!(
+            dct::decode(&bomb, &cfg).expect("no error").is_none(),
+            "zeros bomb"
+        );
+        println!(
+            "9000 x 9000 of zero-bit codes declined in {:?}",
+            started.elapsed()
+        );
     }
 }

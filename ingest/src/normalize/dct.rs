@@ -222,7 +222,7 @@ impl Bits<'_> {
             let b = match byte {
                 Some(b) => b,
                 None => {
-                    self.padding += 8;
+                    self.padding = self.padding.saturating_add(8);
                     0
                 }
             };
@@ -283,34 +283,39 @@ impl Bits<'_> {
         self.padding > self.n
     }
 
-    /// At a restart interval's end: drop the byte's padding bits, and step over the RSTn
-    /// marker. `None` when the next marker is not a restart. By value, so that the reader's
+    /// Did the entropy-coded segment end where the blocks did? Less than a byte of padding left
+    /// unread, and the next bytes a marker (after any fill bytes). Anything else means the
+    /// blocks were decoded out of step with the data: corrupt.
+    fn at_segment_end(&self) -> bool {
+        if self.overran() || self.n - self.padding >= 8 {
+            return false;
+        }
+        let mut at = self.pos;
+        while self.data.get(at) == Some(&0xFF) && self.data.get(at + 1) == Some(&0xFF) {
+            at += 1;
+        }
+        self.data.get(at) == Some(&0xFF) && !matches!(self.data.get(at + 1), None | Some(0x00))
+    }
+
+    /// At a restart interval's end: check the segment ended there, and step over the marker,
+    /// which must be RST`expected` (0..=7). `None` otherwise. By value, so that the reader's
     /// state stays in registers while blocks are decoded.
     #[inline(never)]
-    fn restart(mut self) -> Option<Self> {
-        if self.overran() {
+    fn restart(mut self, expected: u8) -> Option<Self> {
+        if !self.at_segment_end() {
             return None;
         }
+        while self.data.get(self.pos + 1) == Some(&0xFF) {
+            self.pos += 1;
+        }
+        if self.data.get(self.pos + 1) != Some(&(0xD0 + expected)) {
+            return None;
+        }
+        self.pos += 2;
         self.buf = 0;
         self.n = 0;
         self.padding = 0;
-        // Any whole bytes still ahead of the marker belong to no block; skip to it, as libjpeg
-        // resynchronises.
-        while let Some(&b) = self.data.get(self.pos) {
-            if b == 0xFF {
-                match self.data.get(self.pos + 1) {
-                    Some(0xD0..=0xD7) => {
-                        self.pos += 2;
-                        return Some(self);
-                    }
-                    Some(0x00) | Some(0xFF) => self.pos += 1,
-                    _ => return None,
-                }
-            } else {
-                self.pos += 1;
-            }
-        }
-        None
+        Some(self)
     }
 }
 
@@ -397,7 +402,7 @@ fn read_header(data: &[u8]) -> Option<Header<'_>> {
                 hd.height = be16(seg, 1)? as u32;
                 hd.width = be16(seg, 3)? as u32;
                 let n = usize::from(*seg.get(5)?);
-                if !(n == 1 || n == 3) || seg.len() < 6 + 3 * n {
+                if !(n == 1 || n == 3) || seg.len() != 6 + 3 * n {
                     return None;
                 }
                 for c in 0..n {
@@ -419,8 +424,9 @@ fn read_header(data: &[u8]) -> Option<Header<'_>> {
                     });
                 }
             }
-            // Any other frame type (progressive, lossless, arithmetic, hierarchical).
-            0xC2 | 0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => return None,
+            // Any other frame type (progressive, lossless, arithmetic, hierarchical), and the
+            // hierarchical markers DHP and EXP.
+            0xC2 | 0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF | 0xDE | 0xDF => return None,
             0xC4 => {
                 let mut s = seg;
                 while !s.is_empty() {
@@ -468,7 +474,7 @@ fn read_header(data: &[u8]) -> Option<Header<'_>> {
             0xEE if seg.starts_with(b"Adobe") => hd.adobe_transform = seg.get(11).copied(),
             0xDA => {
                 let n = usize::from(*seg.first()?);
-                if hd.components.is_empty() || n != hd.components.len() {
+                if hd.components.is_empty() || n != hd.components.len() || seg.len() != 4 + 2 * n {
                     return None;
                 }
                 for k in 0..n {
@@ -706,6 +712,10 @@ fn decode_scan_body(data: &[u8], hd: &mut Header<'_>, n: usize) -> Option<Planes
     let (w, h) = (hd.width as usize, hd.height as usize);
     let hmax = hd.components.iter().map(|c| c.h).max()?;
     let vmax = hd.components.iter().map(|c| c.v).max()?;
+    // T.81 allows at most 10 blocks in an MCU.
+    if hd.components.iter().map(|c| c.h * c.v).sum::<usize>() > 10 {
+        return None;
+    }
     for c in &mut hd.components {
         // Chroma at most halved each way (4:4:4, 4:2:2, 4:4:0, 4:2:0): at `n` <= 4 no block
         // needs more than 8 samples a side.
@@ -760,11 +770,18 @@ fn decode_scan_body(data: &[u8], hd: &mut Header<'_>, n: usize) -> Option<Planes
     let mut preds = [0i32; 3];
     let mut block = [0i32; 64];
     let mut left = hd.restart_interval;
+    let mut next_restart = 0u8;
     for my in 0..mcus_y {
+        // A stream that ran out (or hit a marker) is given up within a row of MCUs, not decoded
+        // from zeros to the end of a large declared frame.
+        if bits.overran() {
+            return None;
+        }
         for mx in 0..mcus_x {
             if hd.restart_interval > 0 {
                 if left == 0 {
-                    bits = bits.restart()?;
+                    bits = bits.restart(next_restart)?;
+                    next_restart = (next_restart + 1) % 8;
                     preds = [0; 3];
                     left = hd.restart_interval;
                 }
@@ -798,7 +815,7 @@ fn decode_scan_body(data: &[u8], hd: &mut Header<'_>, n: usize) -> Option<Planes
             }
         }
     }
-    if bits.overran() {
+    if !bits.at_segment_end() {
         return None;
     }
     // The margin holds what the inverse DCT wrote past the last blocks; the resize may read a
@@ -819,7 +836,7 @@ fn decode_scan_body(data: &[u8], hd: &mut Header<'_>, n: usize) -> Option<Planes
 }
 
 /// Decode a JPEG scaled in the DCT per component, to YCbCr; `None` when scaling would not
-/// reduce it (shorter side under twice `image_size`) or the JPEG is anything this decoder does
+/// reduce it enough (shorter side under 3 x `image_size`) or the JPEG is anything this decoder does
 /// not handle completely: the general decoder then decodes it at full size, exactly as the
 /// `rust` codec does.
 pub(super) fn decode(data: &[u8], cfg: &IngestConfig) -> Result<Option<Decoded>, Rejection> {
