@@ -972,18 +972,14 @@ mod tests {
     /// each EXIF orientation: upright and aligned like the full decode.
     #[test]
     fn scaled_decode_applies_every_exif_orientation() {
-        let (_, data) = sample_photos().swap_remove(0);
-        let photo = image::load_from_memory(&data).expect("decode").into_rgb8();
-        let stored =
-            image::imageops::resize(&photo, 1203, 811, image::imageops::FilterType::Lanczos3);
+        let stored = detailed_photo();
         for orientation in 1u8..=8 {
             let mut exif = b"Exif\0\0MM\0\x2a\0\0\0\x08\0\x01\x01\x12\0\x03\0\0\0\x01\0".to_vec();
             exif.extend_from_slice(&[orientation, 0, 0, 0, 0, 0, 0]);
-            let mut jpg = Vec::new();
-            let mut enc = jpeg_encoder::Encoder::new(&mut jpg, 95);
-            enc.add_app_segment(1, exif).expect("app1");
-            enc.encode(stored.as_raw(), 1203, 811, jpeg_encoder::ColorType::Rgb)
-                .expect("encode");
+            let jpg = jpeg_of(&stored, |enc| {
+                enc.set_quality(95);
+                enc.add_app_segment(1, exif).expect("app1");
+            });
             let cfg = IngestConfig::default();
             let (a, pa) = pixels_with(&jpg, JpegCodec::Rust, 256);
             let upright = if orientation >= 5 {
@@ -1078,18 +1074,38 @@ mod tests {
         );
     }
 
-    /// A detailed photo at odd sizes (1203 x 811: partial MCUs on both edges), as a baseline JPEG.
-    fn detailed_photo(encode: impl FnOnce(&mut jpeg_encoder::Encoder<&mut Vec<u8>>)) -> Vec<u8> {
+    /// A detailed photo at odd sizes (1203 x 811: partial MCUs on both edges).
+    fn detailed_photo() -> image::RgbImage {
         let (_, data) = sample_photos().swap_remove(0);
         let photo = image::load_from_memory(&data).expect("decode").into_rgb8();
-        let stored =
-            image::imageops::resize(&photo, 1203, 811, image::imageops::FilterType::Lanczos3);
+        image::imageops::resize(&photo, 1203, 811, image::imageops::FilterType::Lanczos3)
+    }
+
+    /// `photo` as a JPEG (quality 90 unless `encode` says otherwise).
+    fn jpeg_of(
+        photo: &image::RgbImage,
+        encode: impl FnOnce(&mut jpeg_encoder::Encoder<&mut Vec<u8>>),
+    ) -> Vec<u8> {
         let mut jpg = Vec::new();
         let mut enc = jpeg_encoder::Encoder::new(&mut jpg, 90);
         encode(&mut enc);
-        enc.encode(stored.as_raw(), 1203, 811, jpeg_encoder::ColorType::Rgb)
-            .expect("encode");
+        let (w, h) = photo.dimensions();
+        enc.encode(
+            photo.as_raw(),
+            w as u16,
+            h as u16,
+            jpeg_encoder::ColorType::Rgb,
+        )
+        .expect("encode");
         jpg
+    }
+
+    /// The tests' random numbers (xorshift64).
+    fn xorshift(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
     }
 
     /// `rust-dct` decodes every chroma sampling it accepts, with and without restart intervals,
@@ -1098,10 +1114,11 @@ mod tests {
     #[test]
     fn dct_decoder_handles_each_sampling_scale_and_restart_interval() {
         use jpeg_encoder::SamplingFactor as F;
+        let photo = detailed_photo();
         let mut worst = f64::INFINITY;
         for sampling in [F::F_1_1, F::F_2_1, F::F_1_2, F::F_2_2] {
             for restart in [0u16, 1, 7] {
-                let jpg = detailed_photo(|enc| {
+                let jpg = jpeg_of(&photo, |enc| {
                     enc.set_sampling_factor(sampling);
                     enc.set_restart_interval(restart);
                 });
@@ -1162,12 +1179,7 @@ mod tests {
             seeds.push(jpg);
         }
         let mut state = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = move || xorshift(&mut state);
         let (mut decoded, mut declined) = (0, 0);
         // More with CM3_FUZZ_CASES, as the fuzz campaign (tests/fuzz.rs) takes.
         let rounds = std::env::var("CM3_FUZZ_CASES")
@@ -1230,11 +1242,12 @@ mod tests {
             let b = normalize_image(jpg, &cfg(JpegCodec::RustDct)).map_err(|r| r.reason);
             assert_eq!(a.map(|n| n.bytes), b.map(|n| n.bytes), "{what}");
         };
-        let progressive = detailed_photo(|enc| enc.set_progressive(true));
+        let photo = detailed_photo();
+        let progressive = jpeg_of(&photo, |enc| enc.set_progressive(true));
         assert!(dct::decode(&progressive, &cfg).expect("no error").is_none());
         same_as_rust(&progressive, "progressive");
 
-        let baseline = detailed_photo(|enc| enc.set_restart_interval(4));
+        let baseline = jpeg_of(&photo, |enc| enc.set_restart_interval(4));
         let scan = baseline
             .windows(2)
             .position(|w| w == [0xFF, 0xDA])
@@ -1251,11 +1264,9 @@ mod tests {
         for round in 0..200 {
             let mut bad = baseline.clone();
             for _ in 0..1 + round % 8 {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                let at = scan + 20 + (state as usize) % (baseline.len() - scan - 22);
-                bad[at] = (state >> 32) as u8;
+                let r = xorshift(&mut state);
+                let at = scan + 20 + (r as usize) % (baseline.len() - scan - 22);
+                bad[at] = (r >> 32) as u8;
             }
             if dct::decode(&bad, &cfg).expect("no error").is_none() {
                 given_up += 1;

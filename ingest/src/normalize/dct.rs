@@ -76,7 +76,7 @@ struct Huffman {
     /// `value << 8 | run << 4 | total length`; 0 when not that short.
     fast_ac: [i16; 1 << LOOKUP_BITS],
     /// Largest code of each length (index 1..=16), -1 when none.
-    max_code: [i32; 18],
+    max_code: [i32; 17],
     /// Index into `symbols` of a length's first code, minus that code.
     offset: [i32; 17],
     symbols: [u8; 256],
@@ -93,7 +93,7 @@ impl Huffman {
         let mut h = Box::new(Huffman {
             lookup: [0; 1 << LOOKUP_BITS],
             fast_ac: [0; 1 << LOOKUP_BITS],
-            max_code: [-1; 18],
+            max_code: [-1; 17],
             offset: [0; 17],
             symbols: [0; 256],
         });
@@ -121,7 +121,6 @@ impl Huffman {
             }
             code <<= 1;
         }
-        h.max_code[17] = i32::MAX;
         Some(h)
     }
 
@@ -534,6 +533,9 @@ fn basis(k: usize) -> [[f32; 8]; 8] {
     a
 }
 
+/// The bases, computed once (their cosines are the same for every image).
+static BASES: std::sync::LazyLock<Bases> = std::sync::LazyLock::new(Bases::new);
+
 /// The bases for 0 to 8 samples (only 1, 2, 4 and 8 used), also transposed (`[u][x]`) for the
 /// row pass.
 struct Bases {
@@ -759,7 +761,7 @@ fn decode_scan_body(data: &[u8], hd: &mut Header<'_>, n: usize) -> Option<Planes
     for c in &hd.components {
         tables.push((hd.dc[c.dc_table].as_deref()?, hd.ac[c.ac_table].as_deref()?));
     }
-    let bases = Bases::new();
+    let bases = &*BASES;
     let mut bits = Bits {
         data,
         pos: hd.scan_start,
@@ -808,7 +810,7 @@ fn decode_scan_body(data: &[u8], hd: &mut Header<'_>, n: usize) -> Option<Planes
                             continue;
                         }
                         let (extent, size) = (ZIGZAG_EXTENT[last], (c.out_w, c.out_h));
-                        idct(&block, &quant[ci], extent, size, &bases, out, stride);
+                        idct(&block, &quant[ci], extent, size, bases, out, stride);
                         block = [0; 64];
                     }
                 }
