@@ -572,7 +572,7 @@ fn to_u8(v: f32) -> u8 {
 }
 
 /// Inverse DCT of one block's coefficients `coef` (natural order, dequantised by `quant`) to `ow` x `oh`
-/// samples of one channel of `out`: interleaved, 3 bytes a pixel, row stride `stride` bytes.
+/// samples of `out`, one channel's plane with row stride `stride` bytes.
 /// Level-shifted, rounded and clamped. Only the first `rows` x `cols` coefficients may be
 /// non-zero (most blocks end early in zig-zag order), so only they are read. All 8 lanes are
 /// computed whatever `ow`: one vector.
@@ -607,12 +607,12 @@ fn idct(
                 acc[x] += a * tv[x];
             }
         }
-        // All 8 lanes are written, to every third byte, whatever `ow`: a fixed-length loop
-        // the compiler turns into one extract-and-store per byte. Lanes past `ow` land on the
-        // next block to the right, written after this one, or in the buffer's right margin.
-        let row = &mut out[y * stride..y * stride + 3 * 7 + 1];
+        // All 8 lanes are written whatever `ow`: one vector store into the plane (a store per
+        // lane into interleaved pixels cost more than the transform). Lanes past `ow` land on
+        // the next block to the right, written after this one, or in the plane's right margin.
+        let row = &mut out[y * stride..y * stride + 8];
         for x in 0..8 {
-            row[3 * x] = to_u8(acc[x]);
+            row[x] = to_u8(acc[x]);
         }
     }
 }
@@ -669,6 +669,16 @@ fn decode_block(
             return (k == 63).then_some(63);
         }
         k += 1;
+    }
+}
+
+/// Three planes of equal size into `out`, 3 bytes a pixel.
+#[inline(always)]
+fn interleave([y, cb, cr]: &[Vec<u8>; 3], out: &mut [u8]) {
+    for (((px, &y), &cb), &cr) in out.chunks_exact_mut(3).zip(y).zip(cb).zip(cr) {
+        px[0] = y;
+        px[1] = cb;
+        px[2] = cr;
     }
 }
 
@@ -747,11 +757,15 @@ fn decode_scan_body(data: &[u8], hd: &mut Header<'_>, n: usize) -> Option<Planes
     // A margin of 8 pixels on the right, for the inverse DCT's whole-vector writes.
     let (width, height) = (mcus_x * mcu_w * n / 8 + 8, mcus_y * mcu_h * n / 8);
     let stride = 3 * width;
-    let mut ycbcr = if single {
-        [0u8, 128, 128].repeat(width * height)
-    } else {
-        vec![0u8; stride * height]
-    };
+    let mut ycbcr = vec![0u8; stride * height];
+    // A row of MCUs is decoded into one plane per component (the inverse DCT writes a block row
+    // as one vector), then interleaved into `ycbcr`. Grey has chroma 128.
+    let band_h = mcu_h * n / 8;
+    let mut bands = [
+        vec![0u8; width * band_h],
+        vec![128u8; width * band_h],
+        vec![128u8; width * band_h],
+    ];
     let quant: Vec<[f32; 64]> = hd
         .components
         .iter()
@@ -795,27 +809,26 @@ fn decode_scan_body(data: &[u8], hd: &mut Header<'_>, n: usize) -> Option<Planes
                     for bx in 0..c.h {
                         let last = decode_block(&mut bits, tables[ci], &mut preds[ci], &mut block)?;
                         let x = (mx * c.h + bx) * c.out_w;
-                        let y = (my * c.v + by) * c.out_h;
-                        let out = &mut ycbcr[y * stride + 3 * x + ci..];
+                        let y = by * c.out_h;
+                        let out = &mut bands[ci][y * width + x..];
                         if last == 0 {
                             // Only DC: a flat block.
                             let level = to_u8(block[0] as f32 * quant[ci][0] / 8.0 + 128.0);
                             for row in 0..c.out_h {
-                                let span = row * stride..row * stride + 3 * (c.out_w - 1) + 1;
-                                for dst in out[span].iter_mut().step_by(3) {
-                                    *dst = level;
-                                }
+                                out[row * width..row * width + c.out_w].fill(level);
                             }
                             block[0] = 0;
                             continue;
                         }
                         let (extent, size) = (ZIGZAG_EXTENT[last], (c.out_w, c.out_h));
-                        idct(&block, &quant[ci], extent, size, bases, out, stride);
+                        idct(&block, &quant[ci], extent, size, bases, out, width);
                         block = [0; 64];
                     }
                 }
             }
         }
+        let rows = my * band_h * stride..(my + 1) * band_h * stride;
+        interleave(&bands, &mut ycbcr[rows]);
     }
     if !bits.at_segment_end() {
         return None;
