@@ -22,6 +22,9 @@ use crate::config::IngestConfig;
 /// Bits looked up at once in the Huffman tables.
 const LOOKUP_BITS: u32 = 10;
 
+/// Bits looked up at once in an AC table's `fast` table: up to two whole symbols.
+const FAST_BITS: u32 = 11;
+
 /// Natural (row-major) position of the k-th coefficient in zig-zag order.
 const UNZIGZAG: [usize; 64] = [
     0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20,
@@ -73,8 +76,13 @@ pub(super) fn dct_scale_for(short: u32, side: u32) -> Option<u32> {
 struct Huffman {
     /// `length << 8 | symbol`, 0 when the code is longer than `LOOKUP_BITS`.
     lookup: [u16; 1 << LOOKUP_BITS],
-    /// `value << 8 | run << 4 | total length`; 0 when not that short.
-    fast_ac: [i16; 1 << LOOKUP_BITS],
+    /// For AC tables, the symbols that the next `FAST_BITS` bits hold whole (code and value
+    /// bits): the first a coefficient, ZRL or end of block; when the first is a coefficient, a
+    /// second one, ZRL or end of block may follow. 0 when not even the first fits. Packed as
+    /// `value2 << 24 | value1 << 16 | end of block << 13 | step2 << 8 | run1 << 4 | length`:
+    /// values as `i8`, `step2` the zig-zag positions from the first coefficient to the second
+    /// (0: no second), `length` the bits of all of it.
+    fast: [u32; 1 << FAST_BITS],
     /// Largest code of each length (index 1..=16), -1 when none.
     max_code: [i32; 17],
     /// Index into `symbols` of a length's first code, minus that code.
@@ -92,7 +100,7 @@ impl Huffman {
         }
         let mut h = Box::new(Huffman {
             lookup: [0; 1 << LOOKUP_BITS],
-            fast_ac: [0; 1 << LOOKUP_BITS],
+            fast: [0; 1 << FAST_BITS],
             max_code: [-1; 17],
             offset: [0; 17],
             symbols: [0; 256],
@@ -124,24 +132,63 @@ impl Huffman {
         Some(h)
     }
 
-    /// Fill `fast_ac` (an AC table's whole coefficient in one lookup).
-    fn with_fast_ac(mut self: Box<Self>) -> Box<Self> {
-        for p in 0..1usize << LOOKUP_BITS {
-            let e = self.lookup[p];
-            let len = u32::from(e >> 8);
-            if len == 0 {
-                continue;
-            }
-            let (run, size) = (u32::from(e as u8 >> 4), u32::from(e as u8 & 15));
-            if size == 0 || len + size > LOOKUP_BITS {
-                continue;
-            }
-            let raw = (p as u32 >> (LOOKUP_BITS - len - size)) & ((1 << size) - 1);
-            let value = extend(raw as i32, size);
-            if (-128..128).contains(&value) {
-                self.fast_ac[p] = ((value << 8) | (run << 4) as i32 | (len + size) as i32) as i16;
-            }
+    /// The symbol whose code starts the `avail` (at most `LOOKUP_BITS`) top bits of `bits`
+    /// (an `avail`-bit number), and its code length; `None` when the code is longer.
+    fn short_symbol(&self, bits: u32, avail: u32) -> Option<(u32, u8)> {
+        let avail = avail.min(LOOKUP_BITS);
+        let e = self.lookup[(bits << (LOOKUP_BITS - avail)) as usize & ((1 << LOOKUP_BITS) - 1)];
+        let len = u32::from(e >> 8);
+        (len != 0 && len <= avail).then_some((len, e as u8))
+    }
+
+    /// One AC symbol and its value bits at the top of the `avail` bits of `bits`: (run,
+    /// value, bits used); value 0 for end of block (run 0) and ZRL (run 15). `None` when it
+    /// does not fit or is not a valid AC symbol.
+    fn short_ac(&self, bits: u32, avail: u32) -> Option<(u32, i32, u32)> {
+        let (len, rs) = self.short_symbol(bits >> (avail - avail.min(LOOKUP_BITS)), avail)?;
+        let (run, size) = (u32::from(rs >> 4), u32::from(rs & 15));
+        if size == 0 {
+            return matches!(run, 0 | 15).then_some((run, 0, len));
         }
+        if len + size > avail {
+            return None;
+        }
+        let raw = (bits >> (avail - len - size)) & ((1 << size) - 1);
+        let value = extend(raw as i32, size);
+        (-128..128)
+            .contains(&value)
+            .then_some((run, value, len + size))
+    }
+
+    /// Fill `fast` (an AC table's next one or two symbols in one lookup).
+    fn with_fast_ac(mut self: Box<Self>) -> Box<Self> {
+        let mut fast = [0u32; 1 << FAST_BITS];
+        for (p, slot) in fast.iter_mut().enumerate() {
+            let p = p as u32;
+            let Some((run1, value1, len1)) = self.short_ac(p, FAST_BITS) else {
+                continue;
+            };
+            let pack = |value2: i32, eob: u32, step2: u32, run1: u32, len: u32| {
+                (value2 as u32) << 24
+                    | (value1 as u32 & 0xFF) << 16
+                    | eob << 13
+                    | step2 << 8
+                    | run1 << 4
+                    | len
+            };
+            if value1 == 0 && run1 == 0 {
+                // End of block first.
+                *slot = pack(0, 1, 0, 0, len1);
+                continue;
+            }
+            let rest = FAST_BITS - len1;
+            *slot = match (rest > 0).then(|| self.short_ac(p & ((1 << rest) - 1), rest)) {
+                Some(Some((0, 0, len2))) => pack(0, 1, 0, run1, len1 + len2),
+                Some(Some((run2, value2, len2))) => pack(value2, 0, 1 + run2, run1, len1 + len2),
+                _ => pack(0, 0, 0, run1, len1),
+            };
+        }
+        self.fast = fast;
         self
     }
 }
@@ -642,12 +689,24 @@ fn decode_block(
         if bits.n < 32 {
             bits.refill();
         }
-        let fast = ac.fast_ac[bits.peek(LOOKUP_BITS) as usize];
-        if fast != 0 {
-            k += ((fast >> 4) & 15) as usize;
-            bits.consume((fast & 15) as u32);
-            // Past 63 only in a corrupt block, which the check below gives up.
-            block[UNZIGZAG[k & 63]] = i32::from(fast >> 8);
+        let e = ac.fast[bits.peek(FAST_BITS) as usize];
+        let k1 = k + ((e >> 4) & 15) as usize;
+        // A symbol that would fill position 63 takes the general path, which stops there: the
+        // bits after a block's last position belong to the next block.
+        if e != 0 && k1 < 63 {
+            bits.consume(e & 15);
+            // Branch-free: the second value (0 when there is none: the position is still
+            // empty) is stored first, so that the first overwrites it when they are the same
+            // position. Past 63 only in a corrupt block, which the check below gives up.
+            let k2 = k1 + ((e >> 8) & 31) as usize;
+            block[UNZIGZAG[k2 & 63]] = (e as i32) >> 24;
+            block[UNZIGZAG[k1]] = ((e << 8) as i32) >> 24;
+            if e & (1 << 13) != 0 {
+                // End of block: after the first (or instead of it, when that is a lone end of
+                // block: no value and no run).
+                return Some(if e & 0x00FF_00F0 == 0 { k - 1 } else { k1 });
+            }
+            k = k2;
         } else {
             let rs = bits.symbol(ac)?;
             let (run, size) = (usize::from(rs >> 4), u32::from(rs & 15));
@@ -886,4 +945,113 @@ pub(super) fn decode(data: &[u8], cfg: &IngestConfig) -> Result<Option<Decoded>,
         .unwrap_or(Orientation::NoTransforms);
     // The decoded buffer holds whole MCUs and a margin: padding right and below the picture.
     upright(planes.ycbcr, (pw, ph), (w, h), n, orientation, true).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bytes of a bit string (`bits` top-aligned) with JPEG byte stuffing, and zero bytes
+    /// after it.
+    fn stuffed(bits: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        for b in bits.to_be_bytes() {
+            out.push(b);
+            if b == 0xFF {
+                out.push(0);
+            }
+        }
+        out.extend([0; 8]);
+        out
+    }
+
+    /// One AC symbol and its value the general way (`symbol`, then `receive`): run, value and
+    /// bits used; `None` for a code the table lacks or one longer than `LOOKUP_BITS`.
+    fn one_symbol(bits: &mut Bits<'_>, h: &Huffman) -> Option<(u32, i32, u32)> {
+        let before = bits.n;
+        let rs = bits.symbol(h)?;
+        // Codes longer than the lookup's reach have no entry (the general path decodes them).
+        if before - bits.n > LOOKUP_BITS {
+            return None;
+        }
+        let (run, size) = (u32::from(rs >> 4), u32::from(rs & 15));
+        let value = bits.receive(size);
+        Some((run, value, before - bits.n))
+    }
+
+    /// Every entry of the two-symbol AC table says what decoding one symbol at a time says:
+    /// for each 11-bit prefix (followed by ones or by zeros), the first symbol's run, value and
+    /// length, and the second's, or end of block, exactly; an entry is empty only when the
+    /// first symbol does not fit in the prefix with its value. On the tables a real encoder
+    /// writes (jpeg-encoder's, the Annex K tables), luma and chroma.
+    #[test]
+    fn fast_ac_entries_agree_with_decoding_one_symbol_at_a_time() {
+        let img = image::RgbImage::from_fn(64, 64, |x, y| {
+            image::Rgb([(x * 4) as u8, (y * 4) as u8, ((x ^ y) * 4) as u8])
+        });
+        let mut jpeg = Vec::new();
+        jpeg_encoder::Encoder::new(&mut jpeg, 90)
+            .encode(img.as_raw(), 64, 64, jpeg_encoder::ColorType::Rgb)
+            .expect("encode");
+        let hd = read_header(&jpeg).expect("header");
+        let tables: Vec<&Huffman> = hd.ac.iter().flatten().map(|h| &**h).collect();
+        assert_eq!(tables.len(), 2, "a luma and a chroma AC table");
+        let mut counts = [0usize; 4]; // empty, one symbol, two symbols, ending in end of block
+        for h in tables {
+            for p in 0..1u32 << FAST_BITS {
+                let e = h.fast[p as usize];
+                for tail in [0, u64::MAX >> FAST_BITS] {
+                    let data = stuffed(u64::from(p) << (64 - FAST_BITS) | tail);
+                    let mut bits = Bits {
+                        data: &data,
+                        pos: 0,
+                        buf: 0,
+                        n: 0,
+                        padding: 0,
+                    };
+                    bits.refill();
+                    let first = one_symbol(&mut bits, h);
+                    let fits = |s: Option<(u32, i32, u32)>, room: u32| {
+                        s.filter(|&(run, value, len)| {
+                            len <= room
+                                && (-128..128).contains(&value)
+                                && (value != 0 || run == 0 || run == 15)
+                        })
+                    };
+                    let Some((run1, value1, len1)) = fits(first, FAST_BITS) else {
+                        assert_eq!(e, 0, "prefix {p:#b}: the first symbol does not fit");
+                        counts[0] += 1;
+                        continue;
+                    };
+                    assert_ne!(e, 0, "prefix {p:#b}: {run1}/{value1} fits in {len1} bits");
+                    assert_eq!(((e >> 4) & 15, ((e << 8) as i32) >> 24), (run1, value1));
+                    let (len, step2, value2, eob) =
+                        (e & 15, (e >> 8) & 31, (e as i32) >> 24, e & (1 << 13) != 0);
+                    if run1 == 0 && value1 == 0 {
+                        assert!(eob && len == len1 && step2 == 0, "prefix {p:#b}: lone EOB");
+                        counts[3] += 1;
+                        continue;
+                    }
+                    match fits(one_symbol(&mut bits, h), FAST_BITS - len1) {
+                        Some((0, 0, len2)) => {
+                            assert!(eob && step2 == 0 && value2 == 0 && len == len1 + len2);
+                            counts[3] += 1;
+                        }
+                        Some((run2, value2_slow, len2)) => {
+                            assert!(!eob, "prefix {p:#b}");
+                            assert_eq!((step2, value2, len), (1 + run2, value2_slow, len1 + len2));
+                            counts[2] += 1;
+                        }
+                        None => {
+                            assert!(!eob && step2 == 0 && value2 == 0 && len == len1);
+                            counts[1] += 1;
+                        }
+                    }
+                }
+            }
+        }
+        // Both kinds occur, and most prefixes hold two symbols or a symbol and the end.
+        assert!(counts.iter().all(|&c| c > 0), "{counts:?}");
+        assert!(counts[2] + counts[3] > counts[0] + counts[1], "{counts:?}");
+    }
 }
