@@ -572,14 +572,13 @@ fn encode(
                 JpegSubsampling::S420 => jpeg_encoder::SamplingFactor::F_2_2,
                 JpegSubsampling::S444 => jpeg_encoder::SamplingFactor::F_1_1,
             });
-            let colour = if ycbcr {
-                jpeg_encoder::ColorType::Ycbcr
+            if ycbcr {
+                let pixels = InterleavedYcbcr { pixels, side: s };
+                encoder.encode_image(pixels)
             } else {
-                jpeg_encoder::ColorType::Rgb
-            };
-            encoder
-                .encode(pixels, s, s, colour)
-                .map_err(|e| err(e.to_string()))?;
+                encoder.encode(pixels, s, s, jpeg_encoder::ColorType::Rgb)
+            }
+            .map_err(|e| err(e.to_string()))?;
         }
         OutputImageFormat::Png => {
             use image::ImageEncoder;
@@ -589,6 +588,49 @@ fn encode(
         }
     }
     Ok(out)
+}
+
+/// A `side` x `side` YCbCr image, 3 bytes a pixel, for jpeg-encoder: its own YCbCr input
+/// pushes each sample into its row buffers one at a time, which cost more than the forward DCT.
+struct InterleavedYcbcr<'a> {
+    pixels: &'a [u8],
+    side: u16,
+}
+
+impl jpeg_encoder::ImageBuffer for InterleavedYcbcr<'_> {
+    fn get_jpeg_color_type(&self) -> jpeg_encoder::JpegColorType {
+        jpeg_encoder::JpegColorType::Ycbcr
+    }
+
+    fn width(&self) -> u16 {
+        self.side
+    }
+
+    fn height(&self) -> u16 {
+        self.side
+    }
+
+    fn fill_buffers(&self, y: u16, buffers: &mut [Vec<u8>; 4]) {
+        let w = usize::from(self.side);
+        let row = &self.pixels[usize::from(y) * 3 * w..][..3 * w];
+        let [y_buf, cb_buf, cr_buf, _] = buffers;
+        let grow = |b: &mut Vec<u8>| {
+            let start = b.len();
+            b.resize(start + w, 0);
+            start
+        };
+        let (ys, cbs, crs) = (grow(y_buf), grow(cb_buf), grow(cr_buf));
+        for (((px, y), cb), cr) in row
+            .chunks_exact(3)
+            .zip(&mut y_buf[ys..])
+            .zip(&mut cb_buf[cbs..])
+            .zip(&mut cr_buf[crs..])
+        {
+            *y = px[0];
+            *cb = px[1];
+            *cr = px[2];
+        }
+    }
 }
 
 /// A normalised caption.
@@ -920,7 +962,8 @@ mod tests {
     /// `rust-scaled` and `rust-dct` against the full decode (`rust`) on real photos: the
     /// sample's JPEGs at a 128 output (shorter sides 375 to 621: decoded at 1/2 from 384 up),
     /// and the same photos enlarged 2x and re-encoded for a 256 output (1/2 from 768 up). Every
-    /// image >= 40 dB; the others give the `rust` codec's bytes.
+    /// image >= 40 dB. `rust-scaled` leaves the others to the general decoder (the `rust`
+    /// codec's bytes); `rust-dct` decodes them at full size itself, also >= 40 dB.
     #[test]
     fn scaled_decode_matches_the_full_decode_on_real_photos() {
         let cfg = |image_size| IngestConfig {
@@ -928,7 +971,8 @@ mod tests {
             ..IngestConfig::default()
         };
         for codec in SCALED_CODECS {
-            let (mut worst, mut scaled_count) = (f64::INFINITY, 0);
+            // [scaled, full size]
+            let (mut worst, mut count) = ([f64::INFINITY; 2], [0; 2]);
             for (path, data) in sample_photos() {
                 let img = image::load_from_memory(&data).expect("decode").into_rgb8();
                 let (w, h) = img.dimensions();
@@ -946,15 +990,17 @@ mod tests {
                     let (a, pa) = pixels_with(bytes, JpegCodec::Rust, side);
                     let (b, pb) = pixels_with(bytes, codec, side);
                     assert_eq!((a.orig_width, a.orig_height), (b.orig_width, b.orig_height));
+                    let full_size = short < 3 * side;
                     if scaled.is_none() {
-                        // Not scaled: the `rust` codec's exact bytes.
-                        assert!(short < 3 * side, "{codec:?} {}", path.display());
+                        // Left to the general decoder: the `rust` codec's exact bytes.
+                        assert!(full_size, "{codec:?} {}", path.display());
+                        assert_eq!(codec, JpegCodec::RustScaled, "{}", path.display());
                         assert_eq!(a.bytes, b.bytes, "{codec:?} {}", path.display());
                         continue;
                     }
-                    scaled_count += 1;
+                    count[usize::from(full_size)] += 1;
                     let p = psnr(&pa, &pb);
-                    worst = worst.min(p);
+                    worst[usize::from(full_size)] = worst[usize::from(full_size)].min(p);
                     assert!(
                         p >= 40.0,
                         "{codec:?} {} at {side}: {p:.2} dB",
@@ -962,9 +1008,13 @@ mod tests {
                     );
                 }
             }
-            // 23 of the 27 photos each time (4 have a shorter side under 384 px, 768 enlarged).
-            assert_eq!(scaled_count, 46, "{codec:?}");
-            println!("{codec:?}: {scaled_count} scaled decodes, worst PSNR {worst:.2} dB");
+            // 23 of the 27 photos each time are scaled (4 have a shorter side under 384 px, 768
+            // enlarged); `rust-dct` decodes those 4 twice at full size.
+            let full_size = if codec == JpegCodec::RustDct { 8 } else { 0 };
+            assert_eq!(count, [46, full_size], "{codec:?}");
+            println!(
+                "{codec:?}: {count:?} scaled and full-size decodes, worst PSNR {worst:.2?} dB"
+            );
         }
     }
 
@@ -995,6 +1045,37 @@ mod tests {
                 let p = psnr(&pa, &pb);
                 assert!(p >= 40.0, "{codec:?} orientation {orientation}: {p:.2} dB");
             }
+        }
+    }
+
+    /// cm3's YCbCr input to jpeg-encoder writes the same bytes as jpeg-encoder's own, 4:2:0
+    /// and 4:4:4.
+    #[test]
+    fn ycbcr_input_encodes_as_jpeg_encoders_own() {
+        let side = 40u16;
+        let pixels: Vec<u8> = (0..3 * usize::from(side) * usize::from(side))
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        for sampling in [
+            jpeg_encoder::SamplingFactor::F_2_2,
+            jpeg_encoder::SamplingFactor::F_1_1,
+        ] {
+            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+            let mut encoder = jpeg_encoder::Encoder::new(&mut ours, 95);
+            encoder.set_sampling_factor(sampling);
+            encoder
+                .encode_image(InterleavedYcbcr {
+                    pixels: &pixels,
+                    side,
+                })
+                .expect("encode");
+            let mut encoder = jpeg_encoder::Encoder::new(&mut theirs, 95);
+            encoder.set_sampling_factor(sampling);
+            encoder
+                .encode(&pixels, side, side, jpeg_encoder::ColorType::Ycbcr)
+                .expect("encode");
+            assert!(ours.len() > 600);
+            assert_eq!(ours, theirs, "{sampling:?}");
         }
     }
 
@@ -1036,6 +1117,17 @@ mod tests {
             let p = psnr(&pa, &pb);
             assert!(p >= 40.0, "{codec:?} grayscale: {p:.2} dB");
         }
+        // `rust-dct` at full size (a 512 output), also grey.
+        let cfg512 = IngestConfig {
+            image_size: 512,
+            ..IngestConfig::default()
+        };
+        assert!(scaled_decode(JpegCodec::RustDct, &jpg, &cfg512).is_some());
+        let (_, pa) = pixels_with(&jpg, JpegCodec::Rust, 512);
+        let (_, pb) = pixels_with(&jpg, JpegCodec::RustDct, 512);
+        assert!(pb.chunks(3).all(|p| p[0] == p[1] && p[1] == p[2]));
+        let p = psnr(&pa, &pb);
+        assert!(p >= 40.0, "rust-dct grayscale at full size: {p:.2} dB");
 
         // CMYK: not scaled, decoded (and converted) by the general decoder, same bytes as `rust`.
         let cmyk: Vec<u8> = (0..800 * 1000)
@@ -1125,14 +1217,15 @@ mod tests {
                 if restart > 0 {
                     assert!(jpg.windows(2).any(|w| w == [0xFF, 0xD0]), "has RST markers");
                 }
-                for side in [256, 128, 64] {
+                // 512: full size (the chroma upsampled); 256, 128, 64: 1/2, 1/4, 1/8.
+                for side in [512, 256, 128, 64] {
                     let cfg = IngestConfig {
                         image_size: side,
                         ..IngestConfig::default()
                     };
                     assert!(
                         dct::decode(&jpg, &cfg).expect("no error").is_some(),
-                        "{sampling:?} restart {restart} side {side}: scaled"
+                        "{sampling:?} restart {restart} side {side}: decoded"
                     );
                     let (a, pa) = pixels_with(&jpg, JpegCodec::Rust, side);
                     let (b, pb) = pixels_with(&jpg, JpegCodec::RustDct, side);
@@ -1160,10 +1253,11 @@ mod tests {
         let photo = image::load_from_memory(&data).expect("decode").into_rgb8();
         let small =
             image::imageops::resize(&photo, 203, 131, image::imageops::FilterType::Triangle);
-        let cfg = IngestConfig {
-            image_size: 32,
+        // Scaled (1/4) and full size.
+        let configs = [32, 128].map(|image_size| IngestConfig {
+            image_size,
             ..IngestConfig::default()
-        };
+        });
         let mut seeds = Vec::new();
         for (sampling, restart) in [(F::F_2_2, 0u16), (F::F_2_1, 3), (F::F_1_1, 1)] {
             let mut jpg = Vec::new();
@@ -1172,10 +1266,12 @@ mod tests {
             enc.set_restart_interval(restart);
             enc.encode(small.as_raw(), 203, 131, jpeg_encoder::ColorType::Rgb)
                 .expect("encode");
-            assert!(
-                dct::decode(&jpg, &cfg).expect("no error").is_some(),
-                "seed decodes"
-            );
+            for cfg in &configs {
+                assert!(
+                    dct::decode(&jpg, cfg).expect("no error").is_some(),
+                    "seed decodes"
+                );
+            }
             seeds.push(jpg);
         }
         let mut state = 0x2545_F491_4F6C_DD1Du64;
@@ -1218,9 +1314,11 @@ mod tests {
                     bad.splice(at..at, junk);
                 }
             }
-            match dct::decode(&bad, &cfg) {
-                Ok(Some(_)) => decoded += 1,
-                Ok(None) | Err(_) => declined += 1,
+            for cfg in &configs {
+                match dct::decode(&bad, cfg) {
+                    Ok(Some(_)) => decoded += 1,
+                    Ok(None) | Err(_) => declined += 1,
+                }
             }
         }
         println!("{rounds} mutated JPEGs: {decoded} decoded, {declined} declined or refused");

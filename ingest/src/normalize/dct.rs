@@ -1,17 +1,19 @@
 //! The `rust-dct` JPEG codec's decoder: cm3's own decoder for baseline JPEGs, scaled in the DCT
-//! per component, as libjpeg does when asked for a smaller output.
+//! per component, as libjpeg does when asked for a smaller output, or at full size.
 //!
 //! Each component gets the inverse DCT size that brings it to the same resolution: at 1/2 the
 //! luma blocks of a 4:2:0 JPEG are inverse-transformed to 4 x 4 pixels and its chroma blocks to
 //! 8 x 8, so colour needs no upsampling and keeps all the resolution the file stored. Only the
 //! Huffman decoding covers every coefficient; the inverse DCT and the resize run on a quarter of
-//! the pixels or fewer, and the pixels stay YCbCr up to the encoder.
+//! the pixels or fewer, and the pixels stay YCbCr up to the encoder. A JPEG too small to scale
+//! (shorter side under 3 x `image_size`) is decoded at full size, its subsampled chroma
+//! upsampled with libjpeg's triangle filter, as the general decoder does; it too stays YCbCr.
 //!
 //! Only what this decoder handles completely is decoded here: 8-bit baseline (or extended
 //! sequential Huffman) JPEGs, grey or YCbCr, one interleaved scan, luma sampled at most twice
-//! the chroma each way, large enough to scale. Anything else (progressive, arithmetic, CMYK or
-//! RGB, 12-bit, several scans, a stream that breaks off or is corrupt) returns `None`, and the
-//! general decoder decodes it at full size exactly as the `rust` codec does, with its own errors.
+//! the chroma each way. Anything else (progressive, arithmetic, CMYK or RGB, 12-bit, several
+//! scans, a stream that breaks off or is corrupt) returns `None`, and the general decoder
+//! decodes it exactly as the `rust` codec does, with its own errors.
 
 use image::metadata::Orientation;
 
@@ -59,7 +61,7 @@ const MIN_RATIO: (u64, u64) = (3, 2);
 
 /// The DCT scale `n` (decoding at `n`/8, `n` in 1, 2, 4) for an image whose shorter side is
 /// `short`: the smallest whose scaled shorter side is still at least 1.5 x `side`. `None` when
-/// even 1/2 would fall below that: full size is the general decoder's job. (Other eighths
+/// even 1/2 would fall below that: the image is decoded at full size. (Other eighths
 /// measured worse: 3/8, 5/8 and 6/8 scaling gave lower PSNR at the same final ratio.)
 pub(super) fn dct_scale_for(short: u32, side: u32) -> Option<u32> {
     // Exact on the picture's extent (short * n / 8 >= side * 3/2), not the rounded-up count.
@@ -733,7 +735,7 @@ fn decode_block(
 
 /// Three planes of equal size into `out`, 3 bytes a pixel.
 #[inline(always)]
-fn interleave([y, cb, cr]: &[Vec<u8>; 3], out: &mut [u8]) {
+fn interleave(y: &[u8], cb: &[u8], cr: &[u8], out: &mut [u8]) {
     for (((px, &y), &cb), &cr) in out.chunks_exact_mut(3).zip(y).zip(cb).zip(cr) {
         px[0] = y;
         px[1] = cb;
@@ -741,8 +743,85 @@ fn interleave([y, cb, cr]: &[Vec<u8>; 3], out: &mut [u8]) {
     }
 }
 
-/// A scaled decode: YCbCr interleaved, 3 bytes a pixel, `width` x `height` (whole MCUs and a
-/// margin, so a little more than the picture).
+/// Full-size planes (luma first, at full resolution; chroma subsampled by `factors`, 1 or 2
+/// each way) upsampled and interleaved into `out`: `width` (the planes' width and an 8-pixel
+/// margin) x `height` pixels. The upsampling is libjpeg's "fancy" triangle filter, which the
+/// general decoder (zune-jpeg) also uses: each output sample weighs the nearest stored sample
+/// 3/4 and the next 1/4 along each subsampled axis, edges repeated.
+#[inline(always)]
+fn upsample_interleave(
+    planes: &[Vec<u8>; 3],
+    sizes: &[(usize, usize)],
+    factors: &[(usize, usize)],
+    width: usize,
+    height: usize,
+    out: &mut Vec<u8>,
+) {
+    let luma_w = sizes[0].0;
+    let mut rows = [vec![0u8; luma_w], vec![0u8; luma_w]];
+    let mut sums = vec![0u16; luma_w];
+    let (mut even, mut odd) = (vec![0u8; luma_w], vec![0u8; luma_w]);
+    for y in 0..height {
+        for (k, row) in rows.iter_mut().enumerate() {
+            let ci = k + 1;
+            let (pw, ph) = sizes[ci];
+            let (fx, fy) = factors[ci];
+            let plane = &planes[ci];
+            // Vertical: 4 x the sample, or 3 x the nearest row + 1 x the next nearest. (Loops
+            // over whole slices, written so that they vectorise.)
+            let cy = y / fy;
+            let this = &plane[cy * pw..(cy + 1) * pw];
+            let sums = &mut sums[..pw];
+            if fy == 1 {
+                for (s, &a) in sums.iter_mut().zip(this) {
+                    *s = 4 * u16::from(a);
+                }
+            } else {
+                let other = if y % 2 == 0 {
+                    cy.saturating_sub(1)
+                } else {
+                    (cy + 1).min(ph - 1)
+                };
+                let near = &plane[other * pw..(other + 1) * pw];
+                for ((s, &a), &b) in sums.iter_mut().zip(this).zip(near) {
+                    *s = 3 * u16::from(a) + u16::from(b);
+                }
+            }
+            // Horizontal: the same between columns; rounded once, as libjpeg does (+8 and +7
+            // alternately, so that rounding does not drift one way).
+            if fx == 1 {
+                for (o, &s) in row.iter_mut().zip(sums.iter()) {
+                    *o = ((4 * s + 8) >> 4) as u8;
+                }
+                continue;
+            }
+            let (even, odd) = (&mut even[..pw], &mut odd[..pw]);
+            even[0] = ((4 * sums[0] + 8) >> 4) as u8;
+            for ((e, &s), &left) in even[1..].iter_mut().zip(&sums[1..]).zip(&sums[..pw - 1]) {
+                *e = ((3 * s + left + 8) >> 4) as u8;
+            }
+            for ((o, &s), &right) in odd[..pw - 1]
+                .iter_mut()
+                .zip(&sums[..pw - 1])
+                .zip(&sums[1..])
+            {
+                *o = ((3 * s + right + 7) >> 4) as u8;
+            }
+            odd[pw - 1] = ((4 * sums[pw - 1] + 7) >> 4) as u8;
+            for ((pair, &e), &o) in row.chunks_exact_mut(2).zip(even.iter()).zip(odd.iter()) {
+                pair[0] = e;
+                pair[1] = o;
+            }
+        }
+        let start = out.len();
+        out.resize(start + 3 * width, 0);
+        let luma = &planes[0][y * luma_w..(y + 1) * luma_w];
+        interleave(luma, &rows[0], &rows[1], &mut out[start..]);
+    }
+}
+
+/// A decode (scaled or full size): YCbCr interleaved, 3 bytes a pixel, `width` x `height`
+/// (whole MCUs and a margin, so a little more than the picture).
 struct Planes {
     ycbcr: Vec<u8>,
     width: usize,
@@ -799,8 +878,10 @@ fn decode_scan_body(data: &[u8], hd: &mut Header<'_>, n: usize) -> Option<Planes
         {
             return None;
         }
-        c.out_w = n * hmax / c.h;
-        c.out_h = n * vmax / c.v;
+        // At full size a subsampled component stays at its stored resolution (8 x 8 a block)
+        // and is upsampled afterwards.
+        c.out_w = (n * hmax / c.h).min(8);
+        c.out_h = (n * vmax / c.v).min(8);
         if !matches!(c.out_w, 1 | 2 | 4 | 8) || !matches!(c.out_h, 1 | 2 | 4 | 8) {
             return None;
         }
@@ -816,15 +897,33 @@ fn decode_scan_body(data: &[u8], hd: &mut Header<'_>, n: usize) -> Option<Planes
     // A margin of 8 pixels on the right, for the inverse DCT's whole-vector writes.
     let (width, height) = (mcus_x * mcu_w * n / 8 + 8, mcus_y * mcu_h * n / 8);
     let stride = 3 * width;
-    let mut ycbcr = vec![0u8; stride * height];
-    // A row of MCUs is decoded into one plane per component (the inverse DCT writes a block row
-    // as one vector), then interleaved into `ycbcr`. Grey has chroma 128.
+    let mut ycbcr = Vec::with_capacity(stride * height);
+    // Usually a row of MCUs is decoded into one plane per component (the inverse DCT writes a
+    // block row as one vector), then interleaved into `ycbcr`; grey has chroma 128. At full
+    // size with subsampled chroma, every plane is kept whole for the upsampling, which needs
+    // the chroma rows on both sides of a band's edge.
+    let upsample = !single
+        && hd
+            .components
+            .iter()
+            .any(|c| c.out_w * c.h != n * hmax || c.out_h * c.v != n * vmax);
+    if upsample && (hd.components[0].h, hd.components[0].v) != (hmax, vmax) {
+        // Luma at less than the full resolution: not a layout this decoder takes.
+        return None;
+    }
     let band_h = mcu_h * n / 8;
-    let mut bands = [
-        vec![0u8; width * band_h],
-        vec![128u8; width * band_h],
-        vec![128u8; width * band_h],
-    ];
+    let plane_size = |c: &Component| {
+        if upsample {
+            (mcus_x * c.h * c.out_w, mcus_y * c.v * c.out_h)
+        } else {
+            (width, band_h)
+        }
+    };
+    let sizes: Vec<(usize, usize)> = hd.components.iter().map(plane_size).collect();
+    let mut bands: [Vec<u8>; 3] = std::array::from_fn(|ci| match sizes.get(ci) {
+        Some(&(pw, ph)) => vec![0u8; pw * ph],
+        None => vec![128u8; width * band_h],
+    });
     let quant: Vec<[f32; 64]> = hd
         .components
         .iter()
@@ -864,33 +963,47 @@ fn decode_scan_body(data: &[u8], hd: &mut Header<'_>, n: usize) -> Option<Planes
             }
             for &ci in &hd.scan_order {
                 let c = &hd.components[ci];
+                let pw = sizes[ci].0;
+                let top = if upsample { my * c.v } else { 0 };
                 for by in 0..c.v {
                     for bx in 0..c.h {
                         let last = decode_block(&mut bits, tables[ci], &mut preds[ci], &mut block)?;
                         let x = (mx * c.h + bx) * c.out_w;
-                        let y = by * c.out_h;
-                        let out = &mut bands[ci][y * width + x..];
+                        let y = (top + by) * c.out_h;
+                        let out = &mut bands[ci][y * pw + x..];
                         if last == 0 {
                             // Only DC: a flat block.
                             let level = to_u8(block[0] as f32 * quant[ci][0] / 8.0 + 128.0);
                             for row in 0..c.out_h {
-                                out[row * width..row * width + c.out_w].fill(level);
+                                out[row * pw..row * pw + c.out_w].fill(level);
                             }
                             block[0] = 0;
                             continue;
                         }
                         let (extent, size) = (ZIGZAG_EXTENT[last], (c.out_w, c.out_h));
-                        idct(&block, &quant[ci], extent, size, bases, out, width);
+                        idct(&block, &quant[ci], extent, size, bases, out, pw);
                         block = [0; 64];
                     }
                 }
             }
         }
-        let rows = my * band_h * stride..(my + 1) * band_h * stride;
-        interleave(&bands, &mut ycbcr[rows]);
+        if !upsample {
+            // Into cache-resident new rows: no pass over a zeroed whole-image buffer first.
+            let start = ycbcr.len();
+            ycbcr.resize(start + band_h * stride, 0);
+            interleave(&bands[0], &bands[1], &bands[2], &mut ycbcr[start..]);
+        }
     }
     if !bits.at_segment_end() {
         return None;
+    }
+    if upsample {
+        let factors: Vec<(usize, usize)> = hd
+            .components
+            .iter()
+            .map(|c| (hmax / c.h, vmax / c.v))
+            .collect();
+        upsample_interleave(&bands, &sizes, &factors, width, height, &mut ycbcr);
     }
     // The margin holds what the inverse DCT wrote past the last blocks; the resize may read a
     // few pixels beyond the picture, so it gets the last decoded column instead.
@@ -909,10 +1022,10 @@ fn decode_scan_body(data: &[u8], hd: &mut Header<'_>, n: usize) -> Option<Planes
     })
 }
 
-/// Decode a JPEG scaled in the DCT per component, to YCbCr; `None` when scaling would not
-/// reduce it enough (shorter side under 3 x `image_size`) or the JPEG is anything this decoder does
-/// not handle completely: the general decoder then decodes it at full size, exactly as the
-/// `rust` codec does.
+/// Decode a JPEG to YCbCr: scaled in the DCT per component when its shorter side is at least
+/// 3 x `image_size`, at full size otherwise. `None` when the JPEG is anything this decoder does
+/// not handle completely: the general decoder then decodes it, exactly as the `rust` codec
+/// does.
 pub(super) fn decode(data: &[u8], cfg: &IngestConfig) -> Result<Option<Decoded>, Rejection> {
     let Some(mut hd) = read_header(data) else {
         return Ok(None);
@@ -924,9 +1037,7 @@ pub(super) fn decode(data: &[u8], cfg: &IngestConfig) -> Result<Option<Decoded>,
     }
     // The pixel limit applies to the declared size, before anything is decoded.
     check_pixels(w, h, cfg)?;
-    let Some(n) = dct_scale_for(w.min(h), cfg.image_size) else {
-        return Ok(None);
-    };
+    let n = dct_scale_for(w.min(h), cfg.image_size).unwrap_or(8);
     let rgb_components = hd.components.len() == 3
         && (hd.adobe_transform == Some(0) || hd.components.iter().map(|c| c.id).eq(*b"RGB"));
     if rgb_components {
