@@ -162,6 +162,27 @@ impl Huffman {
             .then_some((run, value, len + size))
     }
 
+    /// Fill `fast` for a DC table: `difference << 8 | length` of a whole DC difference (code
+    /// and value bits) in the next `FAST_BITS` bits; 0 when it does not fit.
+    fn with_fast_dc(mut self: Box<Self>) -> Box<Self> {
+        let mut fast = [0u32; 1 << FAST_BITS];
+        for (p, slot) in fast.iter_mut().enumerate() {
+            let p = p as u32;
+            let Some((len, size)) = self.short_symbol(p >> (FAST_BITS - LOOKUP_BITS), LOOKUP_BITS)
+            else {
+                continue;
+            };
+            let size = u32::from(size);
+            if size > 11 || len + size > FAST_BITS {
+                continue;
+            }
+            let raw = (p >> (FAST_BITS - len - size)) & ((1 << size) - 1);
+            *slot = ((extend(raw as i32, size) << 8) as u32) | (len + size);
+        }
+        self.fast = fast;
+        self
+    }
+
     /// Fill `fast` (an AC table's next one or two symbols in one lookup).
     fn with_fast_ac(mut self: Box<Self>) -> Box<Self> {
         let mut fast = [0u32; 1 << FAST_BITS];
@@ -488,7 +509,7 @@ fn read_header(data: &[u8]) -> Option<Header<'_>> {
                     }
                     let table = Huffman::new(&counts, symbols)?;
                     if class == 0 {
-                        hd.dc[id] = Some(table);
+                        hd.dc[id] = Some(table.with_fast_dc());
                     } else {
                         hd.ac[id] = Some(table.with_fast_ac());
                     }
@@ -680,11 +701,18 @@ fn decode_block(
     if bits.n < 32 {
         bits.refill();
     }
-    let size = u32::from(bits.symbol(dc)?);
-    if size > 11 {
-        return None;
-    }
-    *pred = pred.wrapping_add(bits.receive(size));
+    let e = dc.fast[bits.peek(FAST_BITS) as usize];
+    let diff = if e != 0 {
+        bits.consume(e & 0xFF);
+        (e as i32) >> 8
+    } else {
+        let size = u32::from(bits.symbol(dc)?);
+        if size > 11 {
+            return None;
+        }
+        bits.receive(size)
+    };
+    *pred = pred.wrapping_add(diff);
     block[0] = *pred;
     let mut k = 1;
     loop {
@@ -1090,13 +1118,9 @@ mod tests {
         Some((run, value, before - bits.n))
     }
 
-    /// Every entry of the two-symbol AC table says what decoding one symbol at a time says:
-    /// for each 11-bit prefix (followed by ones or by zeros), the first symbol's run, value and
-    /// length, and the second's, or end of block, exactly; an entry is empty only when the
-    /// first symbol does not fit in the prefix with its value. On the tables a real encoder
-    /// writes (jpeg-encoder's, the Annex K tables), luma and chroma.
-    #[test]
-    fn fast_ac_entries_agree_with_decoding_one_symbol_at_a_time() {
+    /// A JPEG with the tables jpeg-encoder writes (the Annex K tables): DC and AC, luma and
+    /// chroma.
+    fn real_jpeg() -> Vec<u8> {
         let img = image::RgbImage::from_fn(64, 64, |x, y| {
             image::Rgb([(x * 4) as u8, (y * 4) as u8, ((x ^ y) * 4) as u8])
         });
@@ -1104,6 +1128,70 @@ mod tests {
         jpeg_encoder::Encoder::new(&mut jpeg, 90)
             .encode(img.as_raw(), 64, 64, jpeg_encoder::ColorType::Rgb)
             .expect("encode");
+        jpeg
+    }
+
+    /// A reader at the start of `p` (`FAST_BITS` bits) followed by `tail`.
+    fn reader(p: u32, tail: u64, data: &mut Vec<u8>) -> Bits<'_> {
+        *data = stuffed(u64::from(p) << (64 - FAST_BITS) | tail);
+        let mut bits = Bits {
+            data,
+            pos: 0,
+            buf: 0,
+            n: 0,
+            padding: 0,
+        };
+        bits.refill();
+        bits
+    }
+
+    /// Every entry of a DC table's lookup is the difference and length that decoding the
+    /// symbol and then its value bits gives; empty only when they do not fit.
+    #[test]
+    fn fast_dc_entries_agree_with_decoding_the_symbol_then_its_bits() {
+        let jpeg = real_jpeg();
+        let hd = read_header(&jpeg).expect("header");
+        let tables: Vec<&Huffman> = hd.dc.iter().flatten().map(|h| &**h).collect();
+        assert_eq!(tables.len(), 2, "a luma and a chroma DC table");
+        let (mut filled, mut empty) = (0, 0);
+        for h in tables {
+            for p in 0..1u32 << FAST_BITS {
+                for tail in [0, u64::MAX >> FAST_BITS] {
+                    let mut data = Vec::new();
+                    let mut bits = reader(p, tail, &mut data);
+                    let before = bits.n;
+                    let size = bits.symbol(h).map(u32::from);
+                    let code_len = before - bits.n;
+                    let e = h.fast[p as usize];
+                    match size {
+                        Some(size) if code_len <= LOOKUP_BITS && code_len + size <= FAST_BITS => {
+                            let diff = bits.receive(size);
+                            assert_eq!(
+                                ((e as i32) >> 8, e & 0xFF),
+                                (diff, code_len + size),
+                                "prefix {p:#b}"
+                            );
+                            filled += 1;
+                        }
+                        _ => {
+                            assert_eq!(e, 0, "prefix {p:#b}");
+                            empty += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(filled > 0 && empty > 0, "{filled} / {empty}");
+    }
+
+    /// Every entry of the two-symbol AC table says what decoding one symbol at a time says:
+    /// for each 11-bit prefix (followed by ones or by zeros), the first symbol's run, value and
+    /// length, and the second's, or end of block, exactly; an entry is empty only when the
+    /// first symbol does not fit in the prefix with its value. On the tables a real encoder
+    /// writes (jpeg-encoder's, the Annex K tables), luma and chroma.
+    #[test]
+    fn fast_ac_entries_agree_with_decoding_one_symbol_at_a_time() {
+        let jpeg = real_jpeg();
         let hd = read_header(&jpeg).expect("header");
         let tables: Vec<&Huffman> = hd.ac.iter().flatten().map(|h| &**h).collect();
         assert_eq!(tables.len(), 2, "a luma and a chroma AC table");
@@ -1112,15 +1200,8 @@ mod tests {
             for p in 0..1u32 << FAST_BITS {
                 let e = h.fast[p as usize];
                 for tail in [0, u64::MAX >> FAST_BITS] {
-                    let data = stuffed(u64::from(p) << (64 - FAST_BITS) | tail);
-                    let mut bits = Bits {
-                        data: &data,
-                        pos: 0,
-                        buf: 0,
-                        n: 0,
-                        padding: 0,
-                    };
-                    bits.refill();
+                    let mut data = Vec::new();
+                    let mut bits = reader(p, tail, &mut data);
                     let first = one_symbol(&mut bits, h);
                     let fits = |s: Option<(u32, i32, u32)>, room: u32| {
                         s.filter(|&(run, value, len)| {
