@@ -15,6 +15,9 @@
 //! scans, a stream that breaks off or is corrupt) returns `None`, and the general decoder
 //! decodes it exactly as the `rust` codec does, with its own errors.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use image::metadata::Orientation;
 
 use super::scaled::upright;
@@ -216,6 +219,45 @@ impl Huffman {
     }
 }
 
+/// A built table, with its class and DHT definition.
+type CachedTable = (u8, Vec<u8>, Rc<Huffman>);
+
+/// How many built tables each thread keeps.
+const CACHED_TABLES: usize = 8;
+
+thread_local! {
+    /// Tables built lately on this thread, by class and DHT definition (counts and symbols),
+    /// most recent last. Most JPEGs carry the same few tables (the Annex K ones), and building
+    /// the lookups for every image cost about 1% of an ingest.
+    static TABLES: RefCell<Vec<CachedTable>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The table (class 0: DC, 1: AC) a DHT definition (`def`: 16 counts, then the symbols)
+/// describes, with its lookups; `None` when it is not a prefix code.
+fn cached_table(class: u8, def: &[u8]) -> Option<Rc<Huffman>> {
+    TABLES.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some(at) = cache.iter().position(|(c, d, _)| *c == class && d == def) {
+            let hit = cache.remove(at);
+            let table = Rc::clone(&hit.2);
+            cache.push(hit);
+            return Some(table);
+        }
+        let counts: [u8; 16] = def.get(..16)?.try_into().ok()?;
+        let table = Huffman::new(&counts, &def[16..])?;
+        let table: Rc<Huffman> = Rc::from(if class == 0 {
+            table.with_fast_dc()
+        } else {
+            table.with_fast_ac()
+        });
+        if cache.len() == CACHED_TABLES {
+            cache.remove(0);
+        }
+        cache.push((class, def.to_vec(), Rc::clone(&table)));
+        Some(table)
+    })
+}
+
 /// A coefficient's value from its `size` raw bits (JPEG's EXTEND).
 #[inline(always)]
 fn extend(v: i32, size: u32) -> i32 {
@@ -408,8 +450,8 @@ struct Header<'a> {
     height: u32,
     components: Vec<Component>,
     quant: [[u16; 64]; 4],
-    dc: [Option<Box<Huffman>>; 4],
-    ac: [Option<Box<Huffman>>; 4],
+    dc: [Option<Rc<Huffman>>; 4],
+    ac: [Option<Rc<Huffman>>; 4],
     restart_interval: usize,
     exif: Option<&'a [u8]>,
     /// Where the entropy-coded data of the (only) scan starts.
@@ -503,15 +545,15 @@ fn read_header(data: &[u8]) -> Option<Header<'_>> {
                     let (class, id) = (tc_th >> 4, usize::from(tc_th & 15));
                     let counts: [u8; 16] = s.get(1..17)?.try_into().ok()?;
                     let total: usize = counts.iter().map(|&c| usize::from(c)).sum();
-                    let symbols = s.get(17..17 + total)?;
+                    let def = s.get(1..17 + total)?;
                     if id > 3 || class > 1 {
                         return None;
                     }
-                    let table = Huffman::new(&counts, symbols)?;
+                    let table = cached_table(class, def)?;
                     if class == 0 {
-                        hd.dc[id] = Some(table.with_fast_dc());
+                        hd.dc[id] = Some(table);
                     } else {
-                        hd.ac[id] = Some(table.with_fast_ac());
+                        hd.ac[id] = Some(table);
                     }
                     s = &s[17 + total..];
                 }
@@ -1143,6 +1185,34 @@ mod tests {
         };
         bits.refill();
         bits
+    }
+
+    /// The table cache gives each definition its own table: 12 definitions of the same code
+    /// lengths (more than the cache holds) asked for in turn, twice over, each time for both
+    /// classes; every table returned has the symbols asked for, and a repeat is the same table.
+    #[test]
+    fn cached_tables_are_the_ones_defined() {
+        let defs: Vec<Vec<u8>> = (0u8..12)
+            .map(|k| {
+                let mut def = vec![0, 2, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                def.extend((0..6).map(|i| k * 6 + i));
+                def
+            })
+            .collect();
+        for round in 0..2 {
+            for def in &defs {
+                for class in [0, 1] {
+                    let a = cached_table(class, def).expect("a prefix code");
+                    assert_eq!(&a.symbols[..6], &def[16..], "round {round}");
+                    let b = cached_table(class, def).expect("a prefix code");
+                    assert!(Rc::ptr_eq(&a, &b), "a repeat hits the cache");
+                }
+            }
+        }
+        // Not a prefix code (3 codes of length 1): refused, not cached as anything.
+        let bad = [3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3];
+        assert!(cached_table(1, &bad).is_none());
+        assert!(cached_table(1, &bad).is_none());
     }
 
     /// Every entry of a DC table's lookup is the difference and length that decoding the
