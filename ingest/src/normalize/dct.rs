@@ -693,18 +693,54 @@ fn idct(
     coef: &[i32; 64],
     quant: &[f32; 64],
     (rows, cols): (usize, usize),
-    (ow, oh): (usize, usize),
+    size: (usize, usize),
     bases: &Bases,
     out: &mut [u8],
     stride: usize,
 ) {
+    let (ow, oh) = size;
+    let (rows, cols) = (rows.min(oh).min(8), cols.min(ow).min(8));
+    // Rows and columns rounded up to 1, 2, 4 or 8, so that each case is a transform of fixed
+    // size, unrolled. The coefficients added are zeros: the same sums, the same bytes.
+    let args = (coef, quant, size, bases, out, stride);
+    match (rows.next_power_of_two(), cols.next_power_of_two()) {
+        (1, 1) => idct_fixed::<1, 1>(args),
+        (1, 2) => idct_fixed::<1, 2>(args),
+        (1, 4) => idct_fixed::<1, 4>(args),
+        (1, _) => idct_fixed::<1, 8>(args),
+        (2, 1) => idct_fixed::<2, 1>(args),
+        (2, 2) => idct_fixed::<2, 2>(args),
+        (2, 4) => idct_fixed::<2, 4>(args),
+        (2, _) => idct_fixed::<2, 8>(args),
+        (4, 1) => idct_fixed::<4, 1>(args),
+        (4, 2) => idct_fixed::<4, 2>(args),
+        (4, 4) => idct_fixed::<4, 4>(args),
+        (4, _) => idct_fixed::<4, 8>(args),
+        (_, 1) => idct_fixed::<8, 1>(args),
+        (_, 2) => idct_fixed::<8, 2>(args),
+        (_, 4) => idct_fixed::<8, 4>(args),
+        (_, _) => idct_fixed::<8, 8>(args),
+    }
+}
+
+/// `idct` over the first `R` x `C` coefficients.
+#[inline(always)]
+fn idct_fixed<const R: usize, const C: usize>(
+    (coef, quant, (ow, oh), bases, out, stride): (
+        &[i32; 64],
+        &[f32; 64],
+        (usize, usize),
+        &Bases,
+        &mut [u8],
+        usize,
+    ),
+) {
     let aw = &bases.transposed[ow];
     let ah = &bases.by_size[oh];
-    let (rows, cols) = (rows.min(oh).min(8), cols.min(ow).min(8));
     // Rows: t[v][x] = sum over u of F[v][u] a_w[x][u].
-    let mut t = [[0f32; 8]; 8];
-    for (v, tv) in t.iter_mut().enumerate().take(rows) {
-        for (u, au) in aw.iter().enumerate().take(cols) {
+    let mut t = [[0f32; 8]; R];
+    for (v, tv) in t.iter_mut().enumerate() {
+        for (u, au) in aw.iter().enumerate().take(C) {
             let f = coef[8 * v + u] as f32 * quant[8 * v + u];
             for x in 0..8 {
                 tv[x] += f * au[x];
@@ -714,7 +750,7 @@ fn idct(
     // Columns: out[y][x] = sum over v of a_h[y][v] t[v][x].
     for (y, ahy) in ah.iter().enumerate().take(oh) {
         let mut acc = [128f32; 8];
-        for (tv, &a) in t.iter().zip(ahy).take(rows) {
+        for (tv, &a) in t.iter().zip(ahy) {
             for x in 0..8 {
                 acc[x] += a * tv[x];
             }
