@@ -702,38 +702,35 @@ fn idct(
     let (rows, cols) = (rows.min(oh).min(8), cols.min(ow).min(8));
     // Rows and columns rounded up to 1, 2, 4 or 8, so that each case is a transform of fixed
     // size, unrolled. The coefficients added are zeros: the same sums, the same bytes.
-    let args = (coef, quant, size, bases, out, stride);
     match (rows.next_power_of_two(), cols.next_power_of_two()) {
-        (1, 1) => idct_fixed::<1, 1>(args),
-        (1, 2) => idct_fixed::<1, 2>(args),
-        (1, 4) => idct_fixed::<1, 4>(args),
-        (1, _) => idct_fixed::<1, 8>(args),
-        (2, 1) => idct_fixed::<2, 1>(args),
-        (2, 2) => idct_fixed::<2, 2>(args),
-        (2, 4) => idct_fixed::<2, 4>(args),
-        (2, _) => idct_fixed::<2, 8>(args),
-        (4, 1) => idct_fixed::<4, 1>(args),
-        (4, 2) => idct_fixed::<4, 2>(args),
-        (4, 4) => idct_fixed::<4, 4>(args),
-        (4, _) => idct_fixed::<4, 8>(args),
-        (_, 1) => idct_fixed::<8, 1>(args),
-        (_, 2) => idct_fixed::<8, 2>(args),
-        (_, 4) => idct_fixed::<8, 4>(args),
-        (_, _) => idct_fixed::<8, 8>(args),
+        (1, 1) => idct_fixed::<1, 1>(coef, quant, size, bases, out, stride),
+        (1, 2) => idct_fixed::<1, 2>(coef, quant, size, bases, out, stride),
+        (1, 4) => idct_fixed::<1, 4>(coef, quant, size, bases, out, stride),
+        (1, _) => idct_fixed::<1, 8>(coef, quant, size, bases, out, stride),
+        (2, 1) => idct_fixed::<2, 1>(coef, quant, size, bases, out, stride),
+        (2, 2) => idct_fixed::<2, 2>(coef, quant, size, bases, out, stride),
+        (2, 4) => idct_fixed::<2, 4>(coef, quant, size, bases, out, stride),
+        (2, _) => idct_fixed::<2, 8>(coef, quant, size, bases, out, stride),
+        (4, 1) => idct_fixed::<4, 1>(coef, quant, size, bases, out, stride),
+        (4, 2) => idct_fixed::<4, 2>(coef, quant, size, bases, out, stride),
+        (4, 4) => idct_fixed::<4, 4>(coef, quant, size, bases, out, stride),
+        (4, _) => idct_fixed::<4, 8>(coef, quant, size, bases, out, stride),
+        (_, 1) => idct_fixed::<8, 1>(coef, quant, size, bases, out, stride),
+        (_, 2) => idct_fixed::<8, 2>(coef, quant, size, bases, out, stride),
+        (_, 4) => idct_fixed::<8, 4>(coef, quant, size, bases, out, stride),
+        (_, _) => idct_fixed::<8, 8>(coef, quant, size, bases, out, stride),
     }
 }
 
 /// `idct` over the first `R` x `C` coefficients.
 #[inline(always)]
 fn idct_fixed<const R: usize, const C: usize>(
-    (coef, quant, (ow, oh), bases, out, stride): (
-        &[i32; 64],
-        &[f32; 64],
-        (usize, usize),
-        &Bases,
-        &mut [u8],
-        usize,
-    ),
+    coef: &[i32; 64],
+    quant: &[f32; 64],
+    (ow, oh): (usize, usize),
+    bases: &Bases,
+    out: &mut [u8],
+    stride: usize,
 ) {
     let aw = &bases.transposed[ow];
     let ah = &bases.by_size[oh];
