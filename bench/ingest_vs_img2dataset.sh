@@ -3,8 +3,9 @@
 #
 # Same input (N JPEGs of varied sizes generated from sample/pairs/), same work
 # (decode -> shorter side to 256 -> center crop 256x256 -> JPEG q95), same number of
-# processes/threads P. Each tool runs RUNS times; the BEST (highest images/s) run of
-# each is compared. Target: cm3 >= TARGET x img2dataset.
+# processes/threads P. Each tool runs RUNS times, in turn (img2dataset, cm3, img2dataset, ...);
+# the BEST (highest images/s) run of each is compared, and the median ratio of neighbouring
+# runs is printed too. Target: cm3 >= TARGET x img2dataset.
 #
 # Environment (all optional):
 #   CM3             path to the cm3 binary (default: cargo build --release -p cm3
@@ -72,22 +73,8 @@ cat "$IMG_DIR"/*.jpg >/dev/null
 
 best() { "$PY" -c 'import sys; print(max(float(x) for x in sys.argv[1:]))' "$@"; }
 
-# 3. img2dataset Resizer, RUNS times.
-i2d_rates=()
-for r in $(seq 1 "$RUNS"); do
-  line=$("$PY" "$BENCH/img2dataset_resize.py" "$IMG_DIR" --processes "$P")
-  log "img2dataset run $r: $line"
-  i2d_rates+=("$("$PY" -c 'import json,sys; print(json.loads(sys.argv[1])["images_per_s"])' "$line")")
-done
-I2D=$(best "${i2d_rates[@]}")
-printf 'img2dataset: %s images/s (best of %s, %s processes; runs: %s)\n' "$I2D" "$RUNS" "$P" "${i2d_rates[*]}"
-
-if [ "${SKIP_CM3:-0}" = "1" ]; then
-  log "SKIP_CM3=1: not running cm3"
-  exit 0
-fi
-
-# 4. cm3 ingest, RUNS times (wall clock of the whole process, start-up included).
+# 3. The cm3 binary (its runs below: wall clock of the whole process, start-up included).
+if [ "${SKIP_CM3:-0}" != "1" ]; then
 CM3_FEATURES="${CM3_FEATURES-turbojpeg}"
 if [ -z "${CM3:-}" ]; then
   export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cm3-target}"
@@ -107,15 +94,24 @@ if [ -z "${CM3:-}" ]; then
   CM3="$CARGO_TARGET_DIR/release/cm3"
 fi
 [ -x "$CM3" ] || { log "cm3 binary not found: $CM3"; exit 1; }
+fi
 
-cm3_rates=()
-for r in $(seq 1 "$RUNS"); do
+# 4. Both tools in turn, RUNS times each (img2dataset, cm3, img2dataset, cm3, ...), so that both
+# see the same machine: on a shared machine the speed of either drifts by 10% over minutes.
+i2d_run() {
+  local line
+  line=$("$PY" "$BENCH/img2dataset_resize.py" "$IMG_DIR" --processes "$P")
+  log "img2dataset run $1: $line"
+  i2d_rates+=("$("$PY" -c 'import json,sys; print(json.loads(sys.argv[1])["images_per_s"])' "$line")")
+}
+cm3_run() {
+  local out t0 t1 rate
   out=$(mktemp -d "${TMPDIR:-/tmp}/cm3-bench-out.XXXXXX")
   t0=$(date +%s.%N)
   # shellcheck disable=SC2086
   if ! "$CM3" ingest --input "$IMG_DIR" --format folder --out "$out" --threads "$P" ${CM3_INGEST_ARGS:-} \
       >"$out.log" 2>&1; then
-    log "cm3 ingest failed (run $r); last lines of its output:"
+    log "cm3 ingest failed (run $1); last lines of its output:"
     tail -n 20 "$out.log" >&2
     rm -rf "$out" "$out.log"
     exit 1
@@ -123,11 +119,30 @@ for r in $(seq 1 "$RUNS"); do
   t1=$(date +%s.%N)
   rm -rf "$out" "$out.log"
   rate=$("$PY" -c 'import sys; print(round(int(sys.argv[1]) / (float(sys.argv[3]) - float(sys.argv[2])), 2))' "$N" "$t0" "$t1")
-  log "cm3 run $r: $rate images/s"
+  log "cm3 run $1: $rate images/s"
   cm3_rates+=("$rate")
+}
+i2d_rates=()
+cm3_rates=()
+for r in $(seq 1 "$RUNS"); do
+  i2d_run "$r"
+  [ "${SKIP_CM3:-0}" = "1" ] || cm3_run "$r"
 done
+I2D=$(best "${i2d_rates[@]}")
+printf 'img2dataset: %s images/s (best of %s, %s processes; runs: %s)\n' "$I2D" "$RUNS" "$P" "${i2d_rates[*]}"
+if [ "${SKIP_CM3:-0}" = "1" ]; then
+  exit 0
+fi
+
 CM3_RATE=$(best "${cm3_rates[@]}")
 printf 'cm3:         %s images/s (best of %s, %s threads; runs: %s)\n' "$CM3_RATE" "$RUNS" "$P" "${cm3_rates[*]}"
+# The ratio of each pair of neighbouring runs too: robust to the machine's drift.
+"$PY" - "${i2d_rates[*]}" "${cm3_rates[*]}" <<'EOF'
+import statistics, sys
+i2d, cm3 = ([float(x) for x in a.split()] for a in sys.argv[1:])
+pairs = [c / i for c, i in zip(cm3, i2d)]
+print("pair ratios: " + " ".join(f"{p:.2f}" for p in pairs) + f" (median {statistics.median(pairs):.2f}x)")
+EOF
 
 "$PY" - "$CM3_RATE" "$I2D" "$TARGET" <<'EOF'
 import sys
