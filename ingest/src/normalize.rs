@@ -613,13 +613,7 @@ fn encode(
                 // cm3's own encoder: jpeg-encoder's bytes, in a third of the time.
                 out = encode::encode_ycbcr(pixels, s, cfg.jpeg_quality, subsampled).map_err(err)?;
             } else {
-                let mut encoder = jpeg_encoder::Encoder::new(&mut out, cfg.jpeg_quality);
-                encoder.set_sampling_factor(if subsampled {
-                    jpeg_encoder::SamplingFactor::F_2_2
-                } else {
-                    jpeg_encoder::SamplingFactor::F_1_1
-                });
-                encoder
+                encode::jpeg_encoder_into(&mut out, cfg.jpeg_quality, subsampled)
                     .encode(pixels, s, s, jpeg_encoder::ColorType::Rgb)
                     .map_err(|e| err(e.to_string()))?;
             }

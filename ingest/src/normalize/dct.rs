@@ -906,27 +906,30 @@ fn upsample_interleave(
                     *s = 3 * u16::from(a) + u16::from(b);
                 }
             }
-            // Horizontal: the same between columns; rounded once, as libjpeg does (+8 and +7
-            // alternately, so that rounding does not drift one way).
+            // Horizontal: the same between columns; rounded once, as libjpeg does: +8 and +7
+            // (of 16) alternately after a vertical blend (4:2:0), +1 and +2 (of 4) without one
+            // (4:2:2), so that rounding does not drift one way. (4:4:0 rounds +2 in both rows,
+            // as zune-jpeg.)
             if fx == 1 {
                 for (o, &s) in row.iter_mut().zip(sums.iter()) {
                     *o = ((4 * s + 8) >> 4) as u8;
                 }
                 continue;
             }
+            let (left_round, right_round) = if fy == 1 { (4, 8) } else { (8, 7) };
             let (even, odd) = (&mut even[..pw], &mut odd[..pw]);
             even[0] = ((4 * sums[0] + 8) >> 4) as u8;
             for ((e, &s), &left) in even[1..].iter_mut().zip(&sums[1..]).zip(&sums[..pw - 1]) {
-                *e = ((3 * s + left + 8) >> 4) as u8;
+                *e = ((3 * s + left + left_round) >> 4) as u8;
             }
             for ((o, &s), &right) in odd[..pw - 1]
                 .iter_mut()
                 .zip(&sums[..pw - 1])
                 .zip(&sums[1..])
             {
-                *o = ((3 * s + right + 7) >> 4) as u8;
+                *o = ((3 * s + right + right_round) >> 4) as u8;
             }
-            odd[pw - 1] = ((4 * sums[pw - 1] + 7) >> 4) as u8;
+            odd[pw - 1] = ((4 * sums[pw - 1] + right_round) >> 4) as u8;
             for ((pair, &e), &o) in row.chunks_exact_mut(2).zip(even.iter()).zip(odd.iter()) {
                 pair[0] = e;
                 pair[1] = o;
@@ -950,7 +953,10 @@ struct Planes {
 /// both compute the same bytes (Rust neither fuses nor reorders float operations).
 fn decode_scan(data: &[u8], hd: &mut Header<'_>, n: usize) -> Option<Planes> {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("bmi2") {
+    if std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("bmi1")
+        && std::arch::is_x86_feature_detected!("bmi2")
+    {
         return simd::decode_scan_avx2(data, hd, n);
     }
     decode_scan_body(data, hd, n)
@@ -966,7 +972,7 @@ mod simd {
         decode_scan_body(data, hd, n)
     }
 
-    /// Only called after `is_x86_feature_detected!` found AVX2 and BMI2.
+    /// Only called after `is_x86_feature_detected!` found AVX2, BMI1 and BMI2.
     pub(super) fn decode_scan_avx2(data: &[u8], hd: &mut Header<'_>, n: usize) -> Option<Planes> {
         // SAFETY: the caller checked that this CPU has every feature the function is compiled
         // for; that is the only requirement of calling a `target_feature` function.

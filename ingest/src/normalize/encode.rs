@@ -104,29 +104,45 @@ fn be16(data: &[u8], at: usize) -> Option<usize> {
     Some(usize::from(*data.get(at)?) << 8 | usize::from(*data.get(at + 1)?))
 }
 
+/// jpeg-encoder writing into `out` at `quality`, chroma 4:2:0 when `subsampled`, else 4:4:4.
+pub(super) fn jpeg_encoder_into(
+    out: &mut Vec<u8>,
+    quality: u8,
+    subsampled: bool,
+) -> jpeg_encoder::Encoder<&mut Vec<u8>> {
+    let mut encoder = jpeg_encoder::Encoder::new(out, quality);
+    encoder.set_sampling_factor(if subsampled {
+        jpeg_encoder::SamplingFactor::F_2_2
+    } else {
+        jpeg_encoder::SamplingFactor::F_1_1
+    });
+    encoder
+}
+
 impl Template {
-    /// jpeg-encoder's own JPEG of a flat `side` x `side` picture at `quality`, read up to its
-    /// scan data.
+    /// jpeg-encoder's own JPEG of a small flat picture at `quality`, read up to its scan data,
+    /// with the frame header's size set to `side` x `side` (the only part that depends on it).
     fn new(side: u16, quality: u8, subsampled: bool) -> Result<Template, String> {
         let mut jpeg = Vec::new();
-        let mut encoder = jpeg_encoder::Encoder::new(&mut jpeg, quality);
-        encoder.set_sampling_factor(if subsampled {
-            jpeg_encoder::SamplingFactor::F_2_2
-        } else {
-            jpeg_encoder::SamplingFactor::F_1_1
-        });
-        let flat = vec![128u8; 3 * usize::from(side) * usize::from(side)];
+        let encoder = jpeg_encoder_into(&mut jpeg, quality, subsampled);
         encoder
-            .encode(&flat, side, side, jpeg_encoder::ColorType::Ycbcr)
+            .encode(
+                &[128u8; 3 * 16 * 16],
+                16,
+                16,
+                jpeg_encoder::ColorType::Ycbcr,
+            )
             .map_err(|e| e.to_string())?;
-        Self::read(&jpeg, subsampled).ok_or_else(|| "jpeg-encoder's header not understood".into())
+        Self::read(&jpeg, side, subsampled)
+            .ok_or_else(|| "jpeg-encoder's header not understood".into())
     }
 
-    fn read(jpeg: &[u8], subsampled: bool) -> Option<Template> {
+    fn read(jpeg: &[u8], side: u16, subsampled: bool) -> Option<Template> {
         let mut quant: [Option<[u16; 64]>; 4] = [None; 4];
         let mut dc: [Option<Rc<Codes>>; 4] = Default::default();
         let mut ac: [Option<Rc<Codes>>; 4] = Default::default();
         let mut quant_of = [0usize; 3];
+        let mut frame_at = None;
         let mut i = 2;
         loop {
             if *jpeg.get(i)? != 0xFF {
@@ -163,6 +179,7 @@ impl Template {
                     }
                 }
                 0xC0 => {
+                    frame_at = Some(i);
                     if seg.get(5) != Some(&3) {
                         return None;
                     }
@@ -181,7 +198,13 @@ impl Template {
                         let id = usize::from(if high { t >> 4 } else { t & 15 }) & 3;
                         tables[id].clone()
                     };
-                    let header = jpeg.get(..i + 2 + len)?.to_vec();
+                    let mut header = jpeg.get(..i + 2 + len)?.to_vec();
+                    // Height, then width, after the marker, the length and the precision.
+                    let at = frame_at? + 5;
+                    let [hi, lo] = side.to_be_bytes();
+                    header
+                        .get_mut(at..at + 4)?
+                        .copy_from_slice(&[hi, lo, hi, lo]);
                     let q = |c: usize| quant[quant_of[c]].map(|q| Quant::new(&q));
                     return Some(Template {
                         header,
@@ -267,7 +290,10 @@ fn encode_with(pixels: &[u8], n: usize, t: &Template) -> Vec<u8> {
 
 fn scan(pixels: &[u8], n: usize, t: &Template, out: &mut Vec<u8>) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("bmi2") {
+    if std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("bmi1")
+        && std::arch::is_x86_feature_detected!("bmi2")
+    {
         return simd::scan_avx2(pixels, n, t, out);
     }
     scan_body(pixels, n, t, out);
@@ -283,7 +309,7 @@ mod simd {
         scan_body(pixels, n, t, out);
     }
 
-    /// Only called after `is_x86_feature_detected!` found AVX2 and BMI2.
+    /// Only called after `is_x86_feature_detected!` found AVX2, BMI1 and BMI2.
     pub(super) fn scan_avx2(pixels: &[u8], n: usize, t: &Template, out: &mut Vec<u8>) {
         // SAFETY: the caller checked that this CPU has every feature the function is compiled
         // for; that is the only requirement of calling a `target_feature` function.
@@ -517,13 +543,7 @@ mod tests {
     /// jpeg-encoder's own bytes for the same pixels.
     fn theirs(pixels: &[u8], side: u16, quality: u8, subsampled: bool) -> Vec<u8> {
         let mut jpeg = Vec::new();
-        let mut encoder = jpeg_encoder::Encoder::new(&mut jpeg, quality);
-        encoder.set_sampling_factor(if subsampled {
-            jpeg_encoder::SamplingFactor::F_2_2
-        } else {
-            jpeg_encoder::SamplingFactor::F_1_1
-        });
-        encoder
+        jpeg_encoder_into(&mut jpeg, quality, subsampled)
             .encode(pixels, side, side, jpeg_encoder::ColorType::Ycbcr)
             .expect("encode");
         jpeg
