@@ -300,16 +300,18 @@ fn the_tiny_model_overfits_a_few_sequences_and_stops_on_nan() {
     let cfg = tmp.path().join("overfit.toml");
     fs::write(
         &cfg,
-        "lr = 3e-3\nwarmup_steps = 10\nsteps = 150\nsave_every = 150\neval_every = 0\n\
+        "lr = 3e-3\nwarmup_steps = 10\nsteps = 200\nsave_every = 200\neval_every = 0\n\
          decay = \"cosine\"\nweight_decay = 0.0\n",
     )
     .expect("config");
     let run = tmp.path().join("overfit");
     train(&["--data", &p(&ds), "--config", &p(&cfg), "--out", &p(&run)]);
     let l = losses(&run);
-    assert_eq!(l.len(), 150);
+    // 200 steps: with the sample's images as the `rust-dct` codec now decodes them, the cosine
+    // schedule over 150 steps ended at 0.125; over 200 it ends at 0.028.
+    assert_eq!(l.len(), 200);
     assert!(l[0].1 > 4.0, "the first loss is {}", l[0].1);
-    assert!(l[149].1 < 0.1, "after 150 steps the loss is {}", l[149].1);
+    assert!(l[199].1 < 0.1, "after 200 steps the loss is {}", l[199].1);
 
     // A learning rate that blows the weights up: stop at the first non-finite loss, keeping the
     // last good checkpoint.
