@@ -941,8 +941,8 @@ mod tests {
             .collect()
     }
 
-    /// The two scaled decoders' own decode: `Some` when they scale, `None` when they leave the
-    /// image to the general decoder.
+    /// The two scaled decoders' own decode: `Some` when they decode the image themselves
+    /// (scaled; `rust-dct` also at full size), `None` when they leave it to the general decoder.
     fn scaled_decode(codec: JpegCodec, data: &[u8], cfg: &IngestConfig) -> Option<Decoded> {
         match codec {
             JpegCodec::RustScaled => scaled::decode(data, cfg),

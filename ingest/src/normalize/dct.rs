@@ -31,7 +31,7 @@ const LOOKUP_BITS: u32 = 10;
 const FAST_BITS: u32 = 11;
 
 /// Natural (row-major) position of the k-th coefficient in zig-zag order.
-const UNZIGZAG: [usize; 64] = [
+pub(super) const UNZIGZAG: [usize; 64] = [
     0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20,
     13, 6, 7, 14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58, 59,
     52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63,
@@ -460,12 +460,10 @@ struct Header<'a> {
     /// their blocks in an MCU.
     scan_order: Vec<usize>,
     adobe_transform: Option<u8>,
-    /// The decoded pixels (columns, rows, at the decode's scale) the resize can read: only
-    /// blocks there are inverse-transformed. Everything by default.
-    keep: (std::ops::Range<usize>, std::ops::Range<usize>),
 }
 
-fn be16(data: &[u8], at: usize) -> Option<usize> {
+/// The big-endian 16-bit number at `at`.
+pub(super) fn be16(data: &[u8], at: usize) -> Option<usize> {
     Some(usize::from(u16::from_be_bytes([
         *data.get(at)?,
         *data.get(at + 1)?,
@@ -490,7 +488,6 @@ fn read_header(data: &[u8]) -> Option<Header<'_>> {
         scan_start: 0,
         scan_order: Vec::new(),
         adobe_transform: None,
-        keep: (0..usize::MAX, 0..usize::MAX),
     };
     let mut seen_quant = [false; 4];
     let mut i = 2;
@@ -951,37 +948,57 @@ struct Planes {
 /// Decode the scan at `n`/8 into interleaved YCbCr (grey: chroma 128). Compiled a second time
 /// for AVX2 and BMI2 (the inverse DCT's vectors, the bit buffer's shifts), chosen at run time;
 /// both compute the same bytes (Rust neither fuses nor reorders float operations).
-fn decode_scan(data: &[u8], hd: &mut Header<'_>, n: usize) -> Option<Planes> {
+fn decode_scan(data: &[u8], hd: &mut Header<'_>, n: usize, keep: &Kept) -> Option<Planes> {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2")
+    if avx2_bmi() {
+        return simd::decode_scan_avx2(data, hd, n, keep);
+    }
+    decode_scan_body(data, hd, n, keep)
+}
+
+/// Whether this CPU has AVX2, BMI1 and BMI2: every feature the `simd` copies here and in the
+/// encoder are compiled for (`target_feature(enable = "avx2,bmi1,bmi2")`).
+#[cfg(target_arch = "x86_64")]
+pub(super) fn avx2_bmi() -> bool {
+    std::arch::is_x86_feature_detected!("avx2")
         && std::arch::is_x86_feature_detected!("bmi1")
         && std::arch::is_x86_feature_detected!("bmi2")
-    {
-        return simd::decode_scan_avx2(data, hd, n);
-    }
-    decode_scan_body(data, hd, n)
 }
+
+/// The decoded pixels (columns, rows, at the decode's scale) the resize can read: only blocks
+/// there are inverse-transformed.
+type Kept = (std::ops::Range<usize>, std::ops::Range<usize>);
 
 #[cfg(target_arch = "x86_64")]
 mod simd {
     #![allow(unsafe_code)]
-    use super::{Header, Planes, decode_scan_body};
+    use super::{Header, Kept, Planes, decode_scan_body};
 
     #[target_feature(enable = "avx2,bmi1,bmi2")]
-    fn decode_scan_avx2_inner(data: &[u8], hd: &mut Header<'_>, n: usize) -> Option<Planes> {
-        decode_scan_body(data, hd, n)
+    fn decode_scan_avx2_inner(
+        data: &[u8],
+        hd: &mut Header<'_>,
+        n: usize,
+        keep: &Kept,
+    ) -> Option<Planes> {
+        decode_scan_body(data, hd, n, keep)
     }
 
-    /// Only called after `is_x86_feature_detected!` found AVX2, BMI1 and BMI2.
-    pub(super) fn decode_scan_avx2(data: &[u8], hd: &mut Header<'_>, n: usize) -> Option<Planes> {
+    /// Only called after `avx2_bmi()` found AVX2, BMI1 and BMI2.
+    pub(super) fn decode_scan_avx2(
+        data: &[u8],
+        hd: &mut Header<'_>,
+        n: usize,
+        keep: &Kept,
+    ) -> Option<Planes> {
         // SAFETY: the caller checked that this CPU has every feature the function is compiled
         // for; that is the only requirement of calling a `target_feature` function.
-        unsafe { decode_scan_avx2_inner(data, hd, n) }
+        unsafe { decode_scan_avx2_inner(data, hd, n, keep) }
     }
 }
 
 #[inline(always)]
-fn decode_scan_body(data: &[u8], hd: &mut Header<'_>, n: usize) -> Option<Planes> {
+fn decode_scan_body(data: &[u8], hd: &mut Header<'_>, n: usize, keep: &Kept) -> Option<Planes> {
     let (w, h) = (hd.width as usize, hd.height as usize);
     let hmax = hd.components.iter().map(|c| c.h).max()?;
     let vmax = hd.components.iter().map(|c| c.v).max()?;
@@ -1048,8 +1065,8 @@ fn decode_scan_body(data: &[u8], hd: &mut Header<'_>, n: usize) -> Option<Planes
     let kept_mcus = |keep: &std::ops::Range<usize>, px: usize, count: usize| {
         (keep.start / px).min(count)..keep.end.div_ceil(px).min(count)
     };
-    let mcu_cols = kept_mcus(&hd.keep.0, mcu_px_w, mcus_x);
-    let mcu_rows = kept_mcus(&hd.keep.1, mcu_px_h, mcus_y);
+    let mcu_cols = kept_mcus(&keep.0, mcu_px_w, mcus_x);
+    let mcu_rows = kept_mcus(&keep.1, mcu_px_h, mcus_y);
     let mut bands: [Vec<u8>; 3] = std::array::from_fn(|ci| match sizes.get(ci) {
         Some(&(pw, ph)) => vec![0u8; pw * ph],
         None => vec![128u8; width * band_h],
@@ -1173,11 +1190,7 @@ fn decode_scan_body(data: &[u8], hd: &mut Header<'_>, n: usize) -> Option<Planes
 /// (3 pixels of Lanczos3 at the resize's scale, the widest filter offered) and 8 pixels more
 /// (the chroma upsampling's own reach, and rounding). Only the blocks there are
 /// inverse-transformed: on the benchmark's photos about a quarter of the pixels lie outside.
-fn kept_region(
-    (w, h): (u32, u32),
-    n: u32,
-    side: u32,
-) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+fn kept_region((w, h): (u32, u32), n: u32, side: u32) -> Kept {
     let scale = f64::from(n) / 8.0;
     let (sw, sh) = (f64::from(w) * scale, f64::from(h) * scale);
     let short = sw.min(sh);
@@ -1224,10 +1237,12 @@ fn decode_keeping(
     if rgb_components {
         return Ok(None);
     }
-    if !everything {
-        hd.keep = kept_region((w, h), n, cfg.image_size);
-    }
-    let Some(planes) = decode_scan(data, &mut hd, n as usize) else {
+    let keep = if everything {
+        (0..usize::MAX, 0..usize::MAX)
+    } else {
+        kept_region((w, h), n, cfg.image_size)
+    };
+    let Some(planes) = decode_scan(data, &mut hd, n as usize, &keep) else {
         return Ok(None);
     };
     let (Ok(pw), Ok(ph)) = (u32::try_from(planes.width), u32::try_from(planes.height)) else {

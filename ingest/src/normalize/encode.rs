@@ -1,19 +1,16 @@
-//! cm3's own baseline JPEG encoder for the YCbCr pixels an ingest writes, byte for byte what
-//! jpeg-encoder writes for them (tested): its headers and tables (copied from a small JPEG it
-//! encodes once per thread and setting), its forward DCT (libjpeg's `islow`), quantisation,
-//! point-sampled 4:2:0 chroma and Huffman coding. Written for speed instead: the DCT runs on 8
-//! lanes at once, the entropy coder walks only the non-zero coefficients, and the whole of it is
-//! compiled a second time for AVX2 where the CPU has it. jpeg-encoder was a fifth of an ingest.
+//! cm3's own baseline JPEG encoder for the YCbCr pixels an ingest writes: what jpeg-encoder
+//! writes for them (its headers and tables, copied from a small JPEG it encodes once per thread
+//! and setting; its quantisation, point-sampled 4:2:0 chroma and Huffman coding), with the
+//! forward DCT rounded as libjpeg's `islow` rounds it. jpeg-encoder's AVX2 forward DCT truncates
+//! two rows in odd columns; with that rounding instead, the bytes are jpeg-encoder's exactly
+//! (tested). Written for speed: the DCT runs on 8 lanes at once, the entropy coder walks only
+//! the non-zero coefficients, and the whole of it is compiled a second time for AVX2 where the
+//! CPU has it. jpeg-encoder was a fifth of an ingest.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
-/// Natural (row-major) position of the k-th coefficient in zig-zag order.
-const UNZIGZAG: [usize; 64] = [
-    0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20,
-    13, 6, 7, 14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58, 59,
-    52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63,
-];
+use super::dct::{UNZIGZAG, be16};
 
 /// jpeg-encoder's quantisation: the divisor is the table value times 8 (the DCT's scale), and
 /// the division a multiplication by a 15-bit reciprocal with a rounding correction.
@@ -98,10 +95,6 @@ struct Template {
     ac: [Rc<Codes>; 3],
     /// 2 for 4:2:0 (luma sampled 2 x 2 per MCU), 1 for 4:4:4.
     luma_blocks: usize,
-}
-
-fn be16(data: &[u8], at: usize) -> Option<usize> {
-    Some(usize::from(*data.get(at)?) << 8 | usize::from(*data.get(at + 1)?))
 }
 
 /// jpeg-encoder writing into `out` at `quality`, chroma 4:2:0 when `subsampled`, else 4:4:4.
@@ -290,10 +283,7 @@ fn encode_with(pixels: &[u8], n: usize, t: &Template) -> Vec<u8> {
 
 fn scan(pixels: &[u8], n: usize, t: &Template, out: &mut Vec<u8>) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("bmi1")
-        && std::arch::is_x86_feature_detected!("bmi2")
-    {
+    if super::dct::avx2_bmi() {
         return simd::scan_avx2(pixels, n, t, out);
     }
     scan_body(pixels, n, t, out);
@@ -309,7 +299,7 @@ mod simd {
         scan_body(pixels, n, t, out);
     }
 
-    /// Only called after `is_x86_feature_detected!` found AVX2, BMI1 and BMI2.
+    /// Only called after `avx2_bmi()` found AVX2, BMI1 and BMI2.
     pub(super) fn scan_avx2(pixels: &[u8], n: usize, t: &Template, out: &mut Vec<u8>) {
         // SAFETY: the caller checked that this CPU has every feature the function is compiled
         // for; that is the only requirement of calling a `target_feature` function.
