@@ -740,37 +740,22 @@ fn jpeg_codec_is_recorded_and_older_datasets_keep_theirs() {
     let wds = tmp.path().join("wds");
     write_webdataset(&wds, &pairs[..8], 8);
     let week2 = write_webdataset(&tmp.path().join("week2"), &pairs[8..16], 8);
-    let ingest = |ds: &Path, inputs: &[&Path], extra: &[&str]| {
+    fn ingest<'a>(ds: &'a Path, inputs: &[&'a Path], extra: &[&'a str]) -> Vec<&'a str> {
         let mut v = vec!["ingest", "--input"];
         v.extend(inputs.iter().map(|p| s(p)));
         v.extend_from_slice(&["--out", s(ds), "--no-progress"]);
         v.extend_from_slice(extra);
-        v.into_iter().map(String::from).collect::<Vec<_>>()
-    };
+        v
+    }
     let codec = |ds: &Path| manifest(ds)["stages"]["ingest"]["config"]["jpeg_codec"].clone();
     let new = tmp.path().join("new");
-    run_ok(
-        &ingest(&new, &[&wds], &[])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    run_ok(&ingest(&new, &[&wds], &[]));
     assert_eq!(codec(&new), "rust-dct");
 
     let old = tmp.path().join("old");
-    run_ok(
-        &ingest(&old, &[&wds], &["--jpeg-codec", "rust"])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    run_ok(&ingest(&old, &[&wds], &["--jpeg-codec", "rust"]));
     let before = output_bytes(&old);
-    let out = run_ok(
-        &ingest(&old, &[&wds, &week2[0]], &[])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    let out = run_ok(&ingest(&old, &[&wds, &week2[0]], &[]));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("1 already done"),
         "{}",
@@ -782,12 +767,11 @@ fn jpeg_codec_is_recorded_and_older_datasets_keep_theirs() {
     for (k, bytes) in &before {
         assert_eq!(after.get(k), Some(bytes), "{k} changed");
     }
-    let err = run_err(
-        &ingest(&old, &[&wds, &week2[0]], &["--jpeg-codec", "rust-dct"])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    let err = run_err(&ingest(
+        &old,
+        &[&wds, &week2[0]],
+        &["--jpeg-codec", "rust-dct"],
+    ));
     assert!(err.contains("jpeg_codec"), "{err}");
 }
 

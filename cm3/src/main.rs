@@ -236,9 +236,9 @@ struct IngestArgs {
     #[arg(long, value_enum)]
     resize_filter: Option<FilterArg>,
     /// JPEG codec: `turbojpeg` (libjpeg-turbo, scaled decoding; only in builds with the
-    /// `turbojpeg` feature, where it is a new dataset's default), `rust-dct` (pure Rust, large
-    /// baseline JPEGs decoded scaled in the DCT per component by cm3's own decoder; the default
-    /// otherwise), `rust` (pure Rust, every pixel decoded) or `rust-scaled` (scaled by
+    /// `turbojpeg` feature, where it is a new dataset's default), `rust-dct` (pure Rust, cm3's own
+    /// decoder and encoder: baseline JPEGs decoded scaled in the DCT per component when large,
+    /// else at full size; the default otherwise), `rust` (pure Rust, every pixel decoded) or `rust-scaled` (scaled by
     /// jpeg-decoder, chroma upsampled). Unset, an existing dataset keeps what it recorded.
     #[arg(long, value_enum)]
     jpeg_codec: Option<CodecArg>,

@@ -68,12 +68,14 @@ pub enum JpegCodec {
     /// are decoded as `rust` does, to the same bytes. A value of its own, not a flag, so that
     /// datasets recorded as `rust` keep their bytes on a re-run.
     RustScaled,
-    /// Pure Rust, cm3's own decoder for baseline JPEGs whose shorter side is at least 3 x
-    /// `image_size`: scaled in the DCT per component (1/2, 1/4 or 1/8) to the smallest size whose
-    /// shorter side is still `image_size` or more, chroma brought to the luma's resolution by its
-    /// own inverse DCT rather than upsampled, as libjpeg does. Every other JPEG (smaller,
-    /// progressive, CMYK, 12-bit) is decoded as `rust` does, to the same bytes. What new
-    /// datasets get from a pure-Rust build.
+    /// Pure Rust, cm3's own decoder and encoder for baseline YCbCr and grey JPEGs. One whose
+    /// shorter side is at least 3 x `image_size` is decoded scaled in the DCT per component
+    /// (1/2, 1/4 or 1/8, the smallest whose shorter side stays at least 1.5 x `image_size`),
+    /// chroma brought to the luma's resolution by its own inverse DCT rather than upsampled, as
+    /// libjpeg does; a smaller one at full size, chroma upsampled with libjpeg's triangle filter.
+    /// The pixels stay YCbCr to the encoder. Every other JPEG (progressive, CMYK, 12-bit, or one
+    /// the decoder gives up on) is decoded and encoded as `rust` does. What new datasets get
+    /// from a pure-Rust build.
     RustDct,
     /// libjpeg-turbo (cargo feature `turbojpeg`): decodes scaled in the DCT to the smallest
     /// n/8 size not below `image_size`, which skips most of the work on large photos.
