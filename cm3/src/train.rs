@@ -340,10 +340,7 @@ fn score(a: ScoreArgs) -> Result<()> {
         None => model.score(&cfg, ids, a.ignore_id)?,
         Some(out) => {
             let (s, logits) = model.score_with_logits(&cfg, ids, a.ignore_id)?;
-            let logits = logits
-                .into_data()
-                .try_into_vec_as::<f32>()
-                .map_err(|e| anyhow::anyhow!("reading logits: {e:?}"))?;
+            let logits = cm3_model::read_f32(logits, "reading logits")?;
             write_atomic(out, &encode_f32(&[b, t, cfg.vocab_size], &logits), "score")?;
             s
         }

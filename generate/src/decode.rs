@@ -288,12 +288,12 @@ fn check_counts(req: &Request<'_>, streams: usize) -> Result<()> {
 /// The last position's logits of every row, `[rows × vocab]` on the host.
 fn last_logits(logits: Tensor<3>, vocab: usize) -> Result<Vec<f32>> {
     let [b, t, _] = logits.dims();
-    logits
-        .slice([0..b, t - 1..t, 0..vocab])
-        .reshape([b * vocab])
-        .into_data()
-        .try_into_vec_as::<f32>()
-        .map_err(|e| GenerateError::Invalid(format!("reading logits: {e:?}")))
+    Ok(cm3_model::read_f32(
+        logits
+            .slice([0..b, t - 1..t, 0..vocab])
+            .reshape([b * vocab]),
+        "reading logits",
+    )?)
 }
 
 #[cfg(test)]

@@ -770,7 +770,7 @@ fn conv3x3_in_bands(
     let original = x.clone();
     // The input first: the parameters are read to the host only for a flex input.
     let x = contiguous(plain_flex(x)?);
-    let bias: Vec<f32> = match bias.map(|b| b.clone().into_data().try_into_vec_as::<f32>()) {
+    let bias: Vec<f32> = match bias.map(|b| crate::read::read_f32(b.clone(), "bias")) {
         Some(Ok(v)) => v,
         Some(Err(_)) => return Err(original),
         None => vec![0.0; co],

@@ -10,9 +10,11 @@ pub mod decoder;
 pub mod device;
 pub mod error;
 mod fused;
+pub mod read;
 pub mod vq;
 
 pub use error::{ModelError, Result};
+pub use read::{read_f32, read_i64, read_scalar};
 
 /// fsync a file that Burn wrote, so that it is on disk before a rename or a pointer (`latest`, a
 /// `config.json`) makes it visible, whatever the version of Burn's writers does.

@@ -184,3 +184,32 @@ fn vq_training_on_wgpu_learns_and_its_tokenizer_runs_on_flex() {
         a.len()
     );
 }
+
+/// A device that fails the work is an error at the read, naming the operation, not a panic
+/// (Burn's `into_data` panics there). The tensor, 256 MiB, is over lavapipe's largest buffer; a
+/// device that holds it has nothing to fail here, which only a required device (CI's lavapipe)
+/// makes a failure.
+#[test]
+fn a_failed_device_read_is_an_error_not_a_panic() {
+    let test = "a_failed_device_read_is_an_error_not_a_panic";
+    let Some(device) = wgpu_or_skip(test) else {
+        return;
+    };
+    let big = Tensor::<1>::ones([1 << 26], &device).mul_scalar(2.0);
+    match cm3_model::read_f32(big, "doubling") {
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(
+                msg.starts_with("doubling: the device failed the work"),
+                "{msg}"
+            );
+        }
+        Ok(v) if std::env::var_os("CM3_REQUIRE_WGPU").is_some() => {
+            panic!(
+                "{test}: the device held {} values; lavapipe does not",
+                v.len()
+            )
+        }
+        Ok(_) => eprintln!("{test}: SKIPPED, this device holds the tensor"),
+    }
+}

@@ -112,10 +112,7 @@ impl ImageTokenizer {
         let g = self.grid() as usize;
         let x = self.vq.decode(codes, n, g, g)?;
         let [_, c, h, w] = x.dims();
-        let values = x
-            .into_data()
-            .try_into_vec_as::<f32>()
-            .map_err(|e| TokenizeError::Invalid(format!("reading decoded pixels: {e:?}")))?;
+        let values = cm3_model::read_f32(x, "reading decoded pixels")?;
         let plane = h * w;
         Ok(values
             .chunks(c * plane)

@@ -141,17 +141,24 @@ fn optimizer(cfg: &TrainConfig) -> Result<ModuleOptimizer> {
         .with_group(no_decay, adamw.with_weight_decay(0.0).build(), None))
 }
 
-/// Sum of squared gradients over the model's parameters.
+/// Sum of squared gradients over the model's parameters; the first failed read (a device that
+/// failed the backward pass) is kept, since a visitor cannot return it.
 struct SquaredNorm<'a> {
     grads: &'a GradientsParams,
     sum: f64,
+    failed: Option<cm3_model::ModelError>,
 }
 
 impl ModuleVisitor for SquaredNorm<'_> {
     fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+        if self.failed.is_some() {
+            return;
+        }
         if let Some(g) = self.grads.get::<D>(p.id) {
-            let s: f32 = g.square().sum().into_scalar();
-            self.sum += f64::from(s);
+            match cm3_model::read_scalar(g.square().sum(), "the gradients' norm") {
+                Ok(s) => self.sum += f64::from(s),
+                Err(e) => self.failed = Some(e),
+            }
         }
     }
 }
@@ -213,7 +220,7 @@ pub fn evaluate(
         } else {
             model.loss(cfg, ids, Some(pad))?
         };
-        nll += f64::from(l.into_scalar::<f32>()) * tokens as f64;
+        nll += f64::from(cm3_model::read_scalar(l, "the evaluation loss")?) * tokens as f64;
         count += tokens;
         i += b;
     }
@@ -552,7 +559,7 @@ fn micro_gradients(
             model.loss(mcfg, ids, Some(shape.pad))?
         };
         let loss = loss.mul_scalar(n as f64 / shape.targets.max(1) as f64);
-        loss_sum += f64::from(loss.clone().detach().into_scalar::<f32>());
+        loss_sum += f64::from(cm3_model::read_scalar(loss.clone().detach(), "the loss")?);
         let grads = GradientsParams::from_grads(loss.backward(), model);
         accum.accumulate(model, grads);
     }
@@ -763,8 +770,13 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
         let mut norm = SquaredNorm {
             grads: &grads,
             sum: 0.0,
+            failed: None,
         };
         model.visit(&mut norm);
+        if let Some(e) = norm.failed {
+            bar.abandon();
+            return Err(e.into());
+        }
         let grad_norm = norm.sum.sqrt();
         if cfg.clip_norm > 0.0 && grad_norm > cfg.clip_norm {
             model.visit(&mut ScaleGrads {

@@ -160,13 +160,16 @@ impl Cm3Decoder {
         if self.lm_head.is_some() || b == 1 {
             return Ok(self.logits(cfg, x));
         }
-        let head = cache
-            .tied_head
-            .get_or_insert_with(|| {
+        let head = match &cache.tied_head {
+            Some(head) => head.clone(),
+            None => {
                 let e = self.model.decoder.embed_tokens.weight.val().transpose();
-                Tensor::from_data(e.into_data(), device)
-            })
-            .clone();
+                let head =
+                    Tensor::from_data(crate::read::data(e, "copying the output head")?, device);
+                cache.tied_head = Some(head.clone());
+                head
+            }
+        };
         Ok(super::flat_matmul(
             super::layer_norm(x, cfg.layer_norm_eps),
             head,

@@ -23,6 +23,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use super::config::{Norm, VqConfig};
 use super::modules::{Decoder, Encoder, Init, conv};
 use crate::error::{ModelError, Result};
+pub(crate) use crate::read::{read_f32, read_i64};
 
 /// The inference model: encoder, decoder and the learned codebook (`codebook.weight` [K, D]).
 #[derive(Module, Debug)]
@@ -442,22 +443,4 @@ pub fn perplexity(counts: &[f64]) -> f64 {
         })
         .sum();
     h.exp()
-}
-
-pub(crate) fn read_f32<const D: usize>(t: Tensor<D>, what: &'static str) -> Result<Vec<f32>> {
-    t.into_data()
-        .try_into_vec_as::<f32>()
-        .map_err(|e| ModelError::Tensor {
-            op: what,
-            reason: format!("{e:?}"),
-        })
-}
-
-pub(crate) fn read_i64<const D: usize>(t: Tensor<D, Int>, what: &'static str) -> Result<Vec<i64>> {
-    t.into_data()
-        .try_into_vec_as::<i64>()
-        .map_err(|e| ModelError::Tensor {
-            op: what,
-            reason: format!("{e:?}"),
-        })
 }

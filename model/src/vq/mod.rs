@@ -334,17 +334,7 @@ impl VqTokenizer {
         let codes = self.encode(x)?;
         // A device that failed the work (on lavapipe, a batch whose activations pass its buffer
         // limit) is an error here, not a panic.
-        let ids = codes
-            .try_into_data()
-            .map_err(|e| ModelError::Tensor {
-                op: "encoding images on the device",
-                reason: format!("{e:?} (a smaller batch may fit the device)"),
-            })?
-            .try_into_vec_as::<i64>()
-            .map_err(|e| ModelError::Tensor {
-                op: "reading codes",
-                reason: format!("{e:?}"),
-            })?;
+        let ids = crate::read::read_i64(codes, "encoding images on the device")?;
         Ok(ids.into_iter().map(|c| c as u32).collect())
     }
 

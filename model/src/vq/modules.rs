@@ -38,8 +38,7 @@ fn norm_silu(n: &GroupNorm, kind: Norm, x: Tensor<4>) -> Tensor<4> {
 
 /// The affine parameters of `n`, when it has them and they are readable.
 fn affine(n: &GroupNorm) -> Option<(Vec<f32>, Vec<f32>)> {
-    let read =
-        |p: &burn::module::Param<Tensor<1>>| p.val().into_data().try_into_vec_as::<f32>().ok();
+    let read = |p: &burn::module::Param<Tensor<1>>| crate::read::read_f32(p.val(), "norm").ok();
     Some((read(n.gamma.as_ref()?)?, read(n.beta.as_ref()?)?))
 }
 
