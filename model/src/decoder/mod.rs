@@ -174,6 +174,14 @@ fn param(values: Vec<f32>, shape: [usize; 2], device: &Device) -> Param<Tensor<2
 /// LayerNorm without parameters: (x − mean) / sqrt(var + eps) over the last axis (biased
 /// variance, as PyTorch).
 pub fn layer_norm(x: Tensor<3>, eps: f64) -> Tensor<3> {
+    match crate::fused::layer_norm(x, eps) {
+        Ok(y) => y,
+        Err(x) => layer_norm_composed(x, eps),
+    }
+}
+
+/// [`layer_norm`] from Burn's tensor operations: every backend but flex.
+pub(crate) fn layer_norm_composed(x: Tensor<3>, eps: f64) -> Tensor<3> {
     let mean = x.clone().mean_dim(2);
     let centred = x - mean;
     let var = centred.clone().powf_scalar(2.0).mean_dim(2);
