@@ -23,7 +23,7 @@
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, binary, unary};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{
@@ -491,6 +491,105 @@ pub(crate) fn causal_softmax(scores: Tensor<4>, start: usize) -> Result<Tensor<4
             Tensor::from_primitive::<Autodiff<Flex>>(out)
         }
         OnFlex::Plain(x) => Tensor::from_primitive::<Flex>(causal_softmax_forward(x, start)),
+    })
+}
+
+// ------------------------------------------------------------------------------------------------
+// Linear maps
+
+/// `[rows, cols]` of a 2-D flex tensor, made contiguous from the start of its buffer.
+fn matrix(t: FlexTensor) -> (FlexTensor, [usize; 2]) {
+    let t = contiguous(t);
+    let dims = t.layout().shape().to_vec();
+    (t, [dims[0], dims[1]])
+}
+
+/// `lhs · rhs` through [`gemm_into::matmul_new`] as a `[m, n]` tensor; the strides are the
+/// caller's reading of two contiguous tensors of the shapes it checked.
+fn product(
+    lhs: &FlexTensor,
+    lhs_s: [usize; 2],
+    rhs: &FlexTensor,
+    rhs_s: [usize; 2],
+    [m, n, k]: [usize; 3],
+) -> FlexTensor {
+    let out = gemm_into::matmul_new(lhs.storage(), lhs_s, rhs.storage(), rhs_s, [m, n, k])
+        .unwrap_or_else(|| unreachable!("extents checked against the tensors' own shapes"));
+    FlexTensor::from_data(burn::tensor::TensorData::new(out, [m, n]))
+}
+
+/// `y = x Wᵀ` for `x` `[n, k]` and `w` `[o, k]` (both contiguous).
+fn linear_forward(x: &FlexTensor, w: &FlexTensor, [n, k, o]: [usize; 3]) -> FlexTensor {
+    product(x, [k, 1], w, [1, k], [n, o, k])
+}
+
+#[derive(Debug)]
+struct LinearBackward;
+
+impl Backward<Flex, 2> for LinearBackward {
+    /// `x`, `w` and `[n, k, o]`.
+    type State = (FlexTensor, FlexTensor, [usize; 3]);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (x, w, [n, k, o]) = ops.state;
+        binary::<Flex, _, _>(
+            ops.parents,
+            ops.node,
+            grads,
+            // dx = g W: [n, o] · [o, k].
+            |g| product(&contiguous(g), [o, 1], &w, [k, 1], [n, k, o]),
+            // dW = gᵀ x: [o, n] · [n, k], gᵀ read through strides.
+            |g| product(&contiguous(g), [1, o], &x, [k, 1], [o, k, n]),
+        );
+    }
+}
+
+/// A tensor given back to the caller as it came.
+fn given_back<const D: usize>(t: OnFlex) -> Tensor<D> {
+    match t {
+        OnFlex::Plain(x) => Tensor::from_primitive::<Flex>(x),
+        OnFlex::Tracked(ad) => Tensor::from_primitive::<Autodiff<Flex>>(ad),
+    }
+}
+
+/// `x Wᵀ` for `x` `[n, k]` and a weight `w` `[o, k]` stored as PyTorch stores it, with its own
+/// backward pass: every product goes straight to gemm into a buffer of its own, where Burn's
+/// matmul zeroes each output and then copies it (two single-threaded passes over every
+/// activation and gradient: a sixth of a training step's time, all of it while the other core
+/// waits). Both `f32` on flex, both tracked or neither; or both back, untouched.
+pub(crate) fn linear(x: Tensor<2>, w: Tensor<2>) -> Result<Tensor<2>, (Tensor<2>, Tensor<2>)> {
+    let ([n, k], [o, kw]) = (x.dims(), w.dims());
+    if k != kw {
+        return Err((x, w));
+    }
+    let x = match on_flex(x) {
+        Ok(x) => x,
+        Err(x) => return Err((x, w)),
+    };
+    let w = match on_flex(w) {
+        Ok(w) => w,
+        Err(w) => return Err((given_back(x), w)),
+    };
+    Ok(match (x, w) {
+        (OnFlex::Tracked(x), OnFlex::Tracked(w)) => {
+            let ((x, x_node), (w, w_node)) = (x.into_parts(), w.into_parts());
+            let ((x, _), (w, _)) = (matrix(x), matrix(w));
+            let y = linear_forward(&x, &w, [n, k, o]);
+            let out = match LinearBackward
+                .prepare::<NoCheckpointing>([x_node, w_node])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish((x, w, [n, k, o]), y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            };
+            Tensor::from_primitive::<Autodiff<Flex>>(out)
+        }
+        (OnFlex::Plain(x), OnFlex::Plain(w)) => {
+            let ((x, _), (w, _)) = (matrix(x), matrix(w));
+            Tensor::from_primitive::<Flex>(linear_forward(&x, &w, [n, k, o]))
+        }
+        (x, w) => return Err((given_back(x), given_back(w))),
     })
 }
 
@@ -1207,6 +1306,67 @@ mod tests {
         // More queries than keys allow is not this kernel's: no result.
         let s = Tensor::<4>::from_data(TensorData::new(x, shape), &device);
         assert!(causal_softmax(s, start + 1).is_err());
+    }
+
+    /// `x Wᵀ` equals Burn's matmul forward and back (both gradients), for a contiguous `x` and
+    /// for a transposed view of one, without autodiff too; a tracked `x` with a plain weight is
+    /// handed back for the caller's matmul.
+    #[test]
+    fn fused_linear_matches_burns_matmul() {
+        let (n, k, o) = (45, 37, 19);
+        let (xv, wv, gv) = (
+            random(n * k, 2.0, 9),
+            random(o * k, 1.0, 10),
+            random(n * o, 1.0, 11),
+        );
+        let device = Device::flex().autodiff();
+        let floats = |t: Tensor<2>| t.into_data().try_into_vec_as::<f32>().expect("f32");
+        for transposed in [false, true] {
+            let run = |fused: bool| {
+                let x = if transposed {
+                    let stored: Vec<f32> = (0..k * n).map(|i| xv[(i % n) * k + i / n]).collect();
+                    Tensor::<2>::from_data(TensorData::new(stored, [k, n]), &device).require_grad()
+                } else {
+                    Tensor::<2>::from_data(TensorData::new(xv.clone(), [n, k]), &device)
+                        .require_grad()
+                };
+                let input = if transposed {
+                    x.clone().transpose()
+                } else {
+                    x.clone()
+                };
+                let w = Tensor::<2>::from_data(TensorData::new(wv.clone(), [o, k]), &device)
+                    .require_grad();
+                let y = if fused {
+                    linear(input, w.clone())
+                        .map_err(|_| "refused")
+                        .expect("f32 on flex")
+                } else {
+                    input.matmul(w.clone().transpose())
+                };
+                let g = Tensor::<2>::from_data(TensorData::new(gv.clone(), [n, o]), &device);
+                let grads = (y.clone() * g).sum().backward();
+                (
+                    floats(y),
+                    floats(x.grad(&grads).expect("dx")),
+                    floats(w.grad(&grads).expect("dw")),
+                )
+            };
+            let (y, dx, dw) = run(true);
+            let (want_y, want_dx, want_dw) = run(false);
+            assert_close(&y, &want_y, 1e-6, "x Wᵀ");
+            assert_close(&dx, &want_dx, 1e-6, "dx");
+            assert_close(&dw, &want_dw, 1e-6, "dW");
+        }
+        let plain = |v: &[f32], shape: [usize; 2]| {
+            Tensor::<2>::from_data(TensorData::new(v.to_vec(), shape), &Device::flex())
+        };
+        let y = linear(plain(&xv, [n, k]), plain(&wv, [o, k])).map_err(|_| "refused");
+        let want = plain(&xv, [n, k]).matmul(plain(&wv, [o, k]).transpose());
+        assert_close(&floats(y.expect("plain")), &floats(want), 1e-6, "plain");
+        let x = Tensor::<2>::from_data(TensorData::new(xv.clone(), [n, k]), &device).require_grad();
+        let w = Tensor::<2>::from_data(TensorData::new(wv.clone(), [o, k]), &Device::flex());
+        assert!(linear(x, w).is_err(), "a tracked x with a plain weight");
     }
 
     /// LayerNorm equals the composed form (the decoder's before this kernel) forward and back,

@@ -36,7 +36,7 @@ impl Proj {
     /// positions: a batched product against a broadcast weight costs a per-batch gradient of the
     /// weight in the backward pass, summed afterwards.
     fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        flat_matmul(x, self.weight.val().transpose())
+        project(x, self.weight.val())
     }
 }
 
@@ -319,7 +319,7 @@ impl Cm3Decoder {
         let x = layer_norm(x, cfg.layer_norm_eps);
         match &self.lm_head {
             Some(head) => head.forward(x),
-            None => flat_matmul(x, self.model.decoder.embed_tokens.weight.val().transpose()),
+            None => project(x, self.model.decoder.embed_tokens.weight.val()),
         }
     }
 
@@ -506,6 +506,19 @@ fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: &Tensor<4>) 
 }
 
 /// `x` `[..., k]` times `w` `[k, n]`, as `[..., n]`.
+/// `x` `[..., in]` times the transpose of `w` `[out, in]` (a PyTorch weight, or the tied
+/// embedding), as one 2-D product: fused on flex, Burn's matmul elsewhere.
+fn project<const D: usize>(x: Tensor<D>, w: Tensor<2>) -> Tensor<D> {
+    let mut dims = x.dims();
+    let k = dims[D - 1];
+    let rows = dims[..D - 1].iter().product::<usize>();
+    dims[D - 1] = w.dims()[0];
+    match crate::fused::linear(x.reshape([rows, k]), w) {
+        Ok(y) => y.reshape(dims),
+        Err((x, w)) => x.matmul(w.transpose()).reshape(dims),
+    }
+}
+
 fn flat_matmul<const D: usize>(x: Tensor<D>, w: Tensor<2>) -> Tensor<D> {
     let mut dims = x.dims();
     let k = dims[D - 1];

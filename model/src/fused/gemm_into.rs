@@ -90,9 +90,132 @@ pub(super) fn matmul_into(
     true
 }
 
+/// `lhs · rhs` for an `m × k` and a `k × n` matrix, each read through its `[row, column]`
+/// strides (so a transpose is a choice of strides, not a copy), as a new row-major `m × n`
+/// vector; gemm splits it over rayon's threads. The product writes every element of a buffer
+/// that is never zeroed or copied (Burn zeroes each product's output, then copies it to align
+/// it). `None` when a slice is too short for its extents.
+pub(super) fn matmul_new(
+    lhs: &[f32],
+    [lhs_rs, lhs_cs]: [usize; 2],
+    rhs: &[f32],
+    [rhs_rs, rhs_cs]: [usize; 2],
+    [m, n, k]: [usize; 3],
+) -> Option<Vec<f32>> {
+    matmul_over(
+        Vec::new(),
+        lhs,
+        [lhs_rs, lhs_cs],
+        rhs,
+        [rhs_rs, rhs_cs],
+        [m, n, k],
+    )
+}
+
+/// [`matmul_new`] into the allocation of `out` (its values are never read): the tests hand it
+/// one full of NaN, which any element the product did not write would keep.
+fn matmul_over(
+    mut out: Vec<f32>,
+    lhs: &[f32],
+    [lhs_rs, lhs_cs]: [usize; 2],
+    rhs: &[f32],
+    [rhs_rs, rhs_cs]: [usize; 2],
+    [m, n, k]: [usize; 3],
+) -> Option<Vec<f32>> {
+    // One past the last element an r × c matrix at these strides reaches.
+    let extent = |r: usize, c: usize, rs: usize, cs: usize| {
+        (r - 1)
+            .checked_mul(rs)?
+            .checked_add((c - 1).checked_mul(cs)?)?
+            .checked_add(1)
+    };
+    let len = m.checked_mul(n)?;
+    out.clear();
+    if len == 0 {
+        return Some(out);
+    }
+    if k == 0 {
+        out.resize(len, 0.0);
+        return Some(out);
+    }
+    if extent(m, k, lhs_rs, lhs_cs)? > lhs.len() || extent(k, n, rhs_rs, rhs_cs)? > rhs.len() {
+        return None;
+    }
+    let s = |v: usize| isize::try_from(v).ok();
+    let (lrs, lcs, rrs, rcs, dst_rs) = (s(lhs_rs)?, s(lhs_cs)?, s(rhs_rs)?, s(rhs_cs)?, s(n)?);
+    out.reserve_exact(len);
+    // SAFETY: `out` has room for `len` = m·n values (reserved above); gemm writes
+    // out[i·n + j] for every i < m, j < n, and reads none of them (`read_dst` false), so all
+    // `len` are initialised when `set_len` makes them visible. It reads lhs[i·lhs_rs + p·lhs_cs]
+    // and rhs[p·rhs_rs + j·rhs_cs] for p < k only, inside the slices by the extents checked
+    // above; rows of out are n apart, so gemm's threads write disjoint elements.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            dst_rs,
+            false,
+            lhs.as_ptr(),
+            lcs,
+            lrs,
+            rhs.as_ptr(),
+            rcs,
+            rrs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        );
+        out.set_len(len);
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Against the triple loop for each of the four transposes (by strides), writing every
+    /// element of a buffer full of NaN; short slices are refused.
+    #[test]
+    fn matmul_new_is_the_triple_loop_at_any_strides() {
+        let (m, n, k) = (37, 29, 23);
+        let a: Vec<f32> = (0..m * k).map(|i| (i % 11) as f32 - 5.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.25).collect();
+        // a as [m, k] row-major or its transpose stored [k, m]; the same for b.
+        let a_t: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
+        let b_t: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+        let want: Vec<f32> = (0..m * n)
+            .map(|e| (0..k).map(|p| a[e / n * k + p] * b[p * n + e % n]).sum())
+            .collect();
+        for (lhs, ls, rhs, rs) in [
+            (&a, [k, 1], &b, [n, 1]),
+            (&a_t, [1, m], &b, [n, 1]),
+            (&a, [k, 1], &b_t, [1, k]),
+            (&a_t, [1, m], &b_t, [1, k]),
+        ] {
+            let nan = vec![f32::NAN; m * n + 5];
+            let got = matmul_over(nan, lhs, ls, rhs, rs, [m, n, k]).expect("fits");
+            assert_eq!(got.len(), m * n);
+            for (e, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                    "{ls:?} {rs:?} ({e}): {g} {w}"
+                );
+            }
+        }
+        assert_eq!(
+            matmul_new(&a, [k, 1], &b, [n, 1], [m, n, 0]),
+            Some(vec![0.0; m * n])
+        );
+        assert!(matmul_new(&a[1..], [k, 1], &b, [n, 1], [m, n, k]).is_none());
+        assert!(matmul_new(&a, [k, 1], &b, [1, k + 1], [m, n, k]).is_none());
+    }
 
     /// Against the triple loop, at row strides wider than the rows, with and without
     /// accumulating; short slices are refused untouched.
