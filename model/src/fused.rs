@@ -544,6 +544,142 @@ impl Backward<Flex, 2> for LinearBackward {
     }
 }
 
+/// A 4-D flex tensor read where it lies: its buffer's `f32`s, the start and the four strides
+/// (`None` for a negative stride).
+fn view4(t: &FlexTensor) -> Option<(usize, [usize; 4])> {
+    let s = t.layout().strides();
+    let strides = [s[0], s[1], s[2], s[3]].map(|v| usize::try_from(v).ok());
+    let [Some(a), Some(b), Some(c), Some(d)] = strides else {
+        return None;
+    };
+    Some((t.layout().start_offset(), [a, b, c, d]))
+}
+
+/// Operand of [`gemm_into::batched_matmul_new`] for a 4-D view, its last two axes transposed
+/// when `transposed`.
+fn operand(
+    t: &FlexTensor,
+    (base, s): (usize, [usize; 4]),
+    transposed: bool,
+) -> gemm_into::Operand<'_> {
+    gemm_into::Operand {
+        data: t.storage(),
+        base,
+        batch: [s[0], s[1]],
+        mat: if transposed {
+            [s[3], s[2]]
+        } else {
+            [s[2], s[3]]
+        },
+    }
+}
+
+/// `[b0, b1, m, n]` products of the operands, as a tensor.
+fn batched_product(
+    lhs: gemm_into::Operand<'_>,
+    rhs: gemm_into::Operand<'_>,
+    [b0, b1, m, n, k]: [usize; 5],
+) -> FlexTensor {
+    let out = gemm_into::batched_matmul_new(lhs, rhs, [b0, b1], [m, n, k])
+        .unwrap_or_else(|| unreachable!("extents checked against the tensors' own layouts"));
+    FlexTensor::from_data(burn::tensor::TensorData::new(out, [b0, b1, m, n]))
+}
+
+#[derive(Debug)]
+struct BatchedMatmulBackward;
+
+impl Backward<Flex, 2> for BatchedMatmulBackward {
+    /// Both operands as they lie, their views, and `[b0, b1, m, n, k]`.
+    type State = (FlexTensor, FlexTensor, [(usize, [usize; 4]); 2], [usize; 5]);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (a, b, [va, vb], [b0, b1, m, n, k]) = ops.state;
+        // The output's gradient, contiguous: [b0, b1, m, n].
+        let g_of = |g: FlexTensor| contiguous(g);
+        let g_view = (0, [b1 * m * n, m * n, n, 1]);
+        binary::<Flex, _, _>(
+            ops.parents,
+            ops.node,
+            grads,
+            // dA = g Bᵀ: [m, n] · [n, k].
+            |g| {
+                let g = g_of(g);
+                batched_product(
+                    operand(&g, g_view, false),
+                    operand(&b, vb, true),
+                    [b0, b1, m, k, n],
+                )
+            },
+            // dB = Aᵀ g: [k, m] · [m, n].
+            |g| {
+                let g = g_of(g);
+                batched_product(
+                    operand(&a, va, true),
+                    operand(&g, g_view, false),
+                    [b0, b1, k, n, m],
+                )
+            },
+        );
+    }
+}
+
+/// `a · b` over the last two axes of `a` `[b0, b1, m, k]` and `b` `[b0, b1, k, n]` (attention's
+/// two products), with its own backward pass: each product reads its operands where they lie
+/// (the heads split by a transpose, `k` transposed, slices of a block) instead of copying them,
+/// and writes a buffer of its own that is never zeroed or copied. Both `f32` on flex with
+/// non-negative strides, both tracked or neither; or both back, untouched.
+pub(crate) fn batched_matmul(
+    a: Tensor<4>,
+    b: Tensor<4>,
+) -> Result<Tensor<4>, (Tensor<4>, Tensor<4>)> {
+    let ([b0, b1, m, k], [c0, c1, kb, n]) = (a.dims(), b.dims());
+    if [b0, b1, k] != [c0, c1, kb] {
+        return Err((a, b));
+    }
+    let a = match on_flex(a) {
+        Ok(a) => a,
+        Err(a) => return Err((a, b)),
+    };
+    let b = match on_flex(b) {
+        Ok(b) => b,
+        Err(b) => return Err((given_back(a), b)),
+    };
+    let dims = [b0, b1, m, n, k];
+    match (a, b) {
+        (OnFlex::Tracked(a), OnFlex::Tracked(b)) => {
+            let (Some(va), Some(vb)) = (view4(a.primitive()), view4(b.primitive())) else {
+                return Err((
+                    given_back(OnFlex::Tracked(a)),
+                    given_back(OnFlex::Tracked(b)),
+                ));
+            };
+            let ((fa, a_node), (fb, b_node)) = (a.into_parts(), b.into_parts());
+            let y = batched_product(operand(&fa, va, false), operand(&fb, vb, false), dims);
+            let out = match BatchedMatmulBackward
+                .prepare::<NoCheckpointing>([a_node, b_node])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish((fa, fb, [va, vb], dims), y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            };
+            Ok(Tensor::from_primitive::<Autodiff<Flex>>(out))
+        }
+        (OnFlex::Plain(fa), OnFlex::Plain(fb)) => match (view4(&fa), view4(&fb)) {
+            (Some(va), Some(vb)) => Ok(Tensor::from_primitive::<Flex>(batched_product(
+                operand(&fa, va, false),
+                operand(&fb, vb, false),
+                dims,
+            ))),
+            _ => Err((
+                Tensor::from_primitive::<Flex>(fa),
+                Tensor::from_primitive::<Flex>(fb),
+            )),
+        },
+        (a, b) => Err((given_back(a), given_back(b))),
+    }
+}
+
 /// A tensor given back to the caller as it came.
 fn given_back<const D: usize>(t: OnFlex) -> Tensor<D> {
     match t {
@@ -1367,6 +1503,62 @@ mod tests {
         let x = Tensor::<2>::from_data(TensorData::new(xv.clone(), [n, k]), &device).require_grad();
         let w = Tensor::<2>::from_data(TensorData::new(wv.clone(), [o, k]), &Device::flex());
         assert!(linear(x, w).is_err(), "a tracked x with a plain weight");
+    }
+
+    /// Attention's products equal Burn's matmul forward and back on the views attention makes:
+    /// heads split by a transpose, a block of queries sliced out (a start offset), keys
+    /// transposed; and on plain contiguous tensors.
+    #[test]
+    fn fused_batched_matmul_matches_burns_matmul_on_views() {
+        let (b, t, h, hd) = (2, 13, 3, 8);
+        let (s, e) = (4, 11);
+        let device = Device::flex().autodiff();
+        let (qv, kv) = (
+            random(b * t * h * hd, 1.5, 12),
+            random(b * t * h * hd, 1.5, 13),
+        );
+        let gv = random(b * h * (e - s) * e, 1.0, 14);
+        let floats = |t: Tensor<4>| t.into_data().try_into_vec_as::<f32>().expect("f32");
+        let run = |fused: bool| {
+            let leaf = |v: &[f32]| {
+                Tensor::<4>::from_data(TensorData::new(v.to_vec(), [b, t, h, hd]), &device)
+                    .require_grad()
+            };
+            let (q0, k0) = (leaf(&qv), leaf(&kv));
+            let q = q0.clone().swap_dims(1, 2).slice([0..b, 0..h, s..e, 0..hd]);
+            let k = k0
+                .clone()
+                .swap_dims(1, 2)
+                .slice([0..b, 0..h, 0..e, 0..hd])
+                .swap_dims(2, 3);
+            let y = if fused {
+                batched_matmul(q, k)
+                    .map_err(|_| "refused")
+                    .expect("f32 on flex")
+            } else {
+                q.matmul(k)
+            };
+            let g = Tensor::<4>::from_data(TensorData::new(gv.clone(), [b, h, e - s, e]), &device);
+            let grads = (y.clone() * g).sum().backward();
+            let (dq, dk) = (q0.grad(&grads).expect("dq"), k0.grad(&grads).expect("dk"));
+            (floats(y), floats(dq), floats(dk))
+        };
+        let (y, dq, dk) = run(true);
+        let (want_y, want_dq, want_dk) = run(false);
+        assert_close(&y, &want_y, 1e-6, "q kᵀ");
+        assert_close(&dq, &want_dq, 1e-6, "dq");
+        assert_close(&dk, &want_dk, 1e-6, "dk");
+        let plain = |v: &[f32], shape: [usize; 4]| {
+            Tensor::<4>::from_data(TensorData::new(v.to_vec(), shape), &Device::flex())
+        };
+        let (a, c) = (plain(&qv, [b, h, t, hd]), plain(&kv, [b, h, hd, t]));
+        let got = batched_matmul(a.clone(), c.clone()).map_err(|_| "refused");
+        assert_close(
+            &floats(got.expect("plain")),
+            &floats(a.matmul(c)),
+            1e-6,
+            "plain",
+        );
     }
 
     /// LayerNorm equals the composed form (the decoder's before this kernel) forward and back,

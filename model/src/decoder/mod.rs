@@ -479,10 +479,10 @@ const ATTENTION_BLOCK: usize = 128;
 fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: &Tensor<4>) -> Tensor<4> {
     // `start`: the block's first query; on flex the mask is applied inside one fused softmax.
     let attend = |q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, m: Tensor<4>, start: usize| {
-        let scores = q.matmul(k.swap_dims(2, 3));
-        crate::fused::causal_softmax(scores, start)
-            .unwrap_or_else(|scores| softmax(scores + m, 3))
-            .matmul(v)
+        let scores = batched_matmul(q, k.swap_dims(2, 3));
+        let probs = crate::fused::causal_softmax(scores, start)
+            .unwrap_or_else(|scores| softmax(scores + m, 3));
+        batched_matmul(probs, v)
     };
     let [b, h, t, hd] = q.dims();
     // One block: no slices (each would cost a copy of its gradient), no concatenation.
@@ -503,6 +503,15 @@ fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: &Tensor<4>) 
         })
         .collect();
     Tensor::cat(blocks, 2)
+}
+
+/// `a · b` over the last two axes: fused on flex (operands read where they lie), Burn's matmul
+/// elsewhere.
+fn batched_matmul(a: Tensor<4>, b: Tensor<4>) -> Tensor<4> {
+    match crate::fused::batched_matmul(a, b) {
+        Ok(c) => c,
+        Err((a, b)) => a.matmul(b),
+    }
 }
 
 /// `x` `[..., k]` times `w` `[k, n]`, as `[..., n]`.

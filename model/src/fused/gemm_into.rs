@@ -176,6 +176,98 @@ fn matmul_over(
     Some(out)
 }
 
+/// One operand of a batch of products: product `(i, j)` reads the matrix at
+/// `base + i·batch[0] + j·batch[1]`, element `(r, c)` at `r·mat[0] + c·mat[1]` from there (a
+/// strided view of a tensor, transposed or not, read where it lies).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Operand<'a> {
+    pub data: &'a [f32],
+    pub base: usize,
+    pub batch: [usize; 2],
+    pub mat: [usize; 2],
+}
+
+impl Operand<'_> {
+    /// One past the last element the `[b0, b1]` batch of `rows × cols` matrices reaches.
+    fn extent(&self, [b0, b1]: [usize; 2], rows: usize, cols: usize) -> Option<usize> {
+        let last = |n: usize, s: usize| (n - 1).checked_mul(s);
+        self.base
+            .checked_add(last(b0, self.batch[0])?)?
+            .checked_add(last(b1, self.batch[1])?)?
+            .checked_add(last(rows, self.mat[0])?)?
+            .checked_add(last(cols, self.mat[1])?)?
+            .checked_add(1)
+    }
+}
+
+/// The `[b0, b1]` batch of products `lhs_ij · rhs_ij` (`m × k` times `k × n`), each row-major
+/// and contiguous in the new vector, the batch spread over rayon's threads (one gemm each,
+/// itself single-threaded). As in [`matmul_new`], the buffer is written once, never zeroed.
+/// `None` when an operand's slice is too short for its extents.
+pub(super) fn batched_matmul_new(
+    lhs: Operand<'_>,
+    rhs: Operand<'_>,
+    [b0, b1]: [usize; 2],
+    [m, n, k]: [usize; 3],
+) -> Option<Vec<f32>> {
+    use rayon::prelude::*;
+    let per = m.checked_mul(n)?;
+    let len = per.checked_mul(b0)?.checked_mul(b1)?;
+    if len == 0 {
+        return Some(Vec::new());
+    }
+    if k == 0 {
+        return Some(vec![0.0; len]);
+    }
+    if lhs.extent([b0, b1], m, k)? > lhs.data.len() || rhs.extent([b0, b1], k, n)? > rhs.data.len()
+    {
+        return None;
+    }
+    let s = |v: usize| isize::try_from(v).ok();
+    let strides = [lhs.mat[0], lhs.mat[1], rhs.mat[0], rhs.mat[1], n].map(s);
+    let [Some(lrs), Some(lcs), Some(rrs), Some(rcs), Some(dst_rs)] = strides else {
+        return None;
+    };
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(per)
+        .enumerate()
+        .for_each(|(p, dst)| {
+            let (i, j) = (p / b1, p % b1);
+            let at = |o: &Operand<'_>| o.base + i * o.batch[0] + j * o.batch[1];
+            // SAFETY: `dst` is this product's own m·n elements (disjoint chunks), all written
+            // and none read (`read_dst` false). It reads lhs at at(lhs) + r·lhs.mat[0] +
+            // c·lhs.mat[1] for r < m, c < k (and rhs likewise for k × n): inside the slices, as
+            // the extents over the whole batch were checked above.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    dst.as_mut_ptr().cast::<f32>(),
+                    1,
+                    dst_rs,
+                    false,
+                    lhs.data.as_ptr().add(at(&lhs)),
+                    lcs,
+                    lrs,
+                    rhs.data.as_ptr().add(at(&rhs)),
+                    rcs,
+                    rrs,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        });
+    // SAFETY: every one of the `len` elements was written by its product above.
+    unsafe { out.set_len(len) };
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
