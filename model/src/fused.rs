@@ -13,6 +13,12 @@
 //! Both apply only to `f32` tensors on flex (with or without autodiff); callers fall back to the
 //! composed operations everywhere else (wgpu, CUDA), which compute the same function.
 //!
+//! Three more serve the rest of a training step, under the same rule: LayerNorm without
+//! parameters (one pass each way, where the composed form is about 17 single-threaded ones), and
+//! the decoder's matrix products, the linear maps `x Wᵀ` and attention's two batched products,
+//! which go straight to gemm ([`gemm_into`]) into buffers of their own, reading transposes and
+//! views through strides, where Burn's matmul zeroes and copies every output on one thread.
+//!
 //! For the VQ tokenizer at inference (plain flex, no autodiff) there are three more, forward
 //! only: GroupNorm (+ SiLU) in one pass per (image, group), the argmax over channels plane by
 //! plane, and 3 × 3 convolutions: Winograd's F(2 × 2, 3 × 3) at stride 1 ([`winograd`]), one
