@@ -15,7 +15,7 @@ pub struct VqConfig {
     /// Channel multiplier per resolution level ([1, 1, 2, 4]: factor 2^(levels-1) = 8).
     pub ch_mult: Vec<usize>,
     pub num_res_blocks: usize,
-    /// Feature-map sizes (at `resolution`) that get self-attention ([32] at 256²).
+    /// Feature-map sizes (at `resolution`) that get self-attention (`[32]` at 256²).
     pub attn_resolutions: Vec<usize>,
     /// The training resolution: it decides where attention sits, not the input size.
     pub resolution: usize,
