@@ -99,83 +99,18 @@ pub(super) fn matmul_into(
 /// it). `None` when a slice is too short for its extents.
 pub(super) fn matmul_new(
     lhs: &[f32],
-    [lhs_rs, lhs_cs]: [usize; 2],
+    lhs_mat: [usize; 2],
     rhs: &[f32],
-    [rhs_rs, rhs_cs]: [usize; 2],
+    rhs_mat: [usize; 2],
     [m, n, k]: [usize; 3],
 ) -> Option<Vec<f32>> {
-    matmul_over(
-        Vec::new(),
-        lhs,
-        [lhs_rs, lhs_cs],
-        rhs,
-        [rhs_rs, rhs_cs],
-        [m, n, k],
-    )
-}
-
-/// [`matmul_new`] into the allocation of `out` (its values are never read): the tests hand it
-/// one full of NaN, which any element the product did not write would keep.
-fn matmul_over(
-    mut out: Vec<f32>,
-    lhs: &[f32],
-    [lhs_rs, lhs_cs]: [usize; 2],
-    rhs: &[f32],
-    [rhs_rs, rhs_cs]: [usize; 2],
-    [m, n, k]: [usize; 3],
-) -> Option<Vec<f32>> {
-    // One past the last element an r × c matrix at these strides reaches.
-    let extent = |r: usize, c: usize, rs: usize, cs: usize| {
-        (r - 1)
-            .checked_mul(rs)?
-            .checked_add((c - 1).checked_mul(cs)?)?
-            .checked_add(1)
+    let one = |data, mat| Operand {
+        data,
+        base: 0,
+        batch: [0, 0],
+        mat,
     };
-    let len = m.checked_mul(n)?;
-    out.clear();
-    if len == 0 {
-        return Some(out);
-    }
-    if k == 0 {
-        out.resize(len, 0.0);
-        return Some(out);
-    }
-    if extent(m, k, lhs_rs, lhs_cs)? > lhs.len() || extent(k, n, rhs_rs, rhs_cs)? > rhs.len() {
-        return None;
-    }
-    let s = |v: usize| isize::try_from(v).ok();
-    let (lrs, lcs, rrs, rcs, dst_rs) = (s(lhs_rs)?, s(lhs_cs)?, s(rhs_rs)?, s(rhs_cs)?, s(n)?);
-    out.reserve_exact(len);
-    // SAFETY: `out` has room for `len` = m·n values (reserved above); gemm writes
-    // out[i·n + j] for every i < m, j < n, and reads none of them (`read_dst` false), so all
-    // `len` are initialised when `set_len` makes them visible. It reads lhs[i·lhs_rs + p·lhs_cs]
-    // and rhs[p·rhs_rs + j·rhs_cs] for p < k only, inside the slices by the extents checked
-    // above; rows of out are n apart, so gemm's threads write disjoint elements.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            dst_rs,
-            false,
-            lhs.as_ptr(),
-            lcs,
-            lrs,
-            rhs.as_ptr(),
-            rcs,
-            rrs,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(0),
-        );
-        out.set_len(len);
-    }
-    Some(out)
+    batched_matmul_new(one(lhs, lhs_mat), one(rhs, rhs_mat), [1, 1], [m, n, k])
 }
 
 /// One operand of a batch of products: product `(i, j)` reads the matrix at
@@ -203,10 +138,23 @@ impl Operand<'_> {
 }
 
 /// The `[b0, b1]` batch of products `lhs_ij · rhs_ij` (`m × k` times `k × n`), each row-major
-/// and contiguous in the new vector, the batch spread over rayon's threads (one gemm each,
-/// itself single-threaded). As in [`matmul_new`], the buffer is written once, never zeroed.
-/// `None` when an operand's slice is too short for its extents.
+/// and contiguous in the new vector. A batch is spread over rayon's threads (one
+/// single-threaded gemm per product); a single product is split by gemm itself. As in
+/// [`matmul_new`], the buffer is written once, never zeroed. `None` when an operand's slice is
+/// too short for its extents.
 pub(super) fn batched_matmul_new(
+    lhs: Operand<'_>,
+    rhs: Operand<'_>,
+    batch: [usize; 2],
+    dims: [usize; 3],
+) -> Option<Vec<f32>> {
+    batched_matmul_over(Vec::new(), lhs, rhs, batch, dims)
+}
+
+/// [`batched_matmul_new`] into the allocation of `out` (its values are never read): the tests
+/// hand it one full of NaN, which any element the products did not write would keep.
+fn batched_matmul_over(
+    mut out: Vec<f32>,
     lhs: Operand<'_>,
     rhs: Operand<'_>,
     [b0, b1]: [usize; 2],
@@ -215,11 +163,13 @@ pub(super) fn batched_matmul_new(
     use rayon::prelude::*;
     let per = m.checked_mul(n)?;
     let len = per.checked_mul(b0)?.checked_mul(b1)?;
+    out.clear();
     if len == 0 {
-        return Some(Vec::new());
+        return Some(out);
     }
     if k == 0 {
-        return Some(vec![0.0; len]);
+        out.resize(len, 0.0);
+        return Some(out);
     }
     if lhs.extent([b0, b1], m, k)? > lhs.data.len() || rhs.extent([b0, b1], k, n)? > rhs.data.len()
     {
@@ -230,17 +180,23 @@ pub(super) fn batched_matmul_new(
     let [Some(lrs), Some(lcs), Some(rrs), Some(rcs), Some(dst_rs)] = strides else {
         return None;
     };
-    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let parallelism = if len == per {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    out.reserve_exact(len);
     out.spare_capacity_mut()[..len]
         .par_chunks_mut(per)
         .enumerate()
         .for_each(|(p, dst)| {
             let (i, j) = (p / b1, p % b1);
             let at = |o: &Operand<'_>| o.base + i * o.batch[0] + j * o.batch[1];
-            // SAFETY: `dst` is this product's own m·n elements (disjoint chunks), all written
-            // and none read (`read_dst` false). It reads lhs at at(lhs) + r·lhs.mat[0] +
-            // c·lhs.mat[1] for r < m, c < k (and rhs likewise for k × n): inside the slices, as
-            // the extents over the whole batch were checked above.
+            // SAFETY: `dst` is this product's own m·n elements (disjoint chunks of the reserved
+            // capacity), all written and none read (`read_dst` false). It reads lhs at at(lhs) +
+            // r·lhs.mat[0] + c·lhs.mat[1] for r < m, c < k (and rhs likewise for k × n): inside
+            // the slices, as the extents over the whole batch were checked above. Rows of dst
+            // are n apart, so gemm's own threads (a single product) write disjoint elements.
             unsafe {
                 gemm::gemm(
                     m,
@@ -261,7 +217,7 @@ pub(super) fn batched_matmul_new(
                     false,
                     false,
                     false,
-                    gemm::Parallelism::None,
+                    parallelism,
                 );
             }
         });
@@ -294,7 +250,14 @@ mod tests {
             (&a_t, [1, m], &b_t, [1, k]),
         ] {
             let nan = vec![f32::NAN; m * n + 5];
-            let got = matmul_over(nan, lhs, ls, rhs, rs, [m, n, k]).expect("fits");
+            let one = |data, mat| Operand {
+                data,
+                base: 0,
+                batch: [0, 0],
+                mat,
+            };
+            let got = batched_matmul_over(nan, one(lhs, ls), one(rhs, rs), [1, 1], [m, n, k])
+                .expect("fits");
             assert_eq!(got.len(), m * n);
             for (e, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!(
@@ -302,6 +265,24 @@ mod tests {
                     "{ls:?} {rs:?} ({e}): {g} {w}"
                 );
             }
+        }
+        // A batch of 2 × 3 products (the same matrices: batch strides 0), each written whole.
+        let op = |data, mat| Operand {
+            data,
+            base: 0,
+            batch: [0, 0],
+            mat,
+        };
+        let nan = vec![f32::NAN; 6 * m * n];
+        let got = batched_matmul_over(nan, op(&a, [k, 1]), op(&b_t, [1, k]), [2, 3], [m, n, k]);
+        let got = got.expect("fits");
+        assert_eq!(got.len(), 6 * m * n);
+        for (e, g) in got.iter().enumerate() {
+            let w = want[e % (m * n)];
+            assert!(
+                (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                "batch ({e}): {g} {w}"
+            );
         }
         assert_eq!(
             matmul_new(&a, [k, 1], &b, [n, 1], [m, n, 0]),
