@@ -14,17 +14,41 @@ fn config() -> TrainConfig {
     tiny_config(12, 6)
 }
 
-fn run(out: &Path, start: Option<&Path>, stop_after: Option<u64>, backend: Backend) {
+/// Training into `out`: a new run of `start` (the dataset and its config) or the run there.
+fn try_run(
+    out: &Path,
+    start: Option<(&Path, TrainConfig)>,
+    stop_after: Option<u64>,
+    backend: Backend,
+) -> cm3_train::Result<cm3_train::TrainReport> {
     train(&TrainOptions {
         out: out.to_path_buf(),
-        start: start.map(|ds| (ds.to_path_buf(), config())),
+        start: start.map(|(ds, cfg)| (ds.to_path_buf(), cfg)),
         init_from: None,
         stop_after,
         backend,
         devices: 1,
         progress: false,
     })
-    .unwrap_or_else(|e| panic!("training on {backend:?} in {}: {e}", out.display()));
+}
+
+fn run(out: &Path, start: Option<&Path>, stop_after: Option<u64>, backend: Backend) {
+    try_run(out, start.map(|ds| (ds, config())), stop_after, backend)
+        .unwrap_or_else(|e| panic!("training on {backend:?} in {}: {e}", out.display()));
+}
+
+/// Whether the wgpu device is there; if not, why, printed (a failure when it is required).
+fn wgpu_present(test: &str) -> bool {
+    match Backend::Wgpu.device() {
+        Ok(_) => true,
+        Err(e) if std::env::var_os("CM3_REQUIRE_WGPU").is_some() => {
+            panic!("{test}: CM3_REQUIRE_WGPU is set and {e}")
+        }
+        Err(e) => {
+            eprintln!("{test}: SKIPPED, {e}");
+            false
+        }
+    }
 }
 
 fn assert_close(a: &[(u64, f64)], b: &[(u64, f64)], what: &str) {
@@ -46,11 +70,7 @@ fn assert_close(a: &[(u64, f64)], b: &[(u64, f64)], what: &str) {
 
 #[test]
 fn training_on_wgpu_matches_flex_and_resumes_across_backends() {
-    if let Err(e) = Backend::Wgpu.device() {
-        if std::env::var_os("CM3_REQUIRE_WGPU").is_some() {
-            panic!("CM3_REQUIRE_WGPU is set and {e}");
-        }
-        eprintln!("training_on_wgpu_matches_flex_and_resumes_across_backends: SKIPPED, {e}");
+    if !wgpu_present("training_on_wgpu_matches_flex_and_resumes_across_backends") {
         return;
     }
     let tmp = tempfile::tempdir().expect("tmp");
@@ -87,11 +107,7 @@ fn training_on_wgpu_matches_flex_and_resumes_across_backends() {
 #[test]
 fn a_model_too_large_for_the_device_is_an_error_not_a_panic() {
     let test = "a_model_too_large_for_the_device_is_an_error_not_a_panic";
-    if let Err(e) = Backend::Wgpu.device() {
-        if std::env::var_os("CM3_REQUIRE_WGPU").is_some() {
-            panic!("CM3_REQUIRE_WGPU is set and {e}");
-        }
-        eprintln!("{test}: SKIPPED, {e}");
+    if !wgpu_present(test) {
         return;
     }
     let tmp = tempfile::tempdir().expect("tmp");
@@ -102,15 +118,7 @@ fn a_model_too_large_for_the_device_is_an_error_not_a_panic() {
     cfg.model.d_model = 512;
     cfg.model.ffn_dim = 140_000;
     let out = tmp.path().join("run");
-    let got = train(&TrainOptions {
-        out: out.clone(),
-        start: Some((ds, cfg)),
-        init_from: None,
-        stop_after: None,
-        backend: Backend::Wgpu,
-        devices: 1,
-        progress: false,
-    });
+    let got = try_run(&out, Some((&ds, cfg)), None, Backend::Wgpu);
     match got {
         Err(e) => {
             let msg = e.to_string();

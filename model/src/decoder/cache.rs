@@ -181,7 +181,7 @@ impl Cm3Decoder {
 mod tests {
     use super::*;
     use crate::decoder::ZeroInit;
-    use crate::vq::ema::read_f32;
+    use crate::read::read_f32;
 
     fn model() -> Result<(Cm3Decoder, DecoderConfig)> {
         let cfg = DecoderConfig {

@@ -23,7 +23,7 @@ use config::POSITION_OFFSET;
 pub use config::{DecoderConfig, Memory, ParamCounts, ZeroInit};
 
 use crate::error::{ModelError, Result};
-use crate::vq::ema::read_f32;
+use crate::read::{read_f32, read_i64};
 
 /// A bias-free linear map stored as PyTorch does, `[out, in]`.
 #[derive(Module, Debug)]
@@ -125,7 +125,7 @@ fn next_token_loss(
     let n_targets = b * (t - 1);
     let targets = ids.slice([0..b, 1..t]).reshape([n_targets, 1]);
     let logits = logits.reshape([n_targets, v]);
-    let ids_read = crate::vq::ema::read_i64(targets.clone().reshape([n_targets]), "loss targets")?;
+    let ids_read = read_i64(targets.clone().reshape([n_targets]), "loss targets")?;
     if let Some(&bad) = ids_read.iter().find(|&&i| i < 0 || i as usize >= v) {
         return Err(ModelError::Input {
             op: "loss",

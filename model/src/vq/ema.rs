@@ -23,7 +23,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use super::config::{Norm, VqConfig};
 use super::modules::{Decoder, Encoder, Init, conv};
 use crate::error::{ModelError, Result};
-pub(crate) use crate::read::{read_f32, read_i64};
+use crate::read::{read_f32, read_i64};
 
 /// The inference model: encoder, decoder and the learned codebook (`codebook.weight` [K, D]).
 #[derive(Module, Debug)]
