@@ -501,147 +501,150 @@ pub(crate) fn causal_softmax(scores: Tensor<4>, start: usize) -> Result<Tensor<4
 }
 
 // ------------------------------------------------------------------------------------------------
-// Linear maps
+// Matrix products: the linear maps and attention's two products
 
-/// `[rows, cols]` of a 2-D flex tensor, made contiguous from the start of its buffer.
-fn matrix(t: FlexTensor) -> (FlexTensor, [usize; 2]) {
-    let t = contiguous(t);
-    let dims = t.layout().shape().to_vec();
-    (t, [dims[0], dims[1]])
+/// A 2-D or 4-D flex tensor read where it lies: its start, the strides of the (up to two) batch
+/// axes and the `[row, column]` strides of its matrices; `None` for another rank or a negative
+/// stride.
+#[derive(Debug, Clone, Copy)]
+struct View {
+    base: usize,
+    batch: [usize; 2],
+    mat: [usize; 2],
 }
 
-/// `lhs · rhs` through [`gemm_into::matmul_new`] as a `[m, n]` tensor; the strides are the
-/// caller's reading of two contiguous tensors of the shapes it checked.
-fn product(
-    lhs: &FlexTensor,
-    lhs_s: [usize; 2],
-    rhs: &FlexTensor,
-    rhs_s: [usize; 2],
-    [m, n, k]: [usize; 3],
-) -> FlexTensor {
-    let out = gemm_into::matmul_new(lhs.storage(), lhs_s, rhs.storage(), rhs_s, [m, n, k])
-        .unwrap_or_else(|| unreachable!("extents checked against the tensors' own shapes"));
-    FlexTensor::from_data(burn::tensor::TensorData::new(out, [m, n]))
-}
-
-/// `y = x Wᵀ` for `x` `[n, k]` and `w` `[o, k]` (both contiguous).
-fn linear_forward(x: &FlexTensor, w: &FlexTensor, [n, k, o]: [usize; 3]) -> FlexTensor {
-    product(x, [k, 1], w, [1, k], [n, o, k])
-}
-
-#[derive(Debug)]
-struct LinearBackward;
-
-impl Backward<Flex, 2> for LinearBackward {
-    /// `x`, `w` and `[n, k, o]`.
-    type State = (FlexTensor, FlexTensor, [usize; 3]);
-
-    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (x, w, [n, k, o]) = ops.state;
-        binary::<Flex, _, _>(
-            ops.parents,
-            ops.node,
-            grads,
-            // dx = g W: [n, o] · [o, k].
-            |g| product(&contiguous(g), [o, 1], &w, [k, 1], [n, k, o]),
-            // dW = gᵀ x: [o, n] · [n, k], gᵀ read through strides.
-            |g| product(&contiguous(g), [1, o], &x, [k, 1], [o, k, n]),
-        );
-    }
-}
-
-/// A 4-D flex tensor read where it lies: its buffer's `f32`s, the start and the four strides
-/// (`None` for a negative stride).
-fn view4(t: &FlexTensor) -> Option<(usize, [usize; 4])> {
-    let s = t.layout().strides();
-    let strides = [s[0], s[1], s[2], s[3]].map(|v| usize::try_from(v).ok());
-    let [Some(a), Some(b), Some(c), Some(d)] = strides else {
-        return None;
+fn view(t: &FlexTensor) -> Option<View> {
+    let s: Vec<usize> = t
+        .layout()
+        .strides()
+        .iter()
+        .map(|&v| usize::try_from(v).ok())
+        .collect::<Option<_>>()?;
+    let (batch, mat) = match s[..] {
+        [r, c] => ([0, 0], [r, c]),
+        [b0, b1, r, c] => ([b0, b1], [r, c]),
+        _ => return None,
     };
-    Some((t.layout().start_offset(), [a, b, c, d]))
+    Some(View {
+        base: t.layout().start_offset(),
+        batch,
+        mat,
+    })
 }
 
-/// Operand of [`gemm_into::batched_matmul_new`] for a 4-D view, its last two axes transposed
-/// when `transposed`.
-fn operand(
-    t: &FlexTensor,
-    (base, s): (usize, [usize; 4]),
-    transposed: bool,
-) -> gemm_into::Operand<'_> {
+/// Operand of [`gemm_into::batched_matmul_new`]: `t`'s matrices as `v` describes them,
+/// transposed when `transposed`.
+fn operand(t: &FlexTensor, v: View, transposed: bool) -> gemm_into::Operand<'_> {
     gemm_into::Operand {
         data: t.storage(),
-        base,
-        batch: [s[0], s[1]],
+        base: v.base,
+        batch: v.batch,
         mat: if transposed {
-            [s[3], s[2]]
+            [v.mat[1], v.mat[0]]
         } else {
-            [s[2], s[3]]
+            v.mat
         },
     }
 }
 
-/// `[b0, b1, m, n]` products of the operands, as a tensor.
-fn batched_product(
+/// The products of the operands, `[b0, b1, m, n]` (`[m, n]` for rank 2).
+fn batched_product<const D: usize>(
     lhs: gemm_into::Operand<'_>,
     rhs: gemm_into::Operand<'_>,
     [b0, b1, m, n, k]: [usize; 5],
 ) -> FlexTensor {
     let out = gemm_into::batched_matmul_new(lhs, rhs, [b0, b1], [m, n, k])
         .unwrap_or_else(|| unreachable!("extents checked against the tensors' own layouts"));
-    FlexTensor::from_data(burn::tensor::TensorData::new(out, [b0, b1, m, n]))
+    let shape = if D == 2 {
+        vec![m, n]
+    } else {
+        vec![b0, b1, m, n]
+    };
+    FlexTensor::from_data(burn::tensor::TensorData::new(out, shape))
 }
 
 #[derive(Debug)]
-struct BatchedMatmulBackward;
+struct MatmulBackward<const D: usize>;
 
-impl Backward<Flex, 2> for BatchedMatmulBackward {
-    /// Both operands as they lie, their views, and `[b0, b1, m, n, k]`.
-    type State = (FlexTensor, FlexTensor, [(usize, [usize; 4]); 2], [usize; 5]);
+/// What the backward pass of `a · b` keeps: both operands as they lie, their views, whether `b`
+/// is read transposed, and `[b0, b1, m, n, k]`.
+#[derive(Debug, Clone)]
+struct MatmulState {
+    a: FlexTensor,
+    b: FlexTensor,
+    views: [View; 2],
+    b_transposed: bool,
+    dims: [usize; 5],
+}
+
+impl<const D: usize> Backward<Flex, 2> for MatmulBackward<D> {
+    type State = MatmulState;
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (a, b, [va, vb], [b0, b1, m, n, k]) = ops.state;
+        let MatmulState {
+            a,
+            b,
+            views: [va, vb],
+            b_transposed: bt,
+            dims: [b0, b1, m, n, k],
+        } = ops.state;
         // The output's gradient, contiguous: [b0, b1, m, n].
-        let g_of = |g: FlexTensor| contiguous(g);
-        let g_view = (0, [b1 * m * n, m * n, n, 1]);
+        let gv = View {
+            base: 0,
+            batch: [b1 * m * n, m * n],
+            mat: [n, 1],
+        };
         binary::<Flex, _, _>(
             ops.parents,
             ops.node,
             grads,
-            // dA = g Bᵀ: [m, n] · [n, k].
+            // dA = g Bᵀ, with B as the product read it: [m, n] · [n, k].
             |g| {
-                let g = g_of(g);
-                batched_product(
-                    operand(&g, g_view, false),
-                    operand(&b, vb, true),
-                    [b0, b1, m, k, n],
-                )
+                let g = contiguous(g);
+                let b_t = operand(&b, vb, !bt);
+                batched_product::<D>(operand(&g, gv, false), b_t, [b0, b1, m, k, n])
             },
-            // dB = Aᵀ g: [k, m] · [m, n].
+            // dB = Aᵀ g: [k, m] · [m, n]; for a `b` read transposed, its own gradient is
+            // (Aᵀ g)ᵀ = gᵀ A: [n, m] · [m, k].
             |g| {
-                let g = g_of(g);
-                batched_product(
-                    operand(&a, va, true),
-                    operand(&g, g_view, false),
-                    [b0, b1, k, n, m],
-                )
+                let g = contiguous(g);
+                if bt {
+                    let a = operand(&a, va, false);
+                    batched_product::<D>(operand(&g, gv, true), a, [b0, b1, n, k, m])
+                } else {
+                    let g = operand(&g, gv, false);
+                    batched_product::<D>(operand(&a, va, true), g, [b0, b1, k, n, m])
+                }
             },
         );
     }
 }
 
-/// `a · b` over the last two axes of `a` `[b0, b1, m, k]` and `b` `[b0, b1, k, n]` (attention's
-/// two products), with its own backward pass: each product reads its operands where they lie
-/// (the heads split by a transpose, `k` transposed, slices of a block) instead of copying them,
-/// and writes a buffer of its own that is never zeroed or copied. Both `f32` on flex with
-/// non-negative strides, both tracked or neither; or both back, untouched.
-pub(crate) fn batched_matmul(
-    a: Tensor<4>,
-    b: Tensor<4>,
-) -> Result<Tensor<4>, (Tensor<4>, Tensor<4>)> {
-    let ([b0, b1, m, k], [c0, c1, kb, n]) = (a.dims(), b.dims());
-    if [b0, b1, k] != [c0, c1, kb] {
+/// `a · b` over the last two axes of `a` `[.., m, k]` and `b` `[.., k, n]` (or `[.., n, k]`
+/// read transposed, when `b_transposed`), rank 2 or 4, with its own backward pass: each product
+/// reads its operands where they lie (a PyTorch weight transposed, heads split by a transpose,
+/// `k` transposed, slices of a block) instead of copying them, and writes a buffer of its own
+/// that is never zeroed or copied, where Burn's matmul zeroes and then copies every output on
+/// one thread. Both `f32` on flex with non-negative strides, both tracked or neither; or both
+/// back, untouched.
+fn matmul<const D: usize>(
+    a: Tensor<D>,
+    b: Tensor<D>,
+    b_transposed: bool,
+) -> Result<Tensor<D>, (Tensor<D>, Tensor<D>)> {
+    let (ad, bd) = (a.dims(), b.dims());
+    let batch = |d: &[usize; D]| if D == 4 { [d[0], d[1]] } else { [1, 1] };
+    let (m, k) = (ad[D - 2], ad[D - 1]);
+    let (kb, n) = if b_transposed {
+        (bd[D - 1], bd[D - 2])
+    } else {
+        (bd[D - 2], bd[D - 1])
+    };
+    if !(D == 2 || D == 4) || batch(&ad) != batch(&bd) || k != kb {
         return Err((a, b));
     }
+    let [b0, b1] = batch(&ad);
+    let dims = [b0, b1, m, n, k];
     let a = match on_flex(a) {
         Ok(a) => a,
         Err(a) => return Err((a, b)),
@@ -650,34 +653,48 @@ pub(crate) fn batched_matmul(
         Ok(b) => b,
         Err(b) => return Err((given_back(a), b)),
     };
-    let dims = [b0, b1, m, n, k];
+    let views = |fa: &FlexTensor, fb: &FlexTensor| Some([view(fa)?, view(fb)?]);
     match (a, b) {
         (OnFlex::Tracked(a), OnFlex::Tracked(b)) => {
-            let (Some(va), Some(vb)) = (view4(a.primitive()), view4(b.primitive())) else {
+            let Some(views) = views(a.primitive(), b.primitive()) else {
                 return Err((
                     given_back(OnFlex::Tracked(a)),
                     given_back(OnFlex::Tracked(b)),
                 ));
             };
             let ((fa, a_node), (fb, b_node)) = (a.into_parts(), b.into_parts());
-            let y = batched_product(operand(&fa, va, false), operand(&fb, vb, false), dims);
-            let out = match BatchedMatmulBackward
+            let [va, vb] = views;
+            let y = batched_product::<D>(
+                operand(&fa, va, false),
+                operand(&fb, vb, b_transposed),
+                dims,
+            );
+            let out = match MatmulBackward::<D>
                 .prepare::<NoCheckpointing>([a_node, b_node])
                 .compute_bound()
                 .stateful()
             {
-                OpsKind::Tracked(prep) => prep.finish((fa, fb, [va, vb], dims), y),
+                OpsKind::Tracked(prep) => {
+                    let state = MatmulState {
+                        a: fa,
+                        b: fb,
+                        views,
+                        b_transposed,
+                        dims,
+                    };
+                    prep.finish(state, y)
+                }
                 OpsKind::UnTracked(prep) => prep.finish(y),
             };
             Ok(Tensor::from_primitive::<Autodiff<Flex>>(out))
         }
-        (OnFlex::Plain(fa), OnFlex::Plain(fb)) => match (view4(&fa), view4(&fb)) {
-            (Some(va), Some(vb)) => Ok(Tensor::from_primitive::<Flex>(batched_product(
+        (OnFlex::Plain(fa), OnFlex::Plain(fb)) => match views(&fa, &fb) {
+            Some([va, vb]) => Ok(Tensor::from_primitive::<Flex>(batched_product::<D>(
                 operand(&fa, va, false),
-                operand(&fb, vb, false),
+                operand(&fb, vb, b_transposed),
                 dims,
             ))),
-            _ => Err((
+            None => Err((
                 Tensor::from_primitive::<Flex>(fa),
                 Tensor::from_primitive::<Flex>(fb),
             )),
@@ -686,53 +703,26 @@ pub(crate) fn batched_matmul(
     }
 }
 
+/// Attention's products, `a` `[b0, b1, m, k]` times `b` `[b0, b1, k, n]`: see [`matmul`].
+pub(crate) fn batched_matmul(
+    a: Tensor<4>,
+    b: Tensor<4>,
+) -> Result<Tensor<4>, (Tensor<4>, Tensor<4>)> {
+    matmul(a, b, false)
+}
+
+/// `x Wᵀ` for `x` `[n, k]` and a weight `w` `[o, k]` stored as PyTorch stores it (read
+/// transposed, never copied): see [`matmul`].
+pub(crate) fn linear(x: Tensor<2>, w: Tensor<2>) -> Result<Tensor<2>, (Tensor<2>, Tensor<2>)> {
+    matmul(x, w, true)
+}
+
 /// A tensor given back to the caller as it came.
 fn given_back<const D: usize>(t: OnFlex) -> Tensor<D> {
     match t {
         OnFlex::Plain(x) => Tensor::from_primitive::<Flex>(x),
         OnFlex::Tracked(ad) => Tensor::from_primitive::<Autodiff<Flex>>(ad),
     }
-}
-
-/// `x Wᵀ` for `x` `[n, k]` and a weight `w` `[o, k]` stored as PyTorch stores it, with its own
-/// backward pass: every product goes straight to gemm into a buffer of its own, where Burn's
-/// matmul zeroes each output and then copies it (two single-threaded passes over every
-/// activation and gradient: a sixth of a training step's time, all of it while the other core
-/// waits). Both `f32` on flex, both tracked or neither; or both back, untouched.
-pub(crate) fn linear(x: Tensor<2>, w: Tensor<2>) -> Result<Tensor<2>, (Tensor<2>, Tensor<2>)> {
-    let ([n, k], [o, kw]) = (x.dims(), w.dims());
-    if k != kw {
-        return Err((x, w));
-    }
-    let x = match on_flex(x) {
-        Ok(x) => x,
-        Err(x) => return Err((x, w)),
-    };
-    let w = match on_flex(w) {
-        Ok(w) => w,
-        Err(w) => return Err((given_back(x), w)),
-    };
-    Ok(match (x, w) {
-        (OnFlex::Tracked(x), OnFlex::Tracked(w)) => {
-            let ((x, x_node), (w, w_node)) = (x.into_parts(), w.into_parts());
-            let ((x, _), (w, _)) = (matrix(x), matrix(w));
-            let y = linear_forward(&x, &w, [n, k, o]);
-            let out = match LinearBackward
-                .prepare::<NoCheckpointing>([x_node, w_node])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(prep) => prep.finish((x, w, [n, k, o]), y),
-                OpsKind::UnTracked(prep) => prep.finish(y),
-            };
-            Tensor::from_primitive::<Autodiff<Flex>>(out)
-        }
-        (OnFlex::Plain(x), OnFlex::Plain(w)) => {
-            let ((x, _), (w, _)) = (matrix(x), matrix(w));
-            Tensor::from_primitive::<Flex>(linear_forward(&x, &w, [n, k, o]))
-        }
-        (x, w) => return Err((given_back(x), given_back(w))),
-    })
 }
 
 // ------------------------------------------------------------------------------------------------

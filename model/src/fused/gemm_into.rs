@@ -92,27 +92,6 @@ pub(super) fn matmul_into(
     true
 }
 
-/// `lhs · rhs` for an `m × k` and a `k × n` matrix, each read through its `[row, column]`
-/// strides (so a transpose is a choice of strides, not a copy), as a new row-major `m × n`
-/// vector; gemm splits it over rayon's threads. The product writes every element of a buffer
-/// that is never zeroed or copied (Burn zeroes each product's output, then copies it to align
-/// it). `None` when a slice is too short for its extents.
-pub(super) fn matmul_new(
-    lhs: &[f32],
-    lhs_mat: [usize; 2],
-    rhs: &[f32],
-    rhs_mat: [usize; 2],
-    [m, n, k]: [usize; 3],
-) -> Option<Vec<f32>> {
-    let one = |data, mat| Operand {
-        data,
-        base: 0,
-        batch: [0, 0],
-        mat,
-    };
-    batched_matmul_new(one(lhs, lhs_mat), one(rhs, rhs_mat), [1, 1], [m, n, k])
-}
-
 /// One operand of a batch of products: product `(i, j)` reads the matrix at
 /// `base + i·batch[0] + j·batch[1]`, element `(r, c)` at `r·mat[0] + c·mat[1]` from there (a
 /// strided view of a tensor, transposed or not, read where it lies).
@@ -137,11 +116,12 @@ impl Operand<'_> {
     }
 }
 
-/// The `[b0, b1]` batch of products `lhs_ij · rhs_ij` (`m × k` times `k × n`), each row-major
-/// and contiguous in the new vector. A batch is spread over rayon's threads (one
-/// single-threaded gemm per product); a single product is split by gemm itself. As in
-/// [`matmul_new`], the buffer is written once, never zeroed. `None` when an operand's slice is
-/// too short for its extents.
+/// The `[b0, b1]` batch of products `lhs_ij · rhs_ij` (`m × k` times `k × n`), each read
+/// through its strides (so a transpose is a choice of strides, not a copy), each row-major and
+/// contiguous in the new vector. A batch is spread over rayon's threads (one single-threaded
+/// gemm per product); a single product is split by gemm itself. The products write every
+/// element of a buffer that is never zeroed or copied (Burn zeroes each product's output, then
+/// copies it to align it). `None` when an operand's slice is too short for its extents.
 pub(super) fn batched_matmul_new(
     lhs: Operand<'_>,
     rhs: Operand<'_>,
@@ -233,7 +213,7 @@ mod tests {
     /// Against the triple loop for each of the four transposes (by strides), writing every
     /// element of a buffer full of NaN; short slices are refused.
     #[test]
-    fn matmul_new_is_the_triple_loop_at_any_strides() {
+    fn batched_matmul_new_is_the_triple_loop_at_any_strides() {
         let (m, n, k) = (37, 29, 23);
         let a: Vec<f32> = (0..m * k).map(|i| (i % 11) as f32 - 5.0).collect();
         let b: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.25).collect();
@@ -243,6 +223,13 @@ mod tests {
         let want: Vec<f32> = (0..m * n)
             .map(|e| (0..k).map(|p| a[e / n * k + p] * b[p * n + e % n]).sum())
             .collect();
+        // One matrix as an operand (batch strides 0: every product of a batch reads it).
+        let op = |data, mat| Operand {
+            data,
+            base: 0,
+            batch: [0, 0],
+            mat,
+        };
         for (lhs, ls, rhs, rs) in [
             (&a, [k, 1], &b, [n, 1]),
             (&a_t, [1, m], &b, [n, 1]),
@@ -250,13 +237,7 @@ mod tests {
             (&a_t, [1, m], &b_t, [1, k]),
         ] {
             let nan = vec![f32::NAN; m * n + 5];
-            let one = |data, mat| Operand {
-                data,
-                base: 0,
-                batch: [0, 0],
-                mat,
-            };
-            let got = batched_matmul_over(nan, one(lhs, ls), one(rhs, rs), [1, 1], [m, n, k])
+            let got = batched_matmul_over(nan, op(lhs, ls), op(rhs, rs), [1, 1], [m, n, k])
                 .expect("fits");
             assert_eq!(got.len(), m * n);
             for (e, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -266,13 +247,7 @@ mod tests {
                 );
             }
         }
-        // A batch of 2 × 3 products (the same matrices: batch strides 0), each written whole.
-        let op = |data, mat| Operand {
-            data,
-            base: 0,
-            batch: [0, 0],
-            mat,
-        };
+        // A batch of 2 × 3 products (the same matrices), each written whole.
         let nan = vec![f32::NAN; 6 * m * n];
         let got = batched_matmul_over(nan, op(&a, [k, 1]), op(&b_t, [1, k]), [2, 3], [m, n, k]);
         let got = got.expect("fits");
@@ -284,12 +259,13 @@ mod tests {
                 "batch ({e}): {g} {w}"
             );
         }
+        let one = |lhs, rhs, dims| batched_matmul_new(lhs, rhs, [1, 1], dims);
         assert_eq!(
-            matmul_new(&a, [k, 1], &b, [n, 1], [m, n, 0]),
+            one(op(&a, [k, 1]), op(&b, [n, 1]), [m, n, 0]),
             Some(vec![0.0; m * n])
         );
-        assert!(matmul_new(&a[1..], [k, 1], &b, [n, 1], [m, n, k]).is_none());
-        assert!(matmul_new(&a, [k, 1], &b, [1, k + 1], [m, n, k]).is_none());
+        assert!(one(op(&a[1..], [k, 1]), op(&b, [n, 1]), [m, n, k]).is_none());
+        assert!(one(op(&a, [k, 1]), op(&b, [1, k + 1]), [m, n, k]).is_none());
     }
 
     /// Against the triple loop, at row strides wider than the rows, with and without
