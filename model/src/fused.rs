@@ -13,11 +13,12 @@
 //! Both apply only to `f32` tensors on flex (with or without autodiff); callers fall back to the
 //! composed operations everywhere else (wgpu, CUDA), which compute the same function.
 //!
-//! Three more serve the rest of a training step, under the same rule: LayerNorm without
-//! parameters (one pass each way, where the composed form is about 17 single-threaded ones), and
-//! the decoder's matrix products, the linear maps `x Wᵀ` and attention's two batched products,
-//! which go straight to gemm ([`gemm_into`]) into buffers of their own, reading transposes and
-//! views through strides, where Burn's matmul zeroes and copies every output on one thread.
+//! Two more serve the rest of a training step, under the same rule: LayerNorm without parameters
+//! (one pass each way, where the composed form is 7 single-threaded operations, each with its
+//! own backward), and one matrix product for the decoder's linear maps `x Wᵀ` and attention's two
+//! batched products, which goes straight to gemm ([`gemm_into`]) into buffers of its own,
+//! reading transposes and views through strides, where Burn's matmul zeroes and copies every
+//! output on one thread.
 //!
 //! For the VQ tokenizer at inference (plain flex, no autodiff) there are three more, forward
 //! only: GroupNorm (+ SiLU) in one pass per (image, group), the argmax over channels plane by
@@ -857,8 +858,8 @@ impl Backward<Flex, 1> for LayerNormBackward {
 }
 
 /// LayerNorm without parameters over the last axis of `x`, fused (one multi-threaded pass each
-/// way, where the composed form is about 7 single-threaded passes forward and 10 back); or `x`
-/// back when it is not `f32` on flex.
+/// way, where the composed form is 7 single-threaded operations, each with its own backward); or
+/// `x` back when it is not `f32` on flex.
 pub(crate) fn layer_norm<const D: usize>(x: Tensor<D>, eps: f64) -> Result<Tensor<D>, Tensor<D>> {
     if x.dims()[D - 1] == 0 {
         return Err(x);

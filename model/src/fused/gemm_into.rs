@@ -3,7 +3,8 @@
 //! byte vector and then copies it into a 16-byte-aligned one (`FlexTensor::empty`), and glibc
 //! hands such buffers back to the system between products: in a VQ encode that was about 30% of
 //! the samples (page faults, `memcpy`), next to 31% in the product itself; in a decoder training
-//! step, 40% of the main thread's samples, while the other core waited.
+//! step, most of the 40% of the main thread's samples in `memset` and `memcpy`, while the other
+//! core waited.
 //!
 //! `gemm::gemm` takes raw pointers and strides, so this module is the workspace's only `unsafe`:
 //! every extent the kernel will touch is checked against the slices first, and a buffer left
