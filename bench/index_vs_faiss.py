@@ -4,6 +4,11 @@ For each vector set: build time, queries/s (1,000 queries in one batch, k = 10),
 exact search, and peak memory: for FAISS the max RSS of its one process (it builds and searches),
 for cm3 the max RSS of the process that builds and of the one that searches (a saved index).
 FAISS runs in child Python processes so that its memory is measured the same way as cm3's.
+
+One HNSW build's recall@10 is one draw: which points get which level, and the insertion order,
+move it by about +-0.004 at efSearch 128 on 100k (for FAISS as for cm3). With --orders K (K > 1)
+both libraries also build on K - 1 seeded permutations of the same vectors, and the recall
+comparison is the mean over the K orders of each (time and memory stay those of the first build).
 """
 import argparse
 import json
@@ -57,6 +62,39 @@ def recall(found, truth, k=10):
     return float(np.mean([len(set(f[:k]) & set(t[:k])) / k for f, t in zip(found, truth)]))
 
 
+def hnsw_orders(a, name, work, base, qpath, truth, faiss, rows):
+    """Recall@10 of HNSW builds on --orders orders of `base` (the first as given, then seeded
+    permutations), by library and efSearch; the first order's recalls are read from `rows`."""
+    efs = [int(e) for e in a.ef_search.split(",")]
+    got = {lib: {ef: [] for ef in efs} for lib in ("cm3", "faiss")}
+    for r in rows:
+        for ef in efs:
+            if r[0] == name and r[1] == f"cm3 hnsw M={a.m} ef={ef}":
+                got["cm3"][ef].append(r[4])
+            if r[0] == name and r[1] == f"faiss IndexHNSWFlat M={a.m} ef={ef}":
+                got["faiss"][ef].append(r[4])
+    for o in range(1, a.orders):
+        perm = np.random.default_rng(1000 + o).permutation(len(base))
+        ppath = os.path.join(work, f"{name}-base-order{o}.npy")
+        np.save(ppath, np.ascontiguousarray(base[perm]).astype(np.float32))
+        _, _, found = faiss("hnsw", a.ef_search, bpath=ppath)
+        for ef in efs:
+            got["faiss"][ef].append(recall(perm[found[str(ef)]], truth))
+        idx = os.path.join(work, f"{name}-cm3-hnsw-order{o}")
+        bsecs, _, _, _ = timed_rss([a.cm3, "-q", "index", "build", "--vectors", ppath, "--kind", "hnsw", "--m", str(a.m),
+                                    "--ef-construction", str(a.ef_construction), "--out", idx, "--rebuild"])
+        line = []
+        for ef in efs:
+            nout = os.path.join(work, f"{name}-cm3-hnsw-order{o}-{ef}-n.npy")
+            run([a.cm3, "-q", "index", "search", idx, "--queries", qpath, "-k", "10", "--ef-search", str(ef), "--out", nout])
+            got["cm3"][ef].append(recall(perm[np.load(nout)], truth))
+            line.append(f"ef={ef} cm3 {got['cm3'][ef][-1]:.4f} faiss {got['faiss'][ef][-1]:.4f}")
+        print(f"{name} order {o}: cm3 build {bsecs:.1f} s; " + "; ".join(line), flush=True)
+        os.remove(ppath)
+        subprocess.run(["rm", "-rf", idx], check=True)
+    return got
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cm3", required=True)
@@ -66,13 +104,15 @@ def main():
     ap.add_argument("--ef-construction", type=int, default=200)
     ap.add_argument("--ef-search", default="64,128,256")
     ap.add_argument("--no-hnsw-for", default="1m", help="sets whose HNSW build is skipped (too slow here)")
+    ap.add_argument("--orders", type=int, default=1,
+                    help="HNSW builds per library, each on another seeded order of the vectors (recall averaged)")
     ap.add_argument("--work", default=None)
     a = ap.parse_args()
     work = a.work or tempfile.mkdtemp(prefix="cm3-index-bench.")
     os.makedirs(work, exist_ok=True)
     env_threads = dict(os.environ, OMP_NUM_THREADS=str(a.threads), RAYON_NUM_THREADS=str(a.threads))
     os.environ.update(env_threads)
-    rows = []
+    rows, recalls = [], {}
     for name in a.sets.split(","):
         if name == "sift":
             base = read_fvecs(os.path.join(HERE, "../index/tests/fixtures/sift/split_base4800.fvecs"))
@@ -88,7 +128,7 @@ def main():
         print(f"== {name}: {n} x {dim}, {nq} queries, k=10, {a.threads} threads", flush=True)
         truth_path = os.path.join(work, f"{name}-truth.npy")
 
-        def faiss(kind, efs="0"):
+        def faiss(kind, efs="0", bpath=bpath):
             out = os.path.join(work, f"{name}-faiss-{kind}-{{ef}}.npy")
             secs, mib, o, _ = timed_rss([sys.executable, os.path.join(HERE, "index_faiss.py"), kind, bpath, qpath, out,
                                          str(a.m), str(a.ef_construction), efs, str(a.threads)])
@@ -121,6 +161,8 @@ def main():
             _, smib, _, err = timed_rss([a.cm3, "index", "search", idx, "--queries", qpath, "-k", "10", "--ef-search", str(ef), "--out", nout])
             qps = float([l for l in err.splitlines() if "queries/s" in l][-1].split("(")[1].split(" queries/s")[0])
             rows.append((name, f"cm3 hnsw M={a.m} ef={ef}", bsecs, qps, recall(np.load(nout), truth), f"{bmib:.0f} / {smib:.0f}"))
+        if a.orders > 1:
+            recalls[name] = hnsw_orders(a, name, work, base, qpath, truth, faiss, rows)
     print()
     print(f"{'set':6} {'index':34} {'build s':>9} {'queries/s':>10} {'recall@10':>9} {'max RSS MiB (build / search)':>29}")
     for r in rows:
@@ -135,7 +177,14 @@ def main():
             c, g = f.get(f"cm3 hnsw M={a.m} ef={ef}"), f.get(f"faiss IndexHNSWFlat M={a.m} ef={ef}")
             if c and g:
                 print(f"{name}: ef={ef}: cm3 hnsw {c[3]:.0f} q/s at recall {c[4]:.4f} vs faiss {g[3]:.0f} q/s at recall {g[4]:.4f}: ratio {c[3] / g[3]:.2f} (target >= 1.0 where recall >= 0.95)")
-                print(f"{name}: ef={ef}: recall@10 cm3 - faiss = {c[4] - g[4]:+.4f} (target within +-0.005, or above)")
+                if name in recalls:
+                    cm, fm = (float(np.mean(recalls[name][lib][ef])) for lib in ("cm3", "faiss"))
+                    diffs = np.array(recalls[name]["cm3"][ef]) - np.array(recalls[name]["faiss"][ef])
+                    print(f"{name}: ef={ef}: recall@10 over {a.orders} orders: cm3 {cm:.4f}, faiss {fm:.4f}; "
+                          f"per order cm3 - faiss {' '.join(f'{d:+.4f}' for d in diffs)}; "
+                          f"mean {cm - fm:+.4f} (target within +-0.005, or above)")
+                else:
+                    print(f"{name}: ef={ef}: recall@10 cm3 - faiss = {c[4] - g[4]:+.4f} (target within +-0.005, or above; one build each: --orders 5 averages)")
         c = next((r for r in rows if r[0] == name and r[1].startswith("cm3 hnsw")), None)
         g = next((r for r in rows if r[0] == name and r[1].startswith("faiss IndexHNSWFlat")), None)
         if c and g:
