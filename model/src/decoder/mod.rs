@@ -514,26 +514,31 @@ fn batched_matmul(a: Tensor<4>, b: Tensor<4>) -> Tensor<4> {
     }
 }
 
-/// `x` `[..., k]` times `w` `[k, n]`, as `[..., n]`.
 /// `x` `[..., in]` times the transpose of `w` `[out, in]` (a PyTorch weight, or the tied
 /// embedding), as one 2-D product: fused on flex, Burn's matmul elsewhere.
 fn project<const D: usize>(x: Tensor<D>, w: Tensor<2>) -> Tensor<D> {
-    let mut dims = x.dims();
-    let k = dims[D - 1];
-    let rows = dims[..D - 1].iter().product::<usize>();
+    let (x, mut dims) = as_rows(x);
     dims[D - 1] = w.dims()[0];
-    match crate::fused::linear(x.reshape([rows, k]), w) {
+    match crate::fused::linear(x, w) {
         Ok(y) => y.reshape(dims),
         Err((x, w)) => x.matmul(w.transpose()).reshape(dims),
     }
 }
 
+/// `x` `[..., k]` times `w` `[k, n]`, as `[..., n]`, Burn's matmul (the decode cache's copied
+/// output head).
 fn flat_matmul<const D: usize>(x: Tensor<D>, w: Tensor<2>) -> Tensor<D> {
-    let mut dims = x.dims();
-    let k = dims[D - 1];
-    let rows = dims[..D - 1].iter().product::<usize>();
+    let (x, mut dims) = as_rows(x);
     dims[D - 1] = w.dims()[1];
-    x.reshape([rows, k]).matmul(w).reshape(dims)
+    x.matmul(w).reshape(dims)
+}
+
+/// `x` as one matrix of its last axis's rows (one 2-D product instead of a batch of them), and
+/// its dims.
+fn as_rows<const D: usize>(x: Tensor<D>) -> (Tensor<2>, [usize; D]) {
+    let dims = x.dims();
+    let rows = dims[..D - 1].iter().product::<usize>();
+    (x.reshape([rows, dims[D - 1]]), dims)
 }
 
 /// `[1, 1, T, T]`: 0 where a position may attend, −inf above the diagonal. Every row keeps its
