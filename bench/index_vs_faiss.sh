@@ -8,7 +8,7 @@
 # Env: SETS=sift,100k  THREADS=2  M=32  EFC=200  EF=64,128,256  CM3=<binary>  CM3_BENCH_HOME
 # NO_HNSW_FOR=1m (sets whose HNSW builds are skipped; NO_HNSW_FOR= builds them all).
 # ORDERS=1 (HNSW builds per library, each on another seeded order of the vectors; recall@10 is
-# compared as the mean over them: one build is one draw, +-0.004 at efSearch 128 on 100k).
+# compared as the mean over them: one build is one draw: at efSearch 128 on 100k, 0.7545 to 0.7695 for cm3 across six orders).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BENCH_HOME="${CM3_BENCH_HOME:-$HOME/.cache/cm3-bench}"
